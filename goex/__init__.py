@@ -1,0 +1,27 @@
+"""goex: a safe execution runtime for AI agents.
+
+Every action is analysed, checked against a policy, journaled write-ahead with what it takes to
+undo it, applied and traced; any session can be rolled back to any checkpoint.
+"""
+
+__version__ = "0.1.0"
+
+from .actions import Action, action_schema, parse_action  # noqa: E402
+from .errors import (  # noqa: E402
+    ActionError,
+    ActionFailed,
+    GoexError,
+    JournalBusy,
+    JournalCorrupt,
+    PathRefused,
+    PolicyDenied,
+    UndoConflict,
+)
+from .policy import Decision, Policy, PolicyError, load_policy  # noqa: E402
+from .runtime import Result, Runtime, Session  # noqa: E402
+
+__all__ = [
+    "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt",
+    "PathRefused", "Policy", "PolicyDenied", "PolicyError", "Result", "Runtime", "Session", "UndoConflict",
+    "action_schema", "load_policy", "parse_action", "__version__",
+]

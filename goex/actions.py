@@ -1,0 +1,91 @@
+"""The one action format: a pydantic union discriminated on `type`, exportable as JSON Schema.
+
+Each adapter declares its own models; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from .adapters.fs.actions import FS_ACTIONS
+from .errors import ActionError
+
+ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS,)
+ACTION_TYPES: tuple[str, ...] = tuple(m.model_fields["type"].default for m in ACTION_MODELS)
+
+Action = Annotated[Union[ACTION_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]
+_adapter: TypeAdapter[Any] = TypeAdapter(Action)
+
+#: Largest action accepted, in bytes of JSON (or of content for models); bigger ones are malformed.
+DEFAULT_MAX_ACTION_BYTES = 32 * 1024 * 1024
+
+
+def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> BaseModel:
+    """Validate `action` (a model, a dict, or a JSON string/bytes) into an action model.
+
+    Raises `ActionError` naming every problem; never partially accepts.
+    """
+    if isinstance(action, ACTION_MODELS):
+        _check_size(_model_size(action), max_bytes)
+        return action
+    if isinstance(action, (bytes, bytearray)):
+        _check_size(len(action), max_bytes)
+        try:
+            action = action.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ActionError(f"action is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if isinstance(action, str):
+        _check_size(len(action), max_bytes)
+        try:
+            action = json.loads(action)
+        except json.JSONDecodeError as exc:
+            raise ActionError(f"action is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(action, dict):
+        raise ActionError(f"an action is a JSON object with a 'type' field, got {type(action).__name__}")
+    kind = action.get("type")
+    if kind not in ACTION_TYPES:
+        known = ", ".join(ACTION_TYPES)
+        raise ActionError(f"unknown action type {kind!r}; known types: {known}")
+    try:
+        model = _adapter.validate_python(action)
+    except ValidationError as exc:
+        raise ActionError(f"{kind}: " + describe_validation_error(exc)) from None
+    _check_size(_model_size(model), max_bytes)
+    return model
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"][1:] if p != "function-after") or "action"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a field of this action"
+        parts.append(f"'{loc}' {msg}")
+    return "; ".join(parts)
+
+
+def action_schema() -> dict[str, Any]:
+    """JSON Schema of every action, ready to hand to a tool-calling API."""
+    return _adapter.json_schema()
+
+
+def action_to_json(action: BaseModel) -> dict[str, Any]:
+    return action.model_dump(mode="json")
+
+
+def _model_size(model: BaseModel) -> int:
+    return sum(len(v) for v in model.__dict__.values() if isinstance(v, str))
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise ActionError(
+            f"action is {size:,} bytes, over the limit of {limit:,}; split the content into "
+            "several appends (fs.write with append=true) or raise max_action_bytes"
+        )

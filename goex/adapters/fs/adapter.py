@@ -1,0 +1,453 @@
+"""The file adapter: fs.* actions inside a confined workspace, each exactly undoable.
+
+An undo plan is a list of ops run in order, each idempotent so recovery can replay it:
+
+- `restore {path, node}`: make the path exactly the captured node (see `tree.py`)
+- `truncate {path, size}`: cut an appended file back to its size before the append
+- `move_back {from, to}`: rename `from` back to `to`, unless that already happened
+- `rmdir {path}`: remove a folder the action created (it must be empty again)
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import stat
+from typing import Any
+
+from ...errors import ActionFailed, PathRefused
+from ..base import Applied, GetBlob, Prepared, PutBlob
+from . import tree
+from .actions import FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsRead, FsWrite
+from .workspace import Parts, Workspace, show
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _parts(path: str) -> Parts:
+    return tuple(path.split("/"))
+
+
+class FileAdapter:
+    prefix = "fs"
+
+    def __init__(self, workspace: Workspace, *, max_read_bytes: int = 16 * 1024 * 1024):
+        self.ws = workspace
+        self.max_read_bytes = max_read_bytes
+        self._prepare = {
+            "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
+            "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
+            "fs.chmod": self._prepare_chmod,
+        }
+        self._apply = {
+            "fs.write": self._apply_write, "fs.read": self._apply_read, "fs.list": self._apply_list,
+            "fs.delete": self._apply_delete, "fs.move": self._apply_move, "fs.mkdir": self._apply_mkdir,
+            "fs.chmod": self._apply_chmod,
+        }
+
+    # -- protocol ----------------------------------------------------------------------------
+
+    def prepare(self, action: Any) -> Prepared:
+        try:
+            return self._prepare[action.type](action)
+        except (PathRefused, ActionFailed):
+            raise
+        except OSError as exc:
+            raise ActionFailed(f"{action.type}: {_os_reason(exc)}") from None
+
+    def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
+        action, state = prepared.action, prepared.state
+        ops: list[dict[str, Any]] = []
+        if action.type == "fs.write":
+            p = state["path"]
+            if action.append and state["size"] is not None:
+                ops.append({"op": "truncate", "path": show(p), "size": state["size"]})
+            else:
+                ops.append({"op": "restore", "path": show(p), "node": self._capture(p, put_blob)})
+        elif action.type == "fs.delete":
+            ops.append({"op": "restore", "path": show(state["path"]), "node": self._capture(state["path"], put_blob)})
+        elif action.type == "fs.move":
+            src, dst = state["src"], state["dst"]
+            ops.append({"op": "move_back", "from": show(dst), "to": show(src)})
+            if state["dst_exists"]:
+                ops.append({"op": "restore", "path": show(dst), "node": self._capture(dst, put_blob)})
+        elif action.type == "fs.chmod":
+            p = state["path"]
+            with self.ws.parent(p) as dfd:
+                ops.append({"op": "restore", "path": show(p), "node": tree.shallow(dfd, p[-1])})
+        ops.extend({"op": "rmdir", "path": show(d)} for d in reversed(state.get("created", [])))
+        return {"ops": ops}
+
+    def apply(self, prepared: Prepared) -> Applied:
+        try:
+            return self._apply[prepared.action.type](prepared.action, prepared.state)
+        except (PathRefused, ActionFailed):
+            raise
+        except OSError as exc:
+            raise ActionFailed(f"{prepared.action.type}: {_os_reason(exc)}") from None
+
+    def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
+        found = []
+        for path, expected in after.items():
+            parts = _parts(path)
+            try:
+                with self.ws.parent(parts) as dfd:
+                    now = tree.digest_at(dfd, parts[-1], deep=_is_deep(expected))
+            except FileNotFoundError:
+                now = "-"
+            except (PathRefused, OSError) as exc:
+                found.append((path, f"cannot be checked ({exc})"))
+                continue
+            if now != expected:
+                found.append((path, f"expected {tree.describe(expected)}, found {tree.describe(now)}"))
+        return found
+
+    def revert(self, plan: dict[str, Any], get_blob: GetBlob) -> None:
+        for op in plan.get("ops", []):
+            getattr(self, "_revert_" + op["op"])(op, get_blob)
+
+    def fingerprint(self) -> str:
+        """sha256 of the whole workspace (content, modes, symlinks), the journal excluded."""
+        h = hashlib.sha256()
+        with self.ws.folder(()) as fd:
+            for name in sorted(os.listdir(fd)):
+                if self.ws.is_hidden(os.stat(name, dir_fd=fd, follow_symlinks=False)):
+                    continue
+                h.update(name.encode("utf-8", "surrogateescape") + b"\0" + tree.digest_at(fd, name, deep=True).encode() + b"\n")
+        return h.hexdigest()
+
+    # -- revert ops ----------------------------------------------------------------------------
+
+    def _revert_restore(self, op: dict[str, Any], get_blob: GetBlob) -> None:
+        parts = _parts(op["path"])
+        try:
+            with self.ws.parent(parts) as dfd:
+                tree.restore(dfd, parts[-1], op["node"], get_blob)
+        except FileNotFoundError:
+            if op["node"]["k"] != "-":
+                raise
+
+    def _revert_truncate(self, op: dict[str, Any], get_blob: GetBlob) -> None:
+        parts = _parts(op["path"])
+        try:
+            with self.ws.parent(parts) as dfd:
+                fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size > op["size"]:
+                os.ftruncate(fd, op["size"])
+        finally:
+            os.close(fd)
+
+    def _revert_move_back(self, op: dict[str, Any], get_blob: GetBlob) -> None:
+        src, dst = _parts(op["from"]), _parts(op["to"])
+        if self.ws.lstat(dst) is not None or self.ws.lstat(src) is None:
+            return  # never moved, or already back
+        with self.ws.parent(src) as sfd, self.ws.parent(dst) as dfd:
+            os.rename(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+
+    def _revert_rmdir(self, op: dict[str, Any], get_blob: GetBlob) -> None:
+        parts = _parts(op["path"])
+        try:
+            with self.ws.parent(parts) as dfd:
+                os.rmdir(parts[-1], dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise ActionFailed(f"folder {op['path']} is not empty; it was created by the action and "
+                                   "now holds files nobody journaled: move them out and retry") from None
+            raise
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _capture(self, parts: Parts, put_blob: PutBlob) -> tree.Node:
+        try:
+            with self.ws.parent(parts) as dfd:
+                return tree.capture(dfd, parts[-1], put_blob, self.ws.is_hidden)
+        except FileNotFoundError:  # its folder is created by the action itself
+            return dict(tree.ABSENT)
+
+    def _missing_parents(self, parts: Parts, original: str) -> list[Parts]:
+        """Folders to create so that `parts` has a parent; refuses a file in the way."""
+        parent = self.ws.lstat(parts[:-1])
+        if parent is not None and stat.S_ISDIR(parent.st_mode):
+            return []
+        for i in range(1, len(parts)):
+            st = self.ws.lstat(parts[:i])
+            if st is None:
+                return [parts[:j] for j in range(i, len(parts))]
+            if not stat.S_ISDIR(st.st_mode):
+                raise ActionFailed(f"cannot create {original}: {show(parts[:i])} is not a folder")
+        return []
+
+    def _existing(self, path: str, *, follow: bool) -> tuple[Parts, os.stat_result]:
+        parts = self.ws.resolve(path, follow=follow)
+        st = self.ws.lstat(parts)
+        if st is None:
+            raise ActionFailed(f"no such file or folder: {path}")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise tree._special(path, st)
+        return parts, st
+
+    def _make_dirs(self, created: list[Parts]) -> None:
+        for d in created:
+            with self.ws.parent(d) as dfd:
+                try:
+                    os.mkdir(d[-1], 0o777, dir_fd=dfd)
+                except FileExistsError:
+                    pass
+
+    def _after_created(self, after: dict[str, str], created: list[Parts]) -> None:
+        if created:
+            top = created[0]
+            with self.ws.parent(top) as dfd:
+                after[show(top)] = tree.digest_at(dfd, top[-1], deep=True)
+
+    def _tree_size(self, parts: Parts, st: os.stat_result) -> tuple[int, int]:
+        if not stat.S_ISDIR(st.st_mode):
+            return 1, st.st_size if stat.S_ISREG(st.st_mode) else 0
+        files = size = 0
+        with self.ws.folder(parts) as fd:
+            for _, _, names, dfd in os.fwalk(dir_fd=fd):
+                for name in names:
+                    files += 1
+                    size += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_size
+        return files, size
+
+    # -- fs.write ------------------------------------------------------------------------------
+
+    def _prepare_write(self, a: FsWrite) -> Prepared:
+        parts = self.ws.resolve(a.path, follow=True)
+        if not parts:
+            raise ActionFailed("fs.write: the workspace root is a folder; name a file")
+        st = self.ws.lstat(parts)
+        created: list[Parts] = []
+        if st is None:
+            created = self._missing_parents(parts, a.path)
+        elif stat.S_ISDIR(st.st_mode):
+            raise ActionFailed(f"fs.write: {a.path} is a folder")
+        elif not stat.S_ISREG(st.st_mode):
+            raise tree._special(a.path, st)
+        data = a.data()
+        state = {"path": parts, "created": created, "size": st.st_size if st else None, "data": data}
+        preview = {"paths": [show(parts)], "bytes_written": len(data), "overwrites": bool(st) and not a.append}
+        return Prepared(a, [show(parts)], preview, True, state)
+
+    def _apply_write(self, a: FsWrite, state: dict[str, Any]) -> Applied:
+        parts, data = state["path"], state["data"]
+        self._make_dirs(state["created"])
+        with self.ws.parent(parts) as dfd:
+            st = tree._lstat(dfd, parts[-1])
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise tree._special(a.path, st) if not stat.S_ISLNK(st.st_mode) else PathRefused(
+                    a.path, "a symlink was swapped in while the action ran")
+            try:
+                fd = os.open(parts[-1], _WRITE_FLAGS | (os.O_APPEND if a.append else os.O_TRUNC), 0o666, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise PathRefused(a.path, "a symlink was swapped in while the action ran") from None
+                raise
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise tree._special(a.path, st)
+                tree.write_all(fd, data)
+            finally:
+                os.close(fd)
+            if a.append:
+                digest = tree.digest_at(dfd, parts[-1], deep=True)
+            else:
+                digest = f"f{stat.S_IMODE(st.st_mode):o}:{hashlib.sha256(data).hexdigest()}"
+        after = {show(parts): digest}
+        self._after_created(after, state["created"])
+        return Applied({"path": show(parts), "bytes_written": len(data)}, after)
+
+    # -- fs.read / fs.list ---------------------------------------------------------------------
+
+    def _prepare_read(self, a: FsRead) -> Prepared:
+        parts = self.ws.resolve(a.path, follow=True)
+        return Prepared(a, [show(parts)], {"paths": [show(parts)]}, False, {"path": parts})
+
+    def _apply_read(self, a: FsRead, state: dict[str, Any]) -> Applied:
+        parts = state["path"]
+        if not parts:
+            raise ActionFailed("fs.read: the workspace root is a folder; use fs.list")
+        with self.ws.parent(parts) as dfd:
+            try:
+                fd, st = tree.open_regular(dfd, parts[-1])
+            except FileNotFoundError:
+                raise ActionFailed(f"fs.read: no such file: {a.path}") from None
+            except IsADirectoryError:
+                raise ActionFailed(f"fs.read: {a.path} is a folder; use fs.list") from None
+            try:
+                if st.st_size > self.max_read_bytes:
+                    raise ActionFailed(f"fs.read: {a.path} is {st.st_size:,} bytes, over the read limit of "
+                                       f"{self.max_read_bytes:,}")
+                data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+            finally:
+                os.close(fd)
+        if a.encoding == "base64":
+            text = base64.b64encode(data).decode("ascii")
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ActionFailed(f"fs.read: {a.path} is not UTF-8 text; read it with encoding 'base64'") from None
+        digest = f"f{stat.S_IMODE(st.st_mode):o}:{hashlib.sha256(data).hexdigest()}"
+        return Applied(text, {show(parts): digest})
+
+    def _prepare_list(self, a: FsList) -> Prepared:
+        parts = self.ws.resolve(a.path, follow=True)
+        return Prepared(a, [show(parts)], {"paths": [show(parts)]}, False, {"path": parts})
+
+    def _apply_list(self, a: FsList, state: dict[str, Any]) -> Applied:
+        parts = state["path"]
+        try:
+            with self.ws.folder(parts) as fd:
+                listing = []
+                for name in sorted(os.listdir(fd)):
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if self.ws.is_hidden(st):
+                        continue
+                    item: dict[str, Any] = {"name": name, "kind": _kind(st.st_mode), "size": st.st_size,
+                                            "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+                    if stat.S_ISLNK(st.st_mode):
+                        item["target"] = os.readlink(name, dir_fd=fd)
+                    listing.append(item)
+        except FileNotFoundError:
+            raise ActionFailed(f"fs.list: no such folder: {a.path}") from None
+        except (NotADirectoryError, PathRefused) as exc:
+            if isinstance(exc, PathRefused) and "journal" in exc.reason:
+                raise
+            raise ActionFailed(f"fs.list: {a.path} is not a folder") from None
+        return Applied(listing, {})
+
+    # -- fs.delete -----------------------------------------------------------------------------
+
+    def _prepare_delete(self, a: FsDelete) -> Prepared:
+        parts = self.ws.resolve(a.path, follow=False)
+        if not parts:
+            raise PathRefused(a.path, "the workspace root itself cannot be deleted")
+        parts, st = self._existing(a.path, follow=False)
+        if stat.S_ISDIR(st.st_mode):
+            if self.ws.holds_journal(parts):
+                raise PathRefused(a.path, "contains the journal folder, which is off limits to actions")
+            if not a.recursive:
+                with self.ws.folder(parts) as fd:
+                    if os.listdir(fd):
+                        raise ActionFailed(f"fs.delete: folder {a.path} is not empty; set recursive=true to delete it all")
+        files, size = self._tree_size(parts, st)
+        preview = {"paths": [show(parts)], "files_deleted": files, "bytes_deleted": size,
+                   "folder": stat.S_ISDIR(st.st_mode)}
+        return Prepared(a, [show(parts)], preview, True, {"path": parts})
+
+    def _apply_delete(self, a: FsDelete, state: dict[str, Any]) -> Applied:
+        parts = state["path"]
+        with self.ws.parent(parts) as dfd:
+            tree.remove(dfd, parts[-1])
+        return Applied({"deleted": show(parts)}, {show(parts): "-"})
+
+    # -- fs.move -------------------------------------------------------------------------------
+
+    def _prepare_move(self, a: FsMove) -> Prepared:
+        src, src_st = self._existing(a.src, follow=False)
+        if not src:
+            raise PathRefused(a.src, "the workspace root itself cannot be moved")
+        if stat.S_ISDIR(src_st.st_mode) and self.ws.holds_journal(src):
+            raise PathRefused(a.src, "contains the journal folder, which is off limits to actions")
+        dst = self.ws.resolve(a.dst, follow=False)
+        if not dst:
+            raise PathRefused(a.dst, "the workspace root itself cannot be replaced")
+        if dst == src:
+            raise ActionFailed(f"fs.move: {a.src} and {a.dst} are the same path")
+        if dst[: len(src)] == src:
+            raise ActionFailed(f"fs.move: cannot move {a.src} into itself")
+        dst_st = self.ws.lstat(dst)
+        created: list[Parts] = []
+        files = size = 0
+        if dst_st is None:
+            created = self._missing_parents(dst, a.dst)
+        elif not a.overwrite:
+            raise ActionFailed(f"fs.move: {a.dst} exists; set overwrite=true to replace it")
+        else:
+            _, dst_st = self._existing(a.dst, follow=False)
+            if stat.S_ISDIR(dst_st.st_mode) and self.ws.holds_journal(dst):
+                raise PathRefused(a.dst, "contains the journal folder, which is off limits to actions")
+            files, size = self._tree_size(dst, dst_st)
+        targets = [show(src), show(dst)]
+        preview = {"paths": targets, "files_deleted": files, "bytes_deleted": size, "overwrites": dst_st is not None}
+        state = {"src": src, "dst": dst, "dst_exists": dst_st is not None, "created": created}
+        return Prepared(a, targets, preview, True, state)
+
+    def _apply_move(self, a: FsMove, state: dict[str, Any]) -> Applied:
+        src, dst = state["src"], state["dst"]
+        self._make_dirs(state["created"])
+        with self.ws.parent(src) as sfd, self.ws.parent(dst) as dfd:
+            if state["dst_exists"]:
+                tree.remove(dfd, dst[-1])
+            os.rename(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+            moved = tree.digest_at(dfd, dst[-1], deep=True)
+        after = {show(src): "-", show(dst): moved}
+        self._after_created(after, state["created"])
+        return Applied({"moved": show(src), "to": show(dst)}, after)
+
+    # -- fs.mkdir ------------------------------------------------------------------------------
+
+    def _prepare_mkdir(self, a: FsMkdir) -> Prepared:
+        parts = self.ws.resolve(a.path, follow=True)
+        st = self.ws.lstat(parts)
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
+                raise ActionFailed(f"fs.mkdir: {a.path} exists and is not a folder")
+            return Prepared(a, [show(parts)], {"paths": [show(parts)]}, False, {"path": parts, "created": []})
+        created = self._missing_parents(parts, a.path) + [parts]
+        return Prepared(a, [show(parts)], {"paths": [show(parts)]}, True, {"path": parts, "created": created})
+
+    def _apply_mkdir(self, a: FsMkdir, state: dict[str, Any]) -> Applied:
+        self._make_dirs(state["created"])
+        after: dict[str, str] = {}
+        self._after_created(after, state["created"])
+        return Applied({"path": show(state["path"]), "created": [show(d) for d in state["created"]]}, after)
+
+    # -- fs.chmod ------------------------------------------------------------------------------
+
+    def _prepare_chmod(self, a: FsChmod) -> Prepared:
+        parts, st = self._existing(a.path, follow=True)
+        if not parts:
+            raise PathRefused(a.path, "the workspace root's own mode cannot be changed")
+        if stat.S_ISLNK(st.st_mode):
+            raise ActionFailed(f"fs.chmod: {a.path} is a symlink to a missing target")
+        bits = a.bits()
+        preview = {"paths": [show(parts)], "mode": f"{bits:04o}", "world_writable": bool(bits & 0o002),
+                   "setuid": bool(bits & 0o6000)}
+        return Prepared(a, [show(parts)], preview, True, {"path": parts, "mode": bits})
+
+    def _apply_chmod(self, a: FsChmod, state: dict[str, Any]) -> Applied:
+        parts = state["path"]
+        with self.ws.parent(parts) as dfd:
+            tree.set_mode(dfd, parts[-1], state["mode"])
+            digest = tree.digest_at(dfd, parts[-1], deep=False)
+        return Applied({"path": show(parts), "mode": f"{state['mode']:04o}"}, {show(parts): digest})
+
+
+def _is_deep(digest: str) -> bool:
+    return not (digest[:1] in ("f", "d") and ":" not in digest)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "special"
+
+
+def _os_reason(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"

@@ -1,0 +1,174 @@
+"""Confinement of every path to the workspace root, with directory file descriptors.
+
+The kernel is never asked to follow a symlink: each component is opened relative to the
+already-opened parent with O_NOFOLLOW. Symlinks inside the workspace are resolved here, by
+reading them and re-walking from the root, and refused when they lead outside or into the
+journal. A symlink swapped in while an action runs makes the no-follow open fail (ELOOP)
+instead of escaping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from contextlib import contextmanager
+from typing import Iterator
+
+from ...errors import PathRefused
+
+Parts = tuple[str, ...]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
+
+
+def show(parts: Parts) -> str:
+    return "/".join(parts) or "."
+
+
+class Workspace:
+    """The root an agent may touch, minus the journal folder."""
+
+    def __init__(self, root: str | os.PathLike[str], hidden: str | os.PathLike[str] | None = None):
+        self.root = os.path.realpath(root)
+        try:
+            self.root_fd = os.open(self.root, _DIR_FLAGS)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"workspace root {self.root} does not exist; create it first") from None
+        except NotADirectoryError:
+            raise NotADirectoryError(f"workspace root {self.root} is not a folder") from None
+        self._hidden: tuple[int, int] | None = None
+        self._hidden_parts: Parts | None = None
+        if hidden is not None and os.path.isdir(hidden):
+            st = os.stat(hidden)
+            self._hidden = (st.st_dev, st.st_ino)
+            real = os.path.realpath(hidden)
+            if real.startswith(self.root.rstrip("/") + "/"):
+                self._hidden_parts = tuple(os.path.relpath(real, self.root).split("/"))
+
+    def close(self) -> None:
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+    # -- names --------------------------------------------------------------------------------
+
+    def split(self, path: str) -> Parts:
+        """Check the spelling of a path and split it into components (no filesystem access)."""
+        if "\0" in path:
+            raise PathRefused(path, "contains a NUL byte")
+        if path.startswith("/"):
+            raise PathRefused(path, "absolute paths are not allowed; give a path relative to the workspace root")
+        parts = tuple(p for p in path.split("/") if p not in ("", "."))
+        if ".." in parts:
+            raise PathRefused(path, "'..' is not allowed; give a path inside the workspace root")
+        return parts
+
+    def holds_journal(self, parts: Parts) -> bool:
+        """Whether the folder `parts` is, or contains, the journal folder."""
+        return self._hidden_parts is not None and self._hidden_parts[: len(parts)] == parts
+
+    def is_hidden(self, st: os.stat_result) -> bool:
+        return self._hidden is not None and (st.st_dev, st.st_ino) == self._hidden
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    def resolve(self, path: str, *, follow: bool) -> Parts:
+        """The canonical (symlink-free) components of `path` inside the root.
+
+        Intermediate symlinks are always resolved (inside the root only); the last component
+        is resolved too when `follow` is true. Missing components are allowed: they are returned
+        as spelled, for actions that create them.
+        """
+        todo = list(self.split(path))
+        done: list[str] = []
+        hops = 0
+        fd = os.dup(self.root_fd)
+        try:
+            while todo:
+                name = todo.pop(0)
+                last = not todo
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return tuple(done + [name] + todo)
+                except NotADirectoryError:
+                    raise PathRefused(path, f"{show(tuple(done))} is not a folder") from None
+                if self.is_hidden(st):
+                    raise PathRefused(path, "the journal folder is off limits to actions")
+                if stat.S_ISLNK(st.st_mode) and (follow or not last):
+                    hops += 1
+                    if hops > _MAX_LINKS:
+                        raise PathRefused(path, "too many levels of symbolic links")
+                    target = os.readlink(name, dir_fd=fd)
+                    todo = self._through_link(path, done, target) + todo
+                    done = []
+                    os.close(fd)
+                    fd = os.dup(self.root_fd)
+                    continue
+                if last:
+                    return tuple(done + [name])
+                if not stat.S_ISDIR(st.st_mode):
+                    raise PathRefused(path, f"{show(tuple(done + [name]))} is not a folder")
+                nfd = self._open_dir(fd, name, path)
+                os.close(fd)
+                fd = nfd
+                done.append(name)
+            return tuple(done)
+        finally:
+            os.close(fd)
+
+    def _through_link(self, path: str, done: list[str], target: str) -> list[str]:
+        if target.startswith("/"):
+            raise PathRefused(path, f"symlink at {show(tuple(done)) if done else '.'}/… points outside the workspace ({target})")
+        parts = list(done)
+        for piece in target.split("/"):
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                if not parts:
+                    raise PathRefused(path, f"a symlink on the way points outside the workspace ({target})")
+                parts.pop()
+            else:
+                parts.append(piece)
+        return parts
+
+    def _open_dir(self, fd: int, name: str, path: str) -> int:
+        try:
+            nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PathRefused(path, f"{name} changed into a symlink or file while the action ran") from None
+            raise
+        if self.is_hidden(os.fstat(nfd)):
+            os.close(nfd)
+            raise PathRefused(path, "the journal folder is off limits to actions")
+        return nfd
+
+    @contextmanager
+    def parent(self, parts: Parts) -> Iterator[int]:
+        """An open fd of the folder holding `parts` (canonical), opened without following links."""
+        fd = os.dup(self.root_fd)
+        try:
+            for name in parts[:-1]:
+                nfd = self._open_dir(fd, name, show(parts))
+                os.close(fd)
+                fd = nfd
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def folder(self, parts: Parts) -> Iterator[int]:
+        """An open fd of the folder `parts` itself (the root for ())."""
+        with self.parent(parts + ("",)) as fd:
+            yield fd
+
+    def lstat(self, parts: Parts) -> os.stat_result | None:
+        if not parts:
+            return os.fstat(self.root_fd)
+        try:
+            with self.parent(parts) as fd:
+                return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None

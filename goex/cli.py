@@ -1,0 +1,231 @@
+"""The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, demo.
+
+Exit codes of `exec`: 0 all succeeded, 2 malformed input, 3 refused by the policy, 1 any other
+failure. Other commands: 0 success, 1 failure, 4 undo conflict (nothing of that entry undone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any, Iterator, TextIO
+
+from . import __version__
+from .actions import action_schema
+from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict
+from .runtime import Runtime
+
+EXIT_OK, EXIT_FAILED, EXIT_MALFORMED, EXIT_REFUSED, EXIT_CONFLICT = 0, 1, 2, 3, 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_MALFORMED
+    try:
+        return args.func(args)
+    except UndoConflict as exc:
+        undone = getattr(exc, "undone", [])
+        if undone:
+            print(f"undone before the conflict: {', '.join(undone)}", file=sys.stderr)
+        print(f"goex: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except GoexError as exc:
+        print(f"goex: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("goex: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="goex", description="Safe, journaled, undoable actions for AI agents.")
+    p.add_argument("--version", action="version", version=f"goex {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, func: Any, help: str, root: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        if root:
+            c.add_argument("--root", required=True, help="the workspace folder")
+            c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
+        return c
+
+    c = command("exec", _exec, "Run actions: one JSON object, or '-' for JSON Lines on stdin.")
+    c.add_argument("action", metavar="ACTION")
+    c.add_argument("--session", help="session id to use or go on with (default: a new one)")
+    c.add_argument("--actor", default="agent", help="who acts (default: agent)")
+    c.add_argument("--policy", default="default", help="policy pack name or YAML path (default: default)")
+    c.add_argument("--durability", choices=["fsync", "process"], default="fsync")
+
+    c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--steps", type=int, help="undo the last N changing actions (of --session, or the newest session)")
+    what.add_argument("--to", metavar="CHECKPOINT", help="undo everything after this checkpoint (id or label)")
+    what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")
+    c.add_argument("--session", help="the session to undo (alone: all of it)")
+    c.add_argument("--force", action="store_true", help="restore before-states even over later changes")
+
+    c = command("checkpoint", _checkpoint, "Mark a checkpoint in a session; prints its id.")
+    c.add_argument("--session", required=True)
+    c.add_argument("--label")
+
+    c = command("log", _log, "List journal entries: id, time, session, actor, type, target, decision, status.")
+    c.add_argument("--json", action="store_true", help="print a JSON array")
+    c.add_argument("--session", help="only this session")
+
+    c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
+    c.add_argument("--expect", metavar="HEAD", help="the SEQ:HASH head you kept earlier: detects truncation")
+
+    command("recover", _recover, "Finish or revert actions interrupted by a crash.")
+    command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
+
+    c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
+    c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
+    return p
+
+
+def _runtime(args: argparse.Namespace, **kw: Any) -> Runtime:
+    return Runtime(args.root, journal=args.journal, **kw)
+
+
+# -- exec ------------------------------------------------------------------------------------------
+
+
+def _exec(args: argparse.Namespace) -> int:
+    worst = EXIT_OK
+    with _runtime(args, policy=args.policy, durability=args.durability) as rt:
+        session = rt.session(actor=args.actor, session_id=args.session)
+        for raw in _actions(args.action, sys.stdin):
+            try:
+                result = session.execute(raw)
+            except ActionError as exc:
+                _emit({"ok": False, "entry_id": None, "session": session.id, "status": "malformed",
+                       "error": str(exc)})
+                worst = _worse(worst, EXIT_MALFORMED)
+                continue
+            _emit(result.to_json())
+            if not result.ok:
+                worst = _worse(worst, EXIT_REFUSED if result.status == "denied" else EXIT_FAILED)
+    return worst
+
+
+def _actions(arg: str, stdin: TextIO) -> Iterator[Any]:
+    if arg != "-":
+        yield arg
+        return
+    for line in stdin.buffer:
+        if line.strip():
+            yield line  # bytes: parse_action reports non-UTF-8 input itself
+
+
+def _worse(a: int, b: int) -> int:
+    rank = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_REFUSED: 2, EXIT_MALFORMED: 3}
+    return a if rank[a] >= rank[b] else b
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# -- undo / checkpoint -----------------------------------------------------------------------------
+
+
+def _undo(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        if args.all:
+            undone = rt.rollback_all(force=args.force)
+        elif args.to:
+            rows = rt.journal.query("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
+                                    (args.to, args.to))
+            if args.session:
+                rows = [r for r in rows if r["session"] == args.session] or rows[:0]
+            if not rows:
+                raise GoexError(f"no checkpoint {args.to!r}" + (f" in session {args.session}" if args.session else "")
+                                + "; `goex log` lists sessions, `goex checkpoint` makes one")
+            undone = rt.session(session_id=rows[0]["session"]).rollback(to=args.to, force=args.force)
+        elif args.steps is not None:
+            sid = args.session or _newest_session(rt)
+            undone = rt.session(session_id=sid).undo(args.steps, force=args.force)
+        elif args.session:
+            undone = rt.session(session_id=args.session).rollback(force=args.force)
+        else:
+            raise GoexError("say what to undo: --steps N, --to CHECKPOINT, --session ID or --all")
+    print(f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}" + (f": {', '.join(undone)}" if undone else ""))
+    return EXIT_OK
+
+
+def _newest_session(rt: Runtime) -> str:
+    rows = rt.journal.query("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
+    if not rows:
+        raise GoexError("the journal has no entries yet; nothing to undo")
+    return rows[0]["session"]
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        print(rt.session(session_id=args.session).checkpoint(args.label))
+    return EXIT_OK
+
+
+# -- log / verify / recover ------------------------------------------------------------------------
+
+
+def _log(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        rows = rt.log(args.session)
+    for row in rows:
+        row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        print(format_log(rows))
+    return EXIT_OK
+
+
+def format_log(rows: list[dict[str, Any]]) -> str:
+    cols = ["id", "time", "session", "actor", "type", "target", "decision", "status"]
+    table = [cols] + [[str(r[c]) if c != "time" else r[c][11:23] for c in cols] for r in rows]
+    widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
+    return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        try:
+            report = rt.verify(expect_head=args.expect)
+        except JournalCorrupt as exc:
+            print(f"journal CORRUPT: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}")
+    return EXIT_OK
+
+
+def _recover(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        report = rt.recover()
+    if not report.outcomes:
+        print("nothing to recover: no entry was interrupted")
+    for eid, outcome in report.outcomes.items():
+        print(f"{eid}: {outcome}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(action_schema(), indent=1))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

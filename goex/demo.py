@@ -1,0 +1,96 @@
+"""`goex demo`: an agent's actions on a temporary workspace, journaled, refused, rolled back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .cli import format_log
+from .runtime import Runtime
+
+_PROJECT = {
+    "README.md": "# inventory\nA tiny service that tracks stock.\n",
+    "src/app.py": "def total(items):\n    return sum(i['qty'] for i in items)\n",
+    "data/report.csv": "sku,qty\nA-1,4\nB-2,0\n",
+    "logs/2026-11-01.log": "started\n" * 50,
+    "logs/2026-11-02.log": "started\nstopped\n" * 20,
+    ".env": "DATABASE_URL=postgresql://app:hunter2@db/app\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+}
+
+_AGENT_ACTIONS: list[dict[str, Any]] = [
+    {"type": "fs.read", "path": "src/app.py"},
+    {"type": "fs.write", "path": "src/app.py",
+     "content": "def total(items):\n    return sum(i.get('qty', 0) for i in items)\n"},
+    {"type": "fs.write", "path": "tests/test_app.py",
+     "content": "from src.app import total\n\ndef test_total():\n    assert total([{'qty': 2}, {}]) == 2\n"},
+    {"type": "fs.write", "path": "logs/2026-11-02.log", "content": "restarted\n", "append": True},
+    {"type": "fs.move", "src": "data/report.csv", "dst": "archive/2026/report.csv"},
+    {"type": "fs.write", "path": "assets/logo.bin", "encoding": "base64",
+     "content": base64.b64encode(bytes(range(256))).decode()},
+    {"type": "fs.chmod", "path": "src/app.py", "mode": "0755"},
+    {"type": "fs.delete", "path": "logs", "recursive": True},
+    {"type": "fs.write", "path": ".env", "content": "DATABASE_URL=postgresql://root@db/app\n"},
+    {"type": "fs.read", "path": "../../etc/passwd"},
+    {"type": "fs.list", "path": "."},
+]
+
+
+def run_demo(*, keep: bool = False) -> int:
+    root = Path(tempfile.mkdtemp(prefix="goex-demo-"))
+    try:
+        return _run(root)
+    finally:
+        if keep:
+            print(f"\nworkspace kept at {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path) -> int:
+    for rel, text in _PROJECT.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    print(f"goex demo: a workspace at {root} with {len(_PROJECT)} files; policy pack 'default'\n")
+    with Runtime(root) as rt:
+        start = rt.fingerprint()
+        print(f"1. fingerprint of the starting tree: {start[:16]}…\n")
+        print("2. the agent acts (each action: checked, journaled write-ahead, applied, traced):")
+        with rt.session(actor="demo-agent") as session:
+            for i, action in enumerate(_AGENT_ACTIONS):
+                if i == 4:
+                    print(f"   -- checkpoint {session.checkpoint('before-archive')} ('before-archive')")
+                result = session.execute(action)
+                mark = "ok  " if result.ok else "REFUSED" if result.status == "denied" else "FAILED"
+                print(f"   {mark:7} {result.entry_id:>4}  {_brief(action)}")
+                if not result.ok:
+                    print(f"{'':16}{result.error}")
+            print("\n3. the journal (`goex log --root DIR`):")
+            print("   " + format_log(_timed(rt.log())).replace("\n", "\n   "))
+            print("\n4. undo back to the checkpoint, then the whole session:")
+            print(f"   rolled back to 'before-archive': {', '.join(session.rollback(to='before-archive'))}")
+            print(f"   rolled back the rest:            {', '.join(session.rollback())}")
+        end = rt.fingerprint()
+        report = rt.verify()
+    same = end == start
+    print(f"\n5. fingerprint after rollback: {end[:16]}… {'identical to the start' if same else 'DIFFERENT from the start'}")
+    print(f"   journal verified: {report.records} hash-chained records, {report.blobs} before-image blobs")
+    print("\nTry it yourself: goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
+    return 0 if same else 1
+
+
+def _brief(action: dict[str, Any]) -> str:
+    shown = {k: (v if not isinstance(v, str) or len(v) < 40 else v[:37] + "…") for k, v in action.items()}
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def _timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from datetime import datetime, timezone
+
+    for row in rows:
+        row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
+    return rows

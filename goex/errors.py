@@ -1,0 +1,72 @@
+"""Error types raised by goex. Each message says what was refused and what to do."""
+
+from __future__ import annotations
+
+
+class GoexError(Exception):
+    """Base class of every error goex raises on purpose."""
+
+
+class ActionError(GoexError, ValueError):
+    """The action is malformed: unknown type, missing or extra fields, bad encoding, too large.
+
+    Nothing was applied and nothing was journaled as applied.
+    """
+
+
+class PathRefused(GoexError):
+    """A path escapes the workspace, crosses a symlink out of it, names the journal,
+    or names something goex will not touch (device files, FIFOs, sockets)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"path {path!r} refused: {reason}")
+
+
+class PolicyDenied(GoexError):
+    """The policy refused the action (or it needs a confirmation nobody gave)."""
+
+    def __init__(self, message: str, rules: list[str] | None = None, entry_id: str | None = None):
+        self.rules = list(rules or [])
+        self.entry_id = entry_id
+        super().__init__(message)
+
+
+class ActionFailed(GoexError):
+    """The action was allowed but failed while applying; its partial effect was reverted."""
+
+    def __init__(self, message: str, entry_id: str | None = None):
+        self.entry_id = entry_id
+        super().__init__(message)
+
+
+class UndoConflict(GoexError):
+    """Undo would overwrite changes made after the action. Nothing of that entry was undone.
+
+    `conflicts` lists (entry id, target, what differs). Pass `force=True` (CLI `--force`)
+    to restore the recorded before-state anyway.
+    """
+
+    def __init__(self, entry_id: str, conflicts: list[tuple[str, str]]):
+        self.entry_id = entry_id
+        self.conflicts = conflicts
+        listed = "; ".join(f"{target}: {why}" for target, why in conflicts)
+        super().__init__(
+            f"cannot undo entry {entry_id}: changed since the action ({listed}). "
+            "Undo the later changes first, or force it (force=True / --force) to restore "
+            "the recorded before-state and lose those changes."
+        )
+
+
+class JournalCorrupt(GoexError):
+    """The journal fails verification: an entry or blob was edited, removed, reordered or truncated."""
+
+    def __init__(self, message: str, seq: int | None = None, entry_id: str | None = None):
+        self.seq = seq
+        self.entry_id = entry_id
+        super().__init__(message)
+
+
+class JournalBusy(GoexError):
+    """Another process holds the journal for longer than the configured wait."""

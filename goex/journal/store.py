@@ -1,0 +1,288 @@
+"""The journal: an append-only, hash-chained record log with content-addressed blobs.
+
+Stored in one SQLite database (`journal.db`, WAL mode) inside the journal folder:
+
+- `records`: the log itself. Each row is one canonical-JSON record; its hash is
+  `sha256(previous hash + body)`, so editing, removing or reordering a record breaks the chain.
+- `blobs`: before-image content, keyed by the sha256 of the raw bytes, zlib-compressed.
+- `head`: the last record's seq and hash, written with every append, so a truncated tail shows.
+- `entries`, `checkpoints`: an index derived from the records (status of each entry), kept in the
+  same transactions for fast queries; `verify` rebuilds it from the records and compares.
+
+Every process appends under one exclusive lock (`lock` file, flock), held across an action's
+capture, apply and record, so concurrent sessions on one root never interleave inside an action.
+See docs/journal.md for the format.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import JournalBusy, JournalCorrupt
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64
+CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, body TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs(hash TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS head(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries(
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
+    type TEXT NOT NULL, target TEXT NOT NULL, decision TEXT NOT NULL, status TEXT NOT NULL,
+    time REAL NOT NULL, undoable INTEGER NOT NULL, after_seq INTEGER);
+CREATE INDEX IF NOT EXISTS entries_session ON entries(session, seq);
+CREATE INDEX IF NOT EXISTS entries_status ON entries(status);
+CREATE TABLE IF NOT EXISTS checkpoints(
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, session TEXT NOT NULL, label TEXT, time REAL NOT NULL);
+"""
+
+#: Entry states, as `goex log` shows them.
+PENDING, APPLIED, FAILED, DENIED, UNDOING, UNDONE = "pending", "applied", "failed", "denied", "undoing", "undone"
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain(prev: str, body: str) -> str:
+    return hashlib.sha256(prev.encode() + body.encode()).hexdigest()
+
+
+def entry_id(seq: int) -> str:
+    return f"e{seq}"
+
+
+def checkpoint_id(seq: int) -> str:
+    return f"c{seq}"
+
+
+class Transaction:
+    """One atomic append: blobs and records become visible (and durable) together."""
+
+    def __init__(self, journal: "Journal", cur: sqlite3.Cursor):
+        self._journal = journal
+        self._cur = cur
+        row = cur.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        self.seq, self.hash = row if row else (0, GENESIS)
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes (at most one chunk) content-addressed; returns their sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+            packed = zlib.compress(data, 1)
+            stored = b"z" + packed if len(packed) < len(data) else b"r" + data
+            self._cur.execute("INSERT INTO blobs VALUES (?, ?, ?)", (digest, len(data), stored))
+        return digest
+
+    def append(self, kind: str, **fields: Any) -> tuple[int, str]:
+        """Append one record; returns its (seq, hash)."""
+        seq = self.seq + 1
+        record = {"seq": seq, "kind": kind, "time": round(time.time(), 6), **fields}
+        body = canonical(record)
+        digest = chain(self.hash, body)
+        self._cur.execute("INSERT INTO records VALUES (?, ?, ?)", (seq, body, digest))
+        index_record(self._cur, record)
+        self.seq, self.hash = seq, digest
+        return seq, digest
+
+
+class Journal:
+    """The append-only store of one workspace. Thread-safe; one instance per process and root."""
+
+    def __init__(self, folder: str | os.PathLike[str], *, durability: str = "fsync", lock_timeout_s: float = 60.0):
+        if durability not in ("fsync", "process"):
+            raise ValueError("durability is 'fsync' (survives power loss) or 'process' (survives a killed process)")
+        self.folder = Path(folder)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.durability = durability
+        self.lock_timeout_s = lock_timeout_s
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._db = sqlite3.connect(
+            self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._synchronous = ""
+            self._set_sync(durable=True)
+            with self.exclusive():
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),)
+                )
+            version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalCorrupt(f"journal database {self.folder / 'journal.db'} cannot be opened: {exc}") from None
+        if version != str(FORMAT_VERSION):
+            self.close()
+            raise JournalCorrupt(f"journal format {version} is not supported (expected {FORMAT_VERSION})")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None  # type: ignore[assignment]
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- locking -----------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the workspace lock: no other process or thread appends or acts meanwhile."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                self._acquire_flock()
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _acquire_flock(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise JournalBusy(
+                        f"another process has held the journal in {self.folder} for over "
+                        f"{self.lock_timeout_s:.0f}s; wait for it to finish or stop it"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, durable: bool) -> Iterator[Transaction]:
+        """Append atomically. `durable=True` makes the records survive power loss (in 'fsync' mode)
+        before this returns; otherwise they survive a killed process but may wait for the next sync."""
+        with self.exclusive():
+            self._set_sync(durable=durable)
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                tx = Transaction(self, cur)
+                yield tx
+                cur.execute(
+                    "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (tx.seq, tx.hash),
+                )
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def append(self, kind: str, *, durable: bool = False, **fields: Any) -> tuple[int, str]:
+        with self.transaction(durable=durable) as tx:
+            return tx.append(kind, **fields)
+
+    def _set_sync(self, *, durable: bool) -> None:
+        level = "FULL" if durable and self.durability == "fsync" else "NORMAL"
+        if level != self._synchronous:
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_blob(self, digest: str) -> bytes:
+        row = self._db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+        if row is None:
+            raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
+        data = unpack_blob(row[0])
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
+        return data
+
+    def record(self, seq: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
+        return json.loads(row[0])
+
+    def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+        yield from self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
+
+    def head(self) -> tuple[int, str]:
+        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        return row if row else (0, GENESIS)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        cur = self._db.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur.execute(sql, params).fetchall()
+
+    def entry(self, eid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM entries WHERE id = ?", (eid,))
+        return rows[0] if rows else None
+
+    def raw(self) -> sqlite3.Connection:
+        """The underlying connection, for `verify` and tests."""
+        return self._db
+
+
+def unpack_blob(stored: bytes) -> bytes:
+    codec, payload = stored[:1], stored[1:]
+    if codec == b"z":
+        return zlib.decompress(payload)
+    if codec == b"r":
+        return bytes(payload)
+    raise JournalCorrupt(f"blob has an unknown codec {codec!r}")
+
+
+_STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone": UNDONE}
+
+
+def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
+    """Apply one record to the derived index (entries and checkpoints)."""
+    kind, seq = record["kind"], record["seq"]
+    if kind == "entry":
+        cur.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (
+                entry_id(seq), seq, record["session"], record["actor"], record["action"]["type"],
+                record["target"], record["decision"]["verdict"], record["status"], record["time"],
+                int(bool(record.get("plan", {}).get("ops"))),
+            ),
+        )
+    elif kind == "checkpoint":
+        cur.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+            (checkpoint_id(seq), seq, record["session"], record.get("label"), record["time"]),
+        )
+    elif kind in _STATUS_OF:
+        status = _STATUS_OF[kind]
+        if kind == "applied":
+            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE id = ?", (status, seq, record["entry"]))
+        else:
+            cur.execute("UPDATE entries SET status = ? WHERE id = ?", (status, record["entry"]))
+        if cur.rowcount != 1:
+            raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {record['entry']}", seq=seq)
+    else:
+        raise JournalCorrupt(f"record {seq} has unknown kind {kind!r}", seq=seq)

@@ -1,0 +1,401 @@
+"""Runtime and Session: every action goes prepare -> decide -> journal -> apply -> report.
+
+The journal is the only record. Undo, recovery, the log and the spans all read from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from .actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
+from .adapters.base import Adapter, Prepared
+from .adapters.fs.adapter import FileAdapter
+from .adapters.fs.workspace import Workspace
+from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, UndoConflict
+from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
+from .journal.verify import VerifyReport, verify
+from .policy import Decision, Policy, RuleMatch, load_policy
+from .telemetry import tracer as make_tracer
+
+CONFINEMENT_RULE = "workspace.confinement"
+_INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
+
+
+@dataclass
+class Result:
+    """What one action did. `ok` is False when it was refused or failed; `error` says why."""
+
+    ok: bool
+    entry_id: str | None
+    output: Any = None
+    error: str | None = None
+    status: str = APPLIED
+    session: str | None = None
+    type: str | None = None
+    decision: Decision | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "ok": self.ok, "entry_id": self.entry_id, "session": self.session, "type": self.type,
+            "status": self.status, "output": self.output, "error": self.error,
+            "decision": d.verdict if d else None, "rules": d.rules if d else [],
+        }
+
+    def raise_for_error(self) -> "Result":
+        """Raise `PolicyDenied` or `ActionFailed` unless the action succeeded; returns self."""
+        if self.ok:
+            return self
+        if self.status == "denied":
+            raise PolicyDenied(self.error or "refused", self.decision.rules if self.decision else [], self.entry_id)
+        raise ActionFailed(self.error or "failed", self.entry_id)
+
+
+@dataclass
+class RecoveryReport:
+    """What `recover` did to each interrupted entry: 'reverted', 'undone', or 'error: …'."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(v.startswith("error") for v in self.outcomes.values())
+
+
+class Runtime:
+    """The workspace an agent may touch, its journal, and the policy that guards it.
+
+    `root`: the folder actions are confined to. `journal`: where the journal lives (default
+    `<root>/.goex`; actions can never reach it). `policy`: a shipped pack name, a YAML path or a
+    `Policy`. `durability`: 'fsync' (entries survive power loss before the effect happens) or
+    'process' (they survive a killed process; much faster, for training loops).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        policy: "str | Path | Policy" = "default",
+        durability: str = "fsync",
+        tracer_provider: Any = None,
+        max_action_bytes: int = DEFAULT_MAX_ACTION_BYTES,
+    ):
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise GoexError(f"workspace root {root_path} is not an existing folder; create it first")
+        self.root = root_path.resolve()
+        self.policy = load_policy(policy)
+        self.journal = Journal(Path(journal) if journal is not None else self.root / ".goex", durability=durability)
+        self.workspace = Workspace(self.root, hidden=self.journal.folder)
+        self.max_action_bytes = max_action_bytes
+        self._tracer = make_tracer(tracer_provider)
+        self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace)}
+        self._unrecoverable: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.workspace.close()
+        self.journal.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def session(self, actor: str = "agent", session_id: str | None = None) -> "Session":
+        """A new session, or the existing one with `session_id` to go on with it."""
+        return Session(self, session_id or f"s-{secrets.token_hex(5)}", actor)
+
+    # -- the action pipeline -------------------------------------------------------------------
+
+    def _execute(self, session: "Session", action: Any) -> Result:
+        model = parse_action(action, max_bytes=self.max_action_bytes)
+        adapter = self._adapters[model.type.split(".", 1)[0]]
+        with self._tracer.start_as_current_span(f"goex {model.type}") as span:
+            with self.journal.exclusive():
+                self._recover_locked(RecoveryReport())
+                result = self._run(session, model, adapter)
+            if span.is_recording():
+                span.set_attributes({
+                    "goex.action.type": model.type,
+                    "goex.action.target": ", ".join(getattr(model, "targets")()),
+                    "goex.decision": result.decision.verdict if result.decision else "allow",
+                    "goex.entry.id": result.entry_id or "",
+                    "goex.session.id": session.id,
+                    "goex.actor": session.actor,
+                    "goex.status": result.status,
+                    "goex.entry.hash": self.journal.head()[1],
+                })
+                if result.decision and result.decision.rules:
+                    span.set_attribute("goex.rules", result.decision.rules)
+                if not result.ok:
+                    span.set_attribute("goex.error", result.error or "")
+        return result
+
+    def _run(self, session: "Session", model: BaseModel, adapter: Adapter) -> Result:
+        def refused(exc: PathRefused, targets: list[str]) -> Result:
+            decision = Decision("deny", (RuleMatch(CONFINEMENT_RULE, "deny", "severe", 1.0, exc.reason),))
+            eid = self._journal_outcome(session, model, targets, decision, "denied", error=str(exc))
+            return Result(False, eid, error=str(exc), status="denied", session=session.id, type=model.type,
+                          decision=decision)
+
+        def failed(exc: Exception, targets: list[str], decision: Decision | None = None) -> Result:
+            eid = self._journal_outcome(session, model, targets, decision, "failed", error=str(exc))
+            return Result(False, eid, error=str(exc), status="failed", session=session.id, type=model.type,
+                          decision=decision)
+
+        spelled = getattr(model, "targets")()
+        try:
+            prepared = adapter.prepare(model)
+        except PathRefused as exc:
+            return refused(exc, spelled)
+        except ActionFailed as exc:
+            return failed(exc, spelled)
+        decision = self.policy.decide(model.type, prepared.targets, prepared.preview)
+        if decision.verdict != "allow":
+            error = f"refused by policy: {decision.reason}"
+            if decision.verdict == "confirm":
+                error += " (needs confirmation, and no approver is configured)"
+            eid = self._journal_outcome(session, model, prepared.targets, decision, "denied", error=error,
+                                        preview=prepared.preview)
+            return Result(False, eid, error=error, status="denied", session=session.id, type=model.type,
+                          decision=decision)
+        if not prepared.effect:
+            try:
+                applied = adapter.apply(prepared)
+            except PathRefused as exc:
+                return refused(exc, prepared.targets)
+            except ActionFailed as exc:
+                return failed(exc, prepared.targets, decision)
+            eid = self._journal_outcome(session, model, prepared.targets, decision, APPLIED, after=applied.after)
+            return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
+        return self._apply(session, model, adapter, prepared, decision, refused, failed)
+
+    def _apply(self, session: "Session", model: BaseModel, adapter: Adapter, prepared: Prepared,
+               decision: Decision, refused: Callable[..., Result], failed: Callable[..., Result]) -> Result:
+        try:
+            with self.journal.transaction(durable=True) as tx:
+                plan = adapter.capture(prepared, tx.put_blob)
+                seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview,
+                                   **self._entry_fields(tx, session, model, prepared.targets, decision))
+        except PathRefused as exc:
+            return refused(exc, prepared.targets)
+        except (ActionFailed, OSError) as exc:
+            return failed(exc if isinstance(exc, ActionFailed) else ActionFailed(f"{model.type}: {exc}"),
+                          prepared.targets, decision)
+        eid = entry_id(seq)
+        try:
+            applied = adapter.apply(prepared)
+        except BaseException as exc:  # noqa: BLE001 - revert on anything, even KeyboardInterrupt
+            reason = str(exc) if isinstance(exc, (ActionFailed, PathRefused)) else f"{model.type}: {exc!r}"
+            self._revert_pending(adapter, eid, plan, reason)
+            if not isinstance(exc, Exception):
+                raise
+            status = "denied" if isinstance(exc, PathRefused) else "failed"
+            return Result(False, eid, error=reason, status=status, session=session.id, type=model.type,
+                          decision=decision)
+        self.journal.append("applied", entry=eid, after=applied.after)
+        return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
+
+    def _revert_pending(self, adapter: Adapter, eid: str, plan: dict[str, Any], reason: str) -> None:
+        try:
+            adapter.revert(plan, self.journal.read_blob)
+        except Exception as exc:  # noqa: BLE001 - leave it pending for `recover`
+            self._unrecoverable.add(eid)
+            raise GoexError(f"entry {eid} failed ({reason}) and could not be reverted ({exc}); "
+                            "it stays pending: fix the cause and run `goex recover`") from exc
+        self.journal.append("failed", entry=eid, error=reason, reverted=True, durable=True)
+
+    def _journal_outcome(self, session: "Session", model: BaseModel, targets: list[str], decision: Decision | None,
+                         status: str, **extra: Any) -> str:
+        with self.journal.transaction(durable=False) as tx:
+            seq, _ = tx.append("entry", status=status,
+                               **self._entry_fields(tx, session, model, targets, decision), **extra)
+        return entry_id(seq)
+
+    def _entry_fields(self, tx: Transaction, session: "Session", model: BaseModel, targets: list[str],
+                      decision: Decision | None) -> dict[str, Any]:
+        return {
+            "session": session.id, "actor": session.actor, "action": _journal_form(action_to_json(model), tx),
+            "target": " -> ".join(targets) if model.type == "fs.move" else ", ".join(targets),
+            "decision": (decision or Decision("allow")).to_json(), "pid": os.getpid(),
+        }
+
+    # -- undo ----------------------------------------------------------------------------------
+
+    def rollback_all(self, *, force: bool = False) -> list[str]:
+        """Undo every applied entry of every session on this root, newest first."""
+        return self._undo_selected(
+            lambda: self.journal.query(
+                "SELECT * FROM entries WHERE status = 'applied' AND undoable = 1 ORDER BY seq DESC"), force)
+
+    def _undo_selected(self, select: Callable[[], list[sqlite3.Row]], force: bool) -> list[str]:
+        done: list[str] = []
+        with self.journal.exclusive():
+            self._recover_locked(RecoveryReport())
+            for row in select():
+                try:
+                    self._undo_entry(row, force)
+                except UndoConflict as exc:
+                    exc.undone = done  # type: ignore[attr-defined]
+                    raise
+                done.append(row["id"])
+        return done
+
+    def _undo_entry(self, row: sqlite3.Row, force: bool) -> None:
+        eid = row["id"]
+        entry = self.journal.record(row["seq"])
+        after = self.journal.record(row["after_seq"])["after"]
+        adapter = self._adapters[row["type"].split(".", 1)[0]]
+        with self._tracer.start_as_current_span("goex undo") as span:
+            conflicts = adapter.conflicts(entry["plan"], after)
+            if conflicts and not force:
+                raise UndoConflict(eid, conflicts)
+            self.journal.append("undoing", entry=eid, forced=bool(conflicts),
+                                conflicts=[list(c) for c in conflicts], durable=True)
+            adapter.revert(entry["plan"], self.journal.read_blob)
+            self.journal.append("undone", entry=eid)
+            if span.is_recording():
+                span.set_attributes({"goex.entry.id": eid, "goex.session.id": row["session"],
+                                     "goex.action.type": row["type"], "goex.action.target": row["target"],
+                                     "goex.status": "undone", "goex.forced": bool(conflicts)})
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Bring every interrupted entry to a consistent end: a pending action is reverted (and
+        recorded as failed), an interrupted undo is finished (and recorded as undone)."""
+        report = RecoveryReport()
+        self._unrecoverable.clear()
+        with self.journal.exclusive():
+            self._recover_locked(report)
+        return report
+
+    def _recover_locked(self, report: RecoveryReport) -> None:
+        # Holding the lock proves no live process is mid-action: its owner died.
+        rows = self.journal.query("SELECT * FROM entries WHERE status IN ('pending', 'undoing') ORDER BY seq DESC")
+        for row in rows:
+            eid = row["id"]
+            if eid in self._unrecoverable:
+                report.outcomes[eid] = "error: could not be reverted earlier; see `goex recover`"
+                continue
+            entry = self.journal.record(row["seq"])
+            adapter = self._adapters[row["type"].split(".", 1)[0]]
+            try:
+                adapter.revert(entry["plan"], self.journal.read_blob)
+            except Exception as exc:  # noqa: BLE001 - report it, keep going with the others
+                self._unrecoverable.add(eid)
+                report.outcomes[eid] = f"error: {exc}"
+                continue
+            if row["status"] == "pending":
+                self.journal.append("failed", entry=eid, error="interrupted before it finished; reverted by recovery",
+                                    reverted=True, durable=True)
+                report.outcomes[eid] = "reverted"
+            else:
+                self.journal.append("undone", entry=eid, recovered=True, durable=True)
+                report.outcomes[eid] = "undone"
+
+    # -- reading the journal -------------------------------------------------------------------
+
+    def log(self, session: str | None = None) -> list[dict[str, Any]]:
+        """Every entry, oldest first: id, time, session, actor, type, target, decision, status."""
+        sql = "SELECT id, time, session, actor, type, target, decision, status FROM entries"
+        rows = self.journal.query(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
+                                  (session,) if session else ())
+        return [dict(r) for r in rows]
+
+    def checkpoints(self, session: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT id, session, label, time FROM checkpoints"
+        rows = self.journal.query(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
+                                  (session,) if session else ())
+        return [dict(r) for r in rows]
+
+    def fingerprint(self) -> str:
+        """sha256 of the workspace's files, folders, modes and symlinks (the journal excluded)."""
+        return self._adapters["fs"].fingerprint()  # type: ignore[attr-defined]
+
+    def verify(self, expect_head: str | None = None) -> VerifyReport:
+        """Check the whole journal; raises `JournalCorrupt` naming the first bad record."""
+        return verify(self.journal, expect_head=expect_head)
+
+
+class Session:
+    """One actor's run of actions on a runtime. Leaving the `with` block undoes nothing."""
+
+    def __init__(self, runtime: Runtime, session_id: str, actor: str):
+        self.runtime = runtime
+        self.id = session_id
+        self.actor = actor
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def execute(self, action: Any) -> Result:
+        """Run one action (a dict in the JSON form, a JSON string, or an action model).
+
+        Returns a `Result`; raises `ActionError` if the action is malformed (nothing applied).
+        """
+        return self.runtime._execute(self, action)
+
+    def checkpoint(self, label: str | None = None) -> str:
+        """Mark this point of the session; `rollback(to=…)` takes its id or its label."""
+        seq, _ = self.runtime.journal.append("checkpoint", session=self.id, label=label)
+        return checkpoint_id(seq)
+
+    def undo(self, steps: int = 1, *, force: bool = False) -> list[str]:
+        """Undo the last `steps` actions of this session that changed something (reads and refused
+        actions are skipped). Returns the ids undone, newest first."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
+            "SELECT * FROM entries WHERE session = ? AND status = 'applied' AND undoable = 1 "
+            "ORDER BY seq DESC LIMIT ?", (self.id, steps)), force)
+
+    def rollback(self, to: str | None = None, *, force: bool = False) -> list[str]:
+        """Undo everything this session did after checkpoint `to` (an id or a label), or all of it."""
+        after = 0 if to is None else self._checkpoint_seq(to)
+        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
+            "SELECT * FROM entries WHERE session = ? AND seq > ? AND status = 'applied' AND undoable = 1 "
+            "ORDER BY seq DESC", (self.id, after)), force)
+
+    def _checkpoint_seq(self, to: str) -> int:
+        rows = self.runtime.journal.query(
+            "SELECT seq FROM checkpoints WHERE session = ? AND (id = ? OR label = ?) ORDER BY seq DESC LIMIT 1",
+            (self.id, to, to))
+        if not rows:
+            known = ", ".join(f"{c['id']}" + (f" ({c['label']})" if c["label"] else "")
+                              for c in self.runtime.checkpoints(self.id)) or "none"
+            raise GoexError(f"session {self.id} has no checkpoint {to!r}; its checkpoints: {known}")
+        return rows[0]["seq"]
+
+    def log(self) -> list[dict[str, Any]]:
+        return self.runtime.log(self.id)
+
+
+def _journal_form(action: dict[str, Any], tx: Transaction) -> dict[str, Any]:
+    """The action as journaled: long strings (file content) are stored as blobs, by reference."""
+    out: dict[str, Any] = {}
+    for key, value in action.items():
+        if isinstance(value, str) and len(value) > _INLINE_LIMIT:
+            data = value.encode("utf-8")
+            chunks = [tx.put_blob(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+            out[key] = {"$blob": {"sha": hashlib.sha256(data).hexdigest(), "size": len(data), "chunks": chunks}}
+        else:
+            out[key] = value
+    return out
