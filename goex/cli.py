@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--durability", choices=["fsync", "process"], default="fsync")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
-    what = c.add_mutually_exclusive_group(required=True)
+    what = c.add_mutually_exclusive_group()
     what.add_argument("--steps", type=int, help="undo the last N changing actions (of --session, or the newest session)")
     what.add_argument("--to", metavar="CHECKPOINT", help="undo everything after this checkpoint (id or label)")
     what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")

@@ -15,7 +15,7 @@ import stat
 from contextlib import contextmanager
 from typing import Iterator
 
-from ...errors import PathRefused
+from ...errors import ActionFailed, PathRefused
 
 Parts = tuple[str, ...]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -93,7 +93,7 @@ class Workspace:
                 except FileNotFoundError:
                     return tuple(done + [name] + todo)
                 except NotADirectoryError:
-                    raise PathRefused(path, f"{show(tuple(done))} is not a folder") from None
+                    raise ActionFailed(f"{path}: {show(tuple(done))} is not a folder") from None
                 if self.is_hidden(st):
                     raise PathRefused(path, "the journal folder is off limits to actions")
                 if stat.S_ISLNK(st.st_mode) and (follow or not last):
@@ -109,7 +109,7 @@ class Workspace:
                 if last:
                     return tuple(done + [name])
                 if not stat.S_ISDIR(st.st_mode):
-                    raise PathRefused(path, f"{show(tuple(done + [name]))} is not a folder")
+                    raise ActionFailed(f"{path}: {show(tuple(done + [name]))} is not a folder")
                 nfd = self._open_dir(fd, name, path)
                 os.close(fd)
                 fd = nfd

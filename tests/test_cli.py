@@ -1,0 +1,149 @@
+"""The `goex` command as a user runs it: exit codes, JSON output, undo variants, log, verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import seed_tree, snapshot
+
+GOEX = [str(Path(sys.executable).with_name("goex"))]
+
+
+def goex(*args: str, stdin: bytes | str | None = None) -> subprocess.CompletedProcess:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    done = subprocess.run(GOEX + list(args), input=data, capture_output=True, timeout=120)
+    done.out = done.stdout.decode()  # type: ignore[attr-defined]
+    done.err = done.stderr.decode()  # type: ignore[attr-defined]
+    return done
+
+
+def results(done: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in done.out.splitlines() if line.strip()]
+
+
+def test_exec_one_action_prints_one_result(root: Path):
+    done = goex("exec", "--root", str(root), '{"type": "fs.write", "path": "a.txt", "content": "hi"}')
+    assert done.returncode == 0, done.err
+    [r] = results(done)
+    assert r["ok"] is True and r["entry_id"] and r["status"] == "applied" and r["session"]
+    assert (root / "a.txt").read_text() == "hi"
+
+
+def test_exec_exit_codes(root: Path):
+    ok = '{"type": "fs.write", "path": "a.txt", "content": "hi"}'
+    assert goex("exec", "--root", str(root), ok).returncode == 0
+    assert goex("exec", "--root", str(root), '{"type": "fs.nope"}').returncode == 2
+    assert goex("exec", "--root", str(root), "{broken").returncode == 2
+    refused = goex("exec", "--root", str(root), '{"type": "fs.write", "path": ".git/x", "content": "x"}')
+    assert refused.returncode == 3 and "fs.git-internals" in results(refused)[0]["error"]
+    escaped = goex("exec", "--root", str(root), '{"type": "fs.read", "path": "../../etc/passwd"}')
+    assert escaped.returncode == 3
+    failed = goex("exec", "--root", str(root), '{"type": "fs.read", "path": "missing.txt"}')
+    assert failed.returncode == 1 and "no such file" in results(failed)[0]["error"]
+
+
+def test_exec_json_lines_from_stdin(root: Path):
+    lines = "\n".join([
+        '{"type": "fs.write", "path": "one", "content": "1"}',
+        '{"type": "fs.write", "path": "two", "content": "2"}',
+        "not json",
+        '{"type": "fs.write", "path": ".env", "content": "x"}',
+        '{"type": "fs.read", "path": "one"}',
+    ]) + "\n"
+    done = goex("exec", "--root", str(root), "--session", "s1", "-", stdin=lines)
+    rs = results(done)
+    assert [r["ok"] for r in rs] == [True, True, False, False, True]
+    assert rs[2]["status"] == "malformed" and rs[3]["status"] == "denied" and rs[4]["output"] == "1"
+    assert {r["session"] for r in rs} == {"s1"}
+    assert done.returncode == 2  # malformed outranks refused
+
+
+def test_exec_non_utf8_stdin_is_malformed_and_applies_nothing(root: Path):
+    done = goex("exec", "--root", str(root), "-", stdin=b'{"type": "fs.write", "path": "x", "content": "\xff"}\n')
+    assert done.returncode == 2 and "not UTF-8" in results(done)[0]["error"]
+    assert not (root / "x").exists()
+
+
+def test_undo_variants(root: Path):
+    seed_tree(root)
+    start = snapshot(root)
+    r = str(root)
+    w = lambda p, c: json.dumps({"type": "fs.write", "path": p, "content": c})  # noqa: E731
+    assert goex("exec", "--root", r, "--session", "A", w("src/main.py", "1")).returncode == 0
+    cp = goex("checkpoint", "--root", r, "--session", "A", "--label", "mid").out.strip()
+    assert cp.startswith("c")
+    mid = snapshot(root)
+    goex("exec", "--root", r, "--session", "A", w("a2", "2"))
+    goex("exec", "--root", r, "--session", "A", w("a3", "3"))
+    goex("exec", "--root", r, "--session", "B", w("b1", "1"))
+    assert goex("undo", "--root", r, "--steps", "1", "--session", "A").returncode == 0
+    assert not (root / "a3").exists() and (root / "a2").exists()
+    assert goex("undo", "--root", r, "--to", "mid").returncode == 0
+    assert not (root / "a2").exists() and (root / "b1").exists()
+    assert goex("undo", "--root", r, "--session", "B").returncode == 0
+    assert snapshot(root) == mid
+    assert goex("undo", "--root", r, "--all").returncode == 0
+    assert snapshot(root) == start
+    assert goex("undo", "--root", r, "--to", "nope").returncode == 1
+
+
+def test_undo_conflict_exit_code_and_force(root: Path):
+    r = str(root)
+    goex("exec", "--root", r, '{"type": "fs.write", "path": "f", "content": "goex"}')
+    (root / "f").write_text("edited by a human")
+    done = goex("undo", "--root", r, "--all")
+    assert done.returncode == 4 and "f: expected" in done.err and "--force" in done.err
+    assert (root / "f").read_text() == "edited by a human"
+    assert goex("undo", "--root", r, "--all", "--force").returncode == 0
+    assert not (root / "f").exists()
+
+
+def test_log_table_and_json(root: Path):
+    r = str(root)
+    goex("exec", "--root", r, "--session", "S", "--actor", "bot", '{"type": "fs.write", "path": "f", "content": "x"}')
+    goex("exec", "--root", r, "--session", "S", '{"type": "fs.write", "path": ".env", "content": "x"}')
+    goex("undo", "--root", r, "--steps", "1")
+    rows = json.loads(goex("log", "--root", r, "--json").out)
+    assert [set(row) for row in rows] == [{"id", "time", "session", "actor", "type", "target", "decision", "status"}] * 2
+    assert [(x["actor"], x["target"], x["decision"], x["status"]) for x in rows] == [
+        ("bot", "f", "allow", "undone"), ("agent", ".env", "deny", "denied")]
+    assert rows[0]["time"].endswith("+00:00")
+    table = goex("log", "--root", r).out.splitlines()
+    assert table[0].split() == ["id", "time", "session", "actor", "type", "target", "decision", "status"]
+    assert len(table) == 3
+
+
+def test_verify_and_recover(root: Path):
+    r = str(root)
+    goex("exec", "--root", r, '{"type": "fs.write", "path": "f", "content": "x"}')
+    ok = goex("verify", "--root", r)
+    assert ok.returncode == 0 and "journal OK" in ok.out
+    assert "nothing to recover" in goex("recover", "--root", r).out
+
+
+def test_missing_root_is_a_clear_error(tmp_path: Path):
+    done = goex("exec", "--root", str(tmp_path / "nope"), '{"type": "fs.list", "path": "."}')
+    assert done.returncode == 1 and "not an existing folder" in done.err
+
+
+def test_journal_elsewhere(root: Path, tmp_path: Path):
+    j = str(tmp_path / "journal")
+    goex("exec", "--root", str(root), "--journal", j, '{"type": "fs.write", "path": "f", "content": "x"}')
+    assert not (root / ".goex").exists() and os.path.exists(os.path.join(j, "journal.db"))
+    assert goex("undo", "--root", str(root), "--journal", j, "--all").returncode == 0
+    assert not (root / "f").exists()
+
+
+def test_schema_command():
+    schema = json.loads(goex("schema").out)
+    assert "fs.write" in schema["discriminator"]["mapping"]
+
+
+def test_demo_runs_end_to_end():
+    done = goex("demo")
+    assert done.returncode == 0, done.err
+    assert "identical to the start" in done.out and "REFUSED" in done.out

@@ -1,0 +1,158 @@
+"""The journal is tamper-evident: verify catches any edit, deletion, reordering or truncation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import goex
+
+
+def make_history(root: Path) -> None:
+    (root / "old.txt").write_text("before\n" * 100)
+    with goex.Runtime(root, policy="permissive") as rt:
+        s = rt.session()
+        s.execute({"type": "fs.write", "path": "old.txt", "content": "after"}).raise_for_error()
+        s.checkpoint("mid")
+        s.execute({"type": "fs.write", "path": "new.txt", "content": "x" * 10_000}).raise_for_error()
+        s.execute({"type": "fs.read", "path": "new.txt"}).raise_for_error()
+        s.undo()
+
+
+def db(root: Path) -> sqlite3.Connection:
+    return sqlite3.connect(root / ".goex" / "journal.db", isolation_level=None)
+
+
+def verify_cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "goex.cli", "verify", "--root", str(root), *extra],
+                          capture_output=True, text=True)
+
+
+def test_untouched_journal_verifies(root: Path):
+    make_history(root)
+    done = verify_cli(root)
+    assert done.returncode == 0, done.stderr
+    assert "journal OK" in done.stdout
+
+
+def tamper_edit_body(c: sqlite3.Connection) -> None:
+    seq, body = c.execute("SELECT seq, body FROM records WHERE body LIKE '%\"kind\":\"entry\"%' LIMIT 1").fetchone()
+    c.execute("UPDATE records SET body = ? WHERE seq = ?", (body.replace("old.txt", "odd.txt"), seq))
+
+
+def tamper_edit_and_rehash(c: sqlite3.Connection) -> None:
+    # an attacker who recomputes the edited record's own hash still breaks the next link
+    from goex.journal.store import GENESIS, chain
+    body = c.execute("SELECT body FROM records WHERE seq = 1").fetchone()[0]
+    forged = body.replace('"actor":"agent"', '"actor":"admin"')
+    assert forged != body
+    c.execute("UPDATE records SET body = ?, hash = ? WHERE seq = 1", (forged, chain(GENESIS, forged)))
+
+
+def tamper_delete_middle(c: sqlite3.Connection) -> None:
+    c.execute("DELETE FROM records WHERE seq = 3")
+
+
+def tamper_swap(c: sqlite3.Connection) -> None:
+    a = c.execute("SELECT body, hash FROM records WHERE seq = 2").fetchone()
+    b = c.execute("SELECT body, hash FROM records WHERE seq = 3").fetchone()
+    c.execute("UPDATE records SET body = ?, hash = ? WHERE seq = 2", b)
+    c.execute("UPDATE records SET body = ?, hash = ? WHERE seq = 3", a)
+
+
+def tamper_truncate(c: sqlite3.Connection) -> None:
+    last = c.execute("SELECT max(seq) FROM records").fetchone()[0]
+    c.execute("DELETE FROM records WHERE seq = ?", (last,))
+
+
+def tamper_blob_content(c: sqlite3.Connection) -> None:
+    digest = c.execute("SELECT hash FROM blobs LIMIT 1").fetchone()[0]
+    c.execute("UPDATE blobs SET data = ? WHERE hash = ?", (b"r" + b"forged", digest))
+
+
+def tamper_blob_delete(c: sqlite3.Connection) -> None:
+    c.execute("DELETE FROM blobs")
+
+
+def tamper_index(c: sqlite3.Connection) -> None:
+    c.execute("UPDATE entries SET status = 'applied' WHERE status = 'undone'")
+
+
+@pytest.mark.parametrize("tamper", [tamper_edit_body, tamper_edit_and_rehash, tamper_delete_middle, tamper_swap,
+                                    tamper_truncate, tamper_blob_content, tamper_blob_delete, tamper_index])
+def test_verify_detects_tampering(root: Path, tamper):
+    make_history(root)
+    with db(root) as c:
+        tamper(c)
+    done = verify_cli(root)
+    assert done.returncode != 0
+    assert "CORRUPT" in done.stderr
+    with goex.Runtime(root, policy="permissive") as rt, pytest.raises(goex.JournalCorrupt):
+        rt.verify()
+
+
+def test_verify_names_the_first_bad_entry(root: Path):
+    make_history(root)
+    with db(root) as c:
+        tamper_edit_body(c)
+    with goex.Runtime(root, policy="permissive") as rt, pytest.raises(goex.JournalCorrupt) as info:
+        rt.verify()
+    assert info.value.seq == 1 and "entry e1" in str(info.value)
+
+
+def test_truncation_of_head_and_tail_is_caught_with_an_anchor(root: Path):
+    make_history(root)
+    head = verify_cli(root).stdout.rsplit("head ", 1)[1].strip()
+    with db(root) as c:  # a careful attacker removes the tail and rewinds the head too
+        last = c.execute("SELECT max(seq) FROM records").fetchone()[0]
+        c.execute("DELETE FROM records WHERE seq = ?", (last,))
+        seq, digest = c.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        c.execute("UPDATE head SET seq = ?, hash = ?", (seq, digest))
+        c.execute("DELETE FROM entries")
+        c.execute("DELETE FROM checkpoints")
+    # the rewritten index still disagrees with the replay; with an anchor kept elsewhere, the rewind shows even so
+    assert verify_cli(root, "--expect", head).returncode != 0
+
+
+def test_undo_refuses_forged_before_image(root: Path):
+    (root / "f.txt").write_text("original")
+    with goex.Runtime(root, policy="permissive") as rt:
+        s = rt.session()
+        s.execute({"type": "fs.write", "path": "f.txt", "content": "changed"}).raise_for_error()
+    with db(root) as c:
+        c.execute("UPDATE blobs SET data = ?", (b"r" + b"forged",))
+    with goex.Runtime(root, policy="permissive") as rt:
+        with pytest.raises(goex.JournalCorrupt):
+            rt.rollback_all()
+
+
+def test_records_are_canonical_json_with_hash_chain(root: Path):
+    make_history(root)
+    from goex.journal.store import GENESIS, chain
+    prev = GENESIS
+    with db(root) as c:
+        for seq, body, digest in c.execute("SELECT seq, body, hash FROM records ORDER BY seq"):
+            record = json.loads(body)
+            assert record["seq"] == seq and "kind" in record and "time" in record
+            assert digest == chain(prev, body)
+            prev = digest
+
+
+def test_long_content_is_journaled_by_reference(root: Path):
+    make_history(root)
+    with db(root) as c:
+        body = c.execute("SELECT body FROM records WHERE body LIKE '%new.txt%' AND body LIKE '%\"kind\":\"entry\"%'").fetchone()[0]
+    content = json.loads(body)["action"]["content"]
+    assert content["$blob"]["size"] == 10_000 and len(content["$blob"]["chunks"]) == 1
+
+
+def test_garbage_database_file_is_reported(root: Path):
+    (root / ".goex").mkdir()
+    (root / ".goex" / "journal.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(goex.JournalCorrupt, match="cannot be opened"):
+        goex.Runtime(root)
