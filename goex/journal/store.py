@@ -40,11 +40,11 @@ CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, body TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS blobs(hash TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS head(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries(
-    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
     type TEXT NOT NULL, target TEXT NOT NULL, decision TEXT NOT NULL, status TEXT NOT NULL,
     time REAL NOT NULL, undoable INTEGER NOT NULL, after_seq INTEGER);
 CREATE INDEX IF NOT EXISTS entries_session ON entries(session, seq);
-CREATE INDEX IF NOT EXISTS entries_status ON entries(status);
+CREATE INDEX IF NOT EXISTS entries_open ON entries(seq) WHERE status IN ('pending', 'undoing');
 CREATE TABLE IF NOT EXISTS checkpoints(
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, session TEXT NOT NULL, label TEXT, time REAL NOT NULL);
 """
@@ -63,6 +63,11 @@ def chain(prev: str, body: str) -> str:
 
 def entry_id(seq: int) -> str:
     return f"e{seq}"
+
+
+def entry_seq(eid: str) -> int:
+    """The record seq an entry id names (`e12` -> 12); -1 when it is not an entry id."""
+    return int(eid[1:]) if eid[:1] == "e" and eid[1:].isdigit() else -1
 
 
 def checkpoint_id(seq: int) -> str:
@@ -239,7 +244,7 @@ class Journal:
         return cur.execute(sql, params).fetchall()
 
     def entry(self, eid: str) -> sqlite3.Row | None:
-        rows = self.query("SELECT * FROM entries WHERE id = ?", (eid,))
+        rows = self.query("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
         return rows[0] if rows else None
 
     def raw(self) -> sqlite3.Connection:
@@ -266,7 +271,7 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
         cur.execute(
             "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (
-                entry_id(seq), seq, record["session"], record["actor"], record["action"]["type"],
+                seq, entry_id(seq), record["session"], record["actor"], record["action"]["type"],
                 record["target"], record["decision"]["verdict"], record["status"], record["time"],
                 int(bool(record.get("plan", {}).get("ops"))),
             ),
@@ -278,10 +283,11 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
         )
     elif kind in _STATUS_OF:
         status = _STATUS_OF[kind]
+        target = entry_seq(record["entry"])
         if kind == "applied":
-            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE id = ?", (status, seq, record["entry"]))
+            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, target))
         else:
-            cur.execute("UPDATE entries SET status = ? WHERE id = ?", (status, record["entry"]))
+            cur.execute("UPDATE entries SET status = ? WHERE seq = ?", (status, target))
         if cur.rowcount != 1:
             raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {record['entry']}", seq=seq)
     else:

@@ -69,12 +69,12 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
         exp_seq = expect_head.split(":", 1)[0]
         raise JournalCorrupt(f"journal head is {last_seq}:{prev[:16]}…, expected {expect_head[:80]} "
                              f"(records after {min(last_seq, int(exp_seq) if exp_seq.isdigit() else 0)} were removed or rewritten)")
-    for table, key in (("entries", "id"), ("checkpoints", "id")):
+    for table, key in (("entries", "seq"), ("checkpoints", "seq")):
         stored = db.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
         rebuilt = replay.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
         if stored != rebuilt:
             bad = next((r for r, s in zip(rebuilt, stored) if r != s), (rebuilt or stored)[0] if (rebuilt or stored) else None)
-            raise JournalCorrupt(f"the {table} index disagrees with the records (near {bad[0] if bad else '?'}); edited")
+            raise JournalCorrupt(f"the {table} index disagrees with the records (near {bad[1] if bad else '?'}); edited")
     count = 0
     for digest, size, data in db.execute("SELECT hash, size, data FROM blobs"):
         count += 1
