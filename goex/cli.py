@@ -100,7 +100,7 @@ def _exec(args: argparse.Namespace) -> int:
     worst = EXIT_OK
     with _runtime(args, policy=args.policy, durability=args.durability) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
-        for raw in _actions(args.action, sys.stdin):
+        for raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
             try:
                 result = session.execute(raw)
             except ActionError as exc:
@@ -114,12 +114,19 @@ def _exec(args: argparse.Namespace) -> int:
     return worst
 
 
-def _actions(arg: str, stdin: TextIO) -> Iterator[Any]:
+def _actions(arg: str, stdin: TextIO, limit: int) -> Iterator[Any]:
     if arg != "-":
         yield arg
         return
-    for line in stdin.buffer:
-        if line.strip():
+    while True:
+        line = stdin.buffer.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := stdin.buffer.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # drain the oversized line without holding it
+            yield line  # parse_action reports it as over the limit
+        elif line.strip():
             yield line  # bytes: parse_action reports non-UTF-8 input itself
 
 

@@ -126,7 +126,8 @@ class Runtime:
         adapter = self._adapters[model.type.split(".", 1)[0]]
         with self._tracer.start_as_current_span(f"goex {model.type}") as span:
             with self.journal.exclusive():
-                self._recover_locked(RecoveryReport())
+                if self.journal.changed_elsewhere():  # only another process can leave entries open
+                    self._recover_locked(RecoveryReport())
                 result = self._run(session, model, adapter)
             if span.is_recording():
                 span.set_attributes({

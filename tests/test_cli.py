@@ -147,3 +147,12 @@ def test_demo_runs_end_to_end():
     done = goex("demo")
     assert done.returncode == 0, done.err
     assert "identical to the start" in done.out and "REFUSED" in done.out
+
+
+def test_exec_oversized_stdin_line_is_malformed_and_the_rest_runs(root: Path):
+    huge = '{"type": "fs.write", "path": "huge", "content": "' + "x" * (33 * 1024 * 1024) + '"}\n'
+    ok = '{"type": "fs.write", "path": "small", "content": "fine"}\n'
+    done = goex("exec", "--root", str(root), "-", stdin=huge + ok)
+    rs = results(done)
+    assert done.returncode == 2 and rs[0]["status"] == "malformed" and "over the limit" in rs[0]["error"]
+    assert rs[1]["ok"] and (root / "small").read_text() == "fine" and not (root / "huge").exists()

@@ -116,6 +116,7 @@ class Journal:
         self.lock_timeout_s = lock_timeout_s
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
+        self._data_version = -1
         self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._db = sqlite3.connect(
             self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
@@ -239,9 +240,16 @@ class Journal:
         return row if row else (0, GENESIS)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        cur = self._db.cursor()
-        cur.row_factory = sqlite3.Row
-        return cur.execute(sql, params).fetchall()
+        with self._thread_lock:
+            cur = self._db.cursor()
+            cur.row_factory = sqlite3.Row
+            return cur.execute(sql, params).fetchall()
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection committed since the last call (SQLite's data_version)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
 
     def entry(self, eid: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
