@@ -210,3 +210,16 @@ def test_mtime_of_restored_files_is_kept(root: Path, rt: goex.Runtime):
     run(s, type="fs.write", path="old.txt", content="new")
     s.undo()
     assert (root / "old.txt").stat().st_mtime_ns == 1_000_000_000
+
+
+def test_forced_undo_keeps_files_nobody_journaled(root: Path, rt: goex.Runtime):
+    s = rt.session()
+    run(s, type="fs.write", path="made/by/goex.txt", content="x")
+    (root / "made/by/human.txt").write_text("precious")
+    with pytest.raises(goex.UndoConflict) as info:
+        s.undo()
+    assert "made" in str(info.value)
+    assert s.undo(force=True)
+    assert not (root / "made/by/goex.txt").exists()
+    assert (root / "made/by/human.txt").read_text() == "precious"
+    assert [e["status"] for e in s.log()] == ["undone"]
