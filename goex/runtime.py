@@ -245,18 +245,26 @@ class Runtime:
 
     def _undo_selected(self, select: Callable[[], list[sqlite3.Row]], force: bool) -> list[str]:
         done: list[str] = []
+        unrecorded: list[str] = []  # undone, its "undone" record not written yet
         with self.journal.exclusive():
             self._recover_locked(RecoveryReport())
-            for row in select():
-                try:
-                    self._undo_entry(row, force)
-                except UndoConflict as exc:
-                    exc.undone = done  # type: ignore[attr-defined]
-                    raise
-                done.append(row["id"])
+            try:
+                for row in select():
+                    try:
+                        self._undo_entry(row, force, finished=unrecorded)
+                    except UndoConflict as exc:
+                        exc.undone = list(done)  # type: ignore[attr-defined]
+                        raise
+                    done.append(row["id"])
+                    unrecorded.append(row["id"])
+            finally:
+                for eid in unrecorded:
+                    self.journal.append("undone", entry=eid)
         return done
 
-    def _undo_entry(self, row: sqlite3.Row, force: bool) -> None:
+    def _undo_entry(self, row: sqlite3.Row, force: bool, finished: list[str]) -> None:
+        """Undo one entry. `finished` holds entries already undone whose "undone" records go into
+        the same transaction as this one's "undoing" record (one commit per entry); it is emptied."""
         eid = row["id"]
         entry = self.journal.record(row["seq"])
         after = self.journal.record(row["after_seq"])["after"]
@@ -265,10 +273,12 @@ class Runtime:
             conflicts = adapter.conflicts(entry["plan"], after)
             if conflicts and not force:
                 raise UndoConflict(eid, conflicts)
-            self.journal.append("undoing", entry=eid, forced=bool(conflicts),
-                                conflicts=[list(c) for c in conflicts], durable=True)
+            with self.journal.transaction(durable=True) as tx:
+                for previous in finished:
+                    tx.append("undone", entry=previous)
+                finished.clear()
+                tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
             adapter.revert(entry["plan"], self.journal.read_blob)
-            self.journal.append("undone", entry=eid)
             if span.is_recording():
                 span.set_attributes({"goex.entry.id": eid, "goex.session.id": row["session"],
                                      "goex.action.type": row["type"], "goex.action.target": row["target"],
