@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     JournalCorrupt,
     PathRefused,
     PolicyDenied,
+    RecoveryNeeded,
     UndoConflict,
 )
 from .policy import Decision, Policy, PolicyError, load_policy  # noqa: E402
@@ -22,6 +23,6 @@ from .runtime import Result, Runtime, Session  # noqa: E402
 
 __all__ = [
     "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt",
-    "PathRefused", "Policy", "PolicyDenied", "PolicyError", "Result", "Runtime", "Session", "UndoConflict",
+    "PathRefused", "Policy", "PolicyDenied", "PolicyError", "RecoveryNeeded", "Result", "Runtime", "Session", "UndoConflict",
     "action_schema", "load_policy", "parse_action", "__version__",
 ]

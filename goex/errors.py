@@ -69,4 +69,19 @@ class JournalCorrupt(GoexError):
 
 
 class JournalBusy(GoexError):
-    """Another process holds the journal for longer than the configured wait."""
+    """Another program kept the journal database locked for longer than the wait allows."""
+
+
+class RecoveryNeeded(GoexError):
+    """An interrupted entry could not be brought to a consistent end; no new action runs until it is.
+
+    `outcomes` maps entry ids to what went wrong. Fix the cause and run `goex recover`.
+    """
+
+    def __init__(self, outcomes: dict[str, str]):
+        self.outcomes = dict(outcomes)
+        listed = "; ".join(f"{eid}: {why}" for eid, why in outcomes.items())
+        super().__init__(
+            f"the journal has interrupted entries that could not be reverted ({listed}); no action runs "
+            "until they are: fix the cause and run `goex recover`"
+        )

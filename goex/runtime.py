@@ -20,7 +20,7 @@ from .actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
 from .adapters.base import Adapter, Prepared
 from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
-from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, UndoConflict
+from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
 from .policy import Decision, Policy, RuleMatch, load_policy
@@ -100,7 +100,7 @@ class Runtime:
         self.max_action_bytes = max_action_bytes
         self._tracer = make_tracer(tracer_provider)
         self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace)}
-        self._unrecoverable: set[str] = set()
+        self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -126,8 +126,7 @@ class Runtime:
         adapter = self._adapters[model.type.split(".", 1)[0]]
         with self._tracer.start_as_current_span(f"goex {model.type}") as span:
             with self.journal.exclusive():
-                if self.journal.changed_elsewhere():  # only another process can leave entries open
-                    self._recover_locked(RecoveryReport())
+                self._ensure_consistent()
                 result = self._run(session, model, adapter)
             if span.is_recording():
                 span.set_attributes({
@@ -215,9 +214,8 @@ class Runtime:
         try:
             adapter.revert(plan, self.journal.read_blob)
         except Exception as exc:  # noqa: BLE001 - leave it pending for `recover`
-            self._unrecoverable.add(eid)
-            raise GoexError(f"entry {eid} failed ({reason}) and could not be reverted ({exc}); "
-                            "it stays pending: fix the cause and run `goex recover`") from exc
+            self._stuck = True
+            raise RecoveryNeeded({eid: f"failed ({reason}) and could not be reverted ({exc})"}) from exc
         self.journal.append("failed", entry=eid, error=reason, reverted=True, durable=True)
 
     def _journal_outcome(self, session: "Session", model: BaseModel, targets: list[str], decision: Decision | None,
@@ -247,7 +245,7 @@ class Runtime:
         done: list[str] = []
         unrecorded: list[str] = []  # undone, its "undone" record not written yet
         with self.journal.exclusive():
-            self._recover_locked(RecoveryReport())
+            self._ensure_consistent(always=True)
             try:
                 for row in select():
                     try:
@@ -273,12 +271,17 @@ class Runtime:
             conflicts = adapter.conflicts(entry["plan"], after)
             if conflicts and not force:
                 raise UndoConflict(eid, conflicts)
+            self.journal.check_blobs(entry["plan"])  # a damaged before-image stops undo before it starts
             with self.journal.transaction(durable=True) as tx:
                 for previous in finished:
                     tx.append("undone", entry=previous)
                 finished.clear()
                 tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
-            adapter.revert(entry["plan"], self.journal.read_blob)
+            try:
+                adapter.revert(entry["plan"], self.journal.read_blob)
+            except Exception as exc:  # noqa: BLE001 - it stays "undoing" for `recover` to finish
+                self._stuck = True
+                raise RecoveryNeeded({eid: f"undo stopped midway ({exc})"}) from exc
             if span.is_recording():
                 span.set_attributes({"goex.entry.id": eid, "goex.session.id": row["session"],
                                      "goex.action.type": row["type"], "goex.action.target": row["target"],
@@ -290,25 +293,28 @@ class Runtime:
         """Bring every interrupted entry to a consistent end: a pending action is reverted (and
         recorded as failed), an interrupted undo is finished (and recorded as undone)."""
         report = RecoveryReport()
-        self._unrecoverable.clear()
         with self.journal.exclusive():
             self._recover_locked(report)
         return report
+
+    def _ensure_consistent(self, *, always: bool = False) -> None:
+        """Before acting: close what a dead process left open, or refuse to act at all."""
+        if always or self._stuck or self.journal.changed_elsewhere():  # only others leave entries open
+            report = RecoveryReport()
+            self._recover_locked(report)
+            if not report.ok:
+                raise RecoveryNeeded({k: v for k, v in report.outcomes.items() if v.startswith("error")})
 
     def _recover_locked(self, report: RecoveryReport) -> None:
         # Holding the lock proves no live process is mid-action: its owner died.
         rows = self.journal.query("SELECT * FROM entries WHERE status IN ('pending', 'undoing') ORDER BY seq DESC")
         for row in rows:
             eid = row["id"]
-            if eid in self._unrecoverable:
-                report.outcomes[eid] = "error: could not be reverted earlier; see `goex recover`"
-                continue
             entry = self.journal.record(row["seq"])
             adapter = self._adapters[row["type"].split(".", 1)[0]]
             try:
                 adapter.revert(entry["plan"], self.journal.read_blob)
             except Exception as exc:  # noqa: BLE001 - report it, keep going with the others
-                self._unrecoverable.add(eid)
                 report.outcomes[eid] = f"error: {exc}"
                 continue
             if row["status"] == "pending":
@@ -318,6 +324,7 @@ class Runtime:
             else:
                 self.journal.append("undone", entry=eid, recovered=True, durable=True)
                 report.outcomes[eid] = "undone"
+        self._stuck = not report.ok
 
     # -- reading the journal -------------------------------------------------------------------
 

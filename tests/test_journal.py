@@ -129,6 +129,8 @@ def test_undo_refuses_forged_before_image(root: Path):
     with goex.Runtime(root, policy="permissive") as rt:
         with pytest.raises(goex.JournalCorrupt):
             rt.rollback_all()
+        assert (root / "f.txt").read_text() == "changed"
+        assert [e["status"] for e in rt.log()] == ["applied"]
 
 
 def test_records_are_canonical_json_with_hash_chain(root: Path):

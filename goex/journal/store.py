@@ -107,30 +107,32 @@ class Transaction:
 class Journal:
     """The append-only store of one workspace. Thread-safe; one instance per process and root."""
 
-    def __init__(self, folder: str | os.PathLike[str], *, durability: str = "fsync", lock_timeout_s: float = 60.0):
+    def __init__(self, folder: str | os.PathLike[str], *, durability: str = "fsync"):
         if durability not in ("fsync", "process"):
             raise ValueError("durability is 'fsync' (survives power loss) or 'process' (survives a killed process)")
         self.folder = Path(folder)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.durability = durability
-        self.lock_timeout_s = lock_timeout_s
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._data_version = -1
         self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._db = sqlite3.connect(
-            self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
+            self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=60.0
         )
+        self._synchronous = ""
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._synchronous = ""
-            self._set_sync(durable=True)
-            with self.exclusive():
+            with self.exclusive():  # a new journal is set up by one process at a time
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._set_sync(durable=True)
                 self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),)
-                )
-            version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+                version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            self.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise JournalBusy(f"journal {self.folder} stayed locked by another program for 60 s: {exc}") from None
+            raise JournalCorrupt(f"journal database {self.folder / 'journal.db'} cannot be opened: {exc}") from None
         except sqlite3.DatabaseError as exc:
             self.close()
             raise JournalCorrupt(f"journal database {self.folder / 'journal.db'} cannot be opened: {exc}") from None
@@ -150,10 +152,14 @@ class Journal:
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the workspace lock: no other process or thread appends or acts meanwhile."""
+        """Hold the workspace lock: no other process or thread appends or acts meanwhile.
+
+        Waiting is a blocking flock(), so waiters queue in the kernel and take turns with a busy
+        process; the kernel drops the lock of a process that dies.
+        """
         with self._thread_lock:
             if self._lock_depth == 0:
-                self._acquire_flock()
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._lock_depth += 1
             try:
                 yield
@@ -161,27 +167,6 @@ class Journal:
                 self._lock_depth -= 1
                 if self._lock_depth == 0:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _acquire_flock(self) -> None:
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise JournalBusy(
-                        f"another process has held the journal in {self.folder} for over "
-                        f"{self.lock_timeout_s:.0f}s; wait for it to finish or stop it"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -226,6 +211,11 @@ class Journal:
             raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
         return data
 
+    def check_blobs(self, obj: Any) -> None:
+        """Raise `JournalCorrupt` unless every blob `obj` references is present and intact."""
+        for digest in set(referenced_chunks(obj)):
+            self.read_blob(digest)
+
     def record(self, seq: int) -> dict[str, Any]:
         row = self._db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
         if row is None:
@@ -258,6 +248,19 @@ class Journal:
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""
         return self._db
+
+
+def referenced_chunks(obj: Any) -> Iterator[str]:
+    """Every blob hash named under a "chunks" key anywhere in a record."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "chunks" and isinstance(value, list):
+                yield from (v for v in value if isinstance(v, str))
+            else:
+                yield from referenced_chunks(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from referenced_chunks(item)
 
 
 def unpack_blob(stored: bytes) -> bytes:

@@ -6,10 +6,10 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import JournalCorrupt
-from .store import _SCHEMA, GENESIS, Journal, chain, entry_id, index_record, unpack_blob
+from .store import _SCHEMA, GENESIS, Journal, chain, entry_id, index_record, referenced_chunks, unpack_blob
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
             index_record(cur, record)
         except (KeyError, TypeError, sqlite3.DatabaseError) as exc:
             raise JournalCorrupt(f"{label}: malformed record ({exc})", seq=seq) from None
-        referenced.update(_chunks(record))
+        referenced.update(referenced_chunks(record))
         prev, expected_seq = digest, seq + 1
     last_seq = expected_seq - 1
     head = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone() or (0, GENESIS)
@@ -94,15 +94,3 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
 def _label(record: dict[str, Any], seq: int) -> str:
     eid = record.get("entry") or (entry_id(seq) if record.get("kind") == "entry" else None)
     return f"record {seq}" + (f" (entry {eid})" if eid else "")
-
-
-def _chunks(obj: Any) -> Iterator[str]:
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key == "chunks" and isinstance(value, list):
-                yield from (v for v in value if isinstance(v, str))
-            else:
-                yield from _chunks(value)
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from _chunks(item)

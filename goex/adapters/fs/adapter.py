@@ -63,7 +63,7 @@ class FileAdapter:
         if action.type == "fs.write":
             p = state["path"]
             if action.append and state["size"] is not None:
-                ops.append({"op": "truncate", "path": show(p), "size": state["size"]})
+                ops.append({"op": "truncate", "path": show(p), "size": state["size"], "mtime": state["mtime"]})
             else:
                 ops.append({"op": "restore", "path": show(p), "node": self._capture(p, put_blob)})
         elif action.type == "fs.delete":
@@ -126,8 +126,8 @@ class FileAdapter:
             with self.ws.parent(parts) as dfd:
                 tree.restore(dfd, parts[-1], op["node"], get_blob)
         except FileNotFoundError:
-            if op["node"]["k"] != "-":
-                raise
+            if op["node"]["k"] != "-" and not tree.is_shallow(op["node"]):
+                raise  # a mode-only restore of something gone has nothing left to do
 
     def _revert_truncate(self, op: dict[str, Any], get_blob: GetBlob) -> None:
         parts = _parts(op["path"])
@@ -137,8 +137,10 @@ class FileAdapter:
         except FileNotFoundError:
             return
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size > op["size"]:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size > op["size"]:
                 os.ftruncate(fd, op["size"])
+                os.utime(fd, ns=(op["mtime"], op["mtime"]))
         finally:
             os.close(fd)
 
@@ -233,7 +235,8 @@ class FileAdapter:
         elif not stat.S_ISREG(st.st_mode):
             raise tree._special(a.path, st)
         data = a.data()
-        state = {"path": parts, "created": created, "size": st.st_size if st else None, "data": data}
+        state = {"path": parts, "created": created, "size": st.st_size if st else None,
+                 "mtime": st.st_mtime_ns if st else None, "data": data}
         preview = {"paths": [show(parts)], "bytes_written": len(data), "overwrites": bool(st) and not a.append}
         return Prepared(a, [show(parts)], preview, True, state)
 

@@ -229,9 +229,13 @@ def materialize(dfd: int, name: str, node: Node, get: GetBlob) -> None:
             os.close(fd)
 
 
+def is_shallow(node: Node) -> bool:
+    return node["k"] in ("f", "d") and "chunks" not in node and "children" not in node
+
+
 def restore(dfd: int, name: str, node: Node, get: GetBlob) -> None:
     """Make `name` exactly `node` again. A shallow node only resets the mode of what is there."""
-    if node["k"] in ("f", "d") and "chunks" not in node and "children" not in node:
+    if is_shallow(node):
         set_mode(dfd, name, node["mode"])
         return
     if node["k"] == "f" and (st := _lstat(dfd, name)) is not None and stat.S_ISREG(st.st_mode):

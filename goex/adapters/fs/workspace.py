@@ -119,9 +119,17 @@ class Workspace:
             os.close(fd)
 
     def _through_link(self, path: str, done: list[str], target: str) -> list[str]:
+        """The components a symlink at `done` + [link] leads to, resolved as text inside the root."""
         if target.startswith("/"):
-            raise PathRefused(path, f"symlink at {show(tuple(done)) if done else '.'}/… points outside the workspace ({target})")
-        parts = list(done)
+            target = os.path.normpath(target)
+            inside = os.path.relpath(target, self.root)
+            if inside == ".." or inside.startswith("../"):
+                where = show(tuple(done)) + "/…" if done else "a symlink"
+                raise PathRefused(path, f"{where} points outside the workspace ({target})")
+            parts: list[str] = []
+            target = inside
+        else:
+            parts = list(done)
         for piece in target.split("/"):
             if piece in ("", "."):
                 continue
