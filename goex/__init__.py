@@ -7,6 +7,9 @@ undo it, applied and traced; any session can be rolled back to any checkpoint.
 __version__ = "0.1.0"
 
 from .actions import Action, action_schema, parse_action  # noqa: E402
+from .adapters.http.adapter import CompensationFailed, HostRefused, HttpConfig  # noqa: E402
+from .adapters.http.compensations import Compensations  # noqa: E402
+from .adapters.http.secrets import SecretRefused, SecretStore  # noqa: E402
 from .errors import (  # noqa: E402
     ActionError,
     ActionFailed,
@@ -22,6 +25,7 @@ from .policy import Decision, Policy, PolicyError, load_policy  # noqa: E402
 from .runtime import Result, Runtime, Session  # noqa: E402
 
 __all__ = [
+    "CompensationFailed", "Compensations", "HostRefused", "HttpConfig", "SecretRefused", "SecretStore",
     "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt",
     "PathRefused", "Policy", "PolicyDenied", "PolicyError", "RecoveryNeeded", "Result", "Runtime", "Session", "UndoConflict",
     "action_schema", "load_policy", "parse_action", "__version__",

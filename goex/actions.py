@@ -11,9 +11,10 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .adapters.fs.actions import FS_ACTIONS
+from .adapters.http.actions import HTTP_ACTIONS
 from .errors import ActionError
 
-ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS,)
+ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS, *HTTP_ACTIONS)
 ACTION_TYPES: tuple[str, ...] = tuple(m.model_fields["type"].default for m in ACTION_MODELS)
 
 Action = Annotated[Union[ACTION_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]
@@ -60,13 +61,13 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"][1:] if p != "function-after") or "action"
+        loc = ".".join(str(p) for p in err["loc"][1:] if p != "function-after")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "is required"
         elif err["type"] == "extra_forbidden":
             msg = "is not a field of this action"
-        parts.append(f"'{loc}' {msg}")
+        parts.append(f"'{loc}' {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -76,7 +77,7 @@ def action_schema() -> dict[str, Any]:
 
 
 def action_to_json(action: BaseModel) -> dict[str, Any]:
-    return action.model_dump(mode="json")
+    return action.model_dump(mode="json", by_alias=True)
 
 
 def _model_size(model: BaseModel) -> int:

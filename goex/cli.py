@@ -15,6 +15,7 @@ from typing import Any, Iterator, TextIO
 from . import __version__
 from .actions import action_schema
 from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict
+from .adapters.http.adapter import CompensationFailed, HttpConfig
 from .runtime import Runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_MALFORMED, EXIT_REFUSED, EXIT_CONFLICT = 0, 1, 2, 3, 4
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MALFORMED
     try:
         return args.func(args)
+    except CompensationFailed as exc:
+        print(f"goex: undo failed, the entry is marked undo_failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except UndoConflict as exc:
         undone = getattr(exc, "undone", [])
         if undone:
@@ -38,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goex: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("goex: interrupted", file=sys.stderr)
+        print("goex: interrupted; what finished stays journaled, and `goex recover` settles the rest",
+              file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`): nothing more to say
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         if root:
             c.add_argument("--root", required=True, help="the workspace folder")
             c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
+            h = c.add_argument_group("HTTP actions")
+            h.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                           help="a host http.request may reach (repeatable; none by default)")
+            h.add_argument("--compensations", metavar="FILE", help="compensation routes (YAML or JSON)")
+            h.add_argument("--openapi", metavar="FILE", help="derive CRUD compensations from this OpenAPI document")
+            h.add_argument("--secrets", metavar="FILE",
+                           help="secrets file (YAML); GOEX_SECRET_<NAME> environment variables are read too")
         return c
 
     c = command("exec", _exec, "Run actions: one JSON object, or '-' for JSON Lines on stdin.")
@@ -64,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
-    what.add_argument("--steps", type=int, help="undo the last N changing actions (of --session, or the newest session)")
+    what.add_argument("--steps", type=_positive, help="undo the last N changing actions (of --session, or the newest session)")
     what.add_argument("--to", metavar="CHECKPOINT", help="undo everything after this checkpoint (id or label)")
     what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")
     c.add_argument("--session", help="the session to undo (alone: all of it)")
@@ -79,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--session", help="only this session")
 
     c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
-    c.add_argument("--expect", metavar="HEAD", help="the SEQ:HASH head you kept earlier: detects truncation")
+    c.add_argument("--expect", metavar="HEAD", type=_head, help="the SEQ:HASH head you kept earlier: detects truncation")
 
     command("recover", _recover, "Finish or revert actions interrupted by a crash.")
     command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
@@ -89,8 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _head(text: str) -> str:
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError("a head is SEQ:HASH as `goex verify` prints it")
+    return text
+
+
 def _runtime(args: argparse.Namespace, **kw: Any) -> Runtime:
-    return Runtime(args.root, journal=args.journal, **kw)
+    http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
+                      secrets=args.secrets)
+    return Runtime(args.root, journal=args.journal, http=http, **kw)
 
 
 # -- exec ------------------------------------------------------------------------------------------
@@ -108,6 +139,9 @@ def _exec(args: argparse.Namespace) -> int:
                        "error": str(exc)})
                 worst = _worse(worst, EXIT_MALFORMED)
                 continue
+            except GoexError as exc:  # the runtime cannot act at all (journal unusable, recovery needed)
+                _emit({"ok": False, "entry_id": None, "session": session.id, "status": "error", "error": str(exc)})
+                return EXIT_FAILED
             _emit(result.to_json())
             if not result.ok:
                 worst = _worse(worst, EXIT_REFUSED if result.status == "denied" else EXIT_FAILED)
@@ -136,7 +170,12 @@ def _worse(a: int, b: int) -> int:
 
 
 def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    try:
+        line = json.dumps(obj, ensure_ascii=False, default=str)
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # names that are not UTF-8 travel as \udcXX escapes, and come back so
+        line = json.dumps(obj, default=str)
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -144,7 +183,11 @@ def _emit(obj: Any) -> None:
 
 
 def _undo(args: argparse.Namespace) -> int:
+    if args.all and args.session:
+        raise GoexError("--all undoes every session; to undo one session give only --session ID")
     with _runtime(args, policy="permissive") as rt:
+        if args.session and not rt.log(args.session):
+            raise GoexError(f"session {args.session!r} has no entries in the journal at {rt.journal.folder}")
         if args.all:
             undone = rt.rollback_all(force=args.force)
         elif args.to:
@@ -154,11 +197,13 @@ def _undo(args: argparse.Namespace) -> int:
                 rows = [r for r in rows if r["session"] == args.session] or rows[:0]
             if not rows:
                 raise GoexError(f"no checkpoint {args.to!r}" + (f" in session {args.session}" if args.session else "")
-                                + "; `goex log` lists sessions, `goex checkpoint` makes one")
+                                + "; `goex checkpoint` makes one")
             undone = rt.session(session_id=rows[0]["session"]).rollback(to=args.to, force=args.force)
         elif args.steps is not None:
             sid = args.session or _newest_session(rt)
             undone = rt.session(session_id=sid).undo(args.steps, force=args.force)
+            print(f"session {sid}: {len(undone)} of the {args.steps} requested"
+                  + ("" if len(undone) == args.steps else " (no more changes to undo in it)"), file=sys.stderr)
         elif args.session:
             undone = rt.session(session_id=args.session).rollback(force=args.force)
         else:

@@ -18,6 +18,8 @@ class PathRefused(GoexError):
     """A path escapes the workspace, crosses a symlink out of it, names the journal,
     or names something goex will not touch (device files, FIFOs, sockets)."""
 
+    rule = "workspace.confinement"
+
     def __init__(self, path: str, reason: str):
         self.path = path
         self.reason = reason

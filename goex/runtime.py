@@ -20,13 +20,15 @@ from .actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
 from .adapters.base import Adapter, Prepared
 from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
+from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
+from .adapters.http.secrets import SecretRefused
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
 from .policy import Decision, Policy, RuleMatch, load_policy
 from .telemetry import tracer as make_tracer
 
-CONFINEMENT_RULE = "workspace.confinement"
+REFUSALS = (PathRefused, HostRefused, SecretRefused)  # well-formed actions the runtime will not run
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 
 
@@ -77,7 +79,8 @@ class Runtime:
     `root`: the folder actions are confined to. `journal`: where the journal lives (default
     `<root>/.goex`; actions can never reach it). `policy`: a shipped pack name, a YAML path or a
     `Policy`. `durability`: 'fsync' (entries survive power loss before the effect happens) or
-    'process' (they survive a killed process; much faster, for training loops).
+    'process' (they survive a killed process; much faster, for training loops). `http`: hosts,
+    compensations and secrets for `http.request` actions (none allowed by default).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Runtime:
         durability: str = "fsync",
         tracer_provider: Any = None,
         max_action_bytes: int = DEFAULT_MAX_ACTION_BYTES,
+        http: HttpConfig | None = None,
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -99,13 +103,15 @@ class Runtime:
         self.workspace = Workspace(self.root, hidden=self.journal.folder)
         self.max_action_bytes = max_action_bytes
         self._tracer = make_tracer(tracer_provider)
-        self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace)}
+        self._http = HttpAdapter(http)
+        self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http}
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._http.close()
         self.workspace.close()
         self.journal.close()
 
@@ -146,8 +152,8 @@ class Runtime:
         return result
 
     def _run(self, session: "Session", model: BaseModel, adapter: Adapter) -> Result:
-        def refused(exc: PathRefused, targets: list[str]) -> Result:
-            decision = Decision("deny", (RuleMatch(CONFINEMENT_RULE, "deny", "severe", 1.0, exc.reason),))
+        def refused(exc: Any, targets: list[str]) -> Result:
+            decision = Decision("deny", (RuleMatch(exc.rule, "deny", "severe", 1.0, exc.reason),))
             eid = self._journal_outcome(session, model, targets, decision, "denied", error=str(exc))
             return Result(False, eid, error=str(exc), status="denied", session=session.id, type=model.type,
                           decision=decision)
@@ -160,7 +166,7 @@ class Runtime:
         spelled = getattr(model, "targets")()
         try:
             prepared = adapter.prepare(model)
-        except PathRefused as exc:
+        except REFUSALS as exc:
             return refused(exc, spelled)
         except ActionFailed as exc:
             return failed(exc, spelled)
@@ -176,7 +182,7 @@ class Runtime:
         if not prepared.effect:
             try:
                 applied = adapter.apply(prepared)
-            except PathRefused as exc:
+            except REFUSALS as exc:
                 return refused(exc, prepared.targets)
             except ActionFailed as exc:
                 return failed(exc, prepared.targets, decision)
@@ -191,7 +197,7 @@ class Runtime:
                 plan = adapter.capture(prepared, tx.put_blob)
                 seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview,
                                    **self._entry_fields(tx, session, model, prepared.targets, decision))
-        except PathRefused as exc:
+        except REFUSALS as exc:
             return refused(exc, prepared.targets)
         except (ActionFailed, OSError) as exc:
             return failed(exc if isinstance(exc, ActionFailed) else ActionFailed(f"{model.type}: {exc}"),
@@ -199,6 +205,8 @@ class Runtime:
         eid = entry_id(seq)
         try:
             applied = adapter.apply(prepared)
+        except OutcomeUnknown as exc:
+            return self._settle_unknown(session, model, adapter, eid, plan, exc, decision)
         except BaseException as exc:  # noqa: BLE001 - revert on anything, even KeyboardInterrupt
             reason = str(exc) if isinstance(exc, (ActionFailed, PathRefused)) else f"{model.type}: {exc!r}"
             self._revert_pending(adapter, eid, plan, reason)
@@ -212,11 +220,37 @@ class Runtime:
 
     def _revert_pending(self, adapter: Adapter, eid: str, plan: dict[str, Any], reason: str) -> None:
         try:
-            adapter.revert(plan, self.journal.read_blob)
+            adapter.revert(plan, None, self.journal.read_blob)
         except Exception as exc:  # noqa: BLE001 - leave it pending for `recover`
             self._stuck = True
             raise RecoveryNeeded({eid: f"failed ({reason}) and could not be reverted ({exc})"}) from exc
         self.journal.append("failed", entry=eid, error=reason, reverted=True, durable=True)
+
+    def _settle_unknown(self, session: "Session", model: BaseModel, adapter: Adapter, eid: str, plan: dict[str, Any],
+                        exc: OutcomeUnknown, decision: Decision) -> Result:
+        """The request may have acted and no response came: settle it now as recovery would."""
+        outcome, after, why = self._settle(adapter, plan, self.journal.record(int(eid[1:]))["action"])
+        if outcome == "applied":
+            self.journal.append("applied", entry=eid, after=after, retried=True)
+            return Result(True, eid, {"note": f"{exc}; replayed with its idempotency key", "status": after.get("status")},
+                          session=session.id, type=model.type, decision=decision)
+        error = f"{exc}. {why}" if why else str(exc)
+        if outcome == "review":
+            self.journal.append("review", entry=eid, error=error, durable=True)
+        else:
+            self.journal.append("failed", entry=eid, error=error, reverted=True, durable=True)
+        status = "needs_review" if outcome == "review" else "failed"
+        return Result(False, eid, error=error, status=status, session=session.id, type=model.type, decision=decision)
+
+    def _settle(self, adapter: Adapter, plan: dict[str, Any], action: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """Bring one pending entry to an end and journal it; returns (outcome, after, why)."""
+        recover = getattr(adapter, "recover", None)
+        if recover is not None:
+            outcome, after, why = recover(plan, action, self.journal.read_blob)
+        else:
+            adapter.revert(plan, None, self.journal.read_blob)
+            outcome, after, why = "reverted", {}, ""
+        return outcome, after, why
 
     def _journal_outcome(self, session: "Session", model: BaseModel, targets: list[str], decision: Decision | None,
                          status: str, **extra: Any) -> str:
@@ -239,28 +273,29 @@ class Runtime:
         """Undo every applied entry of every session on this root, newest first."""
         return self._undo_selected(
             lambda: self.journal.query(
-                "SELECT * FROM entries WHERE status = 'applied' AND undoable = 1 ORDER BY seq DESC"), force)
+                "SELECT * FROM entries WHERE status IN ('applied', 'undo_failed') AND undoable = 1 "
+                "ORDER BY seq DESC"), force)
 
     def _undo_selected(self, select: Callable[[], list[sqlite3.Row]], force: bool) -> list[str]:
         done: list[str] = []
-        unrecorded: list[str] = []  # undone, its "undone" record not written yet
+        unrecorded: list[tuple[str, dict[str, Any]]] = []  # undone, "undone" record not written yet
         with self.journal.exclusive():
             self._ensure_consistent(always=True)
             try:
                 for row in select():
                     try:
-                        self._undo_entry(row, force, finished=unrecorded)
+                        details = self._undo_entry(row, force, finished=unrecorded)
                     except UndoConflict as exc:
                         exc.undone = list(done)  # type: ignore[attr-defined]
                         raise
                     done.append(row["id"])
-                    unrecorded.append(row["id"])
+                    unrecorded.append((row["id"], details))
             finally:
-                for eid in unrecorded:
-                    self.journal.append("undone", entry=eid)
+                for eid, details in unrecorded:
+                    self.journal.append("undone", entry=eid, **details)
         return done
 
-    def _undo_entry(self, row: sqlite3.Row, force: bool, finished: list[str]) -> None:
+    def _undo_entry(self, row: sqlite3.Row, force: bool, finished: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         """Undo one entry. `finished` holds entries already undone whose "undone" records go into
         the same transaction as this one's "undoing" record (one commit per entry); it is emptied."""
         eid = row["id"]
@@ -273,12 +308,17 @@ class Runtime:
                 raise UndoConflict(eid, conflicts)
             self.journal.check_blobs(entry["plan"])  # a damaged before-image stops undo before it starts
             with self.journal.transaction(durable=True) as tx:
-                for previous in finished:
-                    tx.append("undone", entry=previous)
+                for previous, details in finished:
+                    tx.append("undone", entry=previous, **details)
                 finished.clear()
                 tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
             try:
-                adapter.revert(entry["plan"], self.journal.read_blob)
+                details = adapter.revert(entry["plan"], after, self.journal.read_blob, force) or {}
+            except CompensationFailed as exc:  # nothing changed: say so, never "undone"
+                self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
+                if exc.conflict:
+                    raise UndoConflict(eid, [(row["target"], str(exc))]) from None
+                raise
             except Exception as exc:  # noqa: BLE001 - it stays "undoing" for `recover` to finish
                 self._stuck = True
                 raise RecoveryNeeded({eid: f"undo stopped midway ({exc})"}) from exc
@@ -286,6 +326,7 @@ class Runtime:
                 span.set_attributes({"goex.entry.id": eid, "goex.session.id": row["session"],
                                      "goex.action.type": row["type"], "goex.action.target": row["target"],
                                      "goex.status": "undone", "goex.forced": bool(conflicts)})
+        return details
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -313,17 +354,25 @@ class Runtime:
             entry = self.journal.record(row["seq"])
             adapter = self._adapters[row["type"].split(".", 1)[0]]
             try:
-                adapter.revert(entry["plan"], self.journal.read_blob)
+                if row["status"] == "pending":
+                    outcome, after, why = self._settle(adapter, entry["plan"], entry["action"])
+                else:
+                    after = self.journal.record(row["after_seq"])["after"]
+                    adapter.revert(entry["plan"], after, self.journal.read_blob, True)
+                    outcome, why = "undone", ""
             except Exception as exc:  # noqa: BLE001 - report it, keep going with the others
                 report.outcomes[eid] = f"error: {exc}"
                 continue
-            if row["status"] == "pending":
+            if outcome == "reverted":
                 self.journal.append("failed", entry=eid, error="interrupted before it finished; reverted by recovery",
                                     reverted=True, durable=True)
-                report.outcomes[eid] = "reverted"
+            elif outcome == "applied":
+                self.journal.append("applied", entry=eid, after=after, recovered=True, durable=True)
+            elif outcome == "review":
+                self.journal.append("review", entry=eid, error=why, durable=True)
             else:
                 self.journal.append("undone", entry=eid, recovered=True, durable=True)
-                report.outcomes[eid] = "undone"
+            report.outcomes[eid] = outcome
         self._stuck = not report.ok
 
     # -- reading the journal -------------------------------------------------------------------
@@ -382,15 +431,15 @@ class Session:
         if steps < 1:
             raise ValueError("steps must be at least 1")
         return self.runtime._undo_selected(lambda: self.runtime.journal.query(
-            "SELECT * FROM entries WHERE session = ? AND status = 'applied' AND undoable = 1 "
+            "SELECT * FROM entries WHERE session = ? AND status IN ('applied', 'undo_failed') AND undoable = 1 "
             "ORDER BY seq DESC LIMIT ?", (self.id, steps)), force)
 
     def rollback(self, to: str | None = None, *, force: bool = False) -> list[str]:
         """Undo everything this session did after checkpoint `to` (an id or a label), or all of it."""
         after = 0 if to is None else self._checkpoint_seq(to)
         return self.runtime._undo_selected(lambda: self.runtime.journal.query(
-            "SELECT * FROM entries WHERE session = ? AND seq > ? AND status = 'applied' AND undoable = 1 "
-            "ORDER BY seq DESC", (self.id, after)), force)
+            "SELECT * FROM entries WHERE session = ? AND seq > ? AND status IN ('applied', 'undo_failed') "
+            "AND undoable = 1 ORDER BY seq DESC", (self.id, after)), force)
 
     def _checkpoint_seq(self, to: str) -> int:
         rows = self.runtime.journal.query(

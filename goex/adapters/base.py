@@ -8,8 +8,12 @@ The runtime drives every action through the same steps and never looks inside a 
    into the journal in the same transaction as the entry, before anything changes.
 3. `apply(prepared)`: do it; return the output and the after-state fingerprint.
 4. `conflicts(plan, after)`: what differs now from the after-state (empty means undo is exact).
-5. `revert(plan, get_blob)`: put the before-state back. Must be idempotent: recovery may run it
-   on a half-applied action, or again after a crash during undo.
+5. `revert(plan, after, get_blob, force)`: put the before-state back; `after` is None when the
+   action never recorded one (recovery). Must be idempotent: recovery may run it on a
+   half-applied action, or again after a crash during undo. Returns details for the journal.
+6. `recover(plan, action, get_blob)` (optional): settle an action journaled but not finished:
+   ("reverted", {}, ""), ("applied", after, ""), or ("review", {}, why). Without it, recovery
+   reverts.
 """
 
 from __future__ import annotations
@@ -49,4 +53,5 @@ class Adapter(Protocol):
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]: ...
 
-    def revert(self, plan: dict[str, Any], get_blob: GetBlob) -> None: ...
+    def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool = False) -> dict[str, Any] | None: ...

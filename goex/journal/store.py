@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS checkpoints(
 
 #: Entry states, as `goex log` shows them.
 PENDING, APPLIED, FAILED, DENIED, UNDOING, UNDONE = "pending", "applied", "failed", "denied", "undoing", "undone"
+UNDO_FAILED, NEEDS_REVIEW = "undo_failed", "needs_review"
 
 
 def canonical(obj: Any) -> str:
@@ -272,7 +273,8 @@ def unpack_blob(stored: bytes) -> bytes:
     raise JournalCorrupt(f"blob has an unknown codec {codec!r}")
 
 
-_STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone": UNDONE}
+_STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone": UNDONE,
+              "undo_failed": UNDO_FAILED, "review": NEEDS_REVIEW}
 
 
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:

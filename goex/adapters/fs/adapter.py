@@ -104,7 +104,8 @@ class FileAdapter:
                 found.append((path, f"expected {tree.describe(expected)}, found {tree.describe(now)}"))
         return found
 
-    def revert(self, plan: dict[str, Any], get_blob: GetBlob) -> None:
+    def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool = False) -> None:
         for op in plan.get("ops", []):
             getattr(self, "_revert_" + op["op"])(op, get_blob)
 

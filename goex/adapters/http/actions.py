@@ -1,0 +1,54 @@
+"""HTTP actions: one request, as the JSON an agent emits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class HttpRequest(BaseModel):
+    """Send one HTTP request. `{{secret:NAME}}` in the URL, headers or body is filled by goex
+    from its secret store; the agent never sees the value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    type: Literal["http.request"] = "http.request"
+    method: Method
+    url: str = Field(min_length=1, max_length=8192, description="Absolute http(s) URL.")
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json", description="A JSON body (sets Content-Type).")
+    body: str | None = Field(default=None, description="A text body, sent as UTF-8.")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _one_body(self) -> "HttpRequest":
+        try:
+            url = httpx.URL(self.url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise ValueError(f"'url' is not a valid URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"'url' must be an absolute http:// or https:// URL with a host, got {self.url!r}")
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("give either 'json' or 'body', not both")
+        content_type = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
+        if self.body is not None and "json" in content_type.lower() and "{{secret:" not in self.body:
+            try:
+                json.loads(self.body)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"'body' is not JSON but the Content-Type says {content_type}: {exc.msg}") from None
+        return self
+
+    def targets(self) -> list[str]:
+        return [f"{self.method} {self.url}"]
+
+    def journal_form(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+HTTP_ACTIONS = (HttpRequest,)

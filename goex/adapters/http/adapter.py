@@ -1,0 +1,344 @@
+"""The HTTP adapter: requests to allowed hosts, with secrets filled in late and redacted out of
+everything recorded, and compensations computed from the actual response and verified on undo.
+
+Undo plan: `{"kind", "route", "url", "idempotency_key", "before", "ops": [{"op": "compensate"}]}`
+(no ops: irreversible). The `applied` record's `after` holds the resolved compensation request and
+the after-state (`etag`, `json`) that undo compares against before sending it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import httpx
+
+from ...errors import ActionFailed, GoexError
+from ..base import Applied, GetBlob, Prepared, PutBlob
+from .actions import SAFE_METHODS, HttpRequest
+from .compensations import Compensations, expand
+from .secrets import SecretStore
+
+_HOP_HEADERS = {"content-type", "content-length", "if-match", "host", "transfer-encoding"}
+
+
+class HostRefused(GoexError):
+    """The request's host is not in the runtime's allow-list; nothing was sent."""
+
+    rule = "http.host-not-allowed"
+
+    def __init__(self, host: str, allowed: Iterable[str]):
+        self.reason = (f"host {host!r} is not allowed; allowed: {', '.join(sorted(allowed)) or 'none'} "
+                       "(add it with HttpConfig(allow_hosts=[...]) or --allow-host)")
+        super().__init__(self.reason)
+
+
+class CompensationFailed(GoexError):
+    """Undo sent the compensating request and it did not succeed; the entry is `undo_failed`."""
+
+    def __init__(self, entry_reason: str, conflict: bool = False):
+        self.conflict = conflict
+        super().__init__(entry_reason)
+
+
+class OutcomeUnknown(GoexError):
+    """The request may have reached the server but no response came back."""
+
+
+@dataclass
+class HttpConfig:
+    """HTTP settings of a runtime. Hosts are `name` or `name:port`; nothing else is reachable."""
+
+    allow_hosts: Iterable[str] = ()
+    compensations: Compensations | str | os.PathLike[str] | None = None
+    openapi: dict[str, Any] | str | os.PathLike[str] | None = None
+    secrets: SecretStore | str | os.PathLike[str] | None = None
+    idempotency_header: str = "Idempotency-Key"
+    max_response_bytes: int = 1 << 20
+    hosts: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        self.hosts = frozenset(h.lower() for h in self.allow_hosts)
+        if not isinstance(self.secrets, SecretStore):
+            self.secrets = SecretStore.default(self.secrets)
+        if not isinstance(self.compensations, Compensations):
+            self.compensations = Compensations.from_file(self.compensations) if self.compensations else Compensations()
+        if self.openapi is not None:
+            self.compensations = Compensations.from_openapi(self.openapi).merged(self.compensations)
+
+
+class HttpAdapter:
+    prefix = "http"
+
+    def __init__(self, config: HttpConfig | None = None):
+        self.config = config or HttpConfig()
+        self.secrets: SecretStore = self.config.secrets  # type: ignore[assignment]
+        self.routes: Compensations = self.config.compensations  # type: ignore[assignment]
+        self.client = httpx.Client(follow_redirects=False, trust_env=False)
+        # ETags a compensation produced, mapped to the ETag of the state it restored (per URL),
+        # so undoing an earlier entry on the same resource does not mistake goex's own restore
+        # for someone else's change. Kept for the life of the runtime.
+        self._restored: dict[str, dict[str, str]] = {}
+        self._seen_etag: dict[str, str] = {}  # the ETag the last conflict check saw, for If-Match on undo
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- protocol ------------------------------------------------------------------------------
+
+    def prepare(self, action: HttpRequest) -> Prepared:
+        url = httpx.URL(action.url)
+        host = (url.host or "").lower()
+        if "{{" in host or (host not in self.config.hosts and f"{host}:{url.port}" not in self.config.hosts):
+            raise HostRefused(host, self.config.hosts)
+        names = self.secrets.names_in([action.url, *action.headers.values(), action.body or "",
+                                       json.dumps(action.json_body) if action.json_body is not None else ""])
+        self.secrets.check(names, host)
+        safe = action.method in SAFE_METHODS
+        matched = None if safe else self.routes.match(action.method, url.path)
+        route, params = matched if matched else (None, {})
+        kind = route.kind if route else ("read" if safe else "irreversible")
+        preview = {"method": action.method, "host": host, "path": url.path, "secrets": names,
+                   "route": f"{route.method} {route.template}" if route else None,
+                   "reversible": kind != "irreversible", "kind": kind}
+        state = {"route": route, "params": params, "kind": kind}
+        return Prepared(action, action.targets(), preview, not safe, state)
+
+    def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
+        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        state = prepared.state
+        key = next((v for k, v in action.headers.items() if k.lower() == self.config.idempotency_header.lower()),
+                   None) or f"goex-{uuid.uuid4().hex}"
+        state["key"] = key
+        plan: dict[str, Any] = {"kind": state["kind"], "url": action.url, "idempotency_key": key,
+                                "route": prepared.preview["route"], "params": state["params"],
+                                "undo": state["route"].undo if state["route"] else None,
+                                "idempotent": bool(state["route"] and state["route"].idempotent)}
+        if state["kind"] in ("update", "delete"):
+            before = self._snapshot(action.url, action.headers)
+            plan["before"] = state["before"] = before
+            if before["status"] == 404:  # a PUT that creates is undone by a DELETE; a DELETE of nothing is a no-op
+                plan["kind"] = "create" if state["kind"] == "update" else "none"
+                plan["undo"] = f"DELETE {httpx.URL(action.url).path}" if plan["kind"] == "create" else None
+        if plan["kind"] in ("create", "update", "delete"):
+            plan["ops"] = [{"op": "compensate"}]
+        state["plan"] = plan
+        return plan
+
+    def apply(self, prepared: Prepared) -> Applied:
+        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        if not prepared.effect:
+            response = self._send_action(action, key=None)
+            return Applied(self._output(response), {})
+        response = self._send_action(action, key=prepared.state["key"])
+        return Applied(self._output(response), self._after(prepared.state["plan"], action, response))
+
+    def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
+        if not after.get("effect") or not after.get("check"):
+            return []
+        url = after["check"]
+        now = self._snapshot(url, after.get("headers", {}))
+        if plan["kind"] == "delete":
+            return [] if now["status"] == 404 else [(url, f"was re-created since (status {now['status']})")]
+        if now["status"] == 404:
+            return [(url, "was deleted since")]
+        if now.get("etag"):
+            self._seen_etag[str(httpx.URL(url))] = now["etag"]
+        if after.get("etag") and now.get("etag"):
+            etag, aliases, seen = now["etag"], self._restored.get(str(httpx.URL(url)), {}), set()
+            while etag != after["etag"] and etag in aliases and etag not in seen:
+                seen.add(etag)
+                etag = aliases[etag]
+            same = after["etag"] == etag
+        else:
+            same = after.get("json") == now.get("json")
+        return [] if same else [(url, "changed since the action "
+                                      f"(ETag {after.get('etag')} -> {now.get('etag')})" if now.get("etag") else
+                                 "changed since the action (its representation differs)")]
+
+    def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool = False) -> dict[str, Any]:
+        if after is None or not after.get("effect"):
+            return {}
+        comp = after.get("compensation")
+        if comp is None:
+            raise CompensationFailed(f"no compensation could be computed: {after.get('compensation_error')}")
+        host = (httpx.URL(comp["url"]).host or "").lower()
+        if host not in self.config.hosts and f"{host}:{httpx.URL(comp['url']).port}" not in self.config.hosts:
+            raise CompensationFailed(f"compensation {comp['method']} {comp['url']} goes to a host that is not allowed")
+        headers = dict(comp["headers"])
+        headers[self.config.idempotency_header] = plan["idempotency_key"] + "-undo"
+        seen = self._seen_etag.pop(str(httpx.URL(comp["url"])), None)
+        if plan["kind"] == "update" and seen and not force:
+            headers["If-Match"] = seen  # fails (412) if the resource changes between the check and now
+        try:
+            response = self._send(comp["method"], comp["url"], headers, comp.get("json"), None, 30.0)
+        except (ActionFailed, OutcomeUnknown) as exc:
+            raise CompensationFailed(f"compensation {comp['method']} {comp['url']} failed: {exc}") from None
+        body = self.secrets.redact(response.text[:300]) if response.text else ""
+        if response.status_code == 412:
+            raise CompensationFailed(f"compensation {comp['method']} {comp['url']}: the resource changed since "
+                                     "(412 Precondition Failed)", conflict=True)
+        if response.status_code >= 400 and not (comp["method"] == "DELETE" and response.status_code == 404):
+            raise CompensationFailed(f"compensation {comp['method']} {comp['url']} answered "
+                                     f"{response.status_code}: {body}")
+        new_etag, old_etag = response.headers.get("etag"), (plan.get("before") or {}).get("etag")
+        if new_etag and old_etag and new_etag != old_etag:
+            self._restored.setdefault(str(httpx.URL(comp["url"])), {})[new_etag] = old_etag
+        return {"compensation_status": response.status_code}
+
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
+        """A request journaled but with no recorded response: replay it with the same idempotency
+        key when the route allows, else leave it for a human."""
+        if not plan.get("idempotent"):
+            return "review", {}, ("the request may have reached the server and the route does not take "
+                                  "idempotency keys: check the service by hand, then undo or keep it")
+        request = HttpRequest.model_validate(action)
+        try:
+            response = self._send_action(request, key=plan["idempotency_key"])
+        except (ActionFailed, OutcomeUnknown) as exc:
+            return "review", {}, f"replaying it with its idempotency key failed ({exc}); check the service by hand"
+        return "applied", self._after(plan, request, response), ""
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _send_action(self, action: HttpRequest, key: str | None) -> httpx.Response:
+        headers = dict(action.headers)
+        if key is not None and not any(k.lower() == self.config.idempotency_header.lower() for k in headers):
+            headers[self.config.idempotency_header] = key
+        return self._send(action.method, action.url, headers, action.json_body, action.body, action.timeout_s)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], json_body: Any, body: str | None,
+              timeout_s: float) -> httpx.Response:
+        filled_headers = {k: self.secrets.fill(v) for k, v in headers.items()}
+        kwargs: dict[str, Any] = {}
+        if json_body is not None:
+            kwargs["json"] = self.secrets.fill_json(json_body)
+        elif body is not None:
+            kwargs["content"] = self.secrets.fill(body).encode("utf-8")
+        try:
+            request = self.client.build_request(method, self.secrets.fill(url), headers=filled_headers,
+                                                timeout=timeout_s, **kwargs)
+            response = self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ActionFailed(f"{method} {url}: cannot connect ({self.secrets.redact(str(exc)) or type(exc).__name__}); "
+                               "nothing was sent") from None
+        except httpx.TimeoutException:
+            raise self._unknown(method, url, f"no response within {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise self._unknown(method, url, self.secrets.redact(str(exc)) or type(exc).__name__) from None
+        try:
+            chunks, size, limit = [], 0, self.config.max_response_bytes
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+            response._content = b"".join(chunks)  # bounded: never more than the limit plus one chunk
+            response.extensions["goex_truncated"] = size > limit
+        except httpx.TimeoutException:
+            raise self._unknown(method, url, f"the response did not finish within {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise self._unknown(method, url, f"the response broke off ({type(exc).__name__})") from None
+        finally:
+            response.close()
+        return response
+
+    def _unknown(self, method: str, url: str, why: str) -> GoexError:
+        if method in SAFE_METHODS:
+            return ActionFailed(f"{method} {url}: {why}")
+        return OutcomeUnknown(f"{method} {url}: {why}; the server may have acted")
+
+    def _snapshot(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
+        """GET the resource now: status, ETag and JSON (secrets redacted)."""
+        clean = {k: v for k, v in headers.items()
+                 if k.lower() not in _HOP_HEADERS and k.lower() != self.config.idempotency_header.lower()}
+        try:
+            response = self._send("GET", url, clean, None, None, 30.0)
+        except (ActionFailed, OutcomeUnknown) as exc:
+            raise ActionFailed(f"cannot read {url} before/after the request: {exc}") from None
+        return {"status": response.status_code, "etag": response.headers.get("etag"),
+                "json": self.secrets.redact_json(_json_or_none(response))}
+
+    def _after(self, plan: dict[str, Any], action: HttpRequest, response: httpx.Response) -> dict[str, Any]:
+        """The after-state and the compensation, computed from the response actually received."""
+        status = response.status_code
+        if status >= 400 or plan["kind"] in ("irreversible", "none", "read"):
+            return {"effect": status < 400, "status": status}
+        doc = {"json": _json_or_none(response), "headers": dict(response.headers)}
+        url = httpx.URL(action.url)
+        base = f"{url.scheme}://{url.netloc.decode()}"
+        auth_headers = {k: v for k, v in action.headers.items()
+                        if k.lower() not in _HOP_HEADERS and k.lower() != self.config.idempotency_header.lower()}
+        after: dict[str, Any] = {"effect": True, "status": status, "headers": auth_headers}
+        try:
+            comp_method, comp_path, body = self._compensation(plan, doc, action)
+            comp_url = comp_path if comp_path.startswith("http") else base + comp_path
+            after["compensation"] = {"method": comp_method, "url": self.secrets.redact(comp_url),
+                                     "headers": auth_headers, "json": body}
+        except KeyError as exc:
+            after["compensation"] = None
+            after["compensation_error"] = str(exc).strip("'\"")
+        check = action.url if plan["kind"] != "create" else (after["compensation"] or {}).get("url")
+        after["check"] = check
+        if plan["kind"] == "delete" or not check:
+            return after
+        if plan["kind"] == "update":
+            now = self._snapshot(check, auth_headers)
+            after["etag"], after["json"] = now["etag"], now["json"]
+        else:
+            after["etag"] = response.headers.get("etag")
+            after["json"] = self.secrets.redact_json(doc["json"])
+        return after
+
+    def _compensation(self, plan: dict[str, Any], doc: dict[str, Any], action: HttpRequest) -> tuple[str, str, Any]:
+        kind, params, before = plan["kind"], plan.get("params") or {}, plan.get("before")
+        path = httpx.URL(action.url).path
+        if kind == "create":
+            if plan.get("undo"):
+                method, target = expand(plan["undo"], params, doc)
+            elif doc["headers"].get("location"):
+                method, target = "DELETE", doc["headers"]["location"]
+            else:
+                method, target = expand(f"DELETE {path.rstrip('/')}/{{response.json.id}}", params, doc)
+            return method, target, None
+        method, target = expand(plan.get("undo") or f"PUT {path}", params, doc,
+                                {"json": before.get("json") if before else None, "headers": {}})
+        body = before.get("json") if before else None
+        if body is None:
+            raise KeyError("the before-image of the resource could not be read as JSON")
+        return method, target, body
+
+    def _output(self, response: httpx.Response) -> dict[str, Any]:
+        truncated = bool(response.extensions.get("goex_truncated"))
+        raw = response.content[: self.config.max_response_bytes]
+        out: dict[str, Any] = {"status": response.status_code,
+                               "headers": self.secrets.redact_json(dict(response.headers))}
+        ctype = response.headers.get("content-type", "")
+        if not truncated and "json" in ctype:
+            try:
+                out["body"] = self.secrets.redact_json(json.loads(raw)) if raw else None
+                return out
+            except ValueError as exc:
+                out["json_error"] = f"the server said JSON but sent something else ({exc})"
+        if ctype.startswith("text/") or "json" in ctype or "xml" in ctype or not ctype:
+            out["body"] = self.secrets.redact(raw.decode(response.encoding or "utf-8", errors="replace"))
+        else:
+            out["body"], out["body_encoding"] = base64.b64encode(raw).decode("ascii"), "base64"
+        if truncated:
+            out["truncated"] = True
+            out["body_note"] = f"[truncated: only the first {self.config.max_response_bytes:,} bytes were read]"
+        return out
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    if response.extensions.get("goex_truncated"):
+        return None
+    try:
+        return json.loads(response.content) if response.content else None
+    except ValueError:
+        return None

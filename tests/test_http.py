@@ -1,0 +1,323 @@
+"""HTTP actions against the real example service over loopback: compensations computed from the
+actual response, verified undo, conflicts, secrets that never leak, faults, bounded responses."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import goex
+from goex.adapters.http.adapter import HttpAdapter
+from goex.service import serve
+
+SEED = {
+    "orders": [{"id": "ord_1", "item": "A-1", "qty": 1, "status": "open"}],
+    "items": [{"id": "itm_1", "name": "pen", "price": 1.5, "stock": 10},
+              {"id": "itm_2", "name": "ink", "price": 4.0, "stock": 2}],
+    "emails": [], "payments": [],
+}
+
+
+@pytest.fixture(scope="module")
+def service():
+    with serve() as base:
+        yield base
+
+
+@pytest.fixture
+def base(service: str) -> str:
+    httpx.post(service + "/admin/reset", json=SEED).raise_for_status()
+    httpx.delete(service + "/admin/faults").raise_for_status()
+    return service
+
+
+def state(base: str) -> dict:
+    return httpx.get(base + "/state").json()
+
+
+def config(base: str, **kw) -> goex.HttpConfig:
+    return goex.HttpConfig(allow_hosts=[httpx.URL(base).host], openapi=httpx.get(base + "/openapi.json").json(), **kw)
+
+
+@pytest.fixture
+def rt(root: Path, base: str):
+    runtime = goex.Runtime(root, policy="permissive", http=config(base))
+    yield runtime
+    runtime.close()
+
+
+def req(session: goex.Session, method: str, url: str, **kw) -> goex.Result:
+    return session.execute({"type": "http.request", "method": method, "url": url, **kw})
+
+
+def test_any_sequence_then_rollback_restores_the_full_state(base: str, rt: goex.Runtime):
+    start = state(base)
+    rng = random.Random(7)
+    s = rt.session()
+    for step in range(40):
+        items = [i["id"] for i in state(base)["items"]]
+        orders = [o["id"] for o in state(base)["orders"]]
+        # (orders have no PUT, so deleting one cannot be undone: that is tested as irreversible elsewhere)
+        choice = rng.choice(["order", "item", "put", "patch", "delete-item", "patch-order", "email"])
+        if choice == "order":
+            r = req(s, "POST", base + "/orders", json={"item": f"X-{step}", "qty": rng.randint(1, 5)})
+        elif choice == "item":
+            r = req(s, "POST", base + "/items", json={"name": f"n{step}", "price": step, "stock": 1})
+        elif choice == "put" and items:
+            r = req(s, "PUT", f"{base}/items/{rng.choice(items + ['itm_new'])}",
+                    json={"name": f"p{step}", "price": 2.5, "stock": step})
+        elif choice == "patch" and items:
+            r = req(s, "PATCH", f"{base}/items/{rng.choice(items)}", json={"stock": step})
+        elif choice == "delete-item" and items:
+            r = req(s, "DELETE", f"{base}/items/{rng.choice(items)}")
+        elif choice == "patch-order" and orders:
+            r = req(s, "PATCH", f"{base}/orders/{rng.choice(orders)}", json={"status": "shipped"})
+        elif choice == "email":
+            r = req(s, "POST", base + "/emails", json={"to": "a@example.com", "subject": "s", "body": str(step)})
+        else:
+            continue
+        assert r.ok, r.error
+        if step % 10 == 5:
+            s.checkpoint()
+    assert state(base) != start
+    s.rollback()
+    assert state(base) == start
+    rt.verify()
+
+
+def test_compensation_comes_from_the_actual_response(base: str, rt: goex.Runtime):
+    s = rt.session()
+    r = req(s, "POST", base + "/orders", json={"item": "B", "qty": 2})
+    new_id = r.output["body"]["id"]
+    assert new_id != "ord_1" and r.output["status"] == 201
+    applied = [json.loads(b) for _, b, _ in rt.journal.records() if json.loads(b)["kind"] == "applied"][-1]
+    assert applied["after"]["compensation"]["method"] == "DELETE"
+    assert applied["after"]["compensation"]["url"].endswith(f"/orders/{new_id}")
+    assert s.undo() == [r.entry_id]
+    assert httpx.get(f"{base}/orders/{new_id}").status_code == 404
+    undone = [json.loads(b) for _, b, _ in rt.journal.records() if json.loads(b)["kind"] == "undone"][-1]
+    assert undone["compensation_status"] == 204
+
+
+def test_undo_detects_someone_elses_change_and_force_restores(base: str, rt: goex.Runtime):
+    s = rt.session()
+    assert req(s, "PATCH", base + "/items/itm_1", json={"stock": 3}).ok
+    httpx.patch(base + "/items/itm_1", json={"price": 99.0}).raise_for_status()  # another client
+    with pytest.raises(goex.UndoConflict) as info:
+        s.undo()
+    assert "/items/itm_1" in str(info.value)
+    assert httpx.get(base + "/items/itm_1").json()["price"] == 99.0  # nothing overwritten
+    s.undo(force=True)
+    assert state(base) == SEED | {}
+
+
+def test_undo_detects_a_deleted_resource_recreated(base: str, rt: goex.Runtime):
+    s = rt.session()
+    assert req(s, "DELETE", base + "/items/itm_2").ok
+    httpx.put(base + "/items/itm_2", json={"name": "someone else's", "price": 1, "stock": 1}).raise_for_status()
+    with pytest.raises(goex.UndoConflict, match="re-created"):
+        s.undo()
+
+
+def test_failed_compensation_is_undo_failed_never_undone(base: str, rt: goex.Runtime):
+    s = rt.session()
+    r = req(s, "POST", base + "/orders", json={"item": "C", "qty": 1})
+    order = r.output["body"]["id"]
+    httpx.post(base + "/admin/faults", json={"method": "DELETE", "path": f"/orders/{order}", "status": 500, "times": 1})
+    with pytest.raises(goex.CompensationFailed, match="500"):
+        s.undo()
+    assert {e["id"]: e["status"] for e in rt.log()}[r.entry_id] == "undo_failed"
+    assert httpx.get(f"{base}/orders/{order}").status_code == 200
+    assert s.undo() == [r.entry_id]  # the fault is gone: undo again succeeds
+    assert state(base) == SEED
+    rt.verify()
+
+
+def test_irreversible_requests_are_marked_and_asked_about(root: Path, base: str):
+    with goex.Runtime(root, http=config(base)) as strict:  # default pack
+        r = req(strict.session(), "POST", base + "/payments", json={"amount": 5, "currency": "EUR", "to": "x"})
+        assert not r.ok and r.status == "denied" and r.decision.rules == ["http.irreversible"]
+        assert state(base)["payments"] == []
+    with goex.Runtime(root, policy="permissive", http=config(base)) as rt:
+        s = rt.session()
+        r = req(s, "POST", base + "/payments", json={"amount": 5, "currency": "EUR", "to": "x"})
+        assert r.ok and r.decision.verdict == "allow"
+        entry = json.loads(next(b for seq, b, _ in rt.journal.records() if seq == int(r.entry_id[1:])))
+        assert entry["preview"]["reversible"] is False and not entry["plan"].get("ops")
+        assert s.rollback() == []  # nothing it can undo
+        assert len(state(base)["payments"]) == 1
+
+
+def test_hosts_outside_the_allow_list_get_no_byte(root: Path, base: str):
+    port = httpx.URL(base).port
+    with goex.Runtime(root, policy="permissive", http=goex.HttpConfig(allow_hosts=[f"127.0.0.1:{port + 1}"])) as rt:
+        s = rt.session()
+        r = req(s, "POST", base + "/orders", json={"item": "Z", "qty": 1})
+        assert not r.ok and r.status == "denied" and r.decision.rules == ["http.host-not-allowed"]
+        r = req(s, "GET", "http://example.invalid/")
+        assert not r.ok and "not allowed" in r.error
+    assert state(base) == SEED
+    with goex.Runtime(root, policy="permissive") as rt:  # no HttpConfig: nothing is reachable
+        assert req(rt.session(), "GET", base + "/state").status == "denied"
+
+
+def test_secrets_are_filled_but_never_recorded(root: Path, base: str, monkeypatch: pytest.MonkeyPatch):
+    value = "tok-" + "8c1f27e0d4b95a63"
+    host = httpx.URL(base).host
+    monkeypatch.setenv("GOEX_SECRET_SHOP_TOKEN", value)
+    monkeypatch.setenv("GOEX_SECRET_SHOP_TOKEN_HOSTS", host)
+    monkeypatch.setenv("GOEX_SECRET_OTHER", "other-" + value)
+    monkeypatch.setenv("GOEX_SECRET_OTHER_HOSTS", "api.example.com")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    results = []
+    with goex.Runtime(root, policy="permissive", http=config(base), tracer_provider=provider) as rt:
+        s = rt.session()
+        echo = req(s, "POST", base + "/echo?token={{secret:SHOP_TOKEN}}",
+                   headers={"Authorization": "Bearer {{secret:SHOP_TOKEN}}"}, json={"key": "{{secret:SHOP_TOKEN}}"})
+        results.append(echo)
+        assert echo.ok
+        assert echo.output["body"]["headers"]["authorization"] == "Bearer {{secret:SHOP_TOKEN}}"  # sent, then redacted
+        created = req(s, "POST", base + "/items", json={"name": "{{secret:SHOP_TOKEN}}", "price": 1, "stock": 1})
+        results.append(created)
+        item = created.output["body"]["id"]
+        assert httpx.get(f"{base}/items/{item}").json()["name"] == value  # the server got the real value
+        refused = req(s, "POST", base + "/orders", json={"item": "{{secret:OTHER}}", "qty": 1})
+        results.append(refused)
+        assert not refused.ok and refused.decision.rules == ["http.secret-binding"]
+        unknown = req(s, "GET", base + "/echo", headers={"X": "{{secret:NOPE}}"})
+        assert not unknown.ok and "no such secret" in unknown.error
+        results.append(unknown)
+        s.rollback()
+        rt.log()
+    assert value not in json.dumps([r.to_json() for r in results])
+    for path in (root / ".goex").iterdir():
+        assert value.encode() not in path.read_bytes(), path
+    for span in exporter.get_finished_spans():
+        assert value not in json.dumps(dict(span.attributes or {})), span.name
+    assert len([o for o in state(base)["orders"] if "other" in o["item"]]) == 0
+
+
+def test_refused_connection_timeout_and_lying_server(root: Path, base: str):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    with goex.Runtime(root, policy="permissive", http=config(base)) as rt:
+        s = rt.session()
+        r = req(s, "POST", f"http://127.0.0.1:{dead_port}/orders", json={"item": "A", "qty": 1})
+        assert not r.ok and r.status == "failed" and "cannot connect" in r.error and "nothing was sent" in r.error
+        t = time.monotonic()
+        r = req(s, "GET", base + "/slow?seconds=5", timeout_s=0.5)
+        assert not r.ok and "no response within 0.5s" in r.error and time.monotonic() - t < 4
+        r = req(s, "GET", base + "/not-json")
+        assert r.ok and "json_error" in r.output and r.output["body"] == "this is not json"
+        assert all(e["status"] in ("failed", "applied") for e in rt.log())
+        rt.verify()
+
+
+def test_gigabyte_response_is_bounded(root: Path, base: str):
+    with goex.Runtime(root, policy="permissive", http=config(base, max_response_bytes=256 * 1024)) as rt:
+        t = time.monotonic()
+        r = req(rt.session(), "GET", base + "/big?mb=4096")
+        assert r.ok and r.output["truncated"] is True and time.monotonic() - t < 10
+        assert len(r.output["body"]) < 1024 * 1024  # base64 of at most the limit plus one chunk
+
+
+def test_lost_response_is_replayed_with_the_same_idempotency_key(base: str, rt: goex.Runtime,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    real = HttpAdapter._send_action
+    calls = []
+
+    def lose_first_response(self, action, key):
+        calls.append(key)
+        response = real(self, action, key)
+        if len(calls) == 1:
+            raise goex.adapters.http.adapter.OutcomeUnknown(f"{action.method} {action.url}: connection dropped")
+        return response
+
+    monkeypatch.setattr(HttpAdapter, "_send_action", lose_first_response)
+    s = rt.session()
+    r = req(s, "POST", base + "/orders", json={"item": "once", "qty": 1})
+    assert r.ok and "replayed" in r.output["note"]
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[0].startswith("goex-")
+    assert [o["item"] for o in state(base)["orders"]].count("once") == 1  # the server acted exactly once
+    s.undo()
+    assert state(base) == SEED
+
+
+def test_lost_response_on_a_route_without_keys_needs_review(root: Path, base: str, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes:\n  - route: POST /orders\n    kind: create\n    idempotent: false\n")
+    real = HttpAdapter._send_action
+
+    def lose(self, action, key):
+        real(self, action, key)
+        raise goex.adapters.http.adapter.OutcomeUnknown(f"{action.method} {action.url}: connection dropped")
+
+    monkeypatch.setattr(HttpAdapter, "_send_action", lose)
+    cfg = goex.HttpConfig(allow_hosts=[httpx.URL(base).host], compensations=routes)
+    with goex.Runtime(root, policy="permissive", http=cfg) as rt:
+        r = req(rt.session(), "POST", base + "/orders", json={"item": "maybe", "qty": 1})
+        assert not r.ok and r.status == "needs_review" and "by hand" in r.error
+        assert [e["status"] for e in rt.log()] == ["needs_review"]
+        rt.verify()
+
+
+def test_malformed_http_actions(rt: goex.Runtime):
+    s = rt.session()
+    for action, words in [
+        ({"method": "GET", "url": "not a url"}, "absolute http"),
+        ({"method": "GET", "url": "ftp://127.0.0.1/x"}, "absolute http"),
+        ({"method": "BREW", "url": "http://127.0.0.1/"}, "'method'"),
+        ({"method": "POST", "url": "http://127.0.0.1/", "json": {}, "body": "x"}, "not both"),
+        ({"method": "POST", "url": "http://127.0.0.1/", "body": "{oops", "headers": {"Content-Type": "application/json"}},
+         "not JSON"),
+        ({"method": "GET", "url": "http://127.0.0.1/", "timeout_s": 0}, "'timeout_s'"),
+    ]:
+        with pytest.raises(goex.ActionError, match=words):
+            s.execute({"type": "http.request", **action})
+    assert rt.log() == []
+
+
+def test_compensations_from_openapi_and_from_a_file(base: str, tmp_path: Path):
+    derived = goex.Compensations.from_openapi(httpx.get(base + "/openapi.json").json())
+    kinds = {f"{r.method} {r.template}": r.kind for r in derived.routes}
+    assert kinds["POST /orders"] == "create" and kinds["PUT /items/{id}"] == "update"
+    assert kinds["DELETE /items/{id}"] == "delete" and kinds["PATCH /orders/{id}"] == "update"
+    assert "POST /payments" not in kinds  # no way back: irreversible
+    f = tmp_path / "c.yaml"
+    f.write_text("routes:\n  - route: POST /payments\n    kind: irreversible\n"
+                 "  - {route: 'POST /orders', undo: 'DELETE /orders/{response.json.id}'}\n")
+    declared = goex.Compensations.from_file(f)
+    assert declared.match("POST", "/orders")[0].kind == "create"
+    f.write_text("routes:\n  - route: FETCH /x\n")
+    with pytest.raises(goex.GoexError, match="routes\\[0\\]"):
+        goex.Compensations.from_file(f)
+
+
+def test_cli_exec_and_undo_with_http(root: Path, base: str, tmp_path: Path):
+    spec = tmp_path / "openapi.json"
+    spec.write_text(httpx.get(base + "/openapi.json").text)
+    goex_cli = [str(Path(sys.executable).with_name("goex"))]
+    flags = ["--root", str(root), "--allow-host", httpx.URL(base).host, "--openapi", str(spec)]
+    action = json.dumps({"type": "http.request", "method": "POST", "url": base + "/items",
+                         "json": {"name": "cli", "price": 1, "stock": 1}})
+    done = subprocess.run(goex_cli + ["exec", *flags, "--policy", "permissive", action], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(state(base)["items"]) == 3
+    done = subprocess.run(goex_cli + ["undo", *flags, "--all"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert state(base) == SEED
