@@ -16,6 +16,7 @@ from .errors import (  # noqa: E402
     GoexError,
     JournalBusy,
     JournalCorrupt,
+    JournalUnavailable,
     PathRefused,
     PolicyDenied,
     RecoveryNeeded,
@@ -26,7 +27,7 @@ from .runtime import Result, Runtime, Session  # noqa: E402
 
 __all__ = [
     "CompensationFailed", "Compensations", "HostRefused", "HttpConfig", "SecretRefused", "SecretStore",
-    "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt",
+    "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt", "JournalUnavailable",
     "PathRefused", "Policy", "PolicyDenied", "PolicyError", "RecoveryNeeded", "Result", "Runtime", "Session", "UndoConflict",
     "action_schema", "load_policy", "parse_action", "__version__",
 ]

@@ -74,6 +74,10 @@ class JournalBusy(GoexError):
     """Another program kept the journal database locked for longer than the wait allows."""
 
 
+class JournalUnavailable(GoexError):
+    """The journal cannot be written (permissions, disk full, deleted, runtime closed): nothing acts."""
+
+
 class RecoveryNeeded(GoexError):
     """An interrupted entry could not be brought to a consistent end; no new action runs until it is.
 

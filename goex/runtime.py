@@ -25,7 +25,7 @@ from .adapters.http.secrets import SecretRefused
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
-from .policy import Decision, Policy, RuleMatch, load_policy
+from .policy import ALLOW, Decision, Policy, RuleMatch, load_policy
 from .telemetry import tracer as make_tracer
 
 REFUSALS = (PathRefused, HostRefused, SecretRefused)  # well-formed actions the runtime will not run
@@ -98,6 +98,10 @@ class Runtime:
         if not root_path.is_dir():
             raise GoexError(f"workspace root {root_path} is not an existing folder; create it first")
         self.root = root_path.resolve()
+        folder = (Path(journal) if journal is not None else self.root / ".goex").resolve()
+        if folder == self.root or self.root.is_relative_to(folder):
+            raise GoexError(f"the journal folder {folder} cannot be the workspace root or hold it: actions "
+                            "could reach it. Keep it in a folder of its own (default: ROOT/.goex)")
         self.policy = load_policy(policy)
         self.journal = Journal(Path(journal) if journal is not None else self.root / ".goex", durability=durability)
         self.workspace = Workspace(self.root, hidden=self.journal.folder)
@@ -158,7 +162,7 @@ class Runtime:
             return Result(False, eid, error=str(exc), status="denied", session=session.id, type=model.type,
                           decision=decision)
 
-        def failed(exc: Exception, targets: list[str], decision: Decision | None = None) -> Result:
+        def failed(exc: Exception, targets: list[str], decision: Decision = ALLOW) -> Result:
             eid = self._journal_outcome(session, model, targets, decision, "failed", error=str(exc))
             return Result(False, eid, error=str(exc), status="failed", session=session.id, type=model.type,
                           decision=decision)

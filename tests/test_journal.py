@@ -158,3 +158,41 @@ def test_garbage_database_file_is_reported(root: Path):
     (root / ".goex" / "journal.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(goex.JournalCorrupt, match="cannot be opened"):
         goex.Runtime(root)
+
+
+def test_undo_never_acts_on_an_edited_record(root: Path):
+    (root / "a.txt").write_text("a")
+    (root / "keep.txt").write_text("precious")
+    with goex.Runtime(root, policy="permissive") as rt:
+        rt.session().execute({"type": "fs.write", "path": "a.txt", "content": "changed"}).raise_for_error()
+    with db(root) as c:
+        body = c.execute("SELECT body FROM records WHERE seq = 1").fetchone()[0]
+        c.execute("UPDATE records SET body = ? WHERE seq = 1", (body.replace('"a.txt"', '"keep.txt"'),))
+    with goex.Runtime(root, policy="permissive") as rt, pytest.raises(goex.JournalCorrupt, match="record 1"):
+        rt.rollback_all()
+    assert (root / "keep.txt").read_text() == "precious" and (root / "a.txt").read_text() == "changed"
+
+
+def test_journal_deleted_while_open_stops_everything(root: Path):
+    import shutil
+    with goex.Runtime(root, policy="permissive") as rt:
+        s = rt.session()
+        s.execute({"type": "fs.write", "path": "a", "content": "1"}).raise_for_error()
+        shutil.rmtree(root / ".goex")
+        with pytest.raises(goex.JournalUnavailable, match="deleted"):
+            s.execute({"type": "fs.write", "path": "b", "content": "2"})
+        assert not (root / "b").exists()
+
+
+def test_journal_placement_and_availability_errors(root: Path, tmp_path: Path):
+    with pytest.raises(goex.GoexError, match="cannot be the workspace root"):
+        goex.Runtime(root, journal=root)
+    with pytest.raises(goex.GoexError, match="cannot be the workspace root or hold it"):
+        goex.Runtime(root, journal=tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(goex.JournalUnavailable, match="writable folder"):
+        goex.Runtime(root, journal=tmp_path / "afile" / "j")
+    rt = goex.Runtime(root, policy="permissive")
+    rt.close()
+    with pytest.raises(goex.JournalUnavailable, match="closed"):
+        rt.session().execute({"type": "fs.write", "path": "a", "content": "1"})

@@ -26,6 +26,10 @@ DEFAULT_RULES = [
      {"type": "fs.delete", "path": "home/notes.txt"}),
     ("fs.world-writable", {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0666"},
      {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0664"}),
+    ("fs.setuid", {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "4755"},
+     {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0755"}),
+    ("fs.env-files", {"type": "fs.write", "path": "app/.ENV", "content": "K=v"},
+     {"type": "fs.write", "path": "app/ENV.md", "content": "K=v"}),
     ("fs.bulk-delete-files", {"type": "fs.delete", "path": "many", "recursive": True},
      {"type": "fs.delete", "path": "few", "recursive": True}),
 ]

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import JournalBusy, JournalCorrupt
+from ..errors import JournalBusy, JournalCorrupt, JournalUnavailable
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
@@ -55,7 +55,8 @@ UNDO_FAILED, NEEDS_REVIEW = "undo_failed", "needs_review"
 
 
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ASCII-only: file names that are not UTF-8 (surrogate escapes) survive as \udcXX
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def chain(prev: str, body: str) -> str:
@@ -112,15 +113,23 @@ class Journal:
         if durability not in ("fsync", "process"):
             raise ValueError("durability is 'fsync' (survives power loss) or 'process' (survives a killed process)")
         self.folder = Path(folder)
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.durability = durability
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._data_version = -1
-        self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._db = sqlite3.connect(
-            self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=60.0
-        )
+        self._lock_fd = -1
+        self._db = None  # type: ignore[assignment]
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._db = sqlite3.connect(
+                self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=60.0
+            )
+        except OSError as exc:
+            self.close()
+            raise JournalUnavailable(f"cannot open the journal in {self.folder}: {exc.strerror}; it needs a "
+                                     "writable folder (choose one with journal= / --journal)") from None
+        self._identity: tuple[int, int] | None = None  # (dev, ino) of journal.db once set up
         self._synchronous = ""
         try:
             with self.exclusive():  # a new journal is set up by one process at a time
@@ -131,6 +140,9 @@ class Journal:
                 version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
         except sqlite3.OperationalError as exc:
             self.close()
+            if "readonly" in str(exc) or "read-only" in str(exc) or "unable to open" in str(exc):
+                raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}; it needs a "
+                                         "writable folder") from None
             if "locked" in str(exc) or "busy" in str(exc):
                 raise JournalBusy(f"journal {self.folder} stayed locked by another program for 60 s: {exc}") from None
             raise JournalCorrupt(f"journal database {self.folder / 'journal.db'} cannot be opened: {exc}") from None
@@ -140,9 +152,10 @@ class Journal:
         if version != str(FORMAT_VERSION):
             self.close()
             raise JournalCorrupt(f"journal format {version} is not supported (expected {FORMAT_VERSION})")
+        self._identity = _identity(self.folder / "journal.db")
 
     def close(self) -> None:
-        if self._db is not None:
+        if getattr(self, "_db", None) is not None:
             self._db.close()
             self._db = None  # type: ignore[assignment]
         if self._lock_fd >= 0:
@@ -160,7 +173,13 @@ class Journal:
         """
         with self._thread_lock:
             if self._lock_depth == 0:
+                if self._lock_fd < 0:
+                    raise JournalUnavailable("this runtime is closed; open a new goex.Runtime")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                if self._identity is not None and _identity(self.folder / "journal.db") != self._identity:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    raise JournalUnavailable(f"the journal {self.folder / 'journal.db'} was deleted or replaced "
+                                             "while this runtime had it open; nothing more is recorded there")
             self._lock_depth += 1
             try:
                 yield
@@ -176,9 +195,12 @@ class Journal:
         """Append atomically. `durable=True` makes the records survive power loss (in 'fsync' mode)
         before this returns; otherwise they survive a killed process but may wait for the next sync."""
         with self.exclusive():
-            self._set_sync(durable=durable)
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            try:
+                self._set_sync(durable=durable)
+                cur = self._db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}") from None
             try:
                 tx = Transaction(self, cur)
                 yield tx
@@ -186,10 +208,16 @@ class Journal:
                     "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
                     (tx.seq, tx.hash),
                 )
+                cur.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # disk full, read-only file system, I/O error
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}; nothing of this "
+                                         "step was recorded or applied") from None
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     def append(self, kind: str, *, durable: bool = False, **fields: Any) -> tuple[int, str]:
         with self.transaction(durable=durable) as tx:
@@ -218,10 +246,18 @@ class Journal:
             self.read_blob(digest)
 
     def record(self, seq: int) -> dict[str, Any]:
-        row = self._db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
+        """One record, checked against its hash and its predecessor's before anyone acts on it."""
+        with self._thread_lock:
+            rows = self._db.execute("SELECT seq, body, hash FROM records WHERE seq IN (?, ?) ORDER BY seq",
+                                    (seq - 1, seq)).fetchall()
+        if not rows or rows[-1][0] != seq:
             raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
-        return json.loads(row[0])
+        prev = rows[0][2] if len(rows) == 2 else GENESIS if seq == 1 else None
+        body, digest = rows[-1][1], rows[-1][2]
+        if prev is None or chain(prev, body) != digest:
+            raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone from it. "
+                                 "Run `goex verify`", seq=seq)
+        return json.loads(body)
 
     def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
         yield from self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
@@ -249,6 +285,14 @@ class Journal:
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""
         return self._db
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def referenced_chunks(obj: Any) -> Iterator[str]:

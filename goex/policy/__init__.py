@@ -166,7 +166,8 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     anchored = "/" in pattern.strip("/")
     body = _glob_body(pattern.strip("/"))
     prefix = "" if anchored else "(?:.*/)?"
-    return re.compile(f"^{prefix}{body}(?:/.*)?$", re.DOTALL)
+    # case-insensitive: `.ENV` is `.env` on case-insensitive file systems, and refusing too much is the safe side
+    return re.compile(f"^{prefix}{body}(?:/.*)?$", re.DOTALL | re.IGNORECASE)
 
 
 def _glob_body(pattern: str) -> str:
