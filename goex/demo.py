@@ -1,4 +1,5 @@
-"""`goex demo`: an agent's actions on a temporary workspace, journaled, refused, rolled back."""
+"""`goex demo`: an agent's actions on a temporary workspace and the example shop service,
+journaled, some refused, all rolled back, and both checked identical to the start."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .adapters.http.adapter import HttpConfig
 from .cli import format_log
 from .runtime import Runtime
 
@@ -40,10 +42,28 @@ _AGENT_ACTIONS: list[dict[str, Any]] = [
 ]
 
 
+def _http_actions(base: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "http.request", "method": "POST", "url": f"{base}/orders", "json": {"item": "A-1", "qty": 3}},
+        {"type": "http.request", "method": "PATCH", "url": f"{base}/items/itm_1", "json": {"stock": 0}},
+        {"type": "http.request", "method": "DELETE", "url": f"{base}/items/itm_2"},
+        {"type": "http.request", "method": "POST", "url": f"{base}/payments",
+         "json": {"amount": 120.0, "currency": "EUR", "to": "acme"}},
+        {"type": "http.request", "method": "GET", "url": "https://pastebin.example/upload"},
+    ]
+
+
+_SHOP = {"items": [{"id": "itm_1", "name": "pen", "price": 1.5, "stock": 40},
+                   {"id": "itm_2", "name": "ink", "price": 4.0, "stock": 5}]}
+
+
 def run_demo(*, keep: bool = False) -> int:
+    from .service import serve
+
     root = Path(tempfile.mkdtemp(prefix="goex-demo-"))
     try:
-        return _run(root)
+        with serve() as base:
+            return _run(root, base)
     finally:
         if keep:
             print(f"\nworkspace kept at {root}")
@@ -51,17 +71,23 @@ def run_demo(*, keep: bool = False) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(root: Path) -> int:
+def _run(root: Path, base: str) -> int:
+    import httpx
+
     for rel, text in _PROJECT.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    print(f"goex demo: a workspace at {root} with {len(_PROJECT)} files; policy pack 'default'\n")
-    with Runtime(root) as rt:
-        start = rt.fingerprint()
-        print(f"1. fingerprint of the starting tree: {start[:16]}…\n")
+    httpx.post(f"{base}/admin/reset", json=_SHOP).raise_for_status()
+    spec = httpx.get(f"{base}/openapi.json").json()
+    print(f"goex demo: a workspace at {root} with {len(_PROJECT)} files, the example shop service at {base}; "
+          "policy pack 'default'\n")
+    http = HttpConfig(allow_hosts=[httpx.URL(base).host], openapi=spec)
+    with Runtime(root, http=http) as rt:
+        start, shop = rt.fingerprint(), httpx.get(f"{base}/state").json()
+        print(f"1. fingerprint of the starting tree: {start[:16]}…; the shop has {len(shop['items'])} items\n")
         print("2. the agent acts (each action: checked, journaled write-ahead, applied, traced):")
         with rt.session(actor="demo-agent") as session:
-            for i, action in enumerate(_AGENT_ACTIONS):
+            for i, action in enumerate(_AGENT_ACTIONS + _http_actions(base)):
                 if i == 4:
                     print(f"   -- checkpoint {session.checkpoint('before-archive')} ('before-archive')")
                 result = session.execute(action)
@@ -76,10 +102,12 @@ def _run(root: Path) -> int:
             print(f"   rolled back the rest:            {', '.join(session.rollback())}")
         end = rt.fingerprint()
         report = rt.verify()
-    same = end == start
-    print(f"\n5. fingerprint after rollback: {end[:16]}… {'identical to the start' if same else 'DIFFERENT from the start'}")
+    shop_now = httpx.get(f"{base}/state").json()
+    same = end == start and shop_now == shop
+    print(f"\n5. fingerprint after rollback: {end[:16]}… {'identical to the start' if end == start else 'DIFFERENT from the start'}")
+    print(f"   the shop's state, read through its API: {'identical to the start' if shop_now == shop else 'DIFFERENT'}")
     print(f"   journal verified: {report.records} hash-chained records, {report.blobs} before-image blobs")
-    print("\nTry it yourself: goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
+    print("\nTry it yourself (after `source .venv/bin/activate`): goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
     return 0 if same else 1
 
 

@@ -321,3 +321,36 @@ def test_cli_exec_and_undo_with_http(root: Path, base: str, tmp_path: Path):
     done = subprocess.run(goex_cli + ["undo", *flags, "--all"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert state(base) == SEED
+
+
+def test_process_killed_after_sending_is_settled_by_recover(root: Path, base: str, tmp_path: Path):
+    """The request reached the server, the process died before recording the response:
+    `goex recover` replays it with the same idempotency key, and it happened exactly once."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, sys, httpx, goex\n"
+        "from goex.adapters.http.adapter import HttpAdapter\n"
+        "real = HttpAdapter._send_action\n"
+        "def send_then_die(self, action, key):\n"
+        "    real(self, action, key)\n"
+        "    os._exit(9)  # killed: the response is never recorded\n"
+        "HttpAdapter._send_action = send_then_die\n"
+        "root, base = sys.argv[1], sys.argv[2]\n"
+        "rt = goex.Runtime(root, policy='permissive', http=goex.HttpConfig(allow_hosts=['127.0.0.1'],\n"
+        "    openapi=httpx.get(base + '/openapi.json').json()))\n"
+        "rt.session(session_id='W').execute({'type': 'http.request', 'method': 'POST', 'url': base + '/orders',\n"
+        "    'json': {'item': 'crash', 'qty': 1}})\n"
+    )
+    done = subprocess.run([sys.executable, str(worker), str(root), base], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    assert [o["item"] for o in state(base)["orders"]].count("crash") == 1
+    spec = tmp_path / "openapi.json"
+    spec.write_text(httpx.get(base + "/openapi.json").text)
+    flags = ["--root", str(root), "--allow-host", "127.0.0.1", "--openapi", str(spec)]
+    goex_cli = [str(Path(sys.executable).with_name("goex"))]
+    recovered = subprocess.run(goex_cli + ["recover", *flags], capture_output=True, text=True)
+    assert recovered.returncode == 0 and ": applied" in recovered.stdout, recovered.stdout + recovered.stderr
+    assert [o["item"] for o in state(base)["orders"]].count("crash") == 1  # replayed, not repeated
+    undone = subprocess.run(goex_cli + ["undo", *flags, "--session", "W"], capture_output=True, text=True)
+    assert undone.returncode == 0, undone.stderr
+    assert state(base) == SEED
