@@ -69,7 +69,3 @@ def test_schema_is_a_discriminated_union_of_every_action():
     assert write["additionalProperties"] is False and set(write["required"]) >= {"path", "content"}
     json.dumps(schema)  # serialisable as-is for tool-calling APIs
 
-
-def test_write_to_a_path_ending_in_a_slash_is_malformed(rt: goex.Runtime):
-    with pytest.raises(goex.ActionError, match="ends with '/'"):
-        rt.session().execute({"type": "fs.write", "path": "trailing/", "content": "x"})

@@ -159,6 +159,7 @@ def test_failures_are_clear_and_change_nothing(root: Path, rt: goex.Runtime):
         ({"type": "fs.mkdir", "path": "secret.txt"}, "not a folder"),
         ({"type": "fs.list", "path": "secret.txt"}, "not a folder"),
         ({"type": "fs.chmod", "path": "nope", "mode": "0644"}, "no such file"),
+        ({"type": "fs.write", "path": "trailing/", "content": "x"}, "ends with '/'"),
     ]
     for action, words in cases:
         result = s.execute(action)

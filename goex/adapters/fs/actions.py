@@ -41,8 +41,6 @@ class FsWrite(_FsAction):
 
     @model_validator(mode="after")
     def _decodable(self) -> "FsWrite":
-        if self.path.endswith("/"):
-            raise ValueError(f"'path' {self.path!r} ends with '/': name a file, not a folder")
         self.data()
         return self
 

@@ -227,6 +227,8 @@ class FileAdapter:
         parts = self.ws.resolve(a.path, follow=True)
         if not parts:
             raise ActionFailed("fs.write: the workspace root is a folder; name a file")
+        if a.path.endswith("/"):
+            raise ActionFailed(f"fs.write: {a.path!r} ends with '/': name a file, not a folder")
         st = self.ws.lstat(parts)
         created: list[Parts] = []
         if st is None:
