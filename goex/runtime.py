@@ -335,8 +335,9 @@ class Runtime:
     # -- recovery ------------------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Bring every interrupted entry to a consistent end: a pending action is reverted (and
-        recorded as failed), an interrupted undo is finished (and recorded as undone)."""
+        """Bring every interrupted entry to a consistent end: a pending file action is reverted
+        (recorded as failed); a pending request is replayed with its idempotency key (recorded as
+        applied) or left for review; an interrupted undo is finished (recorded as undone)."""
         report = RecoveryReport()
         with self.journal.exclusive():
             self._recover_locked(report)
@@ -364,6 +365,10 @@ class Runtime:
                     after = self.journal.record(row["after_seq"])["after"]
                     adapter.revert(entry["plan"], after, self.journal.read_blob, True)
                     outcome, why = "undone", ""
+            except CompensationFailed as exc:  # the compensation did not happen: the world is as before
+                self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
+                report.outcomes[eid] = "undo_failed"
+                continue
             except Exception as exc:  # noqa: BLE001 - report it, keep going with the others
                 report.outcomes[eid] = f"error: {exc}"
                 continue

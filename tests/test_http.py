@@ -354,3 +354,40 @@ def test_process_killed_after_sending_is_settled_by_recover(root: Path, base: st
     undone = subprocess.run(goex_cli + ["undo", *flags, "--session", "W"], capture_output=True, text=True)
     assert undone.returncode == 0, undone.stderr
     assert state(base) == SEED
+
+
+def test_declared_routes_override_derived_ones(root: Path, base: str):
+    declared = goex.Compensations().add("POST /orders", "irreversible", idempotent=False)
+    cfg = goex.HttpConfig(allow_hosts=["127.0.0.1"], openapi=httpx.get(base + "/openapi.json").json(),
+                          compensations=declared)
+    with goex.Runtime(root, http=cfg) as rt:
+        r = req(rt.session(), "POST", base + "/orders", json={"item": "x", "qty": 1})
+        assert r.status == "denied" and r.decision.rules == ["http.irreversible"]
+
+
+def test_unreadable_before_image_means_nothing_is_sent(base: str, rt: goex.Runtime):
+    httpx.post(base + "/admin/faults", json={"method": "GET", "path": "/orders/ord_1", "status": 503, "times": 1})
+    r = req(rt.session(), "PATCH", base + "/orders/ord_1", json={"status": "cancelled"})
+    assert not r.ok and r.status == "failed" and "before changing it (status 503)" in r.error
+    assert state(base) == SEED
+
+
+def test_ids_with_escaped_characters_are_restored_at_the_right_url(base: str, rt: goex.Runtime):
+    httpx.put(base + "/items/a%3Fb", json={"name": "odd", "price": 1.0, "stock": 1}).raise_for_status()
+    start = state(base)
+    s = rt.session()
+    assert req(s, "PUT", base + "/items/a%3Fb", json={"name": "CHANGED", "price": 9.0, "stock": 9}).ok
+    assert req(s, "DELETE", base + "/items/a%3Fb").ok
+    s.rollback()
+    assert state(base) == start
+
+
+def test_secrets_may_not_shape_the_host(root: Path, base: str):
+    store = goex.SecretStore({"PW": goex.adapters.http.secrets.Secret("1/evil#")})
+    with goex.Runtime(root, policy="permissive", http=goex.HttpConfig(allow_hosts=["127.0.0.1"], secrets=store)) as rt:
+        port = httpx.URL(base).port
+        r = req(rt.session(), "GET", f"http://user:{{{{secret:PW}}}}@127.0.0.1:{port}/echo")
+        assert not r.ok and r.decision.rules == ["http.secret-binding"] and "header" in r.error
+        r = req(rt.session(), "GET", f"{base}/echo?q={{{{secret:PW}}}}")  # in the query: percent-encoded
+        assert r.ok and r.output["body"]["path"] == "/echo"  # the '/' and '#' did not reshape the URL
+        assert r.output["body"]["query"] == {"q": "{{secret:PW}}"}  # the server got it whole; we redact it

@@ -9,9 +9,11 @@ the after-state (`etag`, `json`) that undo compares against before sending it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -21,7 +23,7 @@ from ...errors import ActionFailed, GoexError
 from ..base import Applied, GetBlob, Prepared, PutBlob
 from .actions import SAFE_METHODS, HttpRequest
 from .compensations import Compensations, expand
-from .secrets import SecretStore
+from .secrets import SecretRefused, SecretStore
 
 _HOP_HEADERS = {"content-type", "content-length", "if-match", "host", "transfer-encoding"}
 
@@ -92,17 +94,12 @@ class HttpAdapter:
 
     def prepare(self, action: HttpRequest) -> Prepared:
         url = httpx.URL(action.url)
-        host = (url.host or "").lower()
-        if "{{" in host or (host not in self.config.hosts and f"{host}:{url.port}" not in self.config.hosts):
-            raise HostRefused(host, self.config.hosts)
-        names = self.secrets.names_in([action.url, *action.headers.values(), action.body or "",
-                                       json.dumps(action.json_body) if action.json_body is not None else ""])
-        self.secrets.check(names, host)
+        host, names = self._check_destination(action)
         safe = action.method in SAFE_METHODS
-        matched = None if safe else self.routes.match(action.method, url.path)
+        matched = None if safe else self.routes.match(action.method, _raw_path(url))
         route, params = matched if matched else (None, {})
         kind = route.kind if route else ("read" if safe else "irreversible")
-        preview = {"method": action.method, "host": host, "path": url.path, "secrets": names,
+        preview = {"method": action.method, "host": host, "path": _raw_path(url), "secrets": names,
                    "route": f"{route.method} {route.template}" if route else None,
                    "reversible": kind != "irreversible", "kind": kind}
         state = {"route": route, "params": params, "kind": kind}
@@ -120,10 +117,13 @@ class HttpAdapter:
                                 "idempotent": bool(state["route"] and state["route"].idempotent)}
         if state["kind"] in ("update", "delete"):
             before = self._snapshot(action.url, action.headers)
+            if before["status"] != 404 and not 200 <= before["status"] < 300:
+                raise ActionFailed(f"cannot read {action.url} before changing it (status {before['status']}), so "
+                                   "it could not be undone; nothing was sent")
             plan["before"] = state["before"] = before
             if before["status"] == 404:  # a PUT that creates is undone by a DELETE; a DELETE of nothing is a no-op
                 plan["kind"] = "create" if state["kind"] == "update" else "none"
-                plan["undo"] = f"DELETE {httpx.URL(action.url).path}" if plan["kind"] == "create" else None
+                plan["undo"] = f"DELETE {_raw_path(httpx.URL(action.url))}" if plan["kind"] == "create" else None
         if plan["kind"] in ("create", "update", "delete"):
             plan["ops"] = [{"op": "compensate"}]
         state["plan"] = plan
@@ -141,21 +141,28 @@ class HttpAdapter:
         if not after.get("effect") or not after.get("check"):
             return []
         url = after["check"]
-        now = self._snapshot(url, after.get("headers", {}))
+        if after.get("unknown"):
+            return [(url, f"{after['unknown']}, so a change since cannot be ruled out")]
+        try:
+            now = self._snapshot(url, after.get("headers", {}))
+        except GoexError as exc:
+            return [(url, f"cannot be checked ({exc})")]
         if plan["kind"] == "delete":
             return [] if now["status"] == 404 else [(url, f"was re-created since (status {now['status']})")]
         if now["status"] == 404:
             return [(url, "was deleted since")]
         if now.get("etag"):
-            self._seen_etag[str(httpx.URL(url))] = now["etag"]
+            self._seen_etag[_key(url)] = now["etag"]
         if after.get("etag") and now.get("etag"):
-            etag, aliases, seen = now["etag"], self._restored.get(str(httpx.URL(url)), {}), set()
+            etag, aliases, seen = now["etag"], self._restored.get(_key(url), {}), set()
             while etag != after["etag"] and etag in aliases and etag not in seen:
                 seen.add(etag)
                 etag = aliases[etag]
             same = after["etag"] == etag
-        else:
+        elif after.get("json") is not None or now.get("json") is not None:
             same = after.get("json") == now.get("json")
+        else:
+            same = after.get("body_sha") == now.get("body_sha")
         return [] if same else [(url, "changed since the action "
                                       f"(ETag {after.get('etag')} -> {now.get('etag')})" if now.get("etag") else
                                  "changed since the action (its representation differs)")]
@@ -167,12 +174,15 @@ class HttpAdapter:
         comp = after.get("compensation")
         if comp is None:
             raise CompensationFailed(f"no compensation could be computed: {after.get('compensation_error')}")
-        host = (httpx.URL(comp["url"]).host or "").lower()
-        if host not in self.config.hosts and f"{host}:{httpx.URL(comp['url']).port}" not in self.config.hosts:
-            raise CompensationFailed(f"compensation {comp['method']} {comp['url']} goes to a host that is not allowed")
+        try:
+            self._check_destination(HttpRequest.model_validate(
+                {"method": comp["method"], "url": comp["url"], "headers": comp["headers"], "json": comp.get("json")}))
+        except (GoexError, ValueError) as exc:
+            raise CompensationFailed(f"compensation {comp['method']} {comp['url']} refused: {exc}") from None
         headers = dict(comp["headers"])
-        headers[self.config.idempotency_header] = plan["idempotency_key"] + "-undo"
-        seen = self._seen_etag.pop(str(httpx.URL(comp["url"])), None)
+        # a fresh key per attempt: a retried undo must not get the server's stored answer to the failed one
+        headers[self.config.idempotency_header] = f"{plan['idempotency_key']}-undo-{uuid.uuid4().hex[:8]}"
+        seen = self._seen_etag.pop(_key(comp["url"]), None)
         if plan["kind"] == "update" and seen and not force:
             headers["If-Match"] = seen  # fails (412) if the resource changes between the check and now
         try:
@@ -188,7 +198,7 @@ class HttpAdapter:
                                      f"{response.status_code}: {body}")
         new_etag, old_etag = response.headers.get("etag"), (plan.get("before") or {}).get("etag")
         if new_etag and old_etag and new_etag != old_etag:
-            self._restored.setdefault(str(httpx.URL(comp["url"])), {})[new_etag] = old_etag
+            self._restored.setdefault(_key(comp["url"]), {})[new_etag] = old_etag
         return {"compensation_status": response.status_code}
 
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
@@ -197,14 +207,31 @@ class HttpAdapter:
         if not plan.get("idempotent"):
             return "review", {}, ("the request may have reached the server and the route does not take "
                                   "idempotency keys: check the service by hand, then undo or keep it")
-        request = HttpRequest.model_validate(action)
         try:
+            request = HttpRequest.model_validate(action)
+            self._check_destination(request)  # this runtime's hosts and secret bindings, not the old one's
             response = self._send_action(request, key=plan["idempotency_key"])
-        except (ActionFailed, OutcomeUnknown) as exc:
-            return "review", {}, f"replaying it with its idempotency key failed ({exc}); check the service by hand"
+        except (GoexError, ValueError) as exc:
+            return "review", {}, f"not replayed ({exc}); check the service by hand"
         return "applied", self._after(plan, request, response), ""
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _check_destination(self, action: HttpRequest) -> tuple[str, list[str]]:
+        """Refuse unless the host is allowed and every secret may go there; returns (host, secret names)."""
+        url = httpx.URL(action.url)
+        host = (url.host or "").lower()
+        authority = action.url.split("//", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        if "{{" in authority:
+            names = self.secrets.names_in([authority]) or ["?"]
+            raise SecretRefused(names[0], "placeholders may not stand in the user or host part of a URL; "
+                                          "send credentials in a header")
+        if host not in self.config.hosts and f"{host}:{url.port}" not in self.config.hosts:
+            raise HostRefused(host, self.config.hosts)
+        names = self.secrets.names_in([action.url, *action.headers.values(), action.body or "",
+                                       json.dumps(action.json_body) if action.json_body is not None else ""])
+        self.secrets.check(names, host)
+        return host, names
 
     def _send_action(self, action: HttpRequest, key: str | None) -> httpx.Response:
         headers = dict(action.headers)
@@ -215,13 +242,15 @@ class HttpAdapter:
     def _send(self, method: str, url: str, headers: dict[str, str], json_body: Any, body: str | None,
               timeout_s: float) -> httpx.Response:
         filled_headers = {k: self.secrets.fill(v) for k, v in headers.items()}
+        if not any(k.lower() == "accept-encoding" for k in filled_headers):
+            filled_headers["Accept-Encoding"] = "identity"  # a compressed response could inflate past any bound
         kwargs: dict[str, Any] = {}
         if json_body is not None:
             kwargs["json"] = self.secrets.fill_json(json_body)
         elif body is not None:
             kwargs["content"] = self.secrets.fill(body).encode("utf-8")
         try:
-            request = self.client.build_request(method, self.secrets.fill(url), headers=filled_headers,
+            request = self.client.build_request(method, self.secrets.fill_url(url), headers=filled_headers,
                                                 timeout=timeout_s, **kwargs)
             response = self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -232,14 +261,9 @@ class HttpAdapter:
         except httpx.HTTPError as exc:
             raise self._unknown(method, url, self.secrets.redact(str(exc)) or type(exc).__name__) from None
         try:
-            chunks, size, limit = [], 0, self.config.max_response_bytes
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    break
-            response._content = b"".join(chunks)  # bounded: never more than the limit plus one chunk
-            response.extensions["goex_truncated"] = size > limit
+            body, truncated = _bounded_body(response, self.config.max_response_bytes)
+            response._content = body  # decoded, and never more than the limit
+            response.extensions["goex_truncated"] = truncated
         except httpx.TimeoutException:
             raise self._unknown(method, url, f"the response did not finish within {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
@@ -262,42 +286,48 @@ class HttpAdapter:
         except (ActionFailed, OutcomeUnknown) as exc:
             raise ActionFailed(f"cannot read {url} before/after the request: {exc}") from None
         return {"status": response.status_code, "etag": response.headers.get("etag"),
-                "json": self.secrets.redact_json(_json_or_none(response))}
+                "json": self.secrets.redact_json(_json_or_none(response)),
+                "body_sha": hashlib.sha256(response.content).hexdigest()}
 
     def _after(self, plan: dict[str, Any], action: HttpRequest, response: httpx.Response) -> dict[str, Any]:
-        """The after-state and the compensation, computed from the response actually received."""
+        """The after-state and the compensation, computed from the response actually received.
+        Never raises: the request has happened, and the journal must say so."""
         status = response.status_code
         if status >= 400 or plan["kind"] in ("irreversible", "none", "read"):
-            return {"effect": status < 400, "status": status}
-        doc = {"json": _json_or_none(response), "headers": dict(response.headers)}
+            return {"effect": 200 <= status < 400, "status": status}
         url = httpx.URL(action.url)
-        base = f"{url.scheme}://{url.netloc.decode()}"
         auth_headers = {k: v for k, v in action.headers.items()
                         if k.lower() not in _HOP_HEADERS and k.lower() != self.config.idempotency_header.lower()}
-        after: dict[str, Any] = {"effect": True, "status": status, "headers": auth_headers}
+        after: dict[str, Any] = {"effect": True, "status": status, "headers": auth_headers, "compensation": None}
+        if status >= 300:
+            after["compensation_error"] = f"the server answered {status} (a redirect): what it did is unknown"
+            after["check"] = None
+            return after
+        doc = {"json": _json_or_none(response), "headers": dict(response.headers)}
         try:
-            comp_method, comp_path, body = self._compensation(plan, doc, action)
-            comp_url = comp_path if comp_path.startswith("http") else base + comp_path
-            after["compensation"] = {"method": comp_method, "url": self.secrets.redact(comp_url),
+            method, target, body = self._compensation(plan, doc, action)
+            after["compensation"] = {"method": method, "url": self.secrets.redact(str(url.join(target))),
                                      "headers": auth_headers, "json": body}
         except KeyError as exc:
-            after["compensation"] = None
             after["compensation_error"] = str(exc).strip("'\"")
         check = action.url if plan["kind"] != "create" else (after["compensation"] or {}).get("url")
         after["check"] = check
         if plan["kind"] == "delete" or not check:
             return after
-        if plan["kind"] == "update":
+        if response.headers.get("etag") and doc["json"] is not None:  # the response is the after-state
+            after.update(etag=response.headers["etag"], json=self.secrets.redact_json(doc["json"]))
+            return after
+        try:
             now = self._snapshot(check, auth_headers)
-            after["etag"], after["json"] = now["etag"], now["json"]
-        else:
-            after["etag"] = response.headers.get("etag")
-            after["json"] = self.secrets.redact_json(doc["json"])
+            after.update(etag=now["etag"], json=now["json"], body_sha=now["body_sha"])
+        except GoexError:
+            after["unknown"] = "the resource could not be read after the request"
         return after
 
     def _compensation(self, plan: dict[str, Any], doc: dict[str, Any], action: HttpRequest) -> tuple[str, str, Any]:
         kind, params, before = plan["kind"], plan.get("params") or {}, plan.get("before")
-        path = httpx.URL(action.url).path
+        url = httpx.URL(action.url)
+        path, query = _raw_path(url), url.query.decode("ascii")
         if kind == "create":
             if plan.get("undo"):
                 method, target = expand(plan["undo"], params, doc)
@@ -311,11 +341,13 @@ class HttpAdapter:
         body = before.get("json") if before else None
         if body is None:
             raise KeyError("the before-image of the resource could not be read as JSON")
+        if query and "?" not in target:  # keep query credentials and selectors of the original request
+            target += "?" + query
         return method, target, body
 
     def _output(self, response: httpx.Response) -> dict[str, Any]:
         truncated = bool(response.extensions.get("goex_truncated"))
-        raw = response.content[: self.config.max_response_bytes]
+        raw = response.content
         out: dict[str, Any] = {"status": response.status_code,
                                "headers": self.secrets.redact_json(dict(response.headers))}
         ctype = response.headers.get("content-type", "")
@@ -328,11 +360,43 @@ class HttpAdapter:
         if ctype.startswith("text/") or "json" in ctype or "xml" in ctype or not ctype:
             out["body"] = self.secrets.redact(raw.decode(response.encoding or "utf-8", errors="replace"))
         else:
-            out["body"], out["body_encoding"] = base64.b64encode(raw).decode("ascii"), "base64"
+            out["body"] = base64.b64encode(self.secrets.redact_bytes(raw)).decode("ascii")
+            out["body_encoding"] = "base64"
         if truncated:
             out["truncated"] = True
-            out["body_note"] = f"[truncated: only the first {self.config.max_response_bytes:,} bytes were read]"
+            out["body_note"] = f"[truncated: only the first {self.config.max_response_bytes:,} bytes were kept]"
         return out
+
+
+def _bounded_body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read at most `limit` bytes of the decoded body; compressed input is inflated in bounded steps,
+    so a small compressed response cannot balloon in memory."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = (zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip")
+               else zlib.decompressobj() if encoding == "deflate" else None)
+    out = bytearray()
+    for chunk in response.iter_raw():
+        if inflate is not None:
+            try:
+                out += inflate.decompress(chunk, limit + 1 - len(out))
+            except zlib.error:
+                raise httpx.DecodingError("the compressed body is corrupt") from None
+            if len(out) > limit or inflate.unconsumed_tail:
+                return bytes(out[:limit]), True
+        else:
+            out += chunk
+            if len(out) > limit:
+                return bytes(out[:limit]), True
+    return bytes(out), False
+
+
+def _raw_path(url: httpx.URL) -> str:
+    """The path as sent, percent-escapes kept (an id holding %2F or %3F stays one segment)."""
+    return url.raw_path.decode("ascii").split("?", 1)[0]
+
+
+def _key(url: str) -> str:
+    return str(httpx.URL(url))
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -127,11 +127,11 @@ class Compensations:
                     out.add(f"DELETE {path}", "delete", f"PUT {path}")
         return out
 
-    def merged(self, other: "Compensations") -> "Compensations":
-        out = Compensations(list(self.routes))
-        for r in other.routes:
-            out.routes.append(r)
-        out.routes.sort(key=Route.specificity)
+    def merged(self, declared: "Compensations") -> "Compensations":
+        """These routes, with `declared` ones replacing any for the same method and path."""
+        taken = {(r.method, r.template) for r in declared.routes}
+        out = Compensations(list(declared.routes) + [r for r in self.routes if (r.method, r.template) not in taken])
+        out.routes.sort(key=Route.specificity)  # stable: declared ones stay first among equals
         return out
 
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import yaml
 
@@ -100,6 +100,10 @@ class SecretStore:
     def fill(self, text: str) -> str:
         return PLACEHOLDER.sub(lambda m: self.secrets[m.group(1)].value, text)
 
+    def fill_url(self, url: str) -> str:
+        """Fill placeholders percent-encoded, so a value can never change the URL's structure."""
+        return PLACEHOLDER.sub(lambda m: quote(self.secrets[m.group(1)].value, safe=""), url)
+
     def fill_json(self, obj: Any) -> Any:
         if isinstance(obj, str):
             return self.fill(obj)
@@ -109,13 +113,27 @@ class SecretStore:
             return {k: self.fill_json(v) for k, v in obj.items()}
         return obj
 
+    def _forms(self) -> list[tuple[str, str]]:
+        """(encoded value, placeholder), longest first so no secret is half-redacted by another."""
+        forms = {(form, f"{{{{secret:{name}}}}}")
+                 for name, secret in self.secrets.items()
+                 for form in (secret.value, quote(secret.value, safe=""), quote(secret.value), quote_plus(secret.value))
+                 if form}
+        return sorted(forms, key=lambda f: -len(f[0]))
+
     def redact(self, text: str) -> str:
-        """Every secret value (also URL-encoded) back to its placeholder."""
-        for name, secret in self.secrets.items():
-            for form in {secret.value, quote(secret.value, safe="")}:
-                if form and form in text:
-                    text = text.replace(form, f"{{{{secret:{name}}}}}")
+        """Every secret value (raw or URL-encoded) back to its placeholder."""
+        for form, placeholder in self._forms():
+            if form in text:
+                text = text.replace(form, placeholder)
         return text
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        for form, placeholder in self._forms():
+            encoded = form.encode("utf-8")
+            if encoded in data:
+                data = data.replace(encoded, placeholder.encode())
+        return data
 
     def redact_json(self, obj: Any) -> Any:
         if isinstance(obj, str):
