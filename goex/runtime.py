@@ -247,14 +247,23 @@ class Runtime:
         return Result(False, eid, error=error, status=status, session=session.id, type=model.type, decision=decision)
 
     def _settle(self, adapter: Adapter, plan: dict[str, Any], action: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
-        """Bring one pending entry to an end and journal it; returns (outcome, after, why)."""
+        """Bring one pending entry to an end (the caller journals it); returns (outcome, after, why)."""
         recover = getattr(adapter, "recover", None)
         if recover is not None:
-            outcome, after, why = recover(plan, action, self.journal.read_blob)
+            outcome, after, why = recover(plan, self._rehydrate(action), self.journal.read_blob)
         else:
             adapter.revert(plan, None, self.journal.read_blob)
             outcome, after, why = "reverted", {}, ""
         return outcome, after, why
+
+    def _rehydrate(self, action: dict[str, Any]) -> dict[str, Any]:
+        """The action as the agent sent it: strings journaled as blobs are read back."""
+        out = {}
+        for key, value in action.items():
+            if isinstance(value, dict) and set(value) == {"$blob"}:
+                value = b"".join(self.journal.read_blob(c) for c in value["$blob"]["chunks"]).decode("utf-8")
+            out[key] = value
+        return out
 
     def _journal_outcome(self, session: "Session", model: BaseModel, targets: list[str], decision: Decision | None,
                          status: str, **extra: Any) -> str:

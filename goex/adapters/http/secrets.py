@@ -105,13 +105,7 @@ class SecretStore:
         return PLACEHOLDER.sub(lambda m: quote(self.secrets[m.group(1)].value, safe=""), url)
 
     def fill_json(self, obj: Any) -> Any:
-        if isinstance(obj, str):
-            return self.fill(obj)
-        if isinstance(obj, list):
-            return [self.fill_json(v) for v in obj]
-        if isinstance(obj, dict):
-            return {k: self.fill_json(v) for k, v in obj.items()}
-        return obj
+        return _map_strings(obj, self.fill)
 
     def _forms(self) -> list[tuple[str, str]]:
         """(encoded value, placeholder), longest first so no secret is half-redacted by another."""
@@ -136,10 +130,15 @@ class SecretStore:
         return data
 
     def redact_json(self, obj: Any) -> Any:
-        if isinstance(obj, str):
-            return self.redact(obj)
-        if isinstance(obj, list):
-            return [self.redact_json(v) for v in obj]
-        if isinstance(obj, dict):
-            return {self.redact(str(k)): self.redact_json(v) for k, v in obj.items()}
-        return obj
+        return _map_strings(obj, self.redact)
+
+
+def _map_strings(obj: Any, fn: Any) -> Any:
+    """`obj` with `fn` applied to every string in it, keys included."""
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, list):
+        return [_map_strings(v, fn) for v in obj]
+    if isinstance(obj, dict):
+        return {fn(str(k)): _map_strings(v, fn) for k, v in obj.items()}
+    return obj
