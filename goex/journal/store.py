@@ -37,7 +37,8 @@ CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, body TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS blobs(hash TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs(
+    id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS head(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries(
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
@@ -89,9 +90,11 @@ class Transaction:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
         digest = hashlib.sha256(data).hexdigest()
         if self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
-            packed = zlib.compress(data, 1)
+            # zlib's set-up costs more than it saves on small chunks: those are stored as they are
+            packed = zlib.compress(data, 1) if len(data) >= 4096 else data
             stored = b"z" + packed if len(packed) < len(data) else b"r" + data
-            self._cur.execute("INSERT INTO blobs VALUES (?, ?, ?)", (digest, len(data), stored))
+            # appended in rowid order; only the small hash index takes a random insert
+            self._cur.execute("INSERT INTO blobs(hash, size, data) VALUES (?, ?, ?)", (digest, len(data), stored))
         return digest
 
     def append(self, kind: str, **fields: Any) -> tuple[int, str]:
