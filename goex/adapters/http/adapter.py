@@ -314,8 +314,10 @@ class HttpAdapter:
         after["check"] = check
         if plan["kind"] == "delete" or not check:
             return after
-        if response.headers.get("etag") and doc["json"] is not None:  # the response is the after-state
-            after.update(etag=response.headers["etag"], json=self.secrets.redact_json(doc["json"]))
+        # The response is the after-state when it carries the representation (ETag, or a create's
+        # JSON body); otherwise read the resource once more.
+        if doc["json"] is not None and (response.headers.get("etag") or plan["kind"] == "create"):
+            after.update(etag=response.headers.get("etag"), json=self.secrets.redact_json(doc["json"]))
             return after
         try:
             now = self._snapshot(check, auth_headers)
