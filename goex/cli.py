@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("log", _log, "List journal entries: id, time, session, actor, type, target, decision, status.")
     c.add_argument("--json", action="store_true", help="print a JSON array")
     c.add_argument("--session", help="only this session")
+    c.add_argument("--checkpoints", action="store_true", help="list the checkpoints instead of the entries")
 
     c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
     c.add_argument("--expect", metavar="HEAD", type=_head, help="the SEQ:HASH head you kept earlier: detects truncation")
@@ -131,37 +132,42 @@ def _exec(args: argparse.Namespace) -> int:
     worst = EXIT_OK
     with _runtime(args, policy=args.policy, durability=args.durability) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
-        for raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
+        for line, raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
+            where = {"line": line} if line else {}
             try:
                 result = session.execute(raw)
             except ActionError as exc:
                 _emit({"ok": False, "entry_id": None, "session": session.id, "status": "malformed",
-                       "error": str(exc)})
+                       "error": str(exc), **where})
                 worst = _worse(worst, EXIT_MALFORMED)
                 continue
             except GoexError as exc:  # the runtime cannot act at all (journal unusable, recovery needed)
-                _emit({"ok": False, "entry_id": None, "session": session.id, "status": "error", "error": str(exc)})
+                _emit({"ok": False, "entry_id": None, "session": session.id, "status": "error", "error": str(exc),
+                       **where})
                 return EXIT_FAILED
-            _emit(result.to_json())
+            _emit({**result.to_json(), **where})
             if not result.ok:
                 worst = _worse(worst, EXIT_REFUSED if result.status == "denied" else EXIT_FAILED)
     return worst
 
 
-def _actions(arg: str, stdin: TextIO, limit: int) -> Iterator[Any]:
+def _actions(arg: str, stdin: TextIO, limit: int) -> Iterator[tuple[int, Any]]:
+    """(input line number, action text); the number is 0 for a single ACTION argument."""
     if arg != "-":
-        yield arg
+        yield 0, arg
         return
+    number = 0
     while True:
         line = stdin.buffer.readline(limit + 1)
         if not line:
             return
+        number += 1
         if len(line) > limit and not line.endswith(b"\n"):
             while (rest := stdin.buffer.readline(1 << 20)) and not rest.endswith(b"\n"):
                 pass  # drain the oversized line without holding it
-            yield line  # parse_action reports it as over the limit
+            yield number, line  # parse_action reports it as over the limit
         elif line.strip():
-            yield line  # bytes: parse_action reports non-UTF-8 input itself
+            yield number, line  # bytes: parse_action reports non-UTF-8 input itself
 
 
 def _worse(a: int, b: int) -> int:
@@ -230,18 +236,18 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def _log(args: argparse.Namespace) -> int:
     with _runtime(args, policy="permissive") as rt:
-        rows = rt.log(args.session)
+        rows = rt.checkpoints(args.session) if args.checkpoints else rt.log(args.session)
     for row in rows:
         row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
-        print(format_log(rows))
+        print(format_log(rows, ["id", "time", "session", "label"] if args.checkpoints else None))
     return EXIT_OK
 
 
-def format_log(rows: list[dict[str, Any]]) -> str:
-    cols = ["id", "time", "session", "actor", "type", "target", "decision", "status"]
+def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+    cols = cols or ["id", "time", "session", "actor", "type", "target", "decision", "status"]
     table = [cols] + [[str(r[c]) if c != "time" else r[c][11:23] for c in cols] for r in rows]
     widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
     return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)

@@ -58,6 +58,7 @@ def test_exec_json_lines_from_stdin(root: Path):
     rs = results(done)
     assert [r["ok"] for r in rs] == [True, True, False, False, True]
     assert rs[2]["status"] == "malformed" and rs[3]["status"] == "denied" and rs[4]["output"] == "1"
+    assert [r["line"] for r in rs] == [1, 2, 3, 4, 5]
     assert {r["session"] for r in rs} == {"s1"}
     assert done.returncode == 2  # malformed outranks refused
 
@@ -115,6 +116,9 @@ def test_log_table_and_json(root: Path):
     table = goex("log", "--root", r).out.splitlines()
     assert table[0].split() == ["id", "time", "session", "actor", "type", "target", "decision", "status"]
     assert len(table) == 3
+    goex("checkpoint", "--root", r, "--session", "S", "--label", "here")
+    [cp] = json.loads(goex("log", "--root", r, "--json", "--checkpoints").out)
+    assert cp["label"] == "here" and cp["session"] == "S" and cp["id"].startswith("c")
 
 
 def test_verify_and_recover(root: Path):
