@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Iterator, TextIO
 
 from . import __version__
 from .actions import action_schema
 from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict
+from .policy import load_policy
 from .adapters.http.adapter import CompensationFailed, HttpConfig
 from .runtime import Runtime
 
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, func: Any, help: str, root: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.set_defaults(func=func)
+        c.set_defaults(func=func or (lambda args: c.print_help() or EXIT_MALFORMED))
         if root:
             c.add_argument("--root", required=True, help="the workspace folder")
             c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--actor", default="agent", help="who acts (default: agent)")
     c.add_argument("--policy", default="default", help="policy pack name or YAML path (default: default)")
     c.add_argument("--durability", choices=["fsync", "process"], default="fsync")
+    c.add_argument("--yes", action="store_true", help="approve every action a rule sends to confirmation")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
@@ -84,6 +87,30 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")
     c.add_argument("--session", help="the session to undo (alone: all of it)")
     c.add_argument("--force", action="store_true", help="restore before-states even over later changes")
+
+    for name, func, verb in (("approve", _approve, "Run"), ("reject", _reject, "Refuse")):
+        c = command(name, func, f"{verb} an action parked for confirmation (status awaiting_approval).")
+        c.add_argument("entry", metavar="ID")
+        c.add_argument("--by", default="human", help="who decides (journaled)")
+        c.add_argument("--policy", default="default", help="policy pack the approved action is checked against")
+    c.add_argument("--reason", default="", help="why (journaled)")
+
+    c = command("policy", None, "Check an action against a pack, or lint a pack.", root=False)
+    psub = c.add_subparsers(metavar="WHAT")
+    pc = psub.add_parser("check", help="print the decision and matched rules for ACTION without acting")
+    pc.set_defaults(func=_policy_check)
+    pc.add_argument("--root", required=True)
+    pc.add_argument("--journal")
+    pc.add_argument("--policy", default="default")
+    pc.add_argument("--session", help="count this session's budgets")
+    pc.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]")
+    pc.add_argument("--compensations", metavar="FILE")
+    pc.add_argument("--openapi", metavar="FILE")
+    pc.add_argument("--secrets", metavar="FILE")
+    pc.add_argument("action", metavar="ACTION")
+    pl = psub.add_parser("lint", help="validate a pack file (and what it extends)")
+    pl.set_defaults(func=_policy_lint)
+    pl.add_argument("file", metavar="FILE")
 
     c = command("checkpoint", _checkpoint, "Mark a checkpoint in a session; prints its id.")
     c.add_argument("--session", required=True)
@@ -130,7 +157,13 @@ def _runtime(args: argparse.Namespace, **kw: Any) -> Runtime:
 
 def _exec(args: argparse.Namespace) -> int:
     worst = EXIT_OK
-    with _runtime(args, policy=args.policy, durability=args.durability) as rt:
+    if args.yes:
+        approver: Any = lambda request: True  # noqa: E731
+    elif args.action != "-" and sys.stdin.isatty() and sys.stderr.isatty():
+        approver = _prompt
+    else:
+        approver = "pending"  # unattended: parked for `goex approve` / `goex reject`
+    with _runtime(args, policy=args.policy, durability=args.durability, approver=approver) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
         for line, raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
             where = {"line": line} if line else {}
@@ -147,8 +180,54 @@ def _exec(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             _emit({**result.to_json(), **where})
             if not result.ok:
-                worst = _worse(worst, EXIT_REFUSED if result.status == "denied" else EXIT_FAILED)
+                refused = result.status in ("denied", "awaiting_approval")
+                worst = _worse(worst, EXIT_REFUSED if refused else EXIT_FAILED)
     return worst
+
+
+def _prompt(request: Any) -> bool:
+    print(f"\ngoex: {request.type} needs confirmation: {request.decision.reason}", file=sys.stderr)
+    if request.summary:
+        print(request.summary, file=sys.stderr)
+    try:
+        answer = input("Allow it? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _approve(args: argparse.Namespace) -> int:
+    with _runtime(args, policy=args.policy) as rt:
+        result = rt.approve(args.entry, by=args.by)
+    _emit(result.to_json())
+    return EXIT_OK if result.ok else EXIT_REFUSED if result.status == "denied" else EXIT_FAILED
+
+
+def _reject(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        rt.reject(args.entry, by=args.by, reason=args.reason)
+    print(f"rejected {args.entry}")
+    return EXIT_OK
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    with _runtime(args, policy=args.policy) as rt:
+        try:
+            decision, preview = rt.session(session_id=args.session).check(args.action)
+        except ActionError as exc:
+            print(f"goex: {exc}", file=sys.stderr)
+            return EXIT_MALFORMED
+    _emit({"decision": decision.verdict, "rules": [m.__dict__ for m in decision.matches],
+           "cost": decision.cost, "severity": decision.severity, "preview": preview})
+    return EXIT_OK if decision.verdict == "allow" else EXIT_REFUSED
+
+
+def _policy_lint(args: argparse.Namespace) -> int:
+    policy = load_policy(Path(args.file))
+    budgets = ", ".join(f"{k}={v:,}" for k, v in policy.budgets.items()) or "none"
+    print(f"{args.file}: OK, pack {policy.name!r}: {len(policy.rules)} rules, budgets {budgets}, "
+          f"confirmations {'refused' if policy.confirm == 'deny' else 'asked'}")
+    return EXIT_OK
 
 
 def _actions(arg: str, stdin: TextIO, limit: int) -> Iterator[tuple[int, Any]]:

@@ -25,7 +25,7 @@ from .adapters.http.secrets import SecretRefused
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
-from .policy import ALLOW, Decision, Policy, RuleMatch, load_policy
+from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, load_policy, usage
 from .telemetry import tracer as make_tracer
 
 REFUSALS = (PathRefused, HostRefused, SecretRefused)  # well-formed actions the runtime will not run
@@ -62,6 +62,22 @@ class Result:
         raise ActionFailed(self.error or "failed", self.entry_id)
 
 
+@dataclass(frozen=True)
+class ConfirmationRequest:
+    """What an approver is asked: an action a rule sends to confirmation, and what it would do."""
+
+    session: str
+    actor: str
+    type: str
+    targets: list[str]
+    decision: Decision
+    preview: dict[str, Any]
+    summary: str
+
+
+Approver = Callable[[ConfirmationRequest], bool]
+
+
 @dataclass
 class RecoveryReport:
     """What `recover` did to each interrupted entry: 'reverted', 'undone', or 'error: …'."""
@@ -80,7 +96,10 @@ class Runtime:
     `<root>/.goex`; actions can never reach it). `policy`: a shipped pack name, a YAML path or a
     `Policy`. `durability`: 'fsync' (entries survive power loss before the effect happens) or
     'process' (they survive a killed process; much faster, for training loops). `http`: hosts,
-    compensations and secrets for `http.request` actions (none allowed by default).
+    compensations and secrets for `http.request` actions (none allowed by default). `approver`:
+    who answers actions a rule sends to confirmation: a callable taking a `ConfirmationRequest`
+    and returning True or False, or "pending" to park them for `approve` / `reject`; with none,
+    they are refused.
     """
 
     def __init__(
@@ -93,6 +112,7 @@ class Runtime:
         tracer_provider: Any = None,
         max_action_bytes: int = DEFAULT_MAX_ACTION_BYTES,
         http: HttpConfig | None = None,
+        approver: "Approver | str | None" = None,
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -110,6 +130,10 @@ class Runtime:
         self._http = HttpAdapter(http)
         self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http}
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
+        if approver is not None and approver != "pending" and not callable(approver):
+            raise ValueError("approver is a callable, 'pending', or None")
+        self.approver = approver
+        self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, loaded from the journal
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -131,13 +155,13 @@ class Runtime:
 
     # -- the action pipeline -------------------------------------------------------------------
 
-    def _execute(self, session: "Session", action: Any) -> Result:
+    def _execute(self, session: "Session", action: Any, approval: dict[str, Any] | None = None) -> Result:
         model = parse_action(action, max_bytes=self.max_action_bytes)
         adapter = self._adapters[model.type.split(".", 1)[0]]
         with self._tracer.start_as_current_span(f"goex {model.type}") as span:
             with self.journal.exclusive():
                 self._ensure_consistent()
-                result = self._run(session, model, adapter)
+                result = self._run(session, model, adapter, approval)
             if span.is_recording():
                 span.set_attributes({
                     "goex.action.type": model.type,
@@ -155,7 +179,7 @@ class Runtime:
                     span.set_attribute("goex.error", result.error or "")
         return result
 
-    def _run(self, session: "Session", model: BaseModel, adapter: Adapter) -> Result:
+    def _run(self, session: "Session", model: BaseModel, adapter: Adapter, approval: dict[str, Any] | None) -> Result:
         def refused(exc: Any, targets: list[str]) -> Result:
             decision = Decision("deny", (RuleMatch(exc.rule, "deny", "severe", 1.0, exc.reason),))
             eid = self._journal_outcome(session, model, targets, decision, "denied", error=str(exc))
@@ -174,15 +198,31 @@ class Runtime:
             return refused(exc, spelled)
         except ActionFailed as exc:
             return failed(exc, spelled)
-        decision = self.policy.decide(model.type, prepared.targets, prepared.preview)
-        if decision.verdict != "allow":
+        decision = self._decide(session, model.type, prepared)
+        spent = usage(model.type, prepared.preview)
+        if decision.verdict == "confirm" and approval is None:
+            answer = self._ask(session, model, adapter, prepared, decision)
+            if answer is None:
+                eid = self._journal_outcome(session, model, prepared.targets, decision, "awaiting_approval",
+                                            preview=prepared.preview)
+                return Result(False, eid, error=f"needs confirmation ({decision.reason}); approve it with "
+                                                f"`goex approve {eid}` or reject it with `goex reject {eid}`",
+                              status="awaiting_approval", session=session.id, type=model.type, decision=decision)
+            if answer:
+                approval = {"by": "approver"}
+        if decision.verdict == "deny" or (decision.verdict == "confirm" and approval is None):
             error = f"refused by policy: {decision.reason}"
             if decision.verdict == "confirm":
-                error += " (needs confirmation, and no approver is configured)"
+                error += (" (rejected by the approver)" if self.approver is not None else
+                          " (needs confirmation, and no approver is configured)")
+            elif not any(m.decision == "deny" for m in decision.matches):
+                error += " (the pack refuses what needs confirmation)"
             eid = self._journal_outcome(session, model, prepared.targets, decision, "denied", error=error,
                                         preview=prepared.preview)
             return Result(False, eid, error=error, status="denied", session=session.id, type=model.type,
                           decision=decision)
+        self._spend(session.id, spent)
+        extra = {"usage": spent, **({"approval": approval} if approval else {})}
         if not prepared.effect:
             try:
                 applied = adapter.apply(prepared)
@@ -190,16 +230,94 @@ class Runtime:
                 return refused(exc, prepared.targets)
             except ActionFailed as exc:
                 return failed(exc, prepared.targets, decision)
-            eid = self._journal_outcome(session, model, prepared.targets, decision, APPLIED, after=applied.after)
+            eid = self._journal_outcome(session, model, prepared.targets, decision, APPLIED, after=applied.after,
+                                        **extra)
             return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
-        return self._apply(session, model, adapter, prepared, decision, refused, failed)
+        return self._apply(session, model, adapter, prepared, decision, refused, failed, extra)
+
+    def _check(self, session: "Session", action: Any) -> tuple[Decision, dict[str, Any]]:
+        model = parse_action(action, max_bytes=self.max_action_bytes)
+        adapter = self._adapters[model.type.split(".", 1)[0]]
+        try:
+            prepared = adapter.prepare(model)
+        except REFUSALS as exc:
+            return Decision("deny", (RuleMatch(exc.rule, "deny", "severe", 1.0, exc.reason),)), {}
+        return self._decide(session, model.type, prepared), prepared.preview
+
+    def _decide(self, session: "Session", action_type: str, prepared: Prepared) -> Decision:
+        """The pack's rules, then the session's budgets: one code path for every entry point."""
+        decision = self.policy.decide(action_type, prepared.targets, prepared.preview)
+        if decision.verdict == "confirm" and self.policy.confirm == "deny":
+            decision = Decision("deny", decision.matches)
+        spent = usage(action_type, prepared.preview)
+        over = []
+        totals = self._session_usage(session.id)
+        for name in BUDGETS:
+            limit = self.policy.budgets.get(name)
+            if limit is not None and spent.get(name) and totals.get(name, 0) + spent[name] > limit:
+                over.append(RuleMatch(f"budget.{name}", "deny", "severe", 1.0,
+                                      f"the session's {name} budget of {limit:,} would be exceeded "
+                                      f"({totals.get(name, 0):,} spent, this action needs {spent[name]:,})"))
+        if over:
+            decision = Decision("deny", decision.matches + tuple(over))
+        return decision
+
+    def _session_usage(self, session_id: str) -> dict[str, int]:
+        if session_id not in self._usage:
+            totals: dict[str, int] = {}
+            rows = self.journal.query(
+                "SELECT seq FROM entries WHERE session = ? AND status NOT IN "
+                "('denied', 'failed', 'awaiting_approval', 'rejected', 'approved')", (session_id,))
+            for row in rows:
+                for name, value in self.journal.record(row["seq"]).get("usage", {}).items():
+                    totals[name] = totals.get(name, 0) + value
+            self._usage[session_id] = totals
+        return self._usage[session_id]
+
+    def _spend(self, session_id: str, spent: dict[str, int]) -> None:
+        totals = self._session_usage(session_id)
+        for name, value in spent.items():
+            totals[name] = totals.get(name, 0) + value
+
+    def _ask(self, session: "Session", model: BaseModel, adapter: Adapter, prepared: Prepared,
+             decision: Decision) -> bool | None:
+        """The approver's answer: True, False, or None (parked for `approve` / `reject`)."""
+        if self.approver is None or self.policy.confirm == "deny":
+            return False
+        if self.approver == "pending":
+            return None
+        summarize = getattr(adapter, "summarize", None)
+        request = ConfirmationRequest(session.id, session.actor, model.type, prepared.targets, decision,
+                                      prepared.preview, summarize(prepared) if summarize else "")
+        return bool(self.approver(request))  # type: ignore[operator]
+
+    def approve(self, entry_id: str, *, by: str = "human") -> Result:
+        """Run an action parked for confirmation, as approved by `by` (rules that deny still deny)."""
+        session, action = self._parked(entry_id)
+        self.journal.append("approved", entry=entry_id, by=by, durable=True)
+        return self._execute(session, action, approval={"by": by, "entry": entry_id})
+
+    def reject(self, entry_id: str, *, by: str = "human", reason: str = "") -> None:
+        """Refuse an action parked for confirmation; it never runs."""
+        self._parked(entry_id)
+        self.journal.append("rejected", entry=entry_id, by=by, reason=reason, durable=True)
+
+    def _parked(self, entry_id: str) -> tuple["Session", dict[str, Any]]:
+        row = self.journal.entry(entry_id)
+        if row is None or row["status"] != "awaiting_approval":
+            state = row["status"] if row is not None else "not in the journal"
+            raise GoexError(f"entry {entry_id} is not awaiting approval ({state}); "
+                            "`goex log` shows the entries that are")
+        entry = self.journal.record(row["seq"])
+        return Session(self, row["session"], row["actor"]), self._rehydrate(entry["action"])
 
     def _apply(self, session: "Session", model: BaseModel, adapter: Adapter, prepared: Prepared,
-               decision: Decision, refused: Callable[..., Result], failed: Callable[..., Result]) -> Result:
+               decision: Decision, refused: Callable[..., Result], failed: Callable[..., Result],
+               extra: dict[str, Any]) -> Result:
         try:
             with self.journal.transaction(durable=True) as tx:
                 plan = adapter.capture(prepared, tx.put_blob)
-                seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview,
+                seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview, **extra,
                                    **self._entry_fields(tx, session, model, prepared.targets, decision))
         except REFUSALS as exc:
             return refused(exc, prepared.targets)
@@ -437,6 +555,11 @@ class Session:
         Returns a `Result`; raises `ActionError` if the action is malformed (nothing applied).
         """
         return self.runtime._execute(self, action)
+
+    def check(self, action: Any) -> tuple[Decision, dict[str, Any]]:
+        """The decision on `action` (rules and this session's budgets) and its preview, without
+        acting or journaling anything."""
+        return self.runtime._check(self, action)
 
     def checkpoint(self, label: str | None = None) -> str:
         """Mark this point of the session; `rollback(to=…)` takes its id or its label."""

@@ -130,3 +130,115 @@ def test_decisions_are_deterministic_and_list_every_match():
     assert d.verdict == "deny" and d.rules == ["a", "b", "c"] and d.severity == "severe" and d.cost == 1.5
     assert policy.decide("fs.write", ["a.key"], {"bytes_written": 11}) == d
     assert policy.decide("fs.write", ["a.key"], {"bytes_written": 3}).verdict == "confirm"
+
+
+STRICT_RULES = [
+    ("strict.any-delete", {"type": "fs.delete", "path": "gitnotes.txt"}, {"type": "fs.read", "path": "gitnotes.txt"}),
+    ("strict.overwrite-by-move", {"type": "fs.move", "src": "gitnotes.txt", "dst": "home/notes.txt", "overwrite": True},
+     {"type": "fs.move", "src": "gitnotes.txt", "dst": "home/new.txt"}),
+]
+
+
+@pytest.mark.parametrize("rule,harmful,harmless", STRICT_RULES, ids=[r[0] for r in STRICT_RULES])
+def test_strict_pack_rules(root: Path, rule, harmful, harmless):
+    seed(root)
+    with goex.Runtime(root, policy="strict") as rt:
+        s = rt.session()
+        refused = s.execute(harmful)
+        assert not refused.ok and rule in refused.decision.rules
+        assert s.execute(harmless).ok
+
+
+def test_training_pack_refuses_what_would_ask(root: Path):
+    seed(root)
+    asked = []
+    with goex.Runtime(root, policy="training", approver=lambda r: asked.append(r) or True) as rt:
+        r = rt.session().execute({"type": "fs.delete", "path": "many", "recursive": True})
+        assert not r.ok and r.status == "denied" and r.decision.verdict == "deny"
+        assert r.decision.rules == ["fs.bulk-delete-files"] and r.decision.cost == 1.0
+        assert "refuses what needs confirmation" in r.error and asked == []
+    assert (root / "many").is_dir()
+
+
+def test_budgets_refuse_the_action_that_would_exceed_them(root: Path, tmp_path: Path):
+    pack = tmp_path / "budget.yaml"
+    pack.write_text("name: b\nextends: permissive\nbudgets: {files_deleted: 3, bytes_written: 10}\nrules: []\n")
+    for i in range(5):
+        (root / f"f{i}").write_text("x")
+    with goex.Runtime(root, policy=pack) as rt:
+        s = rt.session()
+        assert all(s.execute({"type": "fs.delete", "path": f"f{i}"}).ok for i in range(3))
+        over = s.execute({"type": "fs.delete", "path": "f3"})
+        assert not over.ok and over.decision.rules == ["budget.files_deleted"] and "budget of 3" in over.error
+        assert (root / "f3").exists()
+        assert rt.session().execute({"type": "fs.delete", "path": "f3"}).ok  # budgets are per session
+        assert s.execute({"type": "fs.write", "path": "w", "content": "0123456789"}).ok
+        assert s.execute({"type": "fs.write", "path": "w", "content": "x"}).decision.rules == ["budget.bytes_written"]
+        s.undo()  # undone work still counts: the blast radius happened
+    with goex.Runtime(root, policy=pack) as rt:  # spent budget is read back from the journal
+        again = rt.session(session_id=s.id).execute({"type": "fs.delete", "path": "f4"})
+        assert again.decision.rules == ["budget.files_deleted"]
+
+
+def test_confirmation_by_callback_pending_approve_and_reject(root: Path):
+    seed(root)
+    asked = []
+    with goex.Runtime(root, approver=lambda r: asked.append(r) or False) as rt:
+        r = rt.session().execute({"type": "fs.delete", "path": "many", "recursive": True})
+        assert not r.ok and "rejected by the approver" in r.error
+        assert asked[0].summary.startswith("delete many: 101 files") and asked[0].decision.verdict == "confirm"
+    with goex.Runtime(root, approver=lambda r: True) as rt:
+        assert rt.session().execute({"type": "fs.write", "path": "few/0.log", "content": "new\n"}).ok
+    with goex.Runtime(root, approver="pending") as rt:
+        s = rt.session()
+        parked = s.execute({"type": "fs.delete", "path": "many", "recursive": True})
+        assert parked.status == "awaiting_approval" and (root / "many").is_dir()
+        other = s.execute({"type": "fs.delete", "path": "few", "recursive": True})
+        assert other.ok  # few files: no confirmation needed
+        with pytest.raises(goex.GoexError, match="not awaiting approval"):
+            rt.approve(other.entry_id)
+        rt.reject(parked.entry_id, reason="not today")
+        with pytest.raises(goex.GoexError, match="rejected"):
+            rt.approve(parked.entry_id)
+        parked = s.execute({"type": "fs.delete", "path": "many", "recursive": True})
+        done = rt.approve(parked.entry_id, by="alice")
+        assert done.ok and not (root / "many").exists()
+        statuses = {e["id"]: e["status"] for e in rt.log()}
+        assert statuses[parked.entry_id] == "approved" and statuses[done.entry_id] == "applied"
+        s.rollback()
+        assert (root / "many").is_dir() and len(list((root / "many").iterdir())) == 101
+
+
+def test_write_confirmation_shows_a_diff(root: Path, tmp_path: Path):
+    (root / "app.py").write_text("a = 1\nb = 2\n")
+    pack = tmp_path / "ask.yaml"
+    pack.write_text("name: ask\nrules:\n  - {id: ask, match: {type: [fs.write]}, decision: confirm}\n")
+    asked = []
+    with goex.Runtime(root, policy=pack, approver=lambda r: asked.append(r) or True) as rt:
+        assert rt.session().execute({"type": "fs.write", "path": "app.py", "content": "a = 1\nb = 3\n"}).ok
+    assert "-b = 2" in asked[0].summary and "+b = 3" in asked[0].summary
+
+
+def test_policy_check_and_lint_commands(root: Path, tmp_path: Path):
+    import json as _json
+    import subprocess
+    import sys
+    goex_cli = str(Path(sys.executable).with_name("goex"))
+    done = subprocess.run([goex_cli, "policy", "check", "--root", str(root),
+                           '{"type": "fs.write", "path": ".git/config", "content": "x"}'], capture_output=True, text=True)
+    out = _json.loads(done.stdout)
+    assert done.returncode == 3 and out["decision"] == "deny" and out["rules"][0]["id"] == "fs.git-internals"
+    assert not (root / ".git").exists()
+    with goex.Runtime(root) as rt:
+        assert rt.log() == []  # checking journals nothing
+    ok = subprocess.run([goex_cli, "policy", "check", "--root", str(root),
+                         '{"type": "fs.write", "path": "a.txt", "content": "x"}'], capture_output=True, text=True)
+    assert ok.returncode == 0 and _json.loads(ok.stdout)["decision"] == "allow"
+    for name in ("default", "strict", "training", "permissive"):
+        lint = subprocess.run([goex_cli, "policy", "lint", str(Path(goex.__file__).parent.parent / "policies" / f"{name}.yaml")],
+                              capture_output=True, text=True)
+        assert lint.returncode == 0 and "OK" in lint.stdout, lint.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrules:\n  - id: a\n    decision: nope\n")
+    lint = subprocess.run([goex_cli, "policy", "lint", str(bad)], capture_output=True, text=True)
+    assert lint.returncode == 1 and f"{bad}:3:" in lint.stderr

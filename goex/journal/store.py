@@ -321,7 +321,7 @@ def unpack_blob(stored: bytes) -> bytes:
 
 
 _STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone": UNDONE,
-              "undo_failed": UNDO_FAILED, "review": NEEDS_REVIEW}
+              "undo_failed": UNDO_FAILED, "review": NEEDS_REVIEW, "approved": "approved", "rejected": "rejected"}
 
 
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:

@@ -61,11 +61,18 @@ class Rule(BaseModel):
     message: str = ""
 
 
+BUDGETS = ("files_deleted", "bytes_written", "rows_changed", "http_calls", "irreversible_calls")
+Budget = Literal["files_deleted", "bytes_written", "rows_changed", "http_calls", "irreversible_calls"]
+
+
 class Pack(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     description: str = ""
     extends: str | None = None
+    confirm: Literal["ask", "deny"] = Field(
+        default="ask", description="'deny': what a rule sends to confirmation is refused (and costed) instead.")
+    budgets: dict[Budget, int] = Field(default_factory=dict, description="Per-session limits (blast radius).")
     rules: list[Rule] = Field(default_factory=list)
 
 
@@ -99,7 +106,8 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        deciding = [m for m in self.matches if m.decision == self.verdict]
+        deciding = [m for m in self.matches if m.decision == self.verdict] or [
+            m for m in self.matches if m.decision != "allow"]  # a confirmation the pack turned into a refusal
         return "; ".join(f"{m.id}: {m.message}" for m in deciding) or self.verdict
 
     def to_json(self) -> dict[str, Any]:
@@ -123,6 +131,8 @@ class Policy:
         self.name = pack.name
         self.source = source
         self.rules = list(pack.rules)
+        self.budgets = dict(pack.budgets)
+        self.confirm = pack.confirm
         self._compiled = [_compile(r) for r in self.rules]
 
     def decide(self, action_type: str, targets: list[str], preview: dict[str, Any]) -> Decision:
@@ -135,6 +145,17 @@ class Policy:
             return ALLOW
         verdict = max((m.decision for m in matches), key=_RANK.__getitem__)
         return Decision(verdict, matches)
+
+
+def usage(action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+    """What one action spends of each budget, from its preview."""
+    spent = {"files_deleted": int(preview.get("files_deleted") or 0),
+             "bytes_written": int(preview.get("bytes_written") or 0),
+             "rows_changed": int(preview.get("rows") or 0)}
+    if action_type == "http.request":
+        spent["http_calls"] = 1
+        spent["irreversible_calls"] = int(preview.get("reversible") is False)
+    return {k: v for k, v in spent.items() if v}
 
 
 def _compile(rule: Rule) -> _Compiled:
@@ -217,7 +238,10 @@ def _load_pack(spec: "str | Path", seen: tuple[str, ...]) -> tuple[Pack, str]:
     base, _ = _load_pack(pack.extends, seen + (source,))
     overrides = {r.id for r in pack.rules}
     rules = [r for r in base.rules if r.id not in overrides] + pack.rules
-    return Pack(name=pack.name, description=pack.description, extends=pack.extends, rules=rules), source
+    budgets = {**base.budgets, **pack.budgets}
+    confirm = pack.confirm if "confirm" in pack.model_fields_set else base.confirm
+    return Pack(name=pack.name, description=pack.description, extends=pack.extends, confirm=confirm,
+                budgets=budgets, rules=rules), source
 
 
 def _read(spec: "str | Path") -> tuple[str, str]:

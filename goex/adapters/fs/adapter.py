@@ -11,7 +11,9 @@ An undo plan is a list of ops run in order, each idempotent so recovery can repl
 from __future__ import annotations
 
 import base64
+import difflib
 import errno
+import itertools
 import hashlib
 import os
 import stat
@@ -108,6 +110,42 @@ class FileAdapter:
                force: bool = False) -> None:
         for op in plan.get("ops", []):
             getattr(self, "_revert_" + op["op"])(op, get_blob)
+
+    def summarize(self, prepared: Prepared) -> str:
+        """What the action would do, for a person deciding whether to allow it."""
+        a, p = prepared.action, prepared.preview
+        if a.type == "fs.write":
+            return self._write_diff(a, prepared.state["path"])
+        if a.type == "fs.delete":
+            return f"delete {p['paths'][0]}: {p['files_deleted']:,} files, {p['bytes_deleted']:,} bytes"
+        if a.type == "fs.move":
+            replaced = f", replacing {p['files_deleted']:,} files" if p.get("overwrites") else ""
+            return f"move {p['paths'][0]} to {p['paths'][1]}{replaced}"
+        if a.type == "fs.chmod":
+            return f"chmod {p['paths'][0]} to {p['mode']}"
+        return f"{a.type} {', '.join(p.get('paths', []))}"
+
+    def _write_diff(self, a: FsWrite, parts: Parts) -> str:
+        new = a.data()
+        try:
+            with self.ws.parent(parts) as dfd:
+                fd, _ = tree.open_regular(dfd, parts[-1])
+                try:
+                    old = os.read(fd, 1 << 16)
+                finally:
+                    os.close(fd)
+        except (OSError, PathRefused):
+            old = b""
+        if a.append:
+            new = old + new
+        try:
+            old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"write {len(new):,} bytes of binary data to {show(parts)}"
+        diff = difflib.unified_diff(old_text.splitlines(), new_text.splitlines(), f"a/{show(parts)}",
+                                    f"b/{show(parts)}", lineterm="")
+        lines = list(itertools.islice(diff, 80))
+        return "\n".join(lines) or f"write {show(parts)} (no change)"
 
     def fingerprint(self) -> str:
         """sha256 of the whole workspace (content, modes, symlinks), the journal excluded."""

@@ -215,6 +215,13 @@ class HttpAdapter:
             return "review", {}, f"not replayed ({exc}); check the service by hand"
         return "applied", self._after(plan, request, response), ""
 
+    def summarize(self, prepared: Prepared) -> str:
+        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        body = json.dumps(action.json_body)[:1000] if action.json_body is not None else (action.body or "")[:1000]
+        kind = prepared.preview["kind"]
+        note = "it cannot be undone" if kind == "irreversible" else f"undo: {kind} compensation"
+        return f"{action.method} {action.url}\n{body}\n({note})".replace("\n\n", "\n")
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _check_destination(self, action: HttpRequest) -> tuple[str, list[str]]:
