@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", default="default", help="policy pack name or YAML path (default: default)")
     c.add_argument("--durability", choices=["fsync", "process"], default="fsync")
     c.add_argument("--yes", action="store_true", help="approve every action a rule sends to confirmation")
+    c.add_argument("--protect", action="append", default=[], metavar="GLOB",
+                   help="a path glob no action may change (repeatable)")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
@@ -163,7 +165,8 @@ def _exec(args: argparse.Namespace) -> int:
         approver = _prompt
     else:
         approver = "pending"  # unattended: parked for `goex approve` / `goex reject`
-    with _runtime(args, policy=args.policy, durability=args.durability, approver=approver) as rt:
+    with _runtime(args, policy=args.policy, durability=args.durability, approver=approver,
+                  protected=args.protect) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
         for line, raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
             where = {"line": line} if line else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ from .adapters.http.secrets import SecretRefused
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
-from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, load_policy, usage
+from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
 from .telemetry import tracer as make_tracer
 
 REFUSALS = (PathRefused, HostRefused, SecretRefused)  # well-formed actions the runtime will not run
@@ -99,7 +100,7 @@ class Runtime:
     compensations and secrets for `http.request` actions (none allowed by default). `approver`:
     who answers actions a rule sends to confirmation: a callable taking a `ConfirmationRequest`
     and returning True or False, or "pending" to park them for `approve` / `reject`; with none,
-    they are refused.
+    they are refused. `protected`: path globs (a task's tests, say) no action may change.
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class Runtime:
         max_action_bytes: int = DEFAULT_MAX_ACTION_BYTES,
         http: HttpConfig | None = None,
         approver: "Approver | str | None" = None,
+        protected: "list[str] | tuple[str, ...]" = (),
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -134,6 +136,8 @@ class Runtime:
             raise ValueError("approver is a callable, 'pending', or None")
         self.approver = approver
         self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, loaded from the journal
+        self.protected = tuple(protected)
+        self._protected = [(glob_regex(g), _literal_prefix(g)) for g in self.protected]
         self._lock = threading.RLock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -251,6 +255,12 @@ class Runtime:
             decision = Decision("deny", decision.matches)
         spent = usage(action_type, prepared.preview)
         over = []
+        if prepared.effect and action_type.startswith("fs."):
+            hit = next((t for t in prepared.targets for rx, prefix in self._protected
+                        if rx.match(t) or (prefix is not None and prefix.startswith(t.rstrip("/") + "/"))), None)
+            if hit is not None:
+                over.append(RuleMatch("workspace.protected", "deny", "severe", 1.0,
+                                      f"{hit} is protected for this run; it may be read, not changed"))
         totals = self._session_usage(session.id)
         for name in BUDGETS:
             limit = self.policy.budgets.get(name)
@@ -594,6 +604,14 @@ class Session:
 
     def log(self) -> list[dict[str, Any]]:
         return self.runtime.log(self.id)
+
+
+def _literal_prefix(glob: str) -> str | None:
+    """The fixed leading part of an anchored glob (`tests/**` -> `tests/`): a folder holding it
+    holds protected paths. None for globs that match at any depth."""
+    if "/" not in glob.strip("/"):
+        return None
+    return re.split(r"[*?\[]", glob.lstrip("/"), maxsplit=1)[0]
 
 
 def _journal_form(action: dict[str, Any], tx: Transaction) -> dict[str, Any]:

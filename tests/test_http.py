@@ -391,3 +391,12 @@ def test_secrets_may_not_shape_the_host(root: Path, base: str):
         r = req(rt.session(), "GET", f"{base}/echo?q={{{{secret:PW}}}}")  # in the query: percent-encoded
         assert r.ok and r.output["body"]["path"] == "/echo"  # the '/' and '#' did not reshape the URL
         assert r.output["body"]["query"] == {"q": "{{secret:PW}}"}  # the server got it whole; we redact it
+
+
+def test_default_pack_refuses_deleting_a_collection(root: Path, base: str):
+    with goex.Runtime(root, http=config(base)) as rt:
+        s = rt.session()
+        r = req(s, "DELETE", base + "/orders")
+        assert not r.ok and r.decision.verdict == "deny" and "http.delete-collection" in r.decision.rules
+        r = req(s, "DELETE", base + "/orders/ord_1")  # the harmless twin: one item, reversible
+        assert r.decision.verdict != "deny" and "http.delete-collection" not in r.decision.rules

@@ -242,3 +242,18 @@ def test_policy_check_and_lint_commands(root: Path, tmp_path: Path):
     bad.write_text("name: x\nrules:\n  - id: a\n    decision: nope\n")
     lint = subprocess.run([goex_cli, "policy", "lint", str(bad)], capture_output=True, text=True)
     assert lint.returncode == 1 and f"{bad}:3:" in lint.stderr
+
+
+def test_protected_paths_can_be_read_not_changed(root: Path):
+    (root / "tests").mkdir()
+    (root / "tests/test_app.py").write_text("assert True\n")
+    with goex.Runtime(root, policy="permissive", protected=["tests/**"]) as rt:
+        s = rt.session()
+        assert s.execute({"type": "fs.read", "path": "tests/test_app.py"}).ok
+        for action in ({"type": "fs.write", "path": "tests/test_app.py", "content": "pass\n"},
+                       {"type": "fs.delete", "path": "tests", "recursive": True},
+                       {"type": "fs.move", "src": "tests/test_app.py", "dst": "elsewhere.py"}):
+            r = s.execute(action)
+            assert not r.ok and r.decision.rules == ["workspace.protected"], action
+        assert s.execute({"type": "fs.write", "path": "src/app.py", "content": "x = 1\n"}).ok
+    assert (root / "tests/test_app.py").read_text() == "assert True\n"

@@ -99,7 +99,10 @@ class HttpAdapter:
         matched = None if safe else self.routes.match(action.method, _raw_path(url))
         route, params = matched if matched else (None, {})
         kind = route.kind if route else ("read" if safe else "irreversible")
+        collection = action.method == "DELETE" and any(
+            r.kind == "create" and r.template.rstrip("/") == _raw_path(url).rstrip("/") for r in self.routes.routes)
         preview = {"method": action.method, "host": host, "path": _raw_path(url), "secrets": names,
+                   "collection": collection,
                    "route": f"{route.method} {route.template}" if route else None,
                    "reversible": kind != "irreversible", "kind": kind}
         state = {"route": route, "params": params, "kind": kind}
