@@ -97,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--policy", default="default", help="policy pack the approved action is checked against")
     c.add_argument("--reason", default="", help="why (journaled)")
 
+    c = command("review", _review, "Review what a session did (with diffs), then accept it or undo it.")
+    c.add_argument("--session", required=True)
+    c.add_argument("--by", default="human", help="who reviews (journaled)")
+    c.add_argument("--force", action="store_true", help="undo even over later changes")
+    verdict = c.add_mutually_exclusive_group()
+    verdict.add_argument("--accept", action="store_true", help="mark every entry reviewed; nothing is undone")
+    verdict.add_argument("--undo-all", action="store_true", help="undo everything the session did")
+    verdict.add_argument("--undo-from", metavar="ID", help="undo from this entry on (it included)")
+
     c = command("policy", None, "Check an action against a pack, or lint a pack.", root=False)
     psub = c.add_subparsers(metavar="WHAT")
     pc = psub.add_parser("check", help="print the decision and matched rules for ACTION without acting")
@@ -197,6 +206,39 @@ def _prompt(request: Any) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _review(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        session = rt.session(session_id=args.session)
+        items = session.review()
+        if not items:
+            raise GoexError(f"session {args.session!r} has no entries in the journal at {rt.journal.folder}")
+        for item in items:
+            seen = f", reviewed by {item.reviewed}" if item.reviewed else ""
+            print(f"== {item.entry_id}  {item.type}  {item.target}  [{item.decision}, {item.status}{seen}]")
+            print("   " + item.detail.replace("\n", "\n   "))
+        choice = _review_choice(args)
+        if choice == "accept":
+            print(f"accepted {len(session.accept(by=args.by))} entries")
+        elif choice == "all":
+            print(f"undone: {', '.join(session.rollback(force=args.force)) or 'nothing'}")
+        elif choice:
+            print(f"undone: {', '.join(session.undo_from(choice, force=args.force)) or 'nothing'}")
+    return EXIT_OK
+
+
+def _review_choice(args: argparse.Namespace) -> str | None:
+    if args.accept:
+        return "accept"
+    if args.undo_all:
+        return "all"
+    if args.undo_from:
+        return args.undo_from
+    if not sys.stdin.isatty():
+        return None  # just the report
+    answer = input("\n[a]ccept, [u]ndo all, undo from an entry (its id, e.g. e12), or [q]uit: ").strip().lower()
+    return {"a": "accept", "accept": "accept", "u": "all", "undo": "all"}.get(answer, answer if answer[:1] == "e" else None)
 
 
 def _approve(args: argparse.Namespace) -> int:

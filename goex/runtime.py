@@ -566,6 +566,28 @@ class Session:
         """
         return self.runtime._execute(self, action)
 
+    def review(self) -> list[Any]:
+        """What this session did, entry by entry, with diffs (`goex.review.ReviewItem`)."""
+        from .review import review
+
+        return review(self.runtime, self.id)
+
+    def accept(self, *, by: str = "human") -> list[str]:
+        """Mark every entry of this session reviewed (post-facto validation: it stays)."""
+        ids = [e["id"] for e in self.log()]
+        if ids:
+            self.runtime.journal.append("reviewed", session=self.id, entries=ids, by=by, durable=True)
+        return ids
+
+    def undo_from(self, entry_id: str, *, force: bool = False) -> list[str]:
+        """Undo this session's changes from `entry_id` on (it included), newest first."""
+        row = self.runtime.journal.entry(entry_id)
+        if row is None or row["session"] != self.id:
+            raise GoexError(f"entry {entry_id} is not in session {self.id}; `goex log --session {self.id}` lists them")
+        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
+            "SELECT * FROM entries WHERE session = ? AND seq >= ? AND status IN ('applied', 'undo_failed') "
+            "AND undoable = 1 ORDER BY seq DESC", (self.id, row["seq"])), force)
+
     def check(self, action: Any) -> tuple[Decision, dict[str, Any]]:
         """The decision on `action` (rules and this session's budgets) and its preview, without
         acting or journaling anything."""

@@ -192,3 +192,22 @@ def test_names_that_are_not_utf8_round_trip(root: Path):
     assert goex("undo", "--root", str(root), "--all").returncode == 0
     assert open(bad, "rb").read() == b"data"
     assert goex("verify", "--root", str(root)).returncode == 0
+
+
+def test_review_shows_diffs_then_accepts_or_undoes(root: Path):
+    r = str(root)
+    (root / "app.py").write_text("x = 1\ny = 2\n")
+    goex("exec", "--root", r, "--session", "R", '{"type": "fs.write", "path": "app.py", "content": "x = 1\\ny = 3\\n"}')
+    goex("exec", "--root", r, "--session", "R", '{"type": "fs.write", "path": "notes.md", "content": "hi\\n"}')
+    goex("exec", "--root", r, "--session", "R", '{"type": "fs.write", "path": "more.md", "content": "more\\n"}')
+    report = goex("review", "--root", r, "--session", "R")
+    assert report.returncode == 0 and "-y = 2" in report.out and "+y = 3" in report.out and "+hi" in report.out
+    ids = [e["id"] for e in json.loads(goex("log", "--root", r, "--json").out)]
+    undone = goex("review", "--root", r, "--session", "R", "--undo-from", ids[1])
+    assert undone.returncode == 0 and not (root / "notes.md").exists() and not (root / "more.md").exists()
+    assert (root / "app.py").read_text() == "x = 1\ny = 3\n"
+    accepted = goex("review", "--root", r, "--session", "R", "--accept", "--by", "carol")
+    assert accepted.returncode == 0 and "accepted 3 entries" in accepted.out
+    assert "reviewed by carol" in goex("review", "--root", r, "--session", "R").out
+    assert goex("verify", "--root", r).returncode == 0
+    assert goex("review", "--root", r, "--session", "nobody").returncode == 1

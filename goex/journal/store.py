@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS head(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEG
 CREATE TABLE IF NOT EXISTS entries(
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
     type TEXT NOT NULL, target TEXT NOT NULL, decision TEXT NOT NULL, status TEXT NOT NULL,
-    time REAL NOT NULL, undoable INTEGER NOT NULL, after_seq INTEGER);
+    time REAL NOT NULL, undoable INTEGER NOT NULL, after_seq INTEGER, reviewed TEXT);
 CREATE INDEX IF NOT EXISTS entries_session ON entries(session, seq);
 CREATE INDEX IF NOT EXISTS entries_open ON entries(seq) WHERE status IN ('pending', 'undoing');
 CREATE TABLE IF NOT EXISTS checkpoints(
@@ -329,7 +329,7 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
     kind, seq = record["kind"], record["seq"]
     if kind == "entry":
         cur.execute(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
             (
                 seq, entry_id(seq), record["session"], record["actor"], record["action"]["type"],
                 record["target"], record["decision"]["verdict"], record["status"], record["time"],
@@ -341,6 +341,11 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
             (checkpoint_id(seq), seq, record["session"], record.get("label"), record["time"]),
         )
+    elif kind == "reviewed":
+        for eid in record["entries"]:
+            cur.execute("UPDATE entries SET reviewed = ? WHERE seq = ?", (record["by"], entry_seq(eid)))
+            if cur.rowcount != 1:
+                raise JournalCorrupt(f"record {seq} (reviewed) names unknown entry {eid}", seq=seq)
     elif kind in _STATUS_OF:
         status = _STATUS_OF[kind]
         target = entry_seq(record["entry"])
