@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         if root:
             c.add_argument("--root", required=True, help="the workspace folder")
             c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
+            c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
+                           help="a database for sql.execute, e.g. main=sqlite:///app.db (repeatable)")
             h = c.add_argument_group("HTTP actions")
             h.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
                            help="a host http.request may reach (repeatable; none by default)")
@@ -118,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--compensations", metavar="FILE")
     pc.add_argument("--openapi", metavar="FILE")
     pc.add_argument("--secrets", metavar="FILE")
+    pc.add_argument("--db", action="append", default=[], metavar="NAME=URL")
     pc.add_argument("action", metavar="ACTION")
     pl = psub.add_parser("lint", help="validate a pack file (and what it extends)")
     pl.set_defaults(func=_policy_lint)
@@ -160,7 +163,13 @@ def _head(text: str) -> str:
 def _runtime(args: argparse.Namespace, **kw: Any) -> Runtime:
     http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
                       secrets=args.secrets)
-    return Runtime(args.root, journal=args.journal, http=http, **kw)
+    databases = {}
+    for spec in getattr(args, "db", []):
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url:
+            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
+        databases[name] = url
+    return Runtime(args.root, journal=args.journal, http=http, databases=databases, **kw)
 
 
 # -- exec ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
 from .adapters.http.secrets import SecretRefused
+from .adapters.sql.adapter import SqlAdapter, parse_databases
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
@@ -101,6 +102,8 @@ class Runtime:
     who answers actions a rule sends to confirmation: a callable taking a `ConfirmationRequest`
     and returning True or False, or "pending" to park them for `approve` / `reject`; with none,
     they are refused. `protected`: path globs (a task's tests, say) no action may change.
+    `databases`: names for `sql.execute`, e.g. `{"main": "sqlite:///app.db"}` (relative SQLite
+    paths are inside the root).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class Runtime:
         http: HttpConfig | None = None,
         approver: "Approver | str | None" = None,
         protected: "list[str] | tuple[str, ...]" = (),
+        databases: dict[str, str] | None = None,
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -130,7 +134,8 @@ class Runtime:
         self.max_action_bytes = max_action_bytes
         self._tracer = make_tracer(tracer_provider)
         self._http = HttpAdapter(http)
-        self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http}
+        self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http,
+                                              "sql": SqlAdapter(parse_databases(databases, self.root))}
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
         if approver is not None and approver != "pending" and not callable(approver):
             raise ValueError("approver is a callable, 'pending', or None")

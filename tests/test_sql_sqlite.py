@@ -1,0 +1,204 @@
+"""sql.execute on SQLite: preview from sqlglot and a dry run, atomic apply, exact undo of DML and
+DDL (triggers, cascades, no primary key, duplicates, blobs, upserts, sequences), conflicts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import goex
+
+SCHEMA = """
+CREATE TABLE parent(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, note TEXT DEFAULT 'n/a');
+CREATE TABLE child(id INTEGER PRIMARY KEY, parent INT REFERENCES parent(id) ON DELETE CASCADE ON UPDATE CASCADE,
+                   data BLOB);
+CREATE TABLE audit(msg TEXT);
+CREATE TRIGGER parent_gone AFTER DELETE ON parent BEGIN INSERT INTO audit VALUES ('gone ' || old.name); END;
+CREATE TABLE nopk(a, b);
+CREATE INDEX child_parent ON child(parent);
+CREATE VIEW names AS SELECT name FROM parent;
+INSERT INTO parent(name) VALUES ('ada'), ('bob'), ('cy');
+INSERT INTO child VALUES (1, 1, x'00ff10'), (2, 1, NULL), (3, 2, x'');
+INSERT INTO nopk VALUES (1, 1), (1, 1), (NULL, 2);
+"""
+
+
+@pytest.fixture
+def db(root: Path) -> Path:
+    path = root / "app.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def dump(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        seq = conn.execute("SELECT * FROM sqlite_sequence ORDER BY name").fetchall() if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() else []
+        return list(conn.iterdump()) + [repr(seq)]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def rt(root: Path, db: Path):
+    runtime = goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"})
+    yield runtime
+    runtime.close()
+
+
+def sql(session: goex.Session, text: str, **kw) -> goex.Result:
+    return session.execute({"type": "sql.execute", "db": "main", "sql": text, **kw})
+
+
+STATEMENTS = [
+    "DELETE FROM parent WHERE id = 1",
+    "UPDATE parent SET id = 20 WHERE name = 'bob'",
+    "UPDATE nopk SET b = 9 WHERE a = 1",
+    "DELETE FROM nopk",
+    "INSERT INTO parent(name) VALUES ('dee'), ('eve')",
+    "INSERT INTO parent(name) VALUES ('cy') ON CONFLICT(name) DO UPDATE SET note = 'dup'",
+    "INSERT INTO child(parent, data) SELECT id, x'aa' FROM parent",
+    "ALTER TABLE parent ADD COLUMN age INT DEFAULT 7",
+    "ALTER TABLE child RENAME COLUMN data TO payload",
+    "ALTER TABLE nopk DROP COLUMN b",
+    "CREATE TABLE fresh(x TEXT); INSERT INTO fresh VALUES ('new')",
+    "DROP INDEX child_parent",
+    "DROP VIEW names",
+    "CREATE VIEW v2 AS SELECT * FROM child",
+    "DROP TRIGGER parent_gone",
+    "DROP TABLE audit",
+    "ALTER TABLE fresh RENAME TO fresher",
+]
+
+
+def test_any_sequence_then_rollback_is_exact(db: Path, rt: goex.Runtime):
+    start = dump(db)
+    s = rt.session()
+    marks = []
+    for i, statement in enumerate(STATEMENTS):
+        r = sql(s, statement)
+        assert r.ok, (statement, r.error)
+        if i % 4 == 0:
+            marks.append((s.checkpoint(), dump(db)))
+    for cp, expected in reversed(marks):
+        s.rollback(to=cp)
+        assert dump(db) == expected
+    s.rollback()
+    assert dump(db) == start
+    rt.verify()
+
+
+def test_preview_counts_cascades_and_triggers(db: Path, rt: goex.Runtime):
+    decision, preview = rt.session().check({"type": "sql.execute", "db": "main", "sql": "DELETE FROM parent WHERE id = 1"})
+    assert preview["rows"] == 4  # the parent, two children by cascade, one audit row by the trigger
+    assert preview["kinds"] == ["delete"] and preview["tables"] == ["parent"] and preview["where_missing"] is False
+    _, preview = rt.session().check({"type": "sql.execute", "db": "main", "sql": "UPDATE nopk SET a = 2"})
+    assert preview["where_missing"] is True and preview["rows"] == 3
+    assert dump(db) == dump(db) and sqlite3.connect(db).execute("SELECT count(*) FROM child").fetchone()[0] == 3
+
+
+def test_queries_return_bounded_rows(db: Path, rt: goex.Runtime):
+    s = rt.session()
+    r = sql(s, "SELECT id, data FROM child ORDER BY id")
+    assert r.output == {"columns": ["id", "data"], "rows": [[1, {"$base64": "AP8Q"}], [2, None], [3, {"$base64": ""}]]}
+    sql(s, "CREATE TABLE big(n); WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c WHERE n < 1500) "
+           "INSERT INTO big SELECT n FROM c")
+    r = sql(s, "SELECT n FROM big")
+    assert len(r.output["rows"]) == 1000 and r.output["truncated"] is True
+    assert sql(s, "INSERT INTO nopk VALUES (?, ?)", params=[7, 8]).output == {"rows_changed": 1}
+
+
+def test_failures_apply_nothing(db: Path, rt: goex.Runtime):
+    start = dump(db)
+    s = rt.session()
+    cases = [
+        ("INSERT INTO nopk VALUES (5, 5); INSERT INTO missing VALUES (1)", "no such table: missing"),
+        ("INSERT INTO parent(name) VALUES ('ada')", "UNIQUE constraint failed"),
+        ("SELEC * FROM parent", "syntax error"),
+    ]
+    for text, words in cases:
+        r = sql(s, text)
+        assert not r.ok and words in r.error and "nothing" in r.error, r.error
+    r = s.execute({"type": "sql.execute", "db": "other", "sql": "SELECT 1"})
+    assert not r.ok and "no database named 'other'" in r.error
+    r = sql(s, "SELECT 1; SELECT 2", params=[1])
+    assert not r.ok and "single statement" in r.error
+    r = sql(s, "ATTACH DATABASE 'elsewhere.db' AS x")
+    assert not r.ok and r.status == "denied" and "beyond the database" in r.error
+    assert dump(db) == start and not (rt.root / "elsewhere.db").exists()
+
+
+def test_undo_names_what_someone_else_changed(db: Path, rt: goex.Runtime):
+    s = rt.session()
+    assert sql(s, "UPDATE parent SET note = 'x' WHERE id = 2").ok
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO audit VALUES ('by hand')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(goex.UndoConflict) as info:
+        s.undo()
+    assert "main.table:audit" in str(info.value)
+    s.undo(force=True)
+    assert sqlite3.connect(db).execute("SELECT note FROM parent WHERE id = 2").fetchone() == ("n/a",)
+
+
+def test_database_created_by_the_action_is_removed_on_undo(root: Path):
+    with goex.Runtime(root, policy="permissive", databases={"new": "sqlite:///data/new.db"}) as rt:
+        (root / "data").mkdir()
+        s = rt.session()
+        assert s.execute({"type": "sql.execute", "db": "new", "sql": "CREATE TABLE t(a); INSERT INTO t VALUES (1)"}).ok
+        assert (root / "data/new.db").exists()
+        s.undo()
+        assert not (root / "data/new.db").exists()
+
+
+SQL_RULES = [
+    ("sql.no-where", "DELETE FROM nopk", "DELETE FROM nopk WHERE a IS NULL"),
+    ("sql.no-where", "UPDATE parent SET note = 'x'", "UPDATE parent SET note = 'x' WHERE id = 1"),
+    ("sql.drop", "DROP TABLE audit", "CREATE TABLE audit2(msg TEXT)"),
+    ("sql.drop-column", "ALTER TABLE nopk DROP COLUMN b", "ALTER TABLE nopk ADD COLUMN c"),
+]
+
+
+@pytest.mark.parametrize("rule,harmful,harmless", SQL_RULES, ids=[f"{r[0]}-{i}" for i, r in enumerate(SQL_RULES)])
+def test_default_pack_sql_rules(root: Path, db: Path, rule, harmful, harmless):
+    with goex.Runtime(root, databases={"main": "sqlite:///app.db"}) as strict:
+        s = strict.session()
+        before = dump(db)
+        refused = sql(s, harmful)
+        assert not refused.ok and rule in refused.decision.rules and dump(db) == before
+        allowed = sql(s, harmless)
+        assert allowed.ok and allowed.decision.verdict == "allow", allowed.error
+
+
+def test_many_rows_rule(root: Path, db: Path):
+    with goex.Runtime(root, databases={"main": "sqlite:///app.db"}) as rt:
+        s = rt.session()
+        ok = sql(s, "CREATE TABLE big(n); WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c WHERE n < 1001) "
+                    "INSERT INTO big SELECT n FROM c")
+        assert not ok.ok and ok.decision.rules == ["sql.many-rows"]
+        assert sql(s, "CREATE TABLE small(n); INSERT INTO small VALUES (1)").ok
+
+
+def test_cli_with_db(root: Path, db: Path):
+    goex_cli = [str(Path(sys.executable).with_name("goex"))]
+    start = dump(db)
+    action = json.dumps({"type": "sql.execute", "db": "main", "sql": "DELETE FROM parent WHERE id = 2"})
+    done = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", "main=sqlite:///app.db", action],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["output"] == {"rows_changed": 3}, done.stderr
+    done = subprocess.run(goex_cli + ["undo", "--root", str(root), "--db", "main=sqlite:///app.db", "--all"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert dump(db) == start
+    bad = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", "oops", action], capture_output=True, text=True)
+    assert bad.returncode == 1 and "NAME=URL" in bad.stderr
