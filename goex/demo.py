@@ -42,6 +42,32 @@ _AGENT_ACTIONS: list[dict[str, Any]] = [
 ]
 
 
+_DB_SETUP = """
+CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INTEGER NOT NULL);
+CREATE TABLE moves(id INTEGER PRIMARY KEY AUTOINCREMENT, sku TEXT REFERENCES stock(sku) ON DELETE CASCADE, delta INT);
+INSERT INTO stock VALUES ('A-1', 4), ('B-2', 0), ('C-3', 12);
+INSERT INTO moves(sku, delta) VALUES ('A-1', 4), ('C-3', 12);
+"""
+
+_SQL_ACTIONS: list[dict[str, Any]] = [
+    {"type": "sql.execute", "db": "shop", "sql": "UPDATE stock SET qty = qty - 1 WHERE sku = ?", "params": ["A-1"]},
+    {"type": "sql.execute", "db": "shop", "sql": "INSERT INTO moves(sku, delta) VALUES ('A-1', -1)"},
+    {"type": "sql.execute", "db": "shop", "sql": "DELETE FROM stock WHERE qty = 0"},
+    {"type": "sql.execute", "db": "shop", "sql": "DELETE FROM moves"},
+    {"type": "sql.execute", "db": "shop", "sql": "ALTER TABLE stock ADD COLUMN location TEXT DEFAULT 'main'"},
+]
+
+
+def _db_dump(path: Path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump()) + [repr(conn.execute("SELECT * FROM sqlite_sequence").fetchall())]
+    finally:
+        conn.close()
+
+
 def _http_actions(base: str) -> list[dict[str, Any]]:
     return [
         {"type": "http.request", "method": "POST", "url": f"{base}/orders", "json": {"item": "A-1", "qty": 3}},
@@ -60,34 +86,41 @@ _SHOP = {"items": [{"id": "itm_1", "name": "pen", "price": 1.5, "stock": 40},
 def run_demo(*, keep: bool = False) -> int:
     from .service import serve
 
-    root = Path(tempfile.mkdtemp(prefix="goex-demo-"))
+    home = Path(tempfile.mkdtemp(prefix="goex-demo-"))
+    root = home / "workspace"
+    root.mkdir()
     try:
         with serve() as base:
-            return _run(root, base)
+            return _run(root, home / "shop.db", base)
     finally:
         if keep:
-            print(f"\nworkspace kept at {root}")
+            print(f"\nworkspace kept at {root}, database at {home / 'shop.db'}")
         else:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
 
 
-def _run(root: Path, base: str) -> int:
+def _run(root: Path, db_path: Path, base: str) -> int:
     import httpx
+
+    import sqlite3
 
     for rel, text in _PROJECT.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
+    conn = sqlite3.connect(db_path)
+    conn.executescript(_DB_SETUP)
+    conn.close()
     httpx.post(f"{base}/admin/reset", json=_SHOP).raise_for_status()
     spec = httpx.get(f"{base}/openapi.json").json()
-    print(f"goex demo: a workspace at {root} with {len(_PROJECT)} files, the example shop service at {base}; "
-          "policy pack 'default'\n")
+    print(f"goex demo: a workspace at {root} with {len(_PROJECT)} files, a SQLite database at {db_path}, "
+          f"the example shop service at {base}; policy pack 'default'\n")
     http = HttpConfig(allow_hosts=[httpx.URL(base).host], openapi=spec)
-    with Runtime(root, http=http) as rt:
-        start, shop = rt.fingerprint(), httpx.get(f"{base}/state").json()
+    with Runtime(root, http=http, databases={"shop": f"sqlite:///{db_path}"}) as rt:
+        start, shop, db = rt.fingerprint(), httpx.get(f"{base}/state").json(), _db_dump(db_path)
         print(f"1. fingerprint of the starting tree: {start[:16]}…; the shop has {len(shop['items'])} items\n")
         print("2. the agent acts (each action: checked, journaled write-ahead, applied, traced):")
         with rt.session(actor="demo-agent") as session:
-            for i, action in enumerate(_AGENT_ACTIONS + _http_actions(base)):
+            for i, action in enumerate(_AGENT_ACTIONS + _SQL_ACTIONS + _http_actions(base)):
                 if i == 4:
                     print(f"   -- checkpoint {session.checkpoint('before-archive')} ('before-archive')")
                 result = session.execute(action)
@@ -103,8 +136,10 @@ def _run(root: Path, base: str) -> int:
         end = rt.fingerprint()
         report = rt.verify()
     shop_now = httpx.get(f"{base}/state").json()
-    same = end == start and shop_now == shop
+    db_now = _db_dump(db_path)
+    same = end == start and shop_now == shop and db_now == db
     print(f"\n5. fingerprint after rollback: {end[:16]}… {'identical to the start' if end == start else 'DIFFERENT from the start'}")
+    print(f"   the database, dumped:                   {'identical to the start' if db_now == db else 'DIFFERENT'}")
     print(f"   the shop's state, read through its API: {'identical to the start' if shop_now == shop else 'DIFFERENT'}")
     print(f"   journal verified: {report.records} hash-chained records, {report.blobs} before-image blobs")
     print("\nTry it yourself (after `source .venv/bin/activate`): goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
