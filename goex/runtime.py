@@ -174,7 +174,7 @@ class Runtime:
             if span.is_recording():
                 span.set_attributes({
                     "goex.action.type": model.type,
-                    "goex.action.target": ", ".join(getattr(model, "targets")()),
+                    "goex.action.target": ", ".join(model.targets()),  # type: ignore[attr-defined]
                     "goex.decision": result.decision.verdict if result.decision else "allow",
                     "goex.entry.id": result.entry_id or "",
                     "goex.session.id": session.id,
@@ -200,7 +200,7 @@ class Runtime:
             return Result(False, eid, error=str(exc), status="failed", session=session.id, type=model.type,
                           decision=decision)
 
-        spelled = getattr(model, "targets")()
+        spelled = model.targets()  # type: ignore[attr-defined]
         try:
             prepared = adapter.prepare(model)
         except REFUSALS as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
