@@ -196,3 +196,17 @@ def test_journal_placement_and_availability_errors(root: Path, tmp_path: Path):
     rt.close()
     with pytest.raises(goex.JournalUnavailable, match="closed"):
         rt.session().execute({"type": "fs.write", "path": "a", "content": "1"})
+
+
+def test_verify_against_a_kept_head(root: Path):
+    make_history(root)
+    head = verify_cli(root).stdout.rsplit("head ", 1)[1].strip()
+    seq, digest = head.split(":")
+    assert verify_cli(root, "--expect", head).returncode == 0
+    with goex.Runtime(root, policy="permissive") as rt:  # the journal grows: it still extends the head
+        rt.session().execute({"type": "fs.write", "path": "later.txt", "content": "x"}).raise_for_error()
+    assert verify_cli(root, "--expect", head).returncode == 0
+    forged = verify_cli(root, "--expect", f"{seq}:{'0' * 64}")
+    assert forged.returncode == 1 and "rewritten" in forged.stderr
+    future = verify_cli(root, "--expect", f"{int(seq) + 100}:{digest}")
+    assert future.returncode == 1 and "truncated" in future.stderr

@@ -65,10 +65,8 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
             f"journal head says record {head[0]} but the log ends at record {last_seq} (truncated or rewound)",
             seq=last_seq + 1,
         )
-    if expect_head is not None and expect_head != f"{last_seq}:{prev}":
-        exp_seq = expect_head.split(":", 1)[0]
-        raise JournalCorrupt(f"journal head is {last_seq}:{prev[:16]}…, expected {expect_head[:80]} "
-                             f"(records after {min(last_seq, int(exp_seq) if exp_seq.isdigit() else 0)} were removed or rewritten)")
+    if expect_head is not None:
+        _check_anchor(db, expect_head, last_seq)
     for table, key in (("entries", "seq"), ("checkpoints", "seq")):
         stored = db.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
         rebuilt = replay.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
@@ -89,6 +87,19 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
     if missing:
         raise JournalCorrupt(f"blob {sorted(missing)[0][:16]} referenced by the journal is missing (deleted)")
     return VerifyReport(records=last_seq, blobs=count, head_seq=last_seq, head_hash=prev)
+
+
+def _check_anchor(db: sqlite3.Connection, expect_head: str, last_seq: int) -> None:
+    """The journal must still extend a head kept elsewhere (`SEQ:HASH`)."""
+    seq_text, _, digest = expect_head.partition(":")
+    seq = int(seq_text) if seq_text.isdigit() else -1
+    if seq > last_seq:
+        raise JournalCorrupt(f"the journal ends at record {last_seq} but the head you kept is record {seq}: "
+                             f"records {last_seq + 1}..{seq} were removed (truncated)", seq=last_seq + 1)
+    row = db.execute("SELECT hash FROM records WHERE seq = ?", (seq,)).fetchone()
+    if row is None or row[0] != digest:
+        raise JournalCorrupt(f"record {seq} no longer has the hash you kept ({digest[:16]}…): the journal was "
+                             f"rewritten at or before record {seq}", seq=seq)
 
 
 def _label(record: dict[str, Any], seq: int) -> str:
