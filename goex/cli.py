@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         c = command(name, func, f"{verb} an action parked for confirmation (status awaiting_approval).")
         c.add_argument("entry", metavar="ID")
         c.add_argument("--by", default="human", help="who decides (journaled)")
-        c.add_argument("--policy", default="default", help="policy pack the approved action is checked against")
+        c.add_argument("--policy", help="policy pack to check the approved action against "
+                                          "(default: the one it was parked under)")
     c.add_argument("--reason", default="", help="why (journaled)")
 
     c = command("review", _review, "Review what a session did (with diffs), then accept it or undo it.")
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--openapi", metavar="FILE")
     pc.add_argument("--secrets", metavar="FILE")
     pc.add_argument("--db", action="append", default=[], metavar="NAME=URL")
+    pc.add_argument("--protect", action="append", default=[], metavar="GLOB")
     pc.add_argument("action", metavar="ACTION")
     pl = psub.add_parser("lint", help="validate a pack file (and what it extends)")
     pl.set_defaults(func=_policy_lint)
@@ -251,10 +253,18 @@ def _review_choice(args: argparse.Namespace) -> str | None:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    with _runtime(args, policy=args.policy) as rt:
+    with _runtime(args, policy="permissive") as probe:
+        parked = probe.parked(args.entry)
+    policy = args.policy or _pack_spec(parked.get("policy", "default"))
+    with _runtime(args, policy=policy, protected=parked.get("protected", [])) as rt:
         result = rt.approve(args.entry, by=args.by)
     _emit(result.to_json())
     return EXIT_OK if result.ok else EXIT_REFUSED if result.status == "denied" else EXIT_FAILED
+
+
+def _pack_spec(source: str) -> str:
+    """A Policy.source back into what load_policy takes ('strict (shipped)' -> 'strict')."""
+    return source.removesuffix(" (shipped)")
 
 
 def _reject(args: argparse.Namespace) -> int:
@@ -265,7 +275,7 @@ def _reject(args: argparse.Namespace) -> int:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    with _runtime(args, policy=args.policy) as rt:
+    with _runtime(args, policy=args.policy, protected=args.protect) as rt:
         try:
             decision, preview = rt.session(session_id=args.session).check(args.action)
         except ActionError as exc:

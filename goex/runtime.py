@@ -23,14 +23,14 @@ from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
 from .adapters.http.secrets import SecretRefused
-from .adapters.sql.adapter import SqlAdapter, parse_databases
+from .adapters.sql.adapter import SqlAdapter, SqlRefused, parse_databases
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
 from .journal.verify import VerifyReport, verify
 from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
 from .telemetry import tracer as make_tracer
 
-REFUSALS = (PathRefused, HostRefused, SecretRefused)  # well-formed actions the runtime will not run
+REFUSALS = (PathRefused, HostRefused, SecretRefused, SqlRefused)  # well-formed actions the runtime will not run
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 
 
@@ -213,9 +213,11 @@ class Runtime:
             answer = self._ask(session, model, adapter, prepared, decision)
             if answer is None:
                 eid = self._journal_outcome(session, model, prepared.targets, decision, "awaiting_approval",
-                                            preview=prepared.preview)
+                                            preview=prepared.preview,
+                                            parked={"policy": self.policy.source, "protected": list(self.protected)})
                 return Result(False, eid, error=f"needs confirmation ({decision.reason}); approve it with "
-                                                f"`goex approve {eid}` or reject it with `goex reject {eid}`",
+                                                f"`goex approve --root DIR {eid}` or reject it with "
+                                                f"`goex reject --root DIR {eid}`",
                               status="awaiting_approval", session=session.id, type=model.type, decision=decision)
             if answer:
                 approval = {"by": "approver"}
@@ -255,13 +257,15 @@ class Runtime:
 
     def _decide(self, session: "Session", action_type: str, prepared: Prepared) -> Decision:
         """The pack's rules, then the session's budgets: one code path for every entry point."""
-        decision = self.policy.decide(action_type, prepared.targets, prepared.preview)
+        paths = prepared.targets + prepared.covers  # a folder's contents and a database file count too
+        decision = self.policy.decide(action_type, paths, prepared.preview)
         if decision.verdict == "confirm" and self.policy.confirm == "deny":
             decision = Decision("deny", decision.matches)
         spent = usage(action_type, prepared.preview)
         over = []
-        if prepared.effect and action_type.startswith("fs."):
-            hit = next((t for t in prepared.targets for rx, prefix in self._protected
+        if prepared.effect and (action_type.startswith("fs.") or prepared.covers):
+            hit = next((t for t in (prepared.targets if action_type.startswith("fs.") else []) + prepared.covers
+                        for rx, prefix in self._protected
                         if rx.match(t) or (prefix is not None and prefix.startswith(t.rstrip("/") + "/"))), None)
             if hit is not None:
                 over.append(RuleMatch("workspace.protected", "deny", "severe", 1.0,
@@ -304,10 +308,16 @@ class Runtime:
         summarize = getattr(adapter, "summarize", None)
         request = ConfirmationRequest(session.id, session.actor, model.type, prepared.targets, decision,
                                       prepared.preview, summarize(prepared) if summarize else "")
-        return bool(self.approver(request))  # type: ignore[operator]
+        return self.approver(request) is True  # type: ignore[operator]  # anything but True is a no
+
+    def parked(self, entry_id: str) -> dict[str, Any]:
+        """The policy source and protected paths an action was parked under."""
+        row = self.journal.entry(entry_id)
+        return self.journal.record(row["seq"]).get("parked", {}) if row is not None else {}
 
     def approve(self, entry_id: str, *, by: str = "human") -> Result:
-        """Run an action parked for confirmation, as approved by `by` (rules that deny still deny)."""
+        """Run an action parked for confirmation, as approved by `by`. It is checked again against
+        this runtime's policy, budgets and protected paths: rules that deny still deny."""
         session, action = self._parked(entry_id)
         self.journal.append("approved", entry=entry_id, by=by, durable=True)
         return self._execute(session, action, approval={"by": by, "entry": entry_id})

@@ -257,3 +257,54 @@ def test_protected_paths_can_be_read_not_changed(root: Path):
             assert not r.ok and r.decision.rules == ["workspace.protected"], action
         assert s.execute({"type": "fs.write", "path": "src/app.py", "content": "x = 1\n"}).ok
     assert (root / "tests/test_app.py").read_text() == "assert True\n"
+
+
+def test_rules_and_protection_see_inside_deleted_or_moved_folders(root: Path):
+    (root / "proj/.git").mkdir(parents=True)
+    (root / "proj/.git/HEAD").write_text("ref\n")
+    (root / "proj/src").mkdir()
+    (root / "a/b/tests").mkdir(parents=True)
+    (root / "a/b/tests/t.py").write_text("assert True\n")
+    with goex.Runtime(root) as rt:
+        s = rt.session()
+        for action in ({"type": "fs.delete", "path": "proj", "recursive": True},
+                       {"type": "fs.move", "src": "proj", "dst": "elsewhere/proj"}):
+            r = s.execute(action)
+            assert not r.ok and "fs.git-internals" in r.decision.rules, action
+        assert s.execute({"type": "fs.delete", "path": "proj/src"}).ok  # the harmless twin
+    with goex.Runtime(root, policy="permissive", protected=["tests"]) as rt:
+        r = rt.session().execute({"type": "fs.delete", "path": "a", "recursive": True})
+        assert not r.ok and r.decision.rules == ["workspace.protected"]
+    assert (root / "a/b/tests/t.py").exists() and (root / "proj/.git/HEAD").exists()
+
+
+def test_cli_approval_keeps_the_pack_and_protection_it_was_parked_under(root: Path):
+    import subprocess
+    import sys
+    goex_cli = str(Path(sys.executable).with_name("goex"))
+    for d in ("d1", "d2"):
+        (root / d).mkdir()
+        for i in range(40):
+            (root / d / f"{i}.log").write_text("x")
+    (root / "tests").mkdir()
+    (root / "tests/t.py").write_text("keep\n")
+    (root / "lnk").mkdir()
+    (root / "lnk/t.py").write_text("other\n")
+    ids = []
+    for action in ('{"type": "fs.delete", "path": "d1", "recursive": true}',
+                   '{"type": "fs.delete", "path": "d2", "recursive": true}',
+                   '{"type": "fs.delete", "path": "lnk/t.py"}'):
+        done = subprocess.run([goex_cli, "exec", "--root", str(root), "--policy", "strict", "--session", "P",
+                               "--protect", "tests/**", action], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        import json as _json
+        out = _json.loads(done.stdout)
+        assert out["status"] == "awaiting_approval", out
+        ids.append(out["entry_id"])
+    approve = lambda eid: subprocess.run([goex_cli, "approve", "--root", str(root), eid],  # noqa: E731
+                                         capture_output=True, text=True)
+    assert approve(ids[0]).returncode == 0 and not (root / "d1").exists()
+    assert approve(ids[1]).returncode == 3 and (root / "d2").exists()  # strict's files_deleted budget of 50
+    import shutil
+    shutil.rmtree(root / "lnk")
+    (root / "lnk").symlink_to("tests")  # the parked path now leads into the protected folder
+    assert approve(ids[2]).returncode == 3 and (root / "tests/t.py").read_text() == "keep\n"

@@ -132,8 +132,12 @@ def test_failures_apply_nothing(db: Path, rt: goex.Runtime):
     assert not r.ok and "no database named 'other'" in r.error
     r = sql(s, "SELECT 1; SELECT 2", params=[1])
     assert not r.ok and "single statement" in r.error
-    r = sql(s, "ATTACH DATABASE 'elsewhere.db' AS x")
-    assert not r.ok and r.status == "denied" and "beyond the database" in r.error
+    for text in ("ATTACH DATABASE 'elsewhere.db' AS x", "VACUUM/**/INTO'elsewhere.db'", "/* x */ vacuum",
+                 "CREATE TABLE u(x); COMMIT; DROP TABLE parent", "DELETE FROM nopk; END", "SAVEPOINT a",
+                 "PRAGMA user_version = 9", "SELECT load_extension('x')"):
+        r = sql(s, text)
+        assert not r.ok and r.status == "denied" and r.decision.rules == ["sql.confinement"], (text, r.error)
+    assert sql(s, "PRAGMA table_info(parent)").ok  # reading a pragma is fine
     assert dump(db) == start and not (rt.root / "elsewhere.db").exists()
 
 
@@ -149,6 +153,41 @@ def test_undo_names_what_someone_else_changed(db: Path, rt: goex.Runtime):
     assert "main.table:audit" in str(info.value)
     s.undo(force=True)
     assert sqlite3.connect(db).execute("SELECT note FROM parent WHERE id = 2").fetchone() == ("n/a",)
+
+
+def test_preview_never_changes_the_database(db: Path, rt: goex.Runtime):
+    start = dump(db)
+    for text in ("DROP TABLE audit; COMMIT", "DELETE FROM parent; COMMIT;", "UPDATE nopk SET a = 1"):
+        rt.session().check({"type": "sql.execute", "db": "main", "sql": text})
+    assert dump(db) == start and rt.log() == []
+
+
+def test_wal_databases_are_undone_too(root: Path, db: Path):
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.close()
+    start = dump(db)
+    with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"}) as rt:
+        s = rt.session()
+        assert sql(s, "INSERT INTO nopk VALUES (3, 3)").ok and sql(s, "DROP TABLE audit").ok
+        s.rollback()
+        assert dump(db) == start
+        assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_rows_count_dropped_and_created_tables(db: Path, rt: goex.Runtime):
+    _, preview = rt.session().check({"type": "sql.execute", "db": "main", "sql": "DROP TABLE nopk"})
+    assert preview["rows"] == 3
+    _, preview = rt.session().check({"type": "sql.execute", "db": "main", "sql": "CREATE TABLE c2 AS SELECT * FROM child"})
+    assert preview["rows"] == 3
+
+
+def test_protected_database_file(root: Path, db: Path):
+    with goex.Runtime(root, policy="permissive", protected=["app.db"], databases={"main": "sqlite:///app.db"}) as rt:
+        s = rt.session()
+        assert sql(s, "SELECT count(*) FROM parent").ok  # reading is fine
+        r = sql(s, "DELETE FROM nopk WHERE a = 1")
+        assert not r.ok and r.decision.rules == ["workspace.protected"]
 
 
 def test_database_created_by_the_action_is_removed_on_undo(root: Path):

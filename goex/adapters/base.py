@@ -34,6 +34,7 @@ class Prepared:
     preview: dict[str, Any] = field(default_factory=dict)
     effect: bool = True  # False for reads: journaled, nothing to undo
     state: Any = None  # adapter-private analysis carried to capture/apply
+    covers: list[str] = field(default_factory=list)  # more paths it changes: a folder's contents, a database file
 
 
 @dataclass

@@ -248,16 +248,21 @@ class FileAdapter:
             with self.ws.parent(top) as dfd:
                 after[show(top)] = tree.digest_at(dfd, top[-1], deep=True)
 
-    def _tree_size(self, parts: Parts, st: os.stat_result) -> tuple[int, int]:
+    def _tree_size(self, parts: Parts, st: os.stat_result) -> tuple[int, int, list[str]]:
+        """(files, bytes, every path inside) of what is at `parts`."""
         if not stat.S_ISDIR(st.st_mode):
-            return 1, st.st_size if stat.S_ISREG(st.st_mode) else 0
+            return 1, st.st_size if stat.S_ISREG(st.st_mode) else 0, []
         files = size = 0
+        inside: list[str] = []
         with self.ws.folder(parts) as fd:
-            for _, _, names, dfd in os.fwalk(dir_fd=fd):
+            for top, dirs, names, dfd in os.fwalk(dir_fd=fd):
+                base = show(parts) + ("" if top == "." else "/" + top.removeprefix("./"))
+                inside.extend(f"{base}/{d}" for d in dirs)
                 for name in names:
                     files += 1
                     size += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_size
-        return files, size
+                    inside.append(f"{base}/{name}")
+        return files, size, inside
 
     # -- fs.write ------------------------------------------------------------------------------
 
@@ -384,10 +389,10 @@ class FileAdapter:
                 with self.ws.folder(parts) as fd:
                     if os.listdir(fd):
                         raise ActionFailed(f"fs.delete: folder {a.path} is not empty; set recursive=true to delete it all")
-        files, size = self._tree_size(parts, st)
+        files, size, inside = self._tree_size(parts, st)
         preview = {"paths": [show(parts)], "files_deleted": files, "bytes_deleted": size,
                    "folder": stat.S_ISDIR(st.st_mode)}
-        return Prepared(a, [show(parts)], preview, True, {"path": parts})
+        return Prepared(a, [show(parts)], preview, True, {"path": parts}, covers=inside)
 
     def _apply_delete(self, a: FsDelete, state: dict[str, Any]) -> Applied:
         parts = state["path"]
@@ -413,6 +418,8 @@ class FileAdapter:
         dst_st = self.ws.lstat(dst)
         created: list[Parts] = []
         files = size = 0
+        replaced: list[str] = []
+        _, _, moved = self._tree_size(src, src_st)
         if dst_st is None:
             created = self._missing_parents(dst, a.dst)
         elif not a.overwrite:
@@ -421,11 +428,11 @@ class FileAdapter:
             _, dst_st = self._existing(a.dst, follow=False)
             if stat.S_ISDIR(dst_st.st_mode) and self.ws.holds_journal(dst):
                 raise PathRefused(a.dst, "contains the journal folder, which is off limits to actions")
-            files, size = self._tree_size(dst, dst_st)
+            files, size, replaced = self._tree_size(dst, dst_st)
         targets = [show(src), show(dst)]
         preview = {"paths": targets, "files_deleted": files, "bytes_deleted": size, "overwrites": dst_st is not None}
         state = {"src": src, "dst": dst, "dst_exists": dst_st is not None, "created": created}
-        return Prepared(a, targets, preview, True, state)
+        return Prepared(a, targets, preview, True, state, covers=moved + replaced)
 
     def _apply_move(self, a: FsMove, state: dict[str, Any]) -> Applied:
         src, dst = state["src"], state["dst"]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +23,46 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from ...errors import ActionFailed, GoexError, PathRefused
+from ...errors import ActionFailed, GoexError
 from ...journal.store import CHUNK
 from ..base import Applied, GetBlob, Prepared, PutBlob
 from .actions import SqlExecute
 
 MAX_ROWS = 1000
-_WRITES = ("insert", "update", "delete", "merge")
+logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its "falling back to Command" notes are not for users
+
+# goex owns the transaction and the file: these never run inside an action
+_FORBIDDEN = {"attach", "detach", "vacuum", "begin", "commit", "end", "rollback", "savepoint", "release"}
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?(\*/|$)", re.DOTALL)
+# introspection pragmas take an argument (a table); settings read without one are fine too
+_INTROSPECTION = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+                  "integrity_check", "quick_check"}
+_SETTINGS_READ = {"user_version", "application_id", "foreign_keys", "schema_version", "page_count", "page_size",
+                  "compile_options", "database_list", "collation_list", "function_list", "encoding", "journal_mode"}
+
+
+class SqlRefused(GoexError):
+    """SQL that would reach beyond its own transaction and database (ATTACH, VACUUM INTO,
+    COMMIT, PRAGMA writes, extensions): refused before anything runs."""
+
+    rule = "sql.confinement"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"SQL refused: {reason}")
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+    """SQLite's authorizer: the hard guarantee behind the statement check."""
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if not (name in _INTROSPECTION or (name in _SETTINGS_READ and arg2 is None)):
+            return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 @dataclass(frozen=True)
@@ -34,6 +70,7 @@ class Database:
     name: str
     url: str
     path: Path
+    inside: str | None = None  # its path relative to the workspace root, when it is inside it
 
 
 def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, Database]:
@@ -45,7 +82,8 @@ def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, D
                             "(PostgreSQL and MySQL are not built yet)")
         raw = url[len("sqlite:///"):]
         path = Path(raw) if raw.startswith("/") else root / raw
-        out[name] = Database(name, url, path)
+        inside = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+        out[name] = Database(name, url, path, None if inside == ".." or inside.startswith("../") else inside)
     return out
 
 
@@ -69,10 +107,6 @@ class SqlAdapter:
                                f"{len(statements)}")
         analysed = [_analyse(s) for s in statements]
         kinds = [a["kind"] for a in analysed]
-        escaping = next((a for a in analysed if a["kind"] in ("attach", "detach") or a["escapes"]), None)
-        if escaping is not None:
-            raise PathRefused(action.db, f"{escaping['kind'].upper()} reaches files beyond the database; "
-                                         "only the named database can be changed")
         rows = self._dry_run(db, statements, action.params) if any(k != "select" for k in kinds) else 0
         preview = {
             "db": db.name, "statements": analysed, "kinds": kinds,
@@ -83,7 +117,9 @@ class SqlAdapter:
             "rows": rows, "writes": any(k != "select" for k in kinds),
         }
         state = {"db": db, "statements": statements}
-        return Prepared(action, action.targets(), preview, preview["writes"], state)
+        prepared = Prepared(action, action.targets(), preview, preview["writes"], state)
+        prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file
+        return prepared
 
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         db: Database = prepared.state["db"]
@@ -101,16 +137,19 @@ class SqlAdapter:
         conn = _connect(db.path)
         try:
             conn.execute("BEGIN IMMEDIATE" if prepared.effect else "BEGIN")
+            conn.set_authorizer(_authorize)
             output: dict[str, Any] = {}
             before = conn.total_changes
             for sql in prepared.state["statements"]:
                 cur = conn.execute(sql, action.params if action.params is not None else ())
                 if cur.description is not None:
                     output = _rows(cur)
+            conn.set_authorizer(None)  # goex's own COMMIT
             conn.execute("COMMIT")
             if not output:
                 output = {"rows_changed": conn.total_changes - before}
         except sqlite3.Error as exc:
+            conn.set_authorizer(None)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise ActionFailed(f"sql.execute on {db.name}: {exc}; nothing of it was applied") from None
@@ -150,23 +189,37 @@ class SqlAdapter:
     # -- helpers -------------------------------------------------------------------------------
 
     def _dry_run(self, db: Database, statements: list[str], params: Any) -> int:
-        """Rows the statements would change, cascades and triggers included, by running them in a
-        transaction that is rolled back."""
+        """Rows the statements would change, cascades, triggers, dropped and created tables included,
+        by running them in a transaction that is rolled back (transaction control is refused, so
+        nothing can end it early)."""
         if not db.path.exists():
             return 0
         conn = _connect(db.path)
         try:
             conn.execute("BEGIN")
+            counts = _row_counts(conn)
             before = conn.total_changes
+            conn.set_authorizer(_authorize)
             for sql in statements:
                 conn.execute(sql, params if params is not None else ())
-            return conn.total_changes - before
+            conn.set_authorizer(None)
+            changed = conn.total_changes - before
+            after = _row_counts(conn)
+            moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
+                        if t not in counts or t not in after)  # tables dropped or created whole
+            return changed + moved
         except sqlite3.Error as exc:
             raise ActionFailed(f"sql.execute on {db.name}: {exc}; nothing was applied") from None
         finally:
+            conn.set_authorizer(None)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()
+
+
+def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -188,6 +241,17 @@ def _split(sql: str) -> list[str]:
         out.append(current.strip().rstrip(";"))
     if not out:
         raise ActionFailed("sql.execute: no statement in 'sql'")
+    for statement in out:
+        words = _COMMENTS.sub(" ", statement).lower().split()
+        first = words[0].strip("(;") if words else ""
+        if first in _FORBIDDEN:
+            raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction on "
+                             "its own database (VACUUM and ATTACH reach other files; COMMIT and friends would "
+                             "end the transaction undo relies on)")
+        if first == "pragma" and "=" in statement:
+            raise SqlRefused("PRAGMA assignments are not allowed: they change the database outside undo")
+        if "load_extension" in " ".join(words):
+            raise SqlRefused("load_extension is not allowed")
     return out
 
 
@@ -199,8 +263,7 @@ def _analyse(statement: str) -> dict[str, Any]:
         # The engine is the authority on its own syntax: its dry run reports the error, or runs
         # what sqlglot does not know. The analysis falls back to the words.
         kind = flat.split(" ", 1)[0]
-        return {"kind": kind, "tables": [], "where": " where " in f" {flat} ", "drop_column": "drop column" in flat,
-                "escapes": _escapes(kind, flat)}
+        return {"kind": kind, "tables": [], "where": " where " in f" {flat} ", "drop_column": "drop column" in flat}
     kind = type(tree).__name__.lower()
     if kind == "command":
         kind = statement.split(None, 1)[0].lower()
@@ -208,13 +271,7 @@ def _analyse(statement: str) -> dict[str, Any]:
     if kind == "alter" and "drop column" in " ".join(statement.lower().split()):
         drop_column = True
     tables = sorted({t.name for t in tree.find_all(exp.Table) if t.name})
-    return {"kind": kind, "tables": tables, "where": tree.args.get("where") is not None,
-            "drop_column": drop_column, "escapes": _escapes(kind, flat)}
-
-
-def _escapes(kind: str, flat: str) -> bool:
-    """Statements that reach files other than the database: ATTACH, VACUUM INTO, extensions."""
-    return kind == "attach" or "load_extension" in flat or (kind == "vacuum" and " into " in f" {flat} ")
+    return {"kind": kind, "tables": tables, "where": tree.args.get("where") is not None, "drop_column": drop_column}
 
 
 def _image(path: Path) -> bytes:
@@ -222,7 +279,10 @@ def _image(path: Path) -> bytes:
     memory = sqlite3.connect(":memory:")
     try:
         source.backup(memory)
-        return memory.serialize()
+        image = bytearray(memory.serialize())
+        if len(image) >= 20:
+            image[18] = image[19] = 1  # a WAL database's image must open in memory; backup keeps WAL on restore
+        return bytes(image)
     finally:
         source.close()
         memory.close()
@@ -232,7 +292,8 @@ def _checksums(path: Path) -> dict[str, str]:
     """sha256 per schema object: its SQL, and for tables every row in rowid order."""
     conn = sqlite3.connect(path)
     try:
-        out = {}
+        out = {"pragma:user_version": str(conn.execute("PRAGMA user_version").fetchone()[0]),
+               "pragma:application_id": str(conn.execute("PRAGMA application_id").fetchone()[0])}
         for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name"):
             h = hashlib.sha256((sql or "").encode())
             if kind == "table":
