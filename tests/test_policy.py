@@ -94,6 +94,7 @@ def test_project_pack_extends_and_overrides_by_id(root: Path, tmp_path: Path):
     ("name: p\nrules:\n  - id: r\n    decision: deny\n", ":3:"),
     ("name: p\nrules:\n  - id: r\n    match: {typo: [x]}\n    decision: deny\n", ":4:"),
     ("name: p\nrules: [\n", ":3:"),
+    ("name: p\nrules:\n  - id: r\n    match: {preview: {rowz: {gt: 1}}}\n    decision: deny\n", ":4:"),
     ("- just\n- a list\n", ":1:"),
 ])
 def test_broken_pack_fails_at_load_with_line(tmp_path: Path, text, where):

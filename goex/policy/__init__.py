@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import GoexError
 
@@ -43,11 +43,28 @@ class Threshold(BaseModel):
                 and (self.lt is None or value < self.lt) and (self.lte is None or value <= self.lte))
 
 
+#: Every field an adapter's preview has; a rule naming another could never match, so it is an error.
+PREVIEW_FIELDS = frozenset({
+    "paths", "bytes_written", "overwrites", "files_deleted", "bytes_deleted", "folder", "mode", "world_writable",
+    "setuid",  # files
+    "method", "host", "path", "route", "kind", "reversible", "collection", "secrets",  # http
+    "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes",  # sql
+})
+
+
 class Match(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: list[str] = Field(default_factory=list, description="Action type globs, e.g. 'fs.*'.")
     path: list[str] = Field(default_factory=list, description="Path globs; without '/', any component.")
     preview: dict[str, bool | str | Threshold] = Field(default_factory=dict)
+
+    @field_validator("preview")
+    @classmethod
+    def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - PREVIEW_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown preview field {unknown[0]!r}; known: {', '.join(sorted(PREVIEW_FIELDS))}")
+        return value
 
 
 class Rule(BaseModel):
@@ -277,7 +294,7 @@ def parse_pack(text: str, source: str = "<string>") -> Pack:
         line = _line_of(root, err["loc"])
         where = ".".join(str(p) for p in err["loc"])
         msg = "is required" if err["type"] == "missing" else (
-            "is not a known field" if err["type"] == "extra_forbidden" else err["msg"])
+            "is not a known field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
         raise PolicyError(f"{source}:{line}: {where} {msg}") from None
 
 
