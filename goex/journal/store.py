@@ -120,6 +120,7 @@ class Journal:
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._data_version = -1
+        self._checked: dict[str, bytes] = {}
         self._lock_fd = -1
         self._db = None  # type: ignore[assignment]
         try:
@@ -235,6 +236,8 @@ class Journal:
     # -- reading -----------------------------------------------------------------------------
 
     def read_blob(self, digest: str) -> bytes:
+        if digest in self._checked:
+            return self._checked.pop(digest)
         row = self._db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
         if row is None:
             raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
@@ -244,9 +247,15 @@ class Journal:
         return data
 
     def check_blobs(self, obj: Any) -> None:
-        """Raise `JournalCorrupt` unless every blob `obj` references is present and intact."""
+        """Raise `JournalCorrupt` unless every blob `obj` references is present and intact.
+        Small checked blobs are kept for the next `read_blob` of them (undo reads each right after)."""
+        self._checked.clear()
+        room = 8 << 20
         for digest in set(referenced_chunks(obj)):
-            self.read_blob(digest)
+            data = self.read_blob(digest)
+            if len(data) <= room:
+                self._checked[digest] = data
+                room -= len(data)
 
     def record(self, seq: int) -> dict[str, Any]:
         """One record, checked against its hash and its predecessor's before anyone acts on it."""
