@@ -380,13 +380,19 @@ def _checkpoint(args: argparse.Namespace) -> int:
 def _log(args: argparse.Namespace) -> int:
     with _runtime(args, policy="permissive") as rt:
         rows = rt.checkpoints(args.session) if args.checkpoints else rt.log(args.session)
-    for row in rows:
-        row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
+    with_iso_times(rows)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
         print(format_log(rows, ["id", "time", "session", "label"] if args.checkpoints else None))
     return EXIT_OK
+
+
+def with_iso_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Journal times (Unix seconds) as ISO 8601 UTC, in place; returns the rows."""
+    for row in rows:
+        row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
+    return rows
 
 
 def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters.http.adapter import HttpConfig
-from .cli import format_log
+from .cli import format_log, with_iso_times
 from .runtime import Runtime
 
 _PROJECT = {
@@ -129,7 +129,7 @@ def _run(root: Path, db_path: Path, base: str) -> int:
                 if not result.ok:
                     print(f"{'':16}{result.error}")
             print("\n3. the journal (`goex log --root DIR`):")
-            print("   " + format_log(_timed(rt.log())).replace("\n", "\n   "))
+            print("   " + format_log(with_iso_times(rt.log())).replace("\n", "\n   "))
             print("\n4. undo back to the checkpoint, then the whole session:")
             print(f"   rolled back to 'before-archive': {', '.join(session.rollback(to='before-archive'))}")
             print(f"   rolled back the rest:            {', '.join(session.rollback())}")
@@ -149,11 +149,3 @@ def _run(root: Path, db_path: Path, base: str) -> int:
 def _brief(action: dict[str, Any]) -> str:
     shown = {k: (v if not isinstance(v, str) or len(v) < 40 else v[:37] + "…") for k, v in action.items()}
     return json.dumps(shown, ensure_ascii=False)
-
-
-def _timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from datetime import datetime, timezone
-
-    for row in rows:
-        row["time"] = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="milliseconds")
-    return rows

@@ -427,12 +427,14 @@ class Runtime:
 
     def rollback_all(self, *, force: bool = False) -> list[str]:
         """Undo every applied entry of every session on this root, newest first."""
-        return self._undo_selected(
-            lambda: self.journal.query(
-                "SELECT * FROM entries WHERE status IN ('applied', 'undo_failed') AND undoable = 1 "
-                "ORDER BY seq DESC"), force)
+        return self._undo_selected("", (), force)
 
-    def _undo_selected(self, select: Callable[[], list[sqlite3.Row]], force: bool) -> list[str]:
+    def _undo_selected(self, where: str, params: tuple[Any, ...], force: bool, limit: int | None = None) -> list[str]:
+        """Undo, newest first, the undoable entries matching `where` (an SQL condition on `entries`),
+        selected under the lock so nothing slips in between."""
+        sql = ("SELECT * FROM entries WHERE status IN ('applied', 'undo_failed') AND undoable = 1"
+               + (f" AND {where}" if where else "") + " ORDER BY seq DESC" + (" LIMIT ?" if limit else ""))
+        select = lambda: self.journal.query(sql, params + ((limit,) if limit else ()))  # noqa: E731
         done: list[str] = []
         unrecorded: list[tuple[str, dict[str, Any]]] = []  # undone, "undone" record not written yet
         with self.journal.exclusive():
@@ -599,9 +601,7 @@ class Session:
         row = self.runtime.journal.entry(entry_id)
         if row is None or row["session"] != self.id:
             raise GoexError(f"entry {entry_id} is not in session {self.id}; `goex log --session {self.id}` lists them")
-        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
-            "SELECT * FROM entries WHERE session = ? AND seq >= ? AND status IN ('applied', 'undo_failed') "
-            "AND undoable = 1 ORDER BY seq DESC", (self.id, row["seq"])), force)
+        return self.runtime._undo_selected("session = ? AND seq >= ?", (self.id, row["seq"]), force)
 
     def check(self, action: Any) -> tuple[Decision, dict[str, Any]]:
         """The decision on `action` (rules and this session's budgets) and its preview, without
@@ -618,16 +618,12 @@ class Session:
         actions are skipped). Returns the ids undone, newest first."""
         if steps < 1:
             raise ValueError("steps must be at least 1")
-        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
-            "SELECT * FROM entries WHERE session = ? AND status IN ('applied', 'undo_failed') AND undoable = 1 "
-            "ORDER BY seq DESC LIMIT ?", (self.id, steps)), force)
+        return self.runtime._undo_selected("session = ?", (self.id,), force, limit=steps)
 
     def rollback(self, to: str | None = None, *, force: bool = False) -> list[str]:
         """Undo everything this session did after checkpoint `to` (an id or a label), or all of it."""
         after = 0 if to is None else self._checkpoint_seq(to)
-        return self.runtime._undo_selected(lambda: self.runtime.journal.query(
-            "SELECT * FROM entries WHERE session = ? AND seq > ? AND status IN ('applied', 'undo_failed') "
-            "AND undoable = 1 ORDER BY seq DESC", (self.id, after)), force)
+        return self.runtime._undo_selected("session = ? AND seq > ?", (self.id, after), force)
 
     def _checkpoint_seq(self, to: str) -> int:
         rows = self.runtime.journal.query(
