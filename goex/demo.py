@@ -58,14 +58,10 @@ _SQL_ACTIONS: list[dict[str, Any]] = [
 ]
 
 
-def _db_dump(path: Path) -> list[str]:
-    import sqlite3
+def _db_dump(path: Path) -> str:
+    from .sql import dump
 
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump()) + [repr(conn.execute("SELECT * FROM sqlite_sequence").fetchall())]
-    finally:
-        conn.close()
+    return dump(f"sqlite:///{path}")
 
 
 def _http_actions(base: str) -> list[dict[str, Any]]:
@@ -102,13 +98,13 @@ def run_demo(*, keep: bool = False) -> int:
 def _run(root: Path, db_path: Path, base: str) -> int:
     import httpx
 
-    import sqlite3
+    import apsw
 
     for rel, text in _PROJECT.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    conn = sqlite3.connect(db_path)
-    conn.executescript(_DB_SETUP)
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_DB_SETUP)
     conn.close()
     httpx.post(f"{base}/admin/reset", json=_SHOP).raise_for_status()
     spec = httpx.get(f"{base}/openapi.json").json()

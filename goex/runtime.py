@@ -135,7 +135,8 @@ class Runtime:
         self._tracer = make_tracer(tracer_provider)
         self._http = HttpAdapter(http)
         self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http,
-                                              "sql": SqlAdapter(parse_databases(databases, self.root))}
+                                              "sql": SqlAdapter(parse_databases(databases, self.root),
+                                                                 self.journal.read_blob)}
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
         if approver is not None and approver != "pending" and not callable(approver):
             raise ValueError("approver is a callable, 'pending', or None")
@@ -149,6 +150,7 @@ class Runtime:
 
     def close(self) -> None:
         self._http.close()
+        self._adapters["sql"].close()  # type: ignore[attr-defined]
         self.workspace.close()
         self.journal.close()
 
@@ -350,6 +352,8 @@ class Runtime:
             return failed(exc if isinstance(exc, ActionFailed) else ActionFailed(f"{model.type}: {exc}"),
                           prepared.targets, decision)
         eid = entry_id(seq)
+        if hasattr(adapter, "stage"):
+            return self._apply_staged(session, model, adapter, prepared, decision, eid, plan)
         try:
             applied = adapter.apply(prepared)
         except OutcomeUnknown as exc:
@@ -364,6 +368,62 @@ class Runtime:
                           decision=decision)
         self.journal.append("applied", entry=eid, after=applied.after)
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
+
+    def _apply_staged(self, session: "Session", model: BaseModel, adapter: Any, prepared: Prepared,
+                      decision: Decision, eid: str, plan: dict[str, Any]) -> Result:
+        """Run in an open transaction; journal what was captured inside it, durably; then commit.
+        Every committed change has its undo data on disk, whenever the process dies."""
+        def failure(exc: BaseException) -> Result:
+            reason = str(exc) if isinstance(exc, ActionFailed) else f"{model.type}: {exc!r}"
+            self._revert_pending(adapter, eid, plan, reason)
+            if not isinstance(exc, Exception):
+                raise exc
+            return Result(False, eid, error=reason, status="failed", session=session.id, type=model.type,
+                          decision=decision)
+
+        try:
+            staged = adapter.stage(prepared)
+        except BaseException as exc:  # noqa: BLE001 - nothing committed
+            return failure(exc)
+        try:
+            with self.journal.transaction(durable=True) as tx:
+                captured = staged.capture(tx.put_blob)
+                cseq, _ = tx.append("captured", entry=eid, plan=captured)
+        except BaseException as exc:  # noqa: BLE001 - not committed: roll it back
+            staged.abort()
+            return failure(exc)
+        try:
+            staged.commit()
+        except BaseException as exc:  # noqa: BLE001 - did the commit happen? the database says
+            outcome, _, why = adapter.recover({**plan, "captured": captured}, {}, self.journal.read_blob)
+            if outcome != "applied":
+                error = f"{model.type}: the commit failed ({exc}){'; ' + why if why else ''}"
+                if outcome == "review":
+                    self.journal.append("review", entry=eid, error=error, durable=True)
+                    return Result(False, eid, error=error, status="needs_review", session=session.id,
+                                  type=model.type, decision=decision)
+                self.journal.append("failed", entry=eid, error=error, reverted=True, durable=True)
+                if not isinstance(exc, Exception):
+                    raise
+                return Result(False, eid, error=error, status="failed", session=session.id, type=model.type,
+                              decision=decision)
+        self.journal.append("applied", entry=eid, after={"captured": cseq})
+        return Result(True, eid, staged.output, session=session.id, type=model.type, decision=decision)
+
+    def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
+        """An entry's undo plan, with what was captured inside its transaction when it was staged."""
+        plan = entry["plan"]
+        seq = (after or {}).get("captured")
+        if seq is None and after is None and entry.get("seq"):  # still pending: look for its capture record
+            eid = entry_id(entry["seq"])
+            for rseq, body, _ in self.journal.records(entry["seq"]):
+                if f'"entry":"{eid}"' in body and '"kind":"captured"' in body:
+                    seq = rseq
+                    break
+        if seq is None:
+            return plan
+        record = self.journal.record(seq)
+        return {**plan, "captured": record["plan"]}
 
     def _revert_pending(self, adapter: Adapter, eid: str, plan: dict[str, Any], reason: str) -> None:
         try:
@@ -460,18 +520,19 @@ class Runtime:
         entry = self.journal.record(row["seq"])
         after = self.journal.record(row["after_seq"])["after"]
         adapter = self._adapters[row["type"].split(".", 1)[0]]
+        plan = self._plan(entry, after)
         with self._tracer.start_as_current_span("goex undo") as span:
-            conflicts = adapter.conflicts(entry["plan"], after)
+            conflicts = adapter.conflicts(plan, after)
             if conflicts and not force:
                 raise UndoConflict(eid, conflicts)
-            self.journal.check_blobs(entry["plan"])  # a damaged before-image stops undo before it starts
+            self.journal.check_blobs(plan)  # a damaged before-image stops undo before it starts
             with self.journal.transaction(durable=True) as tx:
                 for previous, details in finished:
                     tx.append("undone", entry=previous, **details)
                 finished.clear()
                 tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
             try:
-                details = adapter.revert(entry["plan"], after, self.journal.read_blob, force) or {}
+                details = adapter.revert(plan, after, self.journal.read_blob, force) or {}
             except CompensationFailed as exc:  # nothing changed: say so, never "undone"
                 self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
                 if exc.conflict:
@@ -514,10 +575,10 @@ class Runtime:
             adapter = self._adapters[row["type"].split(".", 1)[0]]
             try:
                 if row["status"] == "pending":
-                    outcome, after, why = self._settle(adapter, entry["plan"], entry["action"])
+                    outcome, after, why = self._settle(adapter, self._plan(entry, None), entry["action"])
                 else:
                     after = self.journal.record(row["after_seq"])["after"]
-                    adapter.revert(entry["plan"], after, self.journal.read_blob, True)
+                    adapter.revert(self._plan(entry, after), after, self.journal.read_blob, True)
                     outcome, why = "undone", ""
             except CompensationFailed as exc:  # the compensation did not happen: the world is as before
                 self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)

@@ -145,14 +145,31 @@ def test_undo_names_what_someone_else_changed(db: Path, rt: goex.Runtime):
     s = rt.session()
     assert sql(s, "UPDATE parent SET note = 'x' WHERE id = 2").ok
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO audit VALUES ('by hand')")
+    conn.execute("UPDATE parent SET note = 'y' WHERE id = 2")
+    conn.execute("INSERT INTO audit VALUES ('by hand')")  # a row the action never touched
     conn.commit()
     conn.close()
     with pytest.raises(goex.UndoConflict) as info:
         s.undo()
-    assert "main.table:audit" in str(info.value)
+    assert "main.parent" in str(info.value) and "changed since the action" in str(info.value)
     s.undo(force=True)
-    assert sqlite3.connect(db).execute("SELECT note FROM parent WHERE id = 2").fetchone() == ("n/a",)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT note FROM parent WHERE id = 2").fetchone() == ("n/a",)
+    assert conn.execute("SELECT count(*) FROM audit WHERE msg = 'by hand'").fetchone() == (1,)  # kept
+    conn.close()
+
+
+def test_undo_after_schema_change_is_a_conflict(db: Path, rt: goex.Runtime):
+    s = rt.session()
+    assert sql(s, "UPDATE parent SET note = 'x' WHERE id = 2").ok
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE nopk")
+    conn.execute("ALTER TABLE parent RENAME TO p2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(goex.UndoConflict) as info:
+        s.undo()
+    assert "main.parent: dropped since the action" in str(info.value)
 
 
 def test_preview_never_changes_the_database(db: Path, rt: goex.Runtime):

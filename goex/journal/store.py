@@ -350,6 +350,9 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
             (checkpoint_id(seq), seq, record["session"], record.get("label"), record["time"]),
         )
+    elif kind == "captured":  # undo data read inside an open transaction, journaled before its commit
+        if not isinstance(record.get("entry"), str):
+            raise JournalCorrupt(f"record {seq} (captured) names no entry", seq=seq)
     elif kind == "reviewed":
         for eid in record["entries"]:
             cur.execute("UPDATE entries SET reviewed = ? WHERE seq = ?", (record["by"], entry_seq(eid)))

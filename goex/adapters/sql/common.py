@@ -1,0 +1,197 @@
+"""What every SQL engine shares: the engine protocol, statement splitting and analysis, errors,
+and result formatting.
+
+An engine (SQLite, PostgreSQL, MySQL/MariaDB) runs an action in four steps the adapter drives:
+
+1. `dry_run(statements, params)`: the rows the statements would change (cascades and triggers
+   included where the engine can tell), by running them in a transaction that is rolled back.
+2. `before(statements, analyses, put_blob)`: undo data that must exist before anything runs
+   (for example a dump taken before DDL an engine commits on its own); journaled with the entry.
+3. `stage(statements, params, analyses, before)`: run the statements in one open transaction and
+   return a `Staged`: the output, `capture(put_blob)` (the undo data and the after-state
+   fingerprint, read inside the transaction), `commit()` and `abort()`. The runtime journals
+   what `capture` returns durably before it calls `commit`, so every committed change has its
+   undo data on disk.
+4. `conflicts(before, captured, get_blob)`, `revert(before, captured, get_blob, force)`,
+   `committed(before, captured, get_blob)`: undo, and settling an action a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import TokenType
+
+from ...errors import ActionFailed, GoexError
+
+PutBlob = Callable[[bytes], str]
+GetBlob = Callable[[str], bytes]
+
+MAX_ROWS = 1000  # rows a query returns; more are cut with a truncation marker
+logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its "falling back to Command" notes are not for users
+
+#: statement kinds no engine can take back: refused unless a policy rule allows `irreversible`
+IRREVERSIBLE = {"grant", "revoke", "create_database", "drop_database", "create_user", "drop_user", "alter_user",
+                "create_role", "drop_role", "alter_system", "copy_to_program", "load_data", "set_global",
+                "create_schema", "drop_schema", "alter_database", "create_extension", "drop_extension",
+                "create_function", "drop_function", "create_procedure", "drop_procedure", "call", "do",
+                "vacuum_into", "lock", "unlock", "set_password", "flush", "kill", "shutdown", "install", "uninstall"}
+
+
+class SqlRefused(GoexError):
+    """SQL that would reach beyond its own transaction and database (ATTACH, VACUUM INTO,
+    COMMIT, PRAGMA writes, extensions): refused before anything runs."""
+
+    rule = "sql.confinement"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"SQL refused: {reason}")
+
+
+class SqlSyntaxError(ActionFailed):
+    """The SQL does not parse; the message gives line and column."""
+
+
+@dataclass
+class Staged:
+    """Statements run in an open transaction, not yet committed."""
+
+    output: dict[str, Any]
+    capture: Callable[[PutBlob], dict[str, Any]]  # undo data + {"after": fingerprint}, JSON
+    commit: Callable[[], None]
+    abort: Callable[[], None]
+
+
+class Engine(Protocol):
+    kind: str  # "sqlite" | "postgresql" | "mysql"
+    dialect: str  # sqlglot dialect
+
+    def split(self, sql: str) -> list[str]: ...
+
+    def check(self, statement: str, analysis: dict[str, Any]) -> None: ...
+
+    def dry_run(self, statements: list[str], params: Any) -> int: ...
+
+    def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]: ...
+
+    def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+              before: dict[str, Any]) -> Staged: ...
+
+    def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]: ...
+
+    def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool) -> None: ...
+
+    def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]: ...
+
+    def dump(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def split_tokens(sql: str, dialect: str) -> list[str]:
+    """Statements of `sql` split on top-level semicolons by sqlglot's tokenizer for `dialect`
+    (quotes, comments and dollar quoting respected); each is the original text."""
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(sql)
+    except sqlglot.errors.TokenError as exc:
+        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+    out, start = [], None
+    end = 0
+    for tok in tokens:
+        if tok.token_type == TokenType.SEMICOLON:
+            if start is not None:
+                out.append(sql[start:end + 1].strip())
+            start = None
+            continue
+        if start is None:
+            start = tok.start
+        end = tok.end
+    if start is not None:
+        out.append(sql[start:end + 1].strip())
+    if not out:
+        raise ActionFailed("sql.execute: no statement in 'sql'")
+    return out
+
+
+def kind_of(tree: exp.Expression, statement: str) -> str:
+    """A statement kind: select, insert, update, delete, create, drop, alter, truncate, ...;
+    for sqlglot's generic commands the first words (grant, create_database, ...)."""
+    words = statement.lower().split()
+    first = words[0] if words else ""
+    if isinstance(tree, exp.Command) or first in ("grant", "revoke", "call", "do", "lock", "unlock", "flush", "kill"):
+        two = "_".join(words[:2])
+        for candidate in (two, "_".join(words[:3]), first):
+            if candidate in IRREVERSIBLE:
+                return candidate
+        return first
+    if isinstance(tree, (exp.Create, exp.Drop)):
+        what = (tree.args.get("kind") or "").lower()
+        base = "create" if isinstance(tree, exp.Create) else "drop"
+        if what in ("database", "schema", "function", "procedure", "user", "role", "extension"):
+            return f"{base}_{what}"
+        return base
+    if isinstance(tree, exp.TruncateTable):
+        return "truncate"
+    return type(tree).__name__.lower()
+
+
+def analyse(statement: str, dialect: str) -> dict[str, Any]:
+    """kind, tables, whether a WHERE exists, whether it drops a column; from sqlglot."""
+    flat = " ".join(statement.lower().split())
+    try:
+        tree = sqlglot.parse_one(statement, read=dialect)
+    except sqlglot.errors.ParseError as exc:
+        err = exc.errors[0] if exc.errors else {}
+        where = f" at line {err.get('line')}, column {err.get('col')}" if err.get("line") else ""
+        # The engine is the authority on its own syntax: its dry run reports the error, or runs
+        # what sqlglot does not know. The analysis falls back to the words.
+        return {"kind": flat.split(" ", 1)[0], "tables": [], "where": " where " in f" {flat} ",
+                "drop_column": "drop column" in flat, "parsed": False, "parse_error": f"{err.get('description', exc)}{where}"}
+    kind = kind_of(tree, statement)
+    drop_column = isinstance(tree, exp.Alter) and any(isinstance(a, exp.Drop) for a in tree.args.get("actions") or [])
+    if kind == "alter" and "drop column" in flat:
+        drop_column = True
+    tables = sorted({t.name for t in tree.find_all(exp.Table) if t.name})
+    return {"kind": kind, "tables": tables, "where": tree.args.get("where") is not None, "drop_column": drop_column,
+            "parsed": True, "ddl": kind in ("create", "drop", "alter", "truncate", "rename", "command")
+            or kind.startswith(("create_", "drop_", "alter_"))}
+
+
+def format_rows(columns: list[str], cursor_rows: Any) -> dict[str, Any]:
+    """Query output: columns and at most MAX_ROWS rows (bytes as {"$base64": ...}), with a marker when cut."""
+    rows = []
+    truncated = False
+    for row in cursor_rows:
+        if len(rows) == MAX_ROWS:
+            truncated = True
+            break
+        rows.append([jsonable(v) for v in row])
+    out: dict[str, Any] = {"columns": columns, "rows": rows}
+    if truncated:
+        out["truncated"] = True
+        out["note"] = f"[truncated: only the first {MAX_ROWS} rows]"
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # dates, decimals, UUIDs...: their text form
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def is_goex_name(name: str) -> bool:
+    """goex's own objects in a user's database carry this prefix (or live in schema `goex`)."""
+    return name.lower().startswith("goex_")
