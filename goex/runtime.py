@@ -411,19 +411,21 @@ class Runtime:
         return Result(True, eid, staged.output, session=session.id, type=model.type, decision=decision)
 
     def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
-        """An entry's undo plan, with what was captured inside its transaction when it was staged."""
+        """An entry's undo plan, with what was captured inside its transaction when it was staged
+        (`captured`, and the record holding it, `captured_seq`)."""
         plan = entry["plan"]
+        if not plan.get("staged"):
+            return plan
         seq = (after or {}).get("captured")
-        if seq is None and after is None and entry.get("seq"):  # still pending: look for its capture record
+        if seq is None:  # interrupted before "applied": look for its capture record
             eid = entry_id(entry["seq"])
             for rseq, body, _ in self.journal.records(entry["seq"]):
-                if f'"entry":"{eid}"' in body and '"kind":"captured"' in body:
+                if '"kind":"captured"' in body and f'"entry":"{eid}"' in body:
                     seq = rseq
                     break
         if seq is None:
             return plan
-        record = self.journal.record(seq)
-        return {**plan, "captured": record["plan"]}
+        return {**plan, "captured": self.journal.record(seq)["plan"], "captured_seq": seq}
 
     def _revert_pending(self, adapter: Adapter, eid: str, plan: dict[str, Any], reason: str) -> None:
         try:
@@ -575,7 +577,10 @@ class Runtime:
             adapter = self._adapters[row["type"].split(".", 1)[0]]
             try:
                 if row["status"] == "pending":
-                    outcome, after, why = self._settle(adapter, self._plan(entry, None), entry["action"])
+                    plan = self._plan(entry, None)
+                    outcome, after, why = self._settle(adapter, plan, entry["action"])
+                    if outcome == "applied" and "captured_seq" in plan:
+                        after = {"captured": plan["captured_seq"]}
                 else:
                     after = self.journal.record(row["after_seq"])["after"]
                     adapter.revert(self._plan(entry, after), after, self.journal.read_blob, True)

@@ -153,7 +153,8 @@ class SqlAdapter:
         db: Database = prepared.state["db"]
         before = self.engine(db.name).before(prepared.state["statements"], prepared.state["analysed"], put_blob)
         prepared.state["before"] = before
-        return {"db": db.name, "engine": db.kind, "url": db.shown, "ops": [{"op": "sql"}], "before": before}
+        return {"db": db.name, "engine": db.kind, "url": db.shown, "ops": [{"op": "sql"}], "before": before,
+                "staged": True}
 
     def stage(self, prepared: Prepared) -> Staged:
         db: Database = prepared.state["db"]

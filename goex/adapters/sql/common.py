@@ -19,6 +19,7 @@ An engine (SQLite, PostgreSQL, MySQL/MariaDB) runs an action in four steps the a
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -144,7 +145,13 @@ def kind_of(tree: exp.Expression, statement: str) -> str:
 
 
 def analyse(statement: str, dialect: str) -> dict[str, Any]:
-    """kind, tables, whether a WHERE exists, whether it drops a column; from sqlglot."""
+    """kind, tables, whether a WHERE exists, whether it drops a column; from sqlglot. The same
+    statement text (new parameters) is parsed once."""
+    return dict(_analyse(statement, dialect))
+
+
+@functools.lru_cache(maxsize=512)
+def _analyse(statement: str, dialect: str) -> dict[str, Any]:
     flat = " ".join(statement.lower().split())
     try:
         tree = sqlglot.parse_one(statement, read=dialect)

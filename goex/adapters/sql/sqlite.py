@@ -111,14 +111,17 @@ class SqliteEngine:
         conn = _connect(self.path)
         try:
             conn.execute("BEGIN")
-            counts = _row_counts(conn)
+            # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
+            ddl = any(_strip_comments(s).lstrip().split(None, 1)[0].lower() in ("create", "drop", "alter")
+                      for s in statements if s.strip())
+            counts = _row_counts(conn) if ddl else {}
             before = conn.total_changes()
             conn.authorizer = _authorize
             for sql in statements:
                 _run(conn, sql, params)
             conn.authorizer = None
             changed = conn.total_changes() - before
-            after = _row_counts(conn)
+            after = _row_counts(conn) if ddl else {}
             moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
                         if t not in counts or t not in after)  # tables dropped or created whole
             return changed + moved
