@@ -1,0 +1,1160 @@
+"""MySQL / MariaDB engine, through PyMySQL.
+
+Undo data is a before-image of exactly the rows an action can change, read inside the action's
+own transaction with locking reads (so it is the state the statements acted on) and stored as
+a content-addressed blob (unchanged images deduplicate across entries):
+
+* A single `UPDATE`/`DELETE` on one table with a primary key, no triggers and no foreign keys
+  that cascade from it, whose WHERE is a plain deterministic predicate, images only the rows
+  its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
+  Undo deletes those keys and inserts the before-rows.
+* Any other DML images whole tables: every table a statement names, every table reachable from
+  them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
+  not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
+  table of a view they name, and every table a trigger on any of those mentions, to a fixpoint.
+  Undo deletes the table's rows and inserts the before-image.
+* DDL commits implicitly, also in the middle of an action, so an action with DDL (or SQL
+  sqlglot cannot read) images the whole database before it runs: for every table its
+  SHOW CREATE TABLE text (AUTO_INCREMENT included) and rows, every view and every trigger.
+  Undo drops and recreates exactly the objects the action changed.
+
+Undo runs with FOREIGN_KEY_CHECKS=0 on goex's own connection, so nothing cascades. MySQL
+cannot disable triggers, so the user triggers of a table being restored are dropped for the
+duration of the undo and recreated afterwards from their SHOW CREATE TRIGGER text, with their
+sql_mode, in their original order. While they are dropped (a few milliseconds), writes by
+other clients to that table do not fire them.
+
+AUTO_INCREMENT positions are restored: a rolled-back dry run or failed action, and an undo,
+set the counter back with ALTER TABLE ... AUTO_INCREMENT = n (InnoDB on MariaDB 10.11 lowers
+it to any value above the largest key in the table, which is always true of a recorded
+position); tables rebuilt from their image get it from the CREATE TABLE text.
+
+Limits: rows are imaged as SQL literals (QUOTE(), hex for binary and spatial columns, numbers
+for BIT); TIMESTAMP values are read and written in UTC. Non-transactional tables (MyISAM,
+MEMORY) cannot be rolled back if an action fails half-way; goex restores them from the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import TokenType
+
+from ...errors import ActionFailed
+from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name
+
+__all__ = ["MysqlEngine", "convert_params", "dump", "parse_url"]
+
+_READS = {"select", "show", "describe", "explain", "desc"}
+_DML = {"insert", "update", "delete", "replace"}
+_ALLOWED_FIRST = {"select", "with", "insert", "replace", "update", "delete", "create", "drop", "alter", "rename",
+                  "truncate", "show", "describe", "desc", "explain", "values", "table", "("}
+_TXN = {"begin", "start", "commit", "rollback", "savepoint", "release", "xa", "end"}
+_CREATABLE = {"table", "index", "view", "trigger"}
+_QUOTED = {TokenType.STRING, TokenType.IDENTIFIER, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
+           TokenType.BIT_STRING, TokenType.BYTE_STRING}
+_BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry", "point", "linestring",
+           "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection"}
+_SAFE_WHERE = (exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT,
+               exp.LTE, exp.And, exp.Or, exp.Not, exp.Paren, exp.In, exp.Between, exp.Is, exp.Null, exp.Boolean,
+               exp.Like, exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Tuple, exp.NullSafeEQ, exp.ILike)
+_BLOCK_WORDS = {"IF", "LOOP", "WHILE", "REPEAT"}
+_STATEMENT_START = {";", "BEGIN", "THEN", "ELSE", "DO", "LOOP", "REPEAT", ":"}
+_AI = re.compile(r" AUTO_INCREMENT=(\d+)")
+_BATCH = 1 << 20  # bytes of row literals per INSERT on restore
+
+
+# -- public helpers ----------------------------------------------------------------------------
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """Connection arguments of a mysql://, mariadb:// or mysql+pymysql:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("mysql", "mariadb", "mysql+pymysql"):
+        raise ActionFailed(f"{url!r} is not a MySQL URL; write mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    database = unquote(parts.path.lstrip("/"))
+    if not database or "/" in database:
+        raise ActionFailed(f"{url!r} names no database; write mysql://USER@HOST:PORT/DATABASE")
+    return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
+            "user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
+            "database": database}
+
+
+def convert_params(statement: str, params: Any, dialect: str = "mysql") -> tuple[str, Any]:
+    """`statement` with `?` / `:name` placeholders turned into PyMySQL's `%s` / `%(name)s` (and a
+    literal `%` doubled), found by sqlglot's tokenizer so text inside strings is left alone.
+    Returns (sql, args); args is None when `params` is None."""
+    if params is None:
+        return statement, None
+    try:
+        tokens = _tokenize(statement) if dialect == "mysql" else list(
+            sqlglot.Dialect.get_or_raise(dialect).tokenize(statement))
+    except sqlglot.errors.TokenError as exc:
+        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+    pieces: list[str] = []
+    last = 0
+    positional = named = 0
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        start = end = None
+        if tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
+            start, end, repl = tok.start, tok.end, "%s"
+            positional += 1
+        elif tok.token_type == TokenType.PLACEHOLDER and tok.text.startswith(":") and len(tok.text) > 1:
+            start, end, repl = tok.start, tok.end, f"%({tok.text[1:]})s"
+            named += 1
+        elif (tok.token_type == TokenType.COLON and i + 1 < len(tokens) and tokens[i + 1].start == tok.end + 1
+              and tokens[i + 1].token_type not in _QUOTED and re.fullmatch(r"\w+", tokens[i + 1].text)
+              and not (i > 0 and tokens[i - 1].token_type == TokenType.COLON and tokens[i - 1].end + 1 == tok.start)):
+            start, end, repl = tok.start, tokens[i + 1].end, f"%({tokens[i + 1].text})s"
+            named += 1
+            i += 1
+        if start is not None:
+            pieces.append(statement[last:start].replace("%", "%%"))
+            pieces.append(repl)
+            last = end + 1
+        i += 1
+    pieces.append(statement[last:].replace("%", "%%"))
+    sql = "".join(pieces)
+    if isinstance(params, dict):
+        if positional:
+            raise ActionFailed("sql.execute: 'params' is a mapping but the SQL uses '?' placeholders; use :name")
+        return sql, dict(params)
+    if isinstance(params, (list, tuple)):
+        if named:
+            raise ActionFailed("sql.execute: 'params' is a list but the SQL uses :name placeholders; use '?'")
+        if positional != len(params):
+            raise ActionFailed(f"sql.execute: the SQL has {positional} '?' placeholders but 'params' has "
+                               f"{len(params)} values; nothing was applied")
+        return sql, tuple(params)
+    raise ActionFailed("sql.execute: 'params' must be a list (for '?') or a mapping (for :name)")
+
+
+def dump(url: str) -> str:
+    """Canonical text of the database at `url` (see `MysqlEngine.dump`)."""
+    engine = MysqlEngine(url)
+    try:
+        return engine.dump()
+    finally:
+        engine.close()
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _lit(column: str, dtype: str) -> str:
+    """An SQL expression giving the column's value as an SQL literal that restores it exactly."""
+    q = _q(column)
+    if dtype in _BINARY:
+        return f"IF({q} IS NULL,'NULL',CONCAT('X''',HEX({q}),''''))"
+    if dtype == "bit":
+        return f"IF({q} IS NULL,'NULL',CAST({q}+0 AS CHAR))"
+    return f"CONVERT(QUOTE({q}) USING utf8mb4)"
+
+
+def _words(statement: str) -> list[str]:
+    text = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
+    return re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\(", text.lower())
+
+
+def _tokenize(sql: str) -> list[Any]:
+    """sqlglot's MySQL tokens of `sql`, also inside statements it reads as commands (REPLACE,
+    RENAME, ...: it hands their text over as one string token), positions relative to `sql`."""
+    dialect = sqlglot.Dialect.get_or_raise("mysql")
+    tokens = list(dialect.tokenize(sql))
+    commands = dialect.tokenizer_class.COMMANDS
+    for i, tok in enumerate(tokens[:-1]):
+        if tok.token_type in commands and tokens[i + 1].token_type == TokenType.STRING and \
+                (i == 0 or tokens[i - 1].token_type == TokenType.SEMICOLON):
+            offset = tok.end + 1
+            rest = _tokenize(sql[offset:])
+            for inner in rest:
+                inner.start += offset
+                inner.end += offset
+            return tokens[:i + 1] + rest
+    return tokens
+
+
+def _tokens(statement: str) -> list[Any]:
+    try:
+        return _tokenize(statement)
+    except sqlglot.errors.TokenError:
+        return []
+
+
+def _names(statement: str) -> set[str]:
+    """Every identifier the statement mentions, lowercased (over-approximates the tables it names)."""
+    out = set()
+    for tok in _tokens(statement):
+        if tok.token_type not in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
+                                  TokenType.BIT_STRING, TokenType.BYTE_STRING):
+            out.add(tok.text.lower())
+    return out | set(_words(statement))
+
+
+def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") -> ActionFailed:
+    args = getattr(exc, "args", ())
+    text = f"{args[1]} (error {args[0]})" if len(args) >= 2 else str(exc)
+    return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
+
+
+class _Meta:
+    """The schema of the database, read from information_schema in a few queries."""
+
+    def __init__(self, cur: Any, db: str, only: str | None = None):
+        # `only`: just one table's columns, key, triggers and cascading children (a cheaper read)
+        one = " AND TABLE_NAME=%s" if only else ""
+        args: tuple[str, ...] = (db, only) if only else (db,)
+        cur.execute("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s" + one, args)
+        self.tables: dict[str, str] = {}
+        self.views: set[str] = set()
+        for name, kind in cur.fetchall():
+            if is_goex_name(name):
+                continue
+            if kind == "VIEW":
+                self.views.add(name)
+            else:
+                self.tables[name.lower()] = name
+        cur.execute("SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_GENERATED FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA=%s" + one + " ORDER BY TABLE_NAME, ORDINAL_POSITION", args)
+        self.columns: dict[str, list[tuple[str, str, bool]]] = {}
+        for table, column, dtype, generated in cur.fetchall():
+            self.columns.setdefault(table, []).append((column, dtype.lower(), generated == "ALWAYS"))
+        cur.execute("SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s "
+                    "AND INDEX_NAME='PRIMARY'" + one + " ORDER BY TABLE_NAME, SEQ_IN_INDEX", args)
+        self.pk: dict[str, list[str]] = {}
+        for table, column in cur.fetchall():
+            self.pk.setdefault(table, []).append(column)
+        cur.execute("SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE FROM "
+                    "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s"
+                    + (" AND REFERENCED_TABLE_NAME=%s" if only else ""), args)
+        self.children: dict[str, set[str]] = {}
+        for child, parent, on_update, on_delete in cur.fetchall():
+            if {on_update, on_delete} - {"RESTRICT", "NO ACTION"}:
+                self.children.setdefault(parent, set()).add(child)
+        cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+                    "WHERE TRIGGER_SCHEMA=%s" + (" AND EVENT_OBJECT_TABLE=%s" if only else ""), args)
+        self.triggers: dict[str, list[tuple[str, str]]] = {}
+        for name, table, body in cur.fetchall():
+            self.triggers.setdefault(table, []).append((name, body))
+        self.view_sql: dict[str, str] = {}
+        if not only:
+            cur.execute("SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA=%s",
+                        (db,))
+            self.view_sql = {name: body for name, body in cur.fetchall()}
+
+    def resolve(self, names: set[str]) -> set[str]:
+        """Base tables among `names` and the views they name, closed over cascading foreign keys
+        and the tables triggers on them mention."""
+        lower_views = {v.lower(): v for v in self.views}
+        todo = set(names)
+        seen_views: set[str] = set()
+        out: set[str] = set()
+        while todo:
+            name = todo.pop().lower()
+            if name in self.tables:
+                table = self.tables[name]
+                if table in out:
+                    continue
+                out.add(table)
+                todo.update(self.children.get(table, ()))
+                for _, body in self.triggers.get(table, ()):
+                    todo.update(_names(body))
+            elif name in lower_views and name not in seen_views:
+                seen_views.add(name)
+                todo.update(_names(self.view_sql.get(lower_views[name]) or ""))
+        return out
+
+    def insertable(self, table: str) -> list[tuple[str, str]]:
+        return [(c, t) for c, t, generated in self.columns.get(table, []) if not generated]
+
+
+def _row_sql(meta: _Meta, table: str) -> tuple[str, list[str], list[str] | None]:
+    """SELECT list (key literal, row literal), insertable columns, primary key columns."""
+    cols = meta.insertable(table)
+    types = dict(cols)
+    pk = meta.pk.get(table)
+    row = "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in cols) + ")"
+    key = ("CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in pk) + ")") if pk else "NULL"
+    return f"{key},{row}", [c for c, _ in cols], pk
+
+
+def _fp(create: str | None, rows: list[str]) -> str:
+    return f"{_sha(create or '')[:24]}:{_sha(chr(10).join(sorted(rows)))[:40]}"
+
+
+def _differs(object_: str, then: str | None, now: str | None) -> str:
+    if now is None:
+        return f"{object_} is gone"
+    if then is None:
+        return f"{object_} was created since"
+    if then.split(":")[0] != now.split(":")[0]:
+        return f"the definition of {object_} changed since the action"
+    return f"rows of {object_} changed since the action"
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class MysqlEngine:
+    kind = "mysql"
+    dialect = "mysql"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.args = parse_url(url)
+        self.db = self.args["database"]
+        self._spare: Any = None
+        self._recent: dict[str, bytes] = {}  # blobs of the latest DDL image: a failed stage restores from them
+        self._databases: set[str] | None = None
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        try:
+            conn = pymysql.connect(host=self.args["host"], port=self.args["port"], user=self.args["user"],
+                                   password=self.args["password"], database=self.db, charset="utf8mb4",
+                                   autocommit=False)
+        except pymysql.Error as exc:
+            raise ActionFailed(f"cannot connect to MySQL database {self.db!r} at {self.args['host']}:"
+                               f"{self.args['port']}: {exc}; nothing was applied") from None
+        return conn
+
+    def _take(self) -> Any:
+        conn, self._spare = self._spare, None
+        if conn is not None:
+            try:
+                conn.ping(reconnect=False)
+                return conn
+            except pymysql.Error:
+                _close(conn)
+        return self._connect()
+
+    def _give(self, conn: Any) -> None:
+        if self._spare is None and conn.open:
+            self._spare = conn
+        else:
+            _close(conn)
+
+    def _admin(self) -> Any:
+        """A connection for goex's own work: no cascades, zero values kept as they are. It keeps the
+        server's default time zone, the one actions' images are read in."""
+        conn = self._connect()
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION foreign_key_checks=0, sql_mode='NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', "
+                        "lock_wait_timeout=60, innodb_lock_wait_timeout=60")
+        return conn
+
+    # -- analysis --------------------------------------------------------------------------------
+
+    def split(self, sql: str) -> list[str]:
+        """Statements split on top-level semicolons; CREATE TRIGGER/PROCEDURE/FUNCTION/EVENT bodies
+        (BEGIN ... END, with IF/CASE/LOOP/WHILE/REPEAT blocks inside) stay whole."""
+        try:
+            tokens = _tokenize(sql)
+        except sqlglot.errors.TokenError as exc:
+            raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+        out: list[str] = []
+        start = None
+        end = 0
+        depth = 0
+        compound = False
+        head: list[str] = []
+        prev = ";"
+        skip = -1
+        for i, tok in enumerate(tokens):
+            word = tok.text.upper() if tok.token_type not in _QUOTED else ""
+            if tok.token_type == TokenType.SEMICOLON and depth == 0:
+                if start is not None:
+                    out.append(sql[start:end + 1].strip())
+                start, compound, head, prev = None, False, [], ";"
+                continue
+            if start is None:
+                start = tok.start
+            end = tok.end
+            if len(head) < 8 and word:
+                head.append(word)
+                if head[0] == "CREATE" and word in ("TRIGGER", "PROCEDURE", "FUNCTION", "EVENT"):
+                    compound = True
+            if compound and i != skip and word:
+                if word == "END":
+                    depth = max(0, depth - 1)
+                    if i + 1 < len(tokens) and tokens[i + 1].text.upper() in _BLOCK_WORDS | {"CASE"}:
+                        skip = i + 1
+                elif word in ("BEGIN", "CASE"):
+                    depth += 1
+                elif word in _BLOCK_WORDS and prev in _STATEMENT_START:
+                    depth += 1
+            prev = word or tok.text
+        if start is not None:
+            out.append(sql[start:end + 1].strip())
+        if not out:
+            raise ActionFailed("sql.execute: no statement in 'sql'")
+        return out
+
+    def _other_databases(self) -> set[str]:
+        if self._databases is None:
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SHOW DATABASES")
+                    self._databases = {r[0].lower() for r in cur.fetchall()} - {self.db.lower()}
+            finally:
+                _close(conn)
+        return self._databases
+
+    def check(self, statement: str, analysis: dict[str, Any]) -> None:
+        words = _words(statement)
+        first = words[0] if words else ""
+        flat = " ".join(words)
+        if first in _TXN:
+            raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction and ends it "
+                             "itself; send the statements without transaction control")
+        if first == "set":
+            raise SqlRefused("SET is not allowed: session and global variables (autocommit, foreign_key_checks, "
+                             "sql_log_bin, ...) change how statements behave outside what goex can undo; write "
+                             "the statements without it")
+        if first == "use":
+            raise SqlRefused("USE is not allowed: an action acts on the database it names; name another database "
+                             "as its own entry in the runtime's databases")
+        if first in ("lock", "unlock"):
+            raise SqlRefused("LOCK/UNLOCK TABLES is not allowed: goex's transaction takes the locks it needs")
+        if first == "load":
+            raise SqlRefused("LOAD DATA/XML is not allowed: it reads files outside the database; insert the rows "
+                             "with INSERT instead")
+        if first == "handler":
+            raise SqlRefused("HANDLER is not allowed: use SELECT")
+        if first not in _ALLOWED_FIRST:
+            raise SqlRefused(f"{first.upper() or 'this statement'} is not allowed: goex runs SELECT, INSERT, "
+                             "REPLACE, UPDATE, DELETE and CREATE/ALTER/DROP/RENAME/TRUNCATE of tables, indexes, "
+                             "views and triggers")
+        if first in ("create", "drop", "alter"):
+            obj = next((w for w in words[1:8] if w in _CREATABLE | {"event", "sequence", "server", "tablespace",
+                                                                      "procedure", "function", "database", "schema",
+                                                                      "user", "role", "package", "logfile"}), "")
+            if obj not in _CREATABLE:
+                raise SqlRefused(f"{first.upper()} {obj.upper() or '...'} is not allowed: goex undoes tables, "
+                                 "indexes, views and triggers only")
+        if re.search(r"\binto (outfile|dumpfile)\b", flat):
+            raise SqlRefused("SELECT ... INTO OUTFILE/DUMPFILE is not allowed: it writes files outside the "
+                             "database; select the rows and write them with a file action")
+        text = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL).lower()
+        for fn in ("load_file", "get_lock", "release_lock", "release_all_locks", "sys_exec", "sys_eval"):
+            if re.search(rf"\b{fn}\s*\(", text):
+                raise SqlRefused(f"{fn.upper()}() is not allowed: it reaches outside the action's transaction "
+                                 "(files or session locks)")
+        tokens = _tokens(statement)
+        others = self._other_databases()
+        for i, tok in enumerate(tokens):
+            if tok.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
+                                  TokenType.BIT_STRING, TokenType.BYTE_STRING):
+                continue
+            name = tok.text.lower()
+            if is_goex_name(name):
+                raise SqlRefused(f"{tok.text} is goex's own object: actions may not read or change it")
+            follows_dot = i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.DOT
+            after_dot = i > 0 and tokens[i - 1].token_type == TokenType.DOT
+            if follows_dot and not after_dot and name in others:
+                if name == "information_schema" and analysis.get("kind") in _READS:
+                    continue
+                raise SqlRefused(f"{tok.text}.… names another database: an action acts only on the database it "
+                                 f"targets ({self.db}); add the other database to the runtime and act on it there")
+
+    # -- dry run ---------------------------------------------------------------------------------
+
+    def dry_run(self, statements: list[str], params: Any) -> int:
+        """Rows the statements would change, rows changed by cascades and triggers included, by
+        running the DML in a transaction that is rolled back. DDL is never run here: a dropped or
+        truncated table counts its rows, a created one 0."""
+        conn = self._take()
+        counters: dict[str, int] = {}
+        try:
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION")
+                target = _target(statements[0]) if len(statements) == 1 else None
+                meta = _Meta(cur, self.db, only=target) if target else None
+                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables:
+                    meta = _Meta(cur, self.db)  # cascades or triggers: the whole schema
+                total = 0
+                for sql in statements:
+                    words = _words(sql)
+                    first = words[0] if words else ""
+                    if first in _READS or first in ("with", "values", "table", "("):
+                        continue
+                    if first not in _DML:  # DDL: counted from the tables, never run
+                        if first == "truncate" or (first == "drop" and "table" in words[:4]):
+                            for table in sorted(meta.resolve(_names(sql)) & set(meta.tables.values())):
+                                if table.lower() in _names(sql):
+                                    cur.execute(f"SELECT COUNT(*) FROM {_q(table)}")
+                                    total += cur.fetchone()[0]
+                        break  # what follows DDL acts on a schema that does not exist yet
+                    tables = sorted(meta.resolve(_names(sql)))
+                    if first in ("insert", "replace"):
+                        for t in tables:
+                            counters.setdefault(t, _auto_increment(cur, t))
+                    simple = first in ("update", "delete") and all(not meta.triggers.get(t) for t in tables) and \
+                        len(tables) == 1 and not meta.children.get(tables[0])
+                    if simple:
+                        query, args = convert_params(sql, params)
+                        total += cur.execute(query, args)
+                        continue
+                    images = {t: _keyed(cur, meta, t) for t in tables}
+                    query, args = convert_params(sql, params)
+                    cur.execute(query, args)
+                    for t in tables:
+                        total += _count_changes(images[t], _keyed(cur, meta, t), bool(meta.pk.get(t)))
+                return total
+        except pymysql.Error as exc:
+            raise _error(self.db, exc, "nothing was applied") from None
+        finally:
+            _rollback(conn)
+            self._reset_counters(conn, counters)
+            self._give(conn)
+
+    # -- doing -----------------------------------------------------------------------------------
+
+    def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
+        if all(a.get("parsed") and a.get("kind") in _READS | _DML for a in analyses):
+            return {"mode": "dml"}
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                self._recent = {}
+
+                def keep(data: bytes) -> str:
+                    blob_id = put_blob(data)
+                    self._recent[blob_id] = data
+                    return blob_id
+
+                image = _database_image(cur, self.db, keep)
+            names = set()
+            for s in statements:
+                names |= _names(s)
+            return {"mode": "ddl", "image": image, "names": sorted(names)}
+        finally:
+            _rollback(conn)
+            _close(conn)
+
+    def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+              before: dict[str, Any]) -> Staged:
+        conn = self._take()
+        cur = conn.cursor()
+        reads = all(a.get("kind") in _READS for a in analyses) and all(a.get("parsed") for a in analyses)
+        ddl = before.get("mode") == "ddl"
+        plan: dict[str, Any] = {}
+        try:
+            cur.execute("START TRANSACTION")
+            if ddl:
+                now = _state(cur, self.db)
+                if now != before["image"]["state"]:
+                    changed = sorted(k for k in set(now) | set(before["image"]["state"])
+                                     if now.get(k) != before["image"]["state"].get(k))
+                    raise ActionFailed(f"sql.execute on {self.db}: {', '.join(changed)} changed between the preview "
+                                       "and the run; nothing was applied; run the action again")
+            elif not reads:
+                plan = self._plan(cur, statements, params, analyses)
+            output: dict[str, Any] = {}
+            changed = 0
+            for sql in statements:
+                query, args = convert_params(sql, params)
+                count = cur.execute(query, args)
+                if cur.description is not None:
+                    output = format_rows([d[0] for d in cur.description], cur.fetchall())
+                elif count and count > 0:
+                    changed += count
+            if not output:
+                output = {"rows_changed": changed}
+        except pymysql.Error as exc:
+            self._fail(conn, before, plan)
+            raise _error(self.db, exc) from None
+        except BaseException:
+            self._fail(conn, before, plan)
+            raise
+
+        def capture(put_blob: PutBlob) -> dict[str, Any]:
+            if ddl:
+                return {"mode": "ddl", "after": _state(cur, self.db)}
+            tables: dict[str, Any] = {}
+            for table, entry in plan.get("tables", {}).items():
+                meta = plan["meta"]
+                if entry["scope"] == "keys":
+                    after_rows = _rows_by_keys(cur, meta, table, entry["keys"]) if entry["keys"] else []
+                    create_after = None
+                else:
+                    after_rows = [r for _, r in _keyed(cur, meta, table)]
+                    create_after = _show_create(cur, table)
+                after = _fp(create_after, after_rows)
+                if after == entry["before"]:
+                    continue
+                rows = entry.pop("rows")
+                entry["blob"] = put_blob(json.dumps(rows).encode())
+                entry["after"] = after
+                if entry["scope"] == "table":
+                    entry["triggers"] = _trigger_defs(cur, self.db, table)
+                tables[table] = entry
+            return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()}}
+
+        def commit() -> None:
+            try:
+                conn.commit()
+            except pymysql.Error as exc:
+                _close(conn)
+                raise _error(self.db, exc, "the commit failed") from None
+            cur.close()
+            self._recent = {}
+            self._give(conn)
+
+        def abort() -> None:
+            cur.close()
+            self._fail(conn, before, plan)
+
+        return Staged(output, capture, commit, abort)
+
+    def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
+        """Take the before-images (locking reads) of what the statements can change."""
+        fast = None
+        target = _target(statements[0]) if len(statements) == 1 else None
+        if target is not None:
+            meta = _Meta(cur, self.db, only=target)
+            fast = self._fast(statements, params, meta)
+        if fast is None:
+            meta = _Meta(cur, self.db)
+        plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {}}
+        if fast is not None:
+            table, where, args = fast
+            select, columns, pk = _row_sql(meta, table)
+            head = f"SELECT {select} FROM {_q(table)} "
+            cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where} FOR UPDATE", args)
+            found = cur.fetchall()
+            rows = [r for _, r in found]
+            plan["tables"][table] = {"scope": "keys", "columns": columns, "pk": pk, "keys": [k for k, _ in found],
+                                     "rows": rows, "before": _fp(None, rows)}
+            return plan
+        names: set[str] = set()
+        for s in statements:
+            names |= _names(s)
+        for table in sorted(meta.resolve(names)):
+            create = _show_create(cur, table)
+            select, columns, pk = _row_sql(meta, table)
+            cur.execute(f"SELECT {select} FROM {_q(table)} FOR UPDATE")
+            rows = [r for _, r in cur.fetchall()]
+            counter = _AI.search(create)
+            plan["counters"][table] = int(counter.group(1)) if counter else None
+            plan["tables"][table] = {"scope": "table", "columns": columns, "create": create, "rows": rows,
+                                     "auto_increment": plan["counters"][table], "before": _fp(create, rows)}
+        return plan
+
+    def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
+        """A single UPDATE/DELETE whose rows its own WHERE identifies: (table, WHERE text, its params)."""
+        sql = statements[0]
+        try:
+            tree = sqlglot.parse_one(sql, read="mysql")
+        except sqlglot.errors.ParseError:
+            return None
+        if not isinstance(tree, (exp.Update, exp.Delete)):
+            return None
+        target = tree.this if isinstance(tree, exp.Update) else tree.args.get("this")
+        if not isinstance(target, exp.Table) or target.alias or target.args.get("db"):
+            return None
+        table = meta.tables.get(target.name.lower())
+        if table is None or not meta.pk.get(table) or meta.triggers.get(table) or meta.children.get(table):
+            return None
+        if any(tree.args.get(k) for k in ("from", "joins", "order", "limit", "using", "tables", "with")):
+            return None
+        where = tree.args.get("where")
+        if where is None or any(not isinstance(node, _SAFE_WHERE + (exp.Where,)) for node in where.walk()):
+            return None
+        if isinstance(tree, exp.Update):
+            assigned = {e.this.name.lower() for e in tree.expressions if isinstance(e, exp.EQ)
+                        and isinstance(e.this, exp.Column)}
+            if len(assigned) != len(tree.expressions):
+                return None
+            keys = {c.lower() for c in meta.pk[table]}
+            if assigned & keys:  # keys stay put, so the after-rows are found by the same keys
+                return None
+        tokens = _tokens(sql)
+        level = 0
+        marks = 0
+        for tok in tokens:
+            if tok.token_type == TokenType.L_PAREN:
+                level += 1
+            elif tok.token_type == TokenType.R_PAREN:
+                level -= 1
+            elif tok.token_type == TokenType.WHERE and level == 0:
+                text = sql[tok.start:]
+                query, args = convert_params(text, _where_params(params, marks))
+                return table, query, args
+            elif tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
+                marks += 1
+        return None
+
+    def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any]) -> None:
+        """Roll back; put back AUTO_INCREMENT positions and whatever DDL committed."""
+        _rollback(conn)
+        try:
+            self._reset_counters(conn, plan.get("counters") or {})
+            if before.get("mode") == "ddl":
+                self._restore_image(before, None, image_blobs=self._recent)
+        finally:
+            self._recent = {}
+            self._give(conn)
+
+    def _reset_counters(self, conn: Any, counters: dict[str, int | None]) -> None:
+        if not any(v is not None for v in counters.values()):
+            return
+        with conn.cursor() as cur:
+            for table, value in counters.items():
+                if value is not None and _auto_increment(cur, table) != value:
+                    cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
+
+    # -- undoing ---------------------------------------------------------------------------------
+
+    def conflicts(self, before: dict[str, Any], captured: dict[str, Any],
+                  get_blob: GetBlob | None = None) -> list[tuple[str, str]]:
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION")
+                now = self._now(cur, before, captured)
+        finally:
+            _rollback(conn)
+            _close(conn)
+        changed = self._changed(before, captured)
+        return [(f"{self.db}.{obj}", _differs(obj, captured["after"].get(obj), now.get(obj)))
+                for obj in sorted(changed) if now.get(obj) != captured["after"].get(obj)]
+
+    def _changed(self, before: dict[str, Any], captured: dict[str, Any]) -> set[str]:
+        """The objects the action changed."""
+        then = self._before_fps(before, captured)
+        after = captured["after"]
+        return {k for k in set(then) | set(after) if then.get(k) != after.get(k)}
+
+    def _now(self, cur: Any, before: dict[str, Any], captured: dict[str, Any]) -> dict[str, str | None]:
+        """Current fingerprints of what the action changed."""
+        if captured.get("mode") == "ddl":
+            state = _state(cur, self.db)
+            keys = set(captured["after"]) | set(before["image"]["state"])
+            return {k: state.get(k) for k in keys}
+        out: dict[str, str | None] = {}
+        meta = _Meta(cur, self.db)
+        for table, entry in captured["tables"].items():
+            if table not in meta.tables.values():
+                out[table] = None
+            elif entry["scope"] == "keys":
+                try:
+                    out[table] = _fp(None, _rows_by_keys(cur, meta, table, entry["keys"]) if entry["keys"] else [])
+                except pymysql.Error:
+                    out[table] = "schema:changed"
+            else:
+                out[table] = _fp(_show_create(cur, table), [r for _, r in _keyed(cur, meta, table)])
+        return out
+
+    def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool) -> None:
+        if captured is None:  # never committed: the transaction rolled back; undo DDL that committed
+            if before.get("mode") == "ddl":
+                self._restore_image(before, None, get_blob=get_blob)
+            return
+        if not force:
+            conn = self._admin()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("START TRANSACTION")
+                    now = self._now(cur, before, captured)
+            finally:
+                _rollback(conn)
+                _close(conn)
+            then = self._before_fps(before, captured)
+            after = captured["after"]
+            problems = [_differs(obj, after.get(obj), now.get(obj)) for obj in sorted(self._changed(before, captured))
+                        if now.get(obj) not in (after.get(obj), then.get(obj))]
+            if problems:
+                raise ActionFailed(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
+        if captured.get("mode") == "ddl":
+            self._restore_image(before, captured, get_blob=get_blob)
+        else:
+            self._restore_rows(captured, get_blob)
+
+    def _before_fps(self, before: dict[str, Any], captured: dict[str, Any]) -> dict[str, str | None]:
+        if captured.get("mode") == "ddl":
+            return dict(before["image"]["state"])
+        return {t: e["before"] for t, e in captured["tables"].items()}
+
+    def committed(self, before: dict[str, Any], captured: dict[str, Any],
+                  get_blob: GetBlob | None = None) -> tuple[str, str]:
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION")
+                now = self._now(cur, before, captured)
+        finally:
+            _rollback(conn)
+            _close(conn)
+        after = captured["after"]
+        then = self._before_fps(before, captured)
+        keys = self._changed(before, captured)
+        if all(now.get(k) == after.get(k) for k in keys):
+            return "applied", ""
+        if all(now.get(k) == then.get(k) for k in keys):
+            return "reverted", ""
+        odd = sorted(k for k in keys if now.get(k) not in (after.get(k), then.get(k)))
+        return "review", (f"{self.db} matches neither the state before nor the state after the action"
+                          + (f" ({', '.join(odd)})" if odd else " (some objects show one, some the other)"))
+
+    def _restore_rows(self, captured: dict[str, Any], get_blob: GetBlob) -> None:
+        tables = captured["tables"]
+        if not tables:
+            return
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                meta = _Meta(cur, self.db)
+                # triggers would fire on the restore: dropped for its duration and recreated exactly
+                # after (the recorded ones first, in their order: an undo a crash interrupted after
+                # dropping them finds them recorded; then any added since)
+                recorded: dict[str, list[dict[str, Any]]] = {}
+                for table, entry in tables.items():
+                    current = _trigger_defs(cur, self.db, table) if meta.triggers.get(table) else []
+                    names = {d["name"] for d in entry.get("triggers") or []}
+                    recorded[table] = list(entry.get("triggers") or []) + [d for d in current if d["name"] not in names]
+                    for trig in current:
+                        cur.execute(f"DROP TRIGGER IF EXISTS {_q(trig['name'])}")
+                cur.execute("START TRANSACTION")
+                for table, entry in sorted(tables.items()):
+                    rows = json.loads(get_blob(entry["blob"]))
+                    if entry["scope"] == "keys":
+                        pk = entry["pk"]
+                        for i in range(0, len(entry["keys"]), 500):
+                            chunk = entry["keys"][i:i + 500]
+                            cols = ",".join(_q(c) for c in pk)
+                            cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
+                                        + ",".join(f"({k})" for k in chunk) + ")")
+                    else:
+                        cur.execute(f"DELETE FROM {_q(table)}")
+                    _insert(cur, table, entry["columns"], rows)
+                conn.commit()
+                for table, entry in sorted(tables.items()):
+                    value = entry.get("auto_increment")
+                    if value is not None and _auto_increment(cur, table) != value:
+                        cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
+                existing = {n for ts in _Meta(cur, self.db).triggers.values() for n, _ in ts}
+                for table in sorted(tables):
+                    for trig in recorded.get(table) or []:
+                        if trig["name"] not in existing:
+                            _create_trigger(cur, trig)
+        finally:
+            _rollback(conn)
+            _close(conn)
+
+    def _restore_image(self, before: dict[str, Any], captured: dict[str, Any] | None,
+                       get_blob: GetBlob | None = None, image_blobs: dict[str, bytes] | None = None) -> None:
+        """Drop and recreate exactly the objects the action changed (all that differ from the image
+        among those its statements name, when it never committed)."""
+        image = before["image"]
+        then = image["state"]
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                now = _state(cur, self.db)
+                if captured is not None:
+                    scope = {k for k in set(then) | set(captured["after"]) if then.get(k) != captured["after"].get(k)}
+                else:
+                    names = {n.lower() for n in before.get("names", [])}
+                    meta = _Meta(cur, self.db)
+                    related = {t.lower() for t in meta.resolve(names)} | names
+                    for t, info in image["tables"].items():  # what the image's tables cascade to
+                        if t.lower() in related:
+                            related |= {c.lower() for c in info.get("children", [])}
+                    scope = set()
+                    for key in set(then) | set(now):
+                        kind, name = key.split(":", 1)
+                        table = (image["triggers"].get(name) or {}).get("table") if kind == "trigger" else name
+                        owner = table or next((t for t, ts in meta.triggers.items() if name in [n for n, _ in ts]), "")
+                        if name.lower() in related or (owner or "").lower() in related:
+                            scope.add(key)
+                todo = {k for k in scope if now.get(k) != then.get(k)}
+                if not todo:
+                    return
+                get = get_blob
+                tables = {k.split(":", 1)[1] for k in todo if k.startswith("table:")}
+                views = {k.split(":", 1)[1] for k in todo if k.startswith("view:")}
+                # trigger groups that differ are rebuilt whole, to keep their order
+                groups = set()
+                for k in todo:
+                    if k.startswith("trigger:"):
+                        name = k.split(":", 1)[1]
+                        for source in (image["triggers"].get(name), _current_trigger(cur, self.db, name)):
+                            if source:
+                                groups.add((source["table"], source["event"], source["timing"]))
+                current_views = {k.split(":", 1)[1] for k in now if k.startswith("view:")}
+                current_tables = {k.split(":", 1)[1] for k in now if k.startswith("table:")}
+                for v in sorted(views | (tables & current_views)):
+                    if v in current_views:
+                        cur.execute(f"DROP VIEW IF EXISTS {_q(v)}")
+                for t in sorted(tables | (views & current_tables)):
+                    if t in current_tables:
+                        cur.execute(f"DROP TABLE IF EXISTS {_q(t)}")
+                for group in sorted(groups):
+                    cur.execute("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND "
+                                "EVENT_OBJECT_TABLE=%s AND EVENT_MANIPULATION=%s AND ACTION_TIMING=%s",
+                                (self.db, *group))
+                    for (name,) in cur.fetchall():
+                        cur.execute(f"DROP TRIGGER IF EXISTS {_q(name)}")
+                for t in sorted(tables):
+                    info = image["tables"].get(t)
+                    if info is None:
+                        continue
+                    cur.execute(info["create"])
+                    rows: list[str] = []
+                    for blob in info["blobs"]:
+                        data = image_blobs[blob] if image_blobs and blob in image_blobs else get(blob)  # type: ignore[misc]
+                        rows.extend(json.loads(data))
+                    cur.execute("START TRANSACTION")
+                    _insert(cur, t, info["columns"], rows)
+                    conn.commit()
+                pending = [v for v in sorted(views) if v in image["views"]]
+                for _ in range(len(pending) + 1):  # views on views: until all exist
+                    left = []
+                    for v in pending:
+                        try:
+                            cur.execute(image["views"][v]["create"])
+                        except pymysql.Error:
+                            left.append(v)
+                    pending = left
+                    if not pending:
+                        break
+                existing = {n for ts in _Meta(cur, self.db).triggers.values() for n, _ in ts}
+                for trig in sorted(image["triggers"].values(), key=lambda d: (d["table"], d["event"], d["timing"],
+                                                                               d["order"])):
+                    if trig["name"] in existing:
+                        continue
+                    if trig["table"] in tables or (trig["table"], trig["event"], trig["timing"]) in groups:
+                        _create_trigger(cur, trig)
+        finally:
+            _rollback(conn)
+            _close(conn)
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def dump(self) -> str:
+        """Canonical text of the database: for every table (goex's own excluded) its SHOW CREATE
+        TABLE text, AUTO_INCREMENT position included, and its rows as SQL literals, sorted
+        (duplicates repeated); every view's definition; every trigger with its timing, event,
+        order and sql_mode."""
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                meta = _Meta(cur, self.db)
+                out = []
+                for table in sorted(meta.tables.values()):
+                    out.append(f"-- table {table}\n{_show_create(cur, table)}")
+                    cols = meta.columns.get(table, [])
+                    cur.execute("SELECT CONCAT_WS(','," + ",".join(_lit(c, t) for c, t, _ in cols) + ") FROM "
+                                + _q(table))
+                    out.extend(sorted(f"  ({r[0]})" for r in cur.fetchall()))
+                for view in sorted(meta.views):
+                    cur.execute(f"SHOW CREATE VIEW {_q(view)}")
+                    out.append(f"-- view {view}\n{cur.fetchone()[1]}")
+                for trig in sorted(_all_triggers(cur, self.db).values(),
+                                   key=lambda d: (d["table"], d["event"], d["timing"], d["order"])):
+                    out.append(f"-- trigger {trig['name']} {trig['timing']} {trig['event']} ON {trig['table']} "
+                               f"#{trig['order']} sql_mode={trig['sql_mode']}\n{trig['create']}")
+                return "\n".join(out) + "\n"
+        finally:
+            _rollback(conn)
+            _close(conn)
+
+    def close(self) -> None:
+        if self._spare is not None:
+            _close(self._spare)
+            self._spare = None
+
+
+# -- module helpers ------------------------------------------------------------------------------
+
+
+def _target(sql: str) -> str | None:
+    """The table a plain single-table UPDATE/DELETE names, from its first words."""
+    found = re.match(r"\s*(?:update\s+|delete\s+from\s+)`?([A-Za-z0-9_$]+)`?\s+(?:set|where)\b", sql, re.I)
+    return found.group(1) if found else None
+
+
+def _where_params(params: Any, skip: int) -> Any:
+    if isinstance(params, (list, tuple)):
+        return list(params)[skip:]
+    return params
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        if conn.open:
+            conn.rollback()
+    except pymysql.Error:
+        _close(conn)
+
+
+def _show_create(cur: Any, table: str) -> str:
+    cur.execute(f"SHOW CREATE TABLE {_q(table)}")
+    return cur.fetchone()[1]
+
+
+def _auto_increment(cur: Any, table: str) -> int | None:
+    try:
+        found = _AI.search(_show_create(cur, table))
+    except pymysql.Error:
+        return None
+    return int(found.group(1)) if found else None
+
+
+def _keyed(cur: Any, meta: _Meta, table: str) -> list[tuple[str | None, str]]:
+    select, _, _ = _row_sql(meta, table)
+    cur.execute(f"SELECT {select} FROM {_q(table)}")
+    return list(cur.fetchall())
+
+
+def _rows_by_keys(cur: Any, meta: _Meta, table: str, keys: list[str]) -> list[str]:
+    select, _, pk = _row_sql(meta, table)
+    assert pk
+    cols = ",".join(_q(c) for c in pk)
+    out = []
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        cur.execute(f"SELECT {select} FROM {_q(table)} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in chunk) + ")")
+        out.extend(r for _, r in cur.fetchall())
+    return out
+
+
+def _count_changes(then: list[tuple[str | None, str]], now: list[tuple[str | None, str]], keyed: bool) -> int:
+    if keyed:
+        a = {k: r for k, r in then}
+        b = {k: r for k, r in now}
+        return sum(1 for k in set(a) | set(b) if a.get(k) != b.get(k))
+    a_c, b_c = Counter(r for _, r in then), Counter(r for _, r in now)
+    return max(sum((a_c - b_c).values()), sum((b_c - a_c).values()))
+
+
+def _insert(cur: Any, table: str, columns: list[str], rows: list[str]) -> None:
+    if not rows:
+        return
+    head = f"INSERT INTO {_q(table)} (" + ",".join(_q(c) for c in columns) + ") VALUES "
+    batch: list[str] = []
+    size = 0
+    for row in rows:
+        batch.append(f"({row})")
+        size += len(row) + 3
+        if size >= _BATCH:
+            cur.execute(head + ",".join(batch))
+            batch, size = [], 0
+    if batch:
+        cur.execute(head + ",".join(batch))
+
+
+def _all_triggers(cur: Any, db: str) -> dict[str, dict[str, Any]]:
+    cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_TIMING, ACTION_ORDER "
+                "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s", (db,))
+    out = {}
+    for name, table, event, timing, order in cur.fetchall():
+        if is_goex_name(name):
+            continue
+        cur.execute(f"SHOW CREATE TRIGGER {_q(name)}")
+        row = cur.fetchone()
+        out[name] = {"name": name, "table": table, "event": event, "timing": timing, "order": int(order),
+                     "sql_mode": row[1], "create": row[2]}
+    return out
+
+
+def _trigger_defs(cur: Any, db: str, table: str) -> list[dict[str, Any]]:
+    defs = [d for d in _all_triggers(cur, db).values() if d["table"] == table]
+    return sorted(defs, key=lambda d: (d["event"], d["timing"], d["order"]))
+
+
+def _current_trigger(cur: Any, db: str, name: str) -> dict[str, Any] | None:
+    cur.execute("SELECT EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_TIMING FROM information_schema.TRIGGERS "
+                "WHERE TRIGGER_SCHEMA=%s AND TRIGGER_NAME=%s", (db, name))
+    row = cur.fetchone()
+    return {"table": row[0], "event": row[1], "timing": row[2]} if row else None
+
+
+def _create_trigger(cur: Any, trig: dict[str, Any]) -> None:
+    cur.execute("SELECT @@SESSION.sql_mode")
+    mode = cur.fetchone()[0]
+    cur.execute("SET SESSION sql_mode=%s", (trig["sql_mode"],))
+    try:
+        cur.execute(trig["create"])
+    finally:
+        cur.execute("SET SESSION sql_mode=%s", (mode,))
+
+
+def _state(cur: Any, db: str) -> dict[str, str]:
+    """Fingerprint of every table, view and trigger (goex's own excluded)."""
+    meta = _Meta(cur, db)
+    out = {}
+    for table in meta.tables.values():
+        out[f"table:{table}"] = _fp(_show_create(cur, table), [r for _, r in _keyed(cur, meta, table)])
+    for view in meta.views:
+        cur.execute(f"SHOW CREATE VIEW {_q(view)}")
+        out[f"view:{view}"] = _fp(cur.fetchone()[1], [])
+    for name, trig in _all_triggers(cur, db).items():
+        out[f"trigger:{name}"] = _fp(json.dumps(trig, sort_keys=True), [])
+    return out
+
+
+def _database_image(cur: Any, db: str, put_blob: PutBlob) -> dict[str, Any]:
+    meta = _Meta(cur, db)
+    tables = {}
+    state = {}
+    for table in meta.tables.values():
+        create = _show_create(cur, table)
+        select, columns, _ = _row_sql(meta, table)
+        cur.execute(f"SELECT {select} FROM {_q(table)}")
+        rows = sorted(r for _, r in cur.fetchall())
+        blobs = []
+        chunk: list[str] = []
+        size = 0
+        for row in rows:
+            chunk.append(row)
+            size += len(row)
+            if size >= 4 * _BATCH:
+                blobs.append(put_blob(json.dumps(chunk).encode()))
+                chunk, size = [], 0
+        if chunk or not blobs:
+            blobs.append(put_blob(json.dumps(chunk).encode()))
+        tables[table] = {"create": create, "columns": columns, "blobs": blobs,
+                         "children": sorted(meta.children.get(table, ()))}
+        state[f"table:{table}"] = _fp(create, rows)
+    views = {}
+    for view in meta.views:
+        cur.execute(f"SHOW CREATE VIEW {_q(view)}")
+        create = cur.fetchone()[1]
+        views[view] = {"create": create}
+        state[f"view:{view}"] = _fp(create, [])
+    triggers = _all_triggers(cur, db)
+    for name, trig in triggers.items():
+        state[f"trigger:{name}"] = _fp(json.dumps(trig, sort_keys=True), [])
+    return {"tables": tables, "views": views, "triggers": triggers, "state": state}

@@ -1,0 +1,1078 @@
+"""PostgreSQL engine, through psycopg 3.
+
+Two ways of keeping what undo needs, chosen per action:
+
+* Row changes (INSERT, UPDATE, DELETE, MERGE, upserts, and whatever they cause through foreign-key
+  actions and user triggers) are captured row by row. Inside the action's own transaction goex
+  creates an AFTER ROW trigger on every table the statements can reach (the tables they name,
+  their inheritance children, tables reachable through ON DELETE/UPDATE CASCADE / SET NULL /
+  SET DEFAULT, and every user table when a user trigger, rule, view or user function is
+  involved), and drops it again before the commit. PostgreSQL DDL is transactional, so no other
+  client ever sees these triggers. Each trigger appends the old and new row (in the row type's
+  text form, which round-trips every type exactly) to a temporary table; at capture time the
+  log is reduced to its net effect per table: the rows the action added and the rows it
+  removed. Undo deletes the added rows and puts the removed ones back, in one transaction with
+  `session_replication_role = replica`, so neither user triggers nor foreign-key actions fire.
+
+* Statements that change the schema (DDL, TRUNCATE, and SQL sqlglot cannot read) take the
+  simplest exact route: a `pg_dump` of every user schema taken before the action, restored in
+  one transaction on undo. A fingerprint taken in the same snapshot as the dump is checked
+  again when the action starts, so a dump that is already stale is never used.
+
+Sequences advance outside transactions; their positions are read before and after each action
+(and after dry runs and failed actions) and set back.
+
+Everything goex keeps in the database lives in schema `goex` (its functions) and in a
+temporary table of its own session; neither appears in `dump()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import sqlglot
+from psycopg import sql as pgsql
+from sqlglot import exp
+from sqlglot.tokens import TokenType
+
+from ...errors import ActionFailed
+from ...journal.store import CHUNK
+from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name, split_tokens
+
+__all__ = ["PostgresEngine", "convert_params", "dump"]
+
+VERSION = "v1"
+INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
+ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
+_USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
+            "AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'")
+
+# Transaction control, session state, and work that cannot run inside a transaction.
+_REFUSED_FIRST = {
+    "begin": "transaction control", "start": "transaction control", "commit": "transaction control",
+    "rollback": "transaction control", "savepoint": "transaction control", "release": "transaction control",
+    "end": "transaction control", "abort": "transaction control",
+    "prepare": "PREPARE (and PREPARE TRANSACTION)", "execute": "EXECUTE of a prepared statement",
+    "deallocate": "DEALLOCATE", "set": "SET", "reset": "RESET", "discard": "DISCARD", "load": "LOAD",
+    "copy": "COPY", "vacuum": "VACUUM", "cluster": "CLUSTER", "reindex": "REINDEX", "checkpoint": "CHECKPOINT",
+    "unlisten": None, "listen": None, "notify": None,
+}
+# Objects outside the database, or that act on every session: goex cannot take them back.
+_REFUSED_PHRASES = {
+    "alter role", "alter user", "alter group", "create group", "drop group", "create tablespace", "drop tablespace",
+    "alter tablespace", "create subscription", "alter subscription", "drop subscription", "create event trigger",
+    "alter event trigger", "drop event trigger", "alter default privileges", "reassign owned", "drop owned",
+    "security label", "create server", "alter server", "drop server", "create user mapping", "alter user mapping",
+    "drop user mapping", "create foreign data wrapper", "alter foreign data wrapper", "drop foreign data wrapper",
+    "import foreign schema", "alter large object", "create publication", "alter publication", "drop publication",
+}
+_REFUSED_FUNCS = {
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
+    "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_file_write", "pg_file_rename", "pg_file_unlink",
+    "pg_file_sync", "lo_import", "lo_export", "lo_unlink", "lo_create", "lo_creat", "lo_from_bytea", "lo_put",
+    "lo_open", "lo_truncate", "lowrite", "pg_terminate_backend", "pg_cancel_backend", "set_config",
+    "pg_reload_conf", "pg_rotate_logfile", "pg_promote", "pg_switch_wal", "pg_create_restore_point",
+    "pg_logical_emit_message", "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+    "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot", "pg_drop_replication_slot", "pg_replication_origin_create",
+    "pg_import_system_collations", "txid_current_snapshot", "pg_export_snapshot",
+}
+
+_SETUP = f"""
+CREATE SCHEMA IF NOT EXISTS goex;
+COMMENT ON SCHEMA goex IS 'goex: undo support for actions run through goex; do not edit';
+
+CREATE OR REPLACE FUNCTION goex.capture_{VERSION}() RETURNS trigger LANGUAGE plpgsql AS $goex$
+BEGIN
+  INSERT INTO pg_temp.goex_log(rel, old, new) VALUES (TG_RELID, OLD::text, NEW::text);
+  RETURN NULL;
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.sequences_{VERSION}() RETURNS jsonb LANGUAGE plpgsql AS $goex$
+DECLARE r record; out jsonb := '{{}}'; lv bigint; ic boolean;
+BEGIN
+  FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND {_USER_NS} LOOP
+    EXECUTE format('SELECT last_value, is_called FROM %s', r.q) INTO lv, ic;
+    out := out || jsonb_build_object(r.q, jsonb_build_array(lv, ic));
+  END LOOP;
+  RETURN out;
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.counts_{VERSION}() RETURNS jsonb LANGUAGE plpgsql AS $goex$
+DECLARE r record; out jsonb := '{{}}'; cnt bigint;
+BEGIN
+  FOR r IN SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') AND {_USER_NS} LOOP
+    EXECUTE format('SELECT count(*) FROM ONLY %s', r.q) INTO cnt;
+    out := out || jsonb_build_object(r.oid::text, cnt);
+  END LOOP;
+  RETURN out;
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.start_{VERSION}(names text[], funcs text[], everything boolean, install boolean)
+RETURNS jsonb LANGUAGE plpgsql AS $goex$
+DECLARE
+  rels oid[] := '{{}}'; grown oid[]; r oid; k "char"; nm text; t oid; done oid[] := '{{}}'; reach boolean;
+BEGIN
+  DELETE FROM pg_temp.goex_log;
+  IF NOT everything THEN
+    FOREACH nm IN ARRAY names LOOP
+      BEGIN
+        r := to_regclass(nm);
+      EXCEPTION WHEN OTHERS THEN r := NULL;
+      END;
+      CONTINUE WHEN r IS NULL;
+      SELECT relkind INTO k FROM pg_class WHERE oid = r;
+      IF k IN ('r', 'p') THEN
+        rels := rels || r;
+      ELSIF k = 'f' THEN
+        RAISE EXCEPTION 'goex cannot undo writes to the foreign table %; write to it outside goex', r::regclass;
+      ELSIF k IN ('v', 'm') THEN
+        everything := true;
+      END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')) THEN
+      everything := true;
+    END IF;
+  END IF;
+  reach := EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = ANY(rels))
+        OR EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = ANY(rels)
+                   AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd')));
+  IF NOT everything THEN
+    LOOP
+      SELECT coalesce(array_agg(DISTINCT x), '{{}}') INTO grown FROM (
+        SELECT unnest(rels) AS x
+        UNION SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = ANY(rels)
+        UNION SELECT c.conrelid FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = ANY(rels)
+          AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd'))
+      ) s;
+      EXIT WHEN cardinality(grown) = cardinality(rels);
+      rels := grown;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = ANY(rels) AND NOT g.tgisinternal)
+       OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = ANY(rels) AND w.rulename <> '_RETURN') THEN
+      everything := true;
+    END IF;
+  END IF;
+  IF NOT install AND NOT everything AND NOT reach THEN
+    RETURN jsonb_build_object('rels', '[]'::jsonb, 'plain', true, 'seqs', goex.sequences_{VERSION}());
+  END IF;
+  IF everything THEN
+    SELECT coalesce(array_agg(c.oid), '{{}}') INTO rels FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'r' AND {_USER_NS};
+  END IF;
+  FOR t IN SELECT c.oid FROM pg_class c WHERE c.oid = ANY(rels) AND c.relkind = 'r' ORDER BY c.oid LOOP
+    EXECUTE format('CREATE TRIGGER goex_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION goex.capture_{VERSION}()', t::regclass);
+    done := done || t;
+  END LOOP;
+  RETURN jsonb_build_object('rels', to_jsonb(done), 'plain', false, 'seqs', goex.sequences_{VERSION}());
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.finish_{VERSION}(rels oid[]) RETURNS jsonb LANGUAGE plpgsql AS $goex$
+DECLARE
+  t oid; rec record; counts jsonb; tables jsonb := '[]';
+BEGIN
+  FOREACH t IN ARRAY rels LOOP
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = t) THEN
+      EXECUTE format('DROP TRIGGER IF EXISTS goex_capture ON %s', t::regclass);
+    END IF;
+  END LOOP;
+  FOR rec IN
+    SELECT d.rel, format('%I.%I', n.nspname, c.relname) AS name, d.rows, d.vals,
+      (SELECT jsonb_agg(a.attname ORDER BY k.o) FROM pg_index i
+         CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
+         WHERE i.indrelid = d.rel AND i.indisprimary) AS key,
+      (SELECT jsonb_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
+         WHERE a.attrelid = d.rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') AS columns,
+      (SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum))
+         FROM pg_attribute a WHERE a.attrelid = d.rel AND a.attnum > 0 AND NOT a.attisdropped) AS shape
+    FROM (
+      SELECT g.rel, jsonb_agg(jsonb_build_array(g.j, g.n) ORDER BY g.j) AS rows, array_agg(g.j) AS vals
+      FROM (
+        SELECT u.rel, u.j, sum(u.s) AS n FROM (
+          SELECT l.rel, l.new AS j, 1 AS s FROM pg_temp.goex_log l WHERE l.new IS NOT NULL
+          UNION ALL SELECT l.rel, l.old, -1 FROM pg_temp.goex_log l WHERE l.old IS NOT NULL
+        ) u GROUP BY u.rel, u.j HAVING sum(u.s) <> 0
+      ) g GROUP BY g.rel
+    ) d JOIN pg_class c ON c.oid = d.rel JOIN pg_namespace n ON n.oid = c.relnamespace
+    ORDER BY 2
+  LOOP
+    counts := NULL;
+    IF rec.key IS NULL THEN
+      EXECUTE format('SELECT jsonb_object_agg(j, c) FROM (SELECT x::text AS j, count(*) AS c FROM ONLY %s x '
+                     'WHERE x::text = ANY($1) GROUP BY 1) s', rec.rel::regclass) INTO counts USING rec.vals;
+      counts := coalesce(counts, '{{}}');
+    END IF;
+    tables := tables || jsonb_build_array(jsonb_build_object(
+      'table', rec.name, 'key', rec.key, 'columns', rec.columns, 'shape', rec.shape, 'rows', rec.rows,
+      'counts', counts));
+  END LOOP;
+  DELETE FROM pg_temp.goex_log;
+  RETURN jsonb_build_object('xid', pg_current_xact_id()::text, 'tables', tables,
+                            'seqs', goex.sequences_{VERSION}());
+END
+$goex$;
+"""
+
+_LOG = "CREATE TEMP TABLE IF NOT EXISTS goex_log (rel oid, old text, new text)"
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+def convert_params(statement: str, params: Any, dialect: str = "postgres") -> tuple[str, Any]:
+    """`statement` and `params` in psycopg's style: `?` becomes `%s` (params a list), `:name`
+    becomes `%(name)s` (params a mapping), literal `%` becomes `%%`. Placeholders are found with
+    sqlglot's tokenizer, so a `?` or `:x` inside a string or comment stays as it is. Without
+    params the statement is returned unchanged."""
+    if params is None:
+        return statement, None
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(statement)
+    except sqlglot.errors.TokenError as exc:
+        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+    pieces: list[str] = []
+    pos = 0
+    positional = named = 0
+    for i, tok in enumerate(tokens):
+        if tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
+            pieces += [statement[pos:tok.start].replace("%", "%%"), "%s"]
+            pos = tok.end + 1
+            positional += 1
+        elif tok.token_type == TokenType.COLON and i + 1 < len(tokens) and tokens[i + 1].start == tok.end + 1:
+            nxt = tokens[i + 1]
+            name = statement[nxt.start:nxt.end + 1]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                continue
+            pieces += [statement[pos:tok.start].replace("%", "%%"), f"%({name})s"]
+            pos = nxt.end + 1
+            named += 1
+    pieces.append(statement[pos:].replace("%", "%%"))
+    text = "".join(pieces)
+    if isinstance(params, dict):
+        if positional:
+            raise ActionFailed("sql.execute: params is a mapping but the SQL uses '?'; use :name placeholders")
+        return text, dict(params)
+    if isinstance(params, (list, tuple)):
+        if named:
+            raise ActionFailed("sql.execute: params is a list but the SQL uses :name; use '?' placeholders")
+        return text, tuple(params)
+    raise ActionFailed("sql.execute: params must be a list (for '?') or a mapping (for :name)")
+
+
+# -- statement plans -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, bool]:
+    """(row capture suffices, tables named (quoted, qualified), function names, kind, whether it is
+    a single INSERT/UPDATE/DELETE/MERGE whose row count is what it changes in the tables it names)."""
+    from .common import kind_of
+    try:
+        tree = sqlglot.parse_one(statement, read="postgres")
+    except sqlglot.errors.SqlglotError:
+        return False, (), (), "", False
+    if tree is None:
+        return False, (), (), "", False
+    kind = kind_of(tree, statement)
+    rows = kind in ROW_KINDS and not isinstance(tree, exp.Command) and tree.find(exp.Into) is None
+    tables = set()
+    for table in tree.find_all(exp.Table):
+        parts = [p for p in (table.args.get("catalog"), table.args.get("db"), table.this) if p is not None]
+        if not parts or not all(isinstance(p, exp.Identifier) for p in parts):
+            continue
+        tables.add(".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts))
+    funcs = set()
+    for func in tree.find_all(exp.Anonymous):
+        name = func.name
+        if name:
+            funcs.add(name.lower())
+    writes = list(tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge))
+    simple = rows and kind in ("insert", "update", "delete", "merge") and len(writes) == 1
+    return rows, tuple(sorted(tables)), tuple(sorted(funcs)), kind, simple
+
+
+def _strip_comments(statement: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
+
+
+# -- the engine ------------------------------------------------------------------------------------
+
+
+class PostgresEngine:
+    kind = "postgresql"
+    dialect = "postgres"
+
+    def __init__(self, url: str):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        self.url = url
+        self.name = unquote(urlsplit(url).path.lstrip("/")) or "postgres"
+        self._idle: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self._ready = False
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            raise ActionFailed(f"sql.execute: cannot connect to PostgreSQL database {self.name!r}: "
+                               f"{str(exc).strip()}") from None
+        if not self._ready:
+            self._setup(conn)
+        conn.execute(_LOG)
+        return conn
+
+    def _setup(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(f"SELECT to_regprocedure('goex.finish_{VERSION}(oid[])') IS NOT NULL").fetchone()
+        if not (row and row[0]):
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(7306007145)")
+                row = conn.execute(f"SELECT to_regprocedure('goex.finish_{VERSION}(oid[])') IS NOT NULL").fetchone()
+                if not (row and row[0]):
+                    conn.execute(_SETUP.encode())
+        self._ready = True
+
+    def _take(self) -> psycopg.Connection:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    return conn
+                conn.close()
+        return self._connect()
+
+    def _give(self, conn: psycopg.Connection, reuse: bool = True) -> None:
+        if conn.closed:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                reuse = False
+        with self._lock:
+            if reuse and len(self._idle) < 4:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- analysis --------------------------------------------------------------------------------
+
+    def split(self, sql: str) -> list[str]:
+        return split_tokens(sql, "postgres")
+
+    def check(self, statement: str, analysis: dict[str, Any]) -> None:
+        words = _strip_comments(statement).lower().split()
+        first = words[0].strip("(;") if words else ""
+        if first in _REFUSED_FIRST and _REFUSED_FIRST[first] is not None:
+            what = _REFUSED_FIRST[first]
+            if what == "transaction control":
+                raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction and "
+                                 "commits it itself; send the statements without transaction control")
+            if first in ("set", "reset"):
+                raise SqlRefused(f"{what} is not allowed: session settings (session_replication_role, search_path, "
+                                 "roles, ...) can switch off or bypass undo capture; qualify names in the "
+                                 "statements instead")
+            if first in ("vacuum", "cluster", "reindex", "checkpoint", "discard", "load"):
+                raise SqlRefused(f"{what} is not allowed: it cannot run inside the action's transaction or "
+                                 "reaches beyond it; run maintenance outside goex")
+            if first == "copy":
+                raise SqlRefused("COPY is not allowed: it reads or writes server files, programs or the client "
+                                 "stream outside the action; use INSERT ... VALUES / INSERT ... SELECT or SELECT")
+            raise SqlRefused(f"{what} is not allowed: prepared statements outlive the action and hide what runs; "
+                             "send the statement itself")
+        for phrase in _REFUSED_PHRASES:
+            if " ".join(words[:len(phrase.split())]) == phrase:
+                raise SqlRefused(f"{phrase.upper()} is not allowed: it changes roles, servers, replication or "
+                                 "defaults beyond this database's schemas, which goex cannot take back; run it "
+                                 "outside goex")
+        if "concurrently" in words:
+            raise SqlRefused("CONCURRENTLY is not allowed: it cannot run inside the action's transaction; "
+                             "leave out CONCURRENTLY")
+        try:
+            tokens = sqlglot.Dialect.get_or_raise("postgres").tokenize(statement)
+        except sqlglot.errors.TokenError as exc:
+            raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+        for i, tok in enumerate(tokens):
+            if tok.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.RAW_STRING,
+                                  TokenType.HEREDOC_STRING, TokenType.BIT_STRING, TokenType.HEX_STRING,
+                                  TokenType.BYTE_STRING, TokenType.NUMBER):
+                continue
+            text = tok.text.lower()
+            if text == "goex" or is_goex_name(text):
+                raise SqlRefused(f"{tok.text!r} names goex's own objects (schema goex holds its undo support); "
+                                 "they are not for actions")
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if nxt is not None and nxt.token_type == TokenType.L_PAREN and (
+                    text in _REFUSED_FUNCS or text.startswith("dblink")):
+                raise SqlRefused(f"{text}() is not allowed: it reaches server files, other sessions, other "
+                                 "databases or session settings, outside the action's transaction and undo")
+
+    # -- dry run ---------------------------------------------------------------------------------
+
+    def _rows_mode(self, statements: list[str]) -> bool:
+        return all(_plan(s)[0] for s in statements)
+
+    def _start(self, conn: psycopg.Connection, statements: list[str], everything: bool,
+               install: bool = True) -> dict[str, Any]:
+        tables = sorted({t for s in statements for t in _plan(s)[1]})
+        funcs = sorted({f for s in statements for f in _plan(s)[2]})
+        query = pgsql.SQL("BEGIN; SELECT goex.start_{}({}::text[], {}::text[], {}, {})").format(
+            pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
+            pgsql.Literal(install))
+        cur = conn.execute(query)
+        cur.nextset()
+        row = cur.fetchone()
+        assert row is not None
+        return row[0]
+
+    def dry_run(self, statements: list[str], params: Any) -> int:
+        """Rows the statements would change (foreign-key actions, triggers, and the rows of tables
+        dropped or truncated included), by running them in a transaction that is rolled back."""
+        rows_mode = self._rows_mode(statements)
+        conn = self._take() if rows_mode else self._connect()
+        seqs_before: dict[str, Any] = {}
+        seqs_after: dict[str, Any] | None = None
+        try:
+            simple = rows_mode and all(_plan(s)[4] for s in statements)
+            try:
+                started = self._start(conn, statements, not rows_mode, install=not simple)
+            except psycopg.Error as exc:
+                raise _error(self.name, exc, "nothing was applied") from None
+            seqs_before = started["seqs"]
+            counts_before = {} if rows_mode else _one(conn, f"SELECT goex.counts_{VERSION}()")
+            counted = 0
+            for n, statement in enumerate(statements):
+                text, values = convert_params(statement, params)
+                try:
+                    cur = conn.execute(text, values)
+                except psycopg.Error as exc:
+                    raise _error(self.name, exc, "nothing was applied", n, len(statements)) from None
+                counted += max(cur.rowcount, 0)
+            try:
+                logged, seqs_after = conn.execute(
+                    f"SELECT (SELECT count(*) FROM pg_temp.goex_log), goex.sequences_{VERSION}()").fetchone()
+                changed = counted if started.get("plain") else logged
+                if not rows_mode:
+                    counts_after = _one(conn, f"SELECT goex.counts_{VERSION}()")
+                    logged = conn.execute("SELECT rel::text, sum((new IS NOT NULL)::int - (old IS NOT NULL)::int) "
+                                          "FROM pg_temp.goex_log GROUP BY 1").fetchall()
+                    net = {rel: int(n) for rel, n in logged}
+                    for rel in set(counts_before) | set(counts_after):
+                        if rel not in counts_after:
+                            changed += counts_before[rel]
+                        elif rel not in counts_before:
+                            changed += counts_after[rel]
+                        else:
+                            changed += abs(counts_after[rel] - counts_before[rel] - net.get(rel, 0))
+            except psycopg.Error as exc:
+                raise _error(self.name, exc, "nothing was applied") from None
+            return int(changed)
+        finally:
+            _rollback(conn)
+            _reset_sequences(conn, seqs_before, seqs_after)
+            self._give(conn, rows_mode)
+
+    # -- doing -----------------------------------------------------------------------------------
+
+    def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
+        if self._rows_mode(statements):
+            return {"mode": "rows"}
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            snapshot = _one(conn, "SELECT pg_export_snapshot()")
+            script = _pg_dump(self.url, snapshot)
+            fingerprint = _fingerprint(_objects(conn))
+        finally:
+            _rollback(conn)
+            conn.close()
+        chunks = [put_blob(script[i:i + CHUNK]) for i in range(0, len(script), CHUNK)]
+        return {"mode": "dump", "chunks": chunks, "size": len(script), "sha": hashlib.sha256(script).hexdigest(),
+                "fingerprint": _digest(fingerprint)}
+
+    def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+              before: dict[str, Any]) -> Staged:
+        mode = before.get("mode") or ("rows" if self._rows_mode(statements) else "dump")
+        reads = all(a.get("kind") in ("select", "union", "intersect", "except", "values") for a in analyses) \
+            and all(_plan(s)[0] for s in statements)
+        rows_mode = mode == "rows"
+        conn = self._take() if rows_mode else self._connect()
+        state: dict[str, Any] = {"seqs": {}, "seqs_after": None, "rels": []}
+
+        def fail() -> None:
+            _rollback(conn)
+            _reset_sequences(conn, state["seqs"], state["seqs_after"])
+            self._give(conn, rows_mode)
+
+        try:
+            try:
+                if rows_mode and not reads:
+                    started = self._start(conn, statements, False)
+                    state["rels"] = started["rels"]
+                    state["seqs"] = started["seqs"]
+                else:
+                    conn.execute("BEGIN")
+                    state["seqs"] = _one(conn, f"SELECT goex.sequences_{VERSION}()")
+                if mode == "dump" and "fingerprint" in before:  # a write: its dump must still be current
+                    now = _digest(_fingerprint(_objects(conn)))
+                    if now != before.get("fingerprint"):
+                        raise ActionFailed(f"sql.execute on {self.name}: the database changed between the snapshot "
+                                           "goex took for undo and the start of the action; nothing was applied; "
+                                           "run the action again")
+            except psycopg.Error as exc:
+                raise _error(self.name, exc) from None
+            output: dict[str, Any] = {}
+            changed = 0
+            for n, statement in enumerate(statements):
+                text, values = convert_params(statement, params)
+                try:
+                    cur = conn.execute(text, values)
+                except psycopg.Error as exc:
+                    raise _error(self.name, exc, "nothing of it was applied", n, len(statements)) from None
+                if cur.description is not None:
+                    output = format_rows([d.name for d in cur.description], cur)
+                elif cur.rowcount and cur.rowcount > 0:
+                    changed += cur.rowcount
+            if not output:
+                output = {"rows_changed": changed}
+        except BaseException:
+            fail()
+            raise
+
+        def capture(put_blob: PutBlob) -> dict[str, Any]:
+            try:
+                if rows_mode:
+                    done = _one(conn, pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(
+                        pgsql.SQL(VERSION), pgsql.Literal(state["rels"])))
+                    state["seqs_after"] = done["seqs"]
+                    tables = done["tables"]
+                    body = json.dumps(tables, separators=(",", ":"), sort_keys=True).encode()
+                    out: dict[str, Any] = {"mode": "rows", "xid": done["xid"]}
+                    if len(body) > INLINE_LIMIT:
+                        out["tables_blobs"] = [put_blob(body[i:i + CHUNK]) for i in range(0, len(body), CHUNK)]
+                    else:
+                        out["tables"] = tables
+                    out["sequences"] = _changed_sequences(state["seqs"], done["seqs"])
+                    out["after"] = {"xid": done["xid"], "rows": hashlib.sha256(body).hexdigest(),
+                                    "shapes": {t["table"]: t["shape"] for t in tables},
+                                    "sequences": {k: v[1] for k, v in out["sequences"].items()}}
+                    return out
+                xid = _one(conn, "SELECT pg_current_xact_id()::text")
+                objects = _fingerprint(_objects(conn))
+                state["seqs_after"] = _one(conn, f"SELECT goex.sequences_{VERSION}()")
+                return {"mode": "dump", "xid": xid, "after": {"xid": xid, "objects": objects}}
+            except psycopg.Error as exc:
+                fail()
+                raise _error(self.name, exc) from None
+
+        def commit() -> None:
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                fail()
+                raise _error(self.name, exc, "the commit failed; nothing of it was applied") from None
+            self._give(conn, rows_mode)
+
+        def abort() -> None:
+            fail()
+
+        return Staged(output, capture, commit, abort)
+
+    # -- undoing ---------------------------------------------------------------------------------
+
+    def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            if captured.get("mode") == "dump":
+                return _object_differences(captured["after"]["objects"], _fingerprint(_objects(conn)), self.name)
+            found: list[tuple[str, str]] = []
+            for table in _tables(captured, get_blob):
+                state, problems = _examine(conn, table, lock=False)
+                if state == "conflict":
+                    found += [(f"{self.name}.{table['table']}", p) for p in problems]
+            for name, (_, after) in (captured.get("sequences") or {}).items():
+                now = _sequence(conn, name)
+                if now is not None and now != after:
+                    found.append((f"{self.name}.{name}", f"sequence moved since the action: {after} -> {now}"))
+            return found
+        finally:
+            _rollback(conn)
+            conn.close()
+
+    def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool) -> None:
+        if captured is None:  # never committed: PostgreSQL rolled it back
+            return
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
+            if captured.get("mode") == "dump" or before.get("mode") == "dump":
+                now = _fingerprint(_objects(conn))
+                if _digest(now) == before.get("fingerprint"):
+                    return  # already undone
+                differences = _object_differences(captured["after"]["objects"], now, self.name)
+                if differences and not force:
+                    raise ActionFailed(f"undo on {self.name} stopped, the database changed since the action: "
+                                       + "; ".join(f"{t}: {w}" for t, w in differences[:20]))
+                script = b"".join(get_blob(c) for c in before["chunks"])
+                if hashlib.sha256(script).hexdigest() != before["sha"]:
+                    raise ActionFailed(f"undo on {self.name}: the stored dump does not match its checksum")
+                _drop_user_objects(conn)
+                conn.execute(_runnable(script))
+                conn.execute("COMMIT")
+                return
+            tables = _tables(captured, get_blob)
+            plans = []
+            problems: list[str] = []
+            for table in tables:
+                state, found = _examine(conn, table, lock=True)
+                if state == "conflict" and not force:
+                    problems += [f"{table['table']}: {p}" for p in found]
+                plans.append((table, state))
+            sequences = captured.get("sequences") or {}
+            for name, (then, after) in sequences.items():
+                now = _sequence(conn, name)
+                if now is not None and now not in (after, then) and not force:
+                    problems.append(f"{name}: sequence moved since the action: {after} -> {now}")
+            if problems:
+                raise ActionFailed(f"undo on {self.name} stopped, the data changed since the action: "
+                                   f"{'; '.join(problems)}")
+            for table, state in plans:
+                if state != "before":
+                    _delete_added(conn, table, force)
+            for table, state in plans:
+                if state != "before":
+                    _insert_removed(conn, table)
+            for name, (then, after) in sequences.items():
+                if _sequence(conn, name) is not None:
+                    conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                        pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
+                               f"{_message(exc)}") from None
+        finally:
+            _rollback(conn)
+            conn.close()
+
+    def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
+        conn = self._connect()
+        try:
+            status = None
+            try:
+                status = _one(conn, pgsql.SQL("SELECT pg_xact_status({}::xid8)").format(
+                    pgsql.Literal(captured["xid"])))
+            except psycopg.Error:
+                _rollback(conn)
+            if status == "committed":
+                return "applied", ""
+            if status == "aborted":
+                return "reverted", ""
+            if status == "in progress":
+                return "review", (f"the action's transaction {captured['xid']} on {self.name} is still open; "
+                                  "wait for it to end, then recover again")
+            # the server no longer knows the transaction: read the state off the data
+            conn.execute("BEGIN")
+            if captured.get("mode") == "dump":
+                if _fingerprint(_objects(conn)) == captured["after"]["objects"]:
+                    return "applied", ""
+                if _digest(_fingerprint(_objects(conn))) == before.get("fingerprint"):
+                    return "reverted", ""
+            else:
+                states = {_examine(conn, t, lock=False)[0] for t in _tables(captured, get_blob)}
+                if states <= {"after"}:
+                    return "applied", ""
+                if states == {"before"}:
+                    return "reverted", ""
+            return "review", f"{self.name} matches neither the state before nor the state after the action"
+        finally:
+            _rollback(conn)
+            conn.close()
+
+    def dump(self) -> str:
+        return dump(self.url)
+
+
+# -- row capture helpers ---------------------------------------------------------------------------
+
+
+def _tables(captured: dict[str, Any], get_blob: GetBlob) -> list[dict[str, Any]]:
+    if "tables_blobs" in captured:
+        return json.loads(b"".join(get_blob(c) for c in captured["tables_blobs"]))
+    return captured.get("tables") or []
+
+
+def _ident(name: str) -> pgsql.Composable:
+    """A qualified name as the catalog queries wrote it (format('%I.%I'): already quoted)."""
+    return pgsql.SQL(name)
+
+
+def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tuple[str, list[str]]:
+    """Whether `table` shows the action's after-state ("after"), the state before it ("before"),
+    or something else ("conflict", with what differs)."""
+    name = _ident(table["table"])
+    shape = conn.execute(
+        "SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)) "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (table["table"],)).fetchone()
+    if shape is None or shape[0] is None:
+        return "conflict", ["the table is gone"]
+    if shape[0] != table["shape"]:
+        return "conflict", ["the table's columns changed since the action"]
+    rows = table["rows"]
+    values = [r[0] for r in rows]
+    if table.get("key"):
+        key = table["key"]
+        mine = pgsql.SQL(", ").join(pgsql.SQL("(r::{}).{}").format(name, pgsql.Identifier(k)) for k in key)
+        theirs = pgsql.SQL(", ").join(pgsql.SQL("x.{}").format(pgsql.Identifier(k)) for k in key)
+        query = pgsql.SQL(
+            "SELECT r, row({mine})::text, cur.v FROM unnest(%s::text[]) AS r LEFT JOIN LATERAL "
+            "(SELECT x::text AS v FROM ONLY {name} x WHERE ({theirs}) = ({mine}) {lock}) cur ON true").format(
+            mine=mine, theirs=theirs, name=name, lock=pgsql.SQL("FOR UPDATE OF x" if lock else ""))
+        found = conn.execute(query, (values,)).fetchall()
+        keys = {r: k for r, k, _ in found}
+        current = {k: v for _, k, v in found}
+        after: dict[str, str | None] = {}
+        then: dict[str, str | None] = {}
+        for value, n in rows:
+            k = keys[value]
+            after.setdefault(k, None)
+            then.setdefault(k, None)
+            if n > 0:
+                after[k] = value
+            else:
+                then[k] = value
+        if all(current.get(k) == v for k, v in after.items()):
+            return "after", []
+        if all(current.get(k) == v for k, v in then.items()):
+            return "before", []
+        out = []
+        for k, v in after.items():
+            if current.get(k) != v:
+                out.append(f"row {k} is {_short(current.get(k))}, the action left {_short(v)}")
+        return "conflict", out[:20]
+    counts_after = table.get("counts") or {}
+    query = pgsql.SQL("SELECT x::text, count(*) FROM ONLY {} x WHERE x::text = ANY(%s) GROUP BY 1").format(name)
+    current = {v: int(c) for v, c in conn.execute(query, (values,)).fetchall()}
+    if all(current.get(v, 0) == counts_after.get(v, 0) for v, _ in rows):
+        return "after", []
+    if all(current.get(v, 0) == counts_after.get(v, 0) - n for v, n in rows):
+        return "before", []
+    out = [f"row {_short(v)} occurs {current.get(v, 0)} times, the action left {counts_after.get(v, 0)}"
+           for v, _ in rows if current.get(v, 0) != counts_after.get(v, 0)]
+    return "conflict", out[:20]
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "absent"
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+def _delete_added(conn: psycopg.Connection, table: dict[str, Any], force: bool) -> None:
+    name = _ident(table["table"])
+    if table.get("key"):
+        key = table["key"]
+        mine = pgsql.SQL(", ").join(pgsql.SQL("(r::{}).{}").format(name, pgsql.Identifier(k)) for k in key)
+        theirs = pgsql.SQL(", ").join(pgsql.SQL("x.{}").format(pgsql.Identifier(k)) for k in key)
+        # every key the action touched is cleared: the rows it added, and (forced) whatever sits there now
+        values = [v for v, n in table["rows"] if n > 0 or force]
+        if values:
+            conn.execute(pgsql.SQL("DELETE FROM ONLY {name} x USING unnest(%s::text[]) AS r "
+                                   "WHERE ({theirs}) = ({mine})").format(name=name, theirs=theirs, mine=mine),
+                         (values,))
+        return
+    values = [v for v, n in table["rows"] if n > 0]
+    counts = [n for v, n in table["rows"] if n > 0]
+    if values:
+        conn.execute(pgsql.SQL(
+            "DELETE FROM ONLY {name} WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM (SELECT x.ctid, x::text AS j, "
+            "row_number() OVER (PARTITION BY x::text) AS rn FROM ONLY {name} x WHERE x::text = ANY(%s)) s "
+            "JOIN unnest(%s::text[], %s::int[]) AS d(j, n) ON d.j = s.j WHERE s.rn <= d.n))").format(name=name),
+            (values, values, counts))
+
+
+def _insert_removed(conn: psycopg.Connection, table: dict[str, Any]) -> None:
+    values = [v for v, n in table["rows"] for _ in range(-n) if n < 0]
+    if not values:
+        return
+    name = _ident(table["table"])
+    cols = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in table["columns"])
+    picks = pgsql.SQL(", ").join(pgsql.SQL("(s.v).{}").format(pgsql.Identifier(c)) for c in table["columns"])
+    conn.execute(pgsql.SQL("INSERT INTO {name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {picks} FROM "
+                           "(SELECT r::{name} AS v FROM unnest(%s::text[]) AS r OFFSET 0) s").format(
+        name=name, cols=cols, picks=picks), (values,))
+
+
+def _changed_sequences(then: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    return {k: [then[k], now[k]] for k in sorted(now) if k in then and then[k] != now[k]}
+
+
+def _sequence(conn: psycopg.Connection, name: str) -> list[Any] | None:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    if not (row and row[0]):
+        return None
+    got = conn.execute(pgsql.SQL("SELECT last_value, is_called FROM {}").format(_ident(name))).fetchone()
+    return [got[0], got[1]] if got else None
+
+
+def _reset_sequences(conn: psycopg.Connection, then: dict[str, Any], left: dict[str, Any] | None) -> None:
+    """Sequences advanced by work that was rolled back, set back. With `left` (what that work left),
+    only sequences nobody has used since are touched."""
+    if not then or conn.closed or (left is not None and all(left.get(k) == v for k, v in then.items())):
+        return
+    try:
+        now = _one(conn, f"SELECT goex.sequences_{VERSION}()")
+        for name, was in then.items():
+            cur = now.get(name)
+            if cur is None or cur == was:
+                continue
+            if left is not None and left.get(name) != cur:
+                continue
+            conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                pgsql.Literal(name), pgsql.Literal(was[0]), pgsql.Literal(was[1])))
+    except psycopg.Error:
+        _rollback(conn)
+
+
+# -- dump mode helpers -----------------------------------------------------------------------------
+
+
+def _pg_dump(url: str, snapshot: str | None = None) -> bytes:
+    binary = os.environ.get("GOEX_PG_DUMP") or shutil.which("pg_dump") or "/usr/bin/pg_dump"
+    args = [binary, "--format=plain", "--clean", "--if-exists", "--inserts", "--rows-per-insert=1000",
+            "--exclude-schema=goex", "--no-subscriptions", "--quote-all-identifiers", f"--dbname={url}"]
+    if snapshot:
+        args.append(f"--snapshot={snapshot}")
+    done = subprocess.run(args, capture_output=True)
+    if done.returncode != 0:
+        raise ActionFailed(f"sql.execute: pg_dump failed, nothing was applied: "
+                           f"{done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def _runnable(script: bytes) -> bytes:
+    """A pg_dump script as plain SQL: psql meta-commands (\\restrict) removed."""
+    return b"\n".join(line for line in script.split(b"\n") if not line.startswith(b"\\"))
+
+
+def _drop_user_objects(conn: psycopg.Connection) -> None:
+    """Every relation and type in the user schemas (not those of extensions): what the dump
+    recreates, and what the action may have created."""
+    member = ("NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{cat}'::regclass AND d.objid = {oid} "
+              "AND d.deptype = 'e')")
+    rels = conn.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname), c.relkind FROM pg_class c JOIN pg_namespace n "
+        f"ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_USER_NS} AND "
+        + member.format(cat="pg_class", oid="c.oid")
+        + " AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend o "
+        "WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid AND o.refclassid = 'pg_class'::regclass "
+        "AND o.deptype IN ('a', 'i'))) ORDER BY c.oid").fetchall()
+    words = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE", "f": "FOREIGN TABLE"}
+    for name, kind in rels:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        if exists and exists[0]:
+            conn.execute(pgsql.SQL("DROP {} IF EXISTS {} CASCADE").format(pgsql.SQL(words[kind]), _ident(name)))
+    types = conn.execute(
+        "SELECT format('%I.%I', n.nspname, t.typname), t.typtype FROM pg_type t JOIN pg_namespace n "
+        f"ON n.oid = t.typnamespace WHERE {_USER_NS} AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND "
+        "(SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) AND "
+        + member.format(cat="pg_type", oid="t.oid")).fetchall()
+    for name, kind in types:
+        exists = conn.execute("SELECT to_regtype(%s) IS NOT NULL", (name,)).fetchone()
+        if exists and exists[0]:
+            word = "DOMAIN" if kind == "d" else "TYPE"
+            conn.execute(pgsql.SQL("DROP {} IF EXISTS {} CASCADE").format(pgsql.SQL(word), _ident(name)))
+
+
+def _fingerprint(objects: dict[str, str]) -> dict[str, str]:
+    return {name: hashlib.sha256(text.encode()).hexdigest()[:32] for name, text in objects.items()}
+
+
+def _digest(fingerprint: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def _object_differences(then: dict[str, str], now: dict[str, str], db: str) -> list[tuple[str, str]]:
+    out = []
+    for name in sorted(set(then) | set(now)):
+        if name not in now:
+            out.append((f"{db}: {name}", "gone since the action"))
+        elif name not in then:
+            out.append((f"{db}: {name}", "created since the action"))
+        elif then[name] != now[name]:
+            out.append((f"{db}: {name}", "changed since the action"))
+    return out
+
+
+# -- dump ------------------------------------------------------------------------------------------
+
+
+def _objects(conn: psycopg.Connection) -> dict[str, str]:
+    """Canonical text of every object in the user schemas, by name; rows sorted."""
+    out: dict[str, str] = {}
+    for (nsp,) in conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {_USER_NS}").fetchall():
+        out[f"schema {nsp}"] = f"schema {nsp}"
+    rels = conn.execute(
+        "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
+        f"AND {_USER_NS}").fetchall()
+    oids = [r[0] for r in rels]
+    lines: dict[int, list[str]] = {oid: [] for oid in oids}
+    for rel, name, typ, notnull, default, identity, generated in conn.execute(
+            "SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+            "pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated FROM pg_attribute a "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum",
+            (oids,)).fetchall():
+        text = f"  column {name} {typ}" + (" not null" if notnull else "")
+        if generated:
+            text += f" generated always as ({default}) stored"
+        elif default is not None:
+            text += f" default {default}"
+        if identity:
+            text += " identity " + ("always" if identity == "a" else "by default")
+        lines[rel].append(text)
+    extra: dict[int, list[str]] = {oid: [] for oid in oids}
+    for rel, text in conn.execute(
+            "SELECT conrelid, 'constraint ' || conname || ': ' || pg_get_constraintdef(oid, true) "
+            "FROM pg_constraint WHERE conrelid = ANY(%s)", (oids,)).fetchall():
+        extra[rel].append("  " + text)
+    for rel, text in conn.execute(
+            "SELECT indrelid, 'index ' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = ANY(%s)",
+            (oids,)).fetchall():
+        extra[rel].append("  " + text)
+    for rel, text in conn.execute(
+            "SELECT tgrelid, 'trigger ' || pg_get_triggerdef(oid, true) || ' [' || tgenabled::text || ']' "
+            "FROM pg_trigger "
+            "WHERE tgrelid = ANY(%s) AND NOT tgisinternal AND tgname <> 'goex_capture'", (oids,)).fetchall():
+        extra[rel].append("  " + text)
+    for rel, text in conn.execute(
+            "SELECT ev_class, 'rule ' || pg_get_ruledef(oid, true) FROM pg_rewrite WHERE ev_class = ANY(%s) "
+            "AND rulename <> '_RETURN'", (oids,)).fetchall():
+        extra[rel].append("  " + text)
+    for rel, text in conn.execute(
+            "SELECT c.oid, 'owned by ' || format('%%I.%%I', n.nspname, t.relname) || '.' || quote_ident(a.attname) "
+            "FROM pg_class c JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') "
+            "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid "
+            "WHERE c.oid = ANY(%s) AND c.relkind = 'S'", (oids,)).fetchall():
+        extra[rel].append("  " + text)
+    for oid, name, kind in rels:
+        words = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "S": "sequence",
+                 "f": "foreign table"}[kind]
+        body = [f"{words} {name}"] + (lines[oid] if kind != "S" else []) + sorted(extra[oid])
+        if kind in ("v", "m"):
+            body.append("  definition " + " ".join((_one(conn, "SELECT pg_get_viewdef(%s::oid, true)", (oid,))
+                                                    or "").split()))
+        if kind == "S":
+            last, called = conn.execute(pgsql.SQL("SELECT last_value, is_called FROM {}").format(_ident(name))
+                                        ).fetchone() or (None, None)
+            params = conn.execute("SELECT format_type(seqtypid, NULL), seqstart, seqincrement, seqmin, seqmax, "
+                                  "seqcache, seqcycle FROM pg_sequence WHERE seqrelid = %s", (oid,)).fetchone()
+            body.append(f"  parameters {params}")
+            body.append(f"  last_value {last} is_called {called}")
+        if kind in ("r", "m"):
+            populated = kind == "r" or _one(conn, "SELECT relispopulated FROM pg_class WHERE oid = %s", (oid,))
+            if populated:
+                rows = [r[0] for r in conn.execute(
+                    pgsql.SQL("SELECT x::text FROM ONLY {} x").format(_ident(name))).fetchall()]
+                body += ["  row " + r for r in sorted(rows)]
+        out[f"{words} {name}"] = "\n".join(body)
+    for name, text in conn.execute(
+            "SELECT format('%I.%I', n.nspname, p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', "
+            "pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            f"WHERE {_USER_NS} AND p.prokind IN ('f', 'p') AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE "
+            "d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')").fetchall():
+        out[f"function {name}"] = f"function {name}\n  " + "\n  ".join(text.strip().splitlines())
+    for name, labels in conn.execute(
+            "SELECT format('%I.%I', n.nspname, t.typname), (SELECT string_agg(quote_literal(e.enumlabel), ', ' "
+            "ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid) FROM pg_type t "
+            f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'e' AND {_USER_NS}").fetchall():
+        out[f"enum {name}"] = f"enum {name} ({labels})"
+    return out
+
+
+def dump(url: str) -> str:
+    """Canonical text of the whole database (every user schema; goex's own objects left out):
+    tables with their columns, constraints, indexes, triggers and sorted rows, views, sequences
+    with their positions, functions and enums, every part in a fixed order."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            objects = _objects(conn)
+        finally:
+            conn.execute("ROLLBACK")
+    return "\n".join(objects[k] for k in sorted(objects)) + "\n"
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    if conn.closed:
+        return
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).strip().splitlines()[0]
+    if diag.message_detail:
+        text += f" ({diag.message_detail})"
+    return text
+
+
+def _error(db: str, exc: psycopg.Error, applied: str = "nothing of it was applied", index: int | None = None,
+           count: int = 1) -> ActionFailed:
+    text = _message(exc)
+    where = []
+    if index is not None and count > 1:
+        where.append(f"statement {index + 1}")
+    if exc.diag.statement_position:
+        where.append(f"character {exc.diag.statement_position}")
+    if where:
+        text += " at " + ", ".join(where)
+    cls = SqlSyntaxError if (exc.sqlstate or "").startswith("42601") else ActionFailed
+    return cls(f"sql.execute on {db}: {text}; {applied}")
