@@ -10,12 +10,13 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from .adapters.code.actions import CODE_ACTIONS
 from .adapters.fs.actions import FS_ACTIONS
 from .adapters.http.actions import HTTP_ACTIONS
 from .adapters.sql.actions import SQL_ACTIONS
 from .errors import ActionError
 
-ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS, *HTTP_ACTIONS, *SQL_ACTIONS)
+ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS, *HTTP_ACTIONS, *SQL_ACTIONS, *CODE_ACTIONS)
 ACTION_TYPES: tuple[str, ...] = tuple(m.model_fields["type"].default for m in ACTION_MODELS)
 
 Action = Annotated[Union[ACTION_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]

@@ -1,4 +1,4 @@
-"""The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, demo.
+"""The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, doctor, demo.
 
 Exit codes of `exec`: 0 all succeeded, 2 malformed input, 3 refused by the policy, 1 any other
 failure. Other commands: 0 success, 1 failure, 4 undo conflict (nothing of that entry undone).
@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="approve every action a rule sends to confirmation")
     c.add_argument("--protect", action="append", default=[], metavar="GLOB",
                    help="a path glob no action may change (repeatable)")
+    c.add_argument("--sandbox", "--backend", dest="sandbox", default="auto",
+                   choices=["auto", "docker", "bwrap", "process"],
+                   help="where code.run executes (default: auto = docker if it works here, else bwrap)")
+    c.add_argument("--unsafe", action="store_true", help="allow the process sandbox (no isolation; journaled as unsafe)")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
@@ -142,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
 
     command("recover", _recover, "Finish or revert actions interrupted by a crash.")
     command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
+    c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not.", root=False)
+    c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:1)")
 
     c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
     c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
@@ -186,7 +192,7 @@ def _exec(args: argparse.Namespace) -> int:
     else:
         approver = "pending"  # unattended: parked for `goex approve` / `goex reject`
     with _runtime(args, policy=args.policy, durability=args.durability, approver=approver,
-                  protected=args.protect) as rt:
+                  protected=args.protect, sandbox=args.sandbox, allow_unsafe=args.unsafe) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
         for line, raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
             where = {"line": line} if line else {}
@@ -421,6 +427,18 @@ def _recover(args: argparse.Namespace) -> int:
     for eid, outcome in report.outcomes.items():
         print(f"{eid}: {outcome}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .adapters.code import backends
+
+    report = backends.doctor(args.image or backends.DEFAULT_IMAGE)
+    for name, why in report.items():
+        note = " (no isolation: only with --unsafe, journaled as unsafe)" if name == "process" else ""
+        print(f"{name:8} {'works' + note if why is None else 'unavailable: ' + why}")
+    default = next((n for n in ("docker", "bwrap") if report[n] is None), None)
+    print(f"code.run uses: {default or 'nothing (no sandbox works here)'}")
+    return EXIT_OK if default else EXIT_FAILED
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from .actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
 from .adapters.base import Adapter, Prepared
+from .adapters.code.adapter import CodeAdapter, SandboxRefused
 from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
@@ -30,7 +31,7 @@ from .journal.verify import VerifyReport, verify
 from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
 from .telemetry import tracer as make_tracer
 
-REFUSALS = (PathRefused, HostRefused, SecretRefused, SqlRefused)  # well-formed actions the runtime will not run
+REFUSALS = (PathRefused, HostRefused, SecretRefused, SqlRefused, SandboxRefused)  # well-formed actions the runtime will not run
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 
 
@@ -103,7 +104,10 @@ class Runtime:
     and returning True or False, or "pending" to park them for `approve` / `reject`; with none,
     they are refused. `protected`: path globs (a task's tests, say) no action may change.
     `databases`: names for `sql.execute`, e.g. `{"main": "sqlite:///app.db"}` (relative SQLite
-    paths are inside the root).
+    paths are inside the root). `sandbox`: where `code.run` executes: "auto" (docker if it
+    works here, else bwrap), "docker", "bwrap", or "process" (no isolation: refused unless
+    `allow_unsafe=True`, and journaled as unsafe). `sandbox_options`: `image`, `pool_size`
+    (warm containers), `max_output_bytes`, `docker_url`.
     """
 
     def __init__(
@@ -119,6 +123,9 @@ class Runtime:
         approver: "Approver | str | None" = None,
         protected: "list[str] | tuple[str, ...]" = (),
         databases: dict[str, str] | None = None,
+        sandbox: str = "auto",
+        allow_unsafe: bool = False,
+        sandbox_options: dict[str, Any] | None = None,
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -137,6 +144,8 @@ class Runtime:
         self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http,
                                               "sql": SqlAdapter(parse_databases(databases, self.root),
                                                                  self.journal.read_blob)}
+        self._adapters["code"] = CodeAdapter(self.workspace, self._adapters["fs"], sandbox,  # type: ignore[arg-type]
+                                             allow_unsafe=allow_unsafe, **(sandbox_options or {}))
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is
         if approver is not None and approver != "pending" and not callable(approver):
             raise ValueError("approver is a callable, 'pending', or None")
@@ -151,6 +160,7 @@ class Runtime:
     def close(self) -> None:
         self._http.close()
         self._adapters["sql"].close()  # type: ignore[attr-defined]
+        self._adapters["code"].close()  # type: ignore[attr-defined]
         self.workspace.close()
         self.journal.close()
 

@@ -64,7 +64,7 @@ def test_schema_is_a_discriminated_union_of_every_action():
     schema = goex.action_schema()
     assert schema["discriminator"]["propertyName"] == "type"
     kinds = set(schema["discriminator"]["mapping"])
-    assert kinds == {"fs.write", "fs.read", "fs.list", "fs.delete", "fs.move", "fs.mkdir", "fs.chmod", "http.request", "sql.execute"}
+    assert kinds == {"fs.write", "fs.read", "fs.list", "fs.delete", "fs.move", "fs.mkdir", "fs.chmod", "http.request", "sql.execute", "code.run"}
     write = schema["$defs"]["FsWrite"]
     assert write["additionalProperties"] is False and set(write["required"]) >= {"path", "content"}
     json.dumps(schema)  # serialisable as-is for tool-calling APIs

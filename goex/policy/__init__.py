@@ -49,6 +49,7 @@ PREVIEW_FIELDS = frozenset({
     "setuid",  # files
     "method", "host", "path", "route", "kind", "reversible", "collection", "secrets",  # http
     "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes",  # sql
+    "language", "network", "timeout_s", "memory_mb", "backend", "unsafe",  # code
 })
 
 

@@ -1,0 +1,221 @@
+"""The code adapter: `code.run` in a sandbox, its file effects journaled before they land.
+
+The run is staged (see `Runtime._apply_staged`):
+
+1. `stage`: the code runs on an overlay of the workspace (see `overlay.py`); the workspace itself
+   is untouched. When every sandboxed process is dead, the upper layer is read: what the code
+   created, changed or deleted, at a cost in proportion to those changes.
+2. `capture` (of the staged run): a before-image of each of those workspace paths goes into the
+   journal with the digests they will have, committed durably.
+3. `commit`: only then the changes are copied into the workspace, without following links.
+
+Undo restores the before-images (the file adapter's `restore` ops); conflicts compare the
+digests. An interrupted run is reverted by recovery from the same capture.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ...errors import ActionFailed, GoexError
+from ..base import Applied, GetBlob, Prepared, PutBlob
+from ..fs import tree
+from ..fs.adapter import FileAdapter
+from ..fs.workspace import Workspace, show
+from . import backends, overlay
+from .actions import CodeRun
+
+
+class SandboxRefused(GoexError):
+    """The configured sandbox may not run code: the unsafe `process` backend was not enabled."""
+
+    rule = "code.unsafe"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class StagedRun:
+    output: dict[str, Any]
+    capture: Callable[[PutBlob], dict[str, Any]]
+    commit: Callable[[], None]
+    abort: Callable[[], None]
+
+
+class CodeAdapter:
+    prefix = "code"
+
+    def __init__(self, workspace: Workspace, files: FileAdapter, sandbox: str = "auto", *, allow_unsafe: bool = False,
+                 image: str = backends.DEFAULT_IMAGE, pool_size: int = 2, max_output_bytes: int = 1 << 20,
+                 docker_url: str | None = None):
+        if sandbox not in ("auto",) + backends.BACKENDS:
+            raise ValueError(f"unknown sandbox {sandbox!r}; choose auto, {', '.join(backends.BACKENDS)}")
+        self.ws = workspace
+        self.files = files
+        self.sandbox = sandbox
+        self.allow_unsafe = allow_unsafe
+        self.image = image
+        self.pool_size = pool_size
+        self.max_output_bytes = max_output_bytes
+        self.docker_url = docker_url
+        self._backend: backends.Backend | None = None
+        self._lock = threading.Lock()
+
+    # -- backend -------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        if self._backend is not None:
+            return self._backend.name
+        return self.sandbox if self.sandbox != "auto" else "auto"
+
+    def backend(self) -> backends.Backend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._choose()
+            return self._backend
+
+    def _choose(self) -> backends.Backend:
+        kw = {"image": self.image, "pool_size": self.pool_size, "base_url": self.docker_url}
+        if self.sandbox != "auto":
+            b = backends.make(self.sandbox, **kw)
+            why = b.unavailable()
+            if why:
+                b.close()
+                raise ActionFailed(f"the {self.sandbox} sandbox does not work here: {why} (`goex doctor` checks every backend)")
+            return b
+        reasons = []
+        for name in ("docker", "bwrap"):
+            b = backends.make(name, **kw)
+            why = b.unavailable()
+            if why is None:
+                return b
+            b.close()
+            reasons.append(f"{name}: {why}")
+        raise ActionFailed("no sandbox works here (" + "; ".join(reasons) + "); `goex doctor` says more")
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    # -- protocol ------------------------------------------------------------------------------
+
+    def prepare(self, action: CodeRun) -> Prepared:
+        unsafe = self.sandbox == "process"
+        if unsafe and not self.allow_unsafe:
+            raise SandboxRefused("the process backend runs code with no isolation; enable it explicitly "
+                                 "(Runtime(sandbox='process', allow_unsafe=True), CLI --sandbox process --unsafe)")
+        preview = {"language": action.language, "network": action.network, "timeout_s": action.timeout_s,
+                   "memory_mb": action.memory_mb, "backend": self.backend_name, "unsafe": unsafe}
+        return Prepared(action, ["."], preview, True, {})
+
+    def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
+        return {"staged": True, "ops": [{"op": "code"}], "backend": self.backend_name, "unsafe": prepared.preview["unsafe"]}
+
+    def apply(self, prepared: Prepared) -> Applied:  # runs are always staged
+        staged = self.stage(prepared)
+        staged.abort()
+        return Applied(staged.output, {})
+
+    def stage(self, prepared: Prepared) -> StagedRun:
+        action: CodeRun = prepared.action  # type: ignore[assignment]
+        if os.fstatvfs(self.ws.root_fd).f_flag & os.ST_RDONLY:
+            raise ActionFailed(f"code.run: the workspace {self.ws.root} is on a read-only file system; "
+                               "nothing was run")
+        backend = self.backend()
+        st = os.fstat(self.ws.root_fd)
+        spec = backends.RunSpec(action.language, action.code, action.timeout_s, action.network, action.memory_mb,
+                                st.st_uid, st.st_gid, caps=st.st_uid == 0, max_output=self.max_output_bytes)
+        layer = overlay.Layer.create()
+        try:
+            layer.prepare(self.ws)
+            with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
+                f.write(action.code)
+            try:
+                result = backend.run(spec, layer, self.ws.root)
+            except OSError as exc:
+                raise ActionFailed(f"code.run: the {backend.name} sandbox failed: {exc}") from None
+            diff = overlay.changes(layer, self.ws)
+        except BaseException:
+            layer.remove()
+            raise
+        stripped = []
+        for change in diff.changes:
+            for node in overlay.walk_nodes(change.node):
+                if node["k"] == "f" and node["mode"] & 0o6000:
+                    node["mode"] &= ~0o6000
+                    stripped.append(show(change.parts))
+        files: dict[str, list[str]] = {"created": [], "changed": [], "deleted": []}
+        for change in diff.changes:
+            key = {"created": "created", "deleted": "deleted"}.get(change.kind, "changed")
+            files[key].append(show(change.parts))
+        output: dict[str, Any] = {
+            "exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
+            "stderr": result.stderr.decode("utf-8", "replace"), "duration_s": round(result.duration_s, 4),
+            "stopped": result.stopped, "truncated": result.truncated, "backend": backend.name,
+            "files": files,
+        }
+        if backend.unsafe:
+            output["unsafe"] = True
+        if diff.skipped:
+            output["not_applied"] = diff.skipped
+        if stripped:
+            output["setuid_removed"] = stripped
+
+        def capture(put_blob: PutBlob) -> dict[str, Any]:
+            ops, after = [], {}
+            for change in diff.changes:
+                path = show(change.parts)
+                if change.kind == "mode":
+                    with self.ws.parent(change.parts) as dfd:
+                        ops.append({"op": "restore", "path": path, "node": tree.shallow(dfd, change.parts[-1])})
+                    after[path] = f"d{change.node['mode']:o}"
+                else:
+                    ops.append({"op": "restore", "path": path, "node": self.files._capture(change.parts, put_blob)})
+                    after[path] = overlay.digest(change.node)
+            ops.reverse()
+            return {"ops": ops, "after": after, "files": files}
+
+        def commit() -> None:
+            try:
+                for change in diff.changes:
+                    overlay.apply(self.ws, change)
+            finally:
+                layer.remove()
+
+        return StagedRun(output, capture, commit, layer.remove)
+
+    def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
+        captured = plan.get("captured")
+        if not captured:
+            return []
+        return self.files.conflicts({}, captured["after"])
+
+    def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool = False) -> None:
+        captured = plan.get("captured")
+        if captured:
+            self.files.revert(captured, None, get_blob, force)
+
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
+        """Interrupted: before its capture record nothing reached the workspace; after it, the
+        before-images are put back (idempotent)."""
+        self.revert(plan, None, get_blob, True)
+        return "reverted", {}, ""
+
+    def summarize(self, prepared: Prepared) -> str:
+        a: CodeRun = prepared.action  # type: ignore[assignment]
+        p = prepared.preview
+        head = "\n".join(a.code.splitlines()[:40])
+        return (f"run {a.language} code in the {p['backend']} sandbox, network {'ON' if a.network else 'off'}, "
+                f"timeout {a.timeout_s:g} s, memory {a.memory_mb} MiB:\n{head}")
+
+
+def _is_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)

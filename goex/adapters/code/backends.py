@@ -1,0 +1,713 @@
+"""Sandbox backends: where a `code.run` executes. Each runs the code on the run's overlay of the
+workspace (mounted at /workspace), bounds its time, memory, processes and output, and returns
+only when every process it started is dead (so the upper layer is final).
+
+- `docker`: a real engine through the `docker` SDK. A warm pool of started, single-use
+  containers (network off, read-only root, tmpfs /tmp, memory/CPU/process limits, all
+  capabilities dropped but the ones the privilege drop needs, no-new-privileges); the run's overlay
+  is mounted into the waiting container through mount propagation. A used container is killed
+  and removed, never reused: no state passes from one run to the next.
+- `bwrap`: bubblewrap namespaces (pid, net, ipc, uts, mount), read-only /usr, private /tmp,
+  cgroup limits.
+- `process`: a plain subprocess with resource limits and no isolation (unsafe).
+
+Inside every backend the code runs as the workspace owner, or as nobody (65534) with only
+CAP_DAC_OVERRIDE and CAP_FOWNER when the workspace belongs to root, via `setpriv` with
+no-new-privileges.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import ActionFailed
+from . import overlay
+
+DEFAULT_IMAGE = "goex-sandbox:1"
+LABEL = "goex.sandbox"
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+PYTHON_BOOT = "exec(compile(open('/sandbox/code','rb').read(),'<code>','exec'))"
+PIDS_MAX = 128
+
+
+@dataclass
+class RunSpec:
+    language: str
+    code: str
+    timeout_s: float
+    network: bool
+    memory_mb: int
+    uid: int
+    gid: int
+    caps: bool  # the workspace belongs to root: run as nobody with DAC_OVERRIDE + FOWNER
+    max_output: int = 1 << 20
+    cpus: float = 1.0
+
+
+@dataclass
+class RunResult:
+    exit_code: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stopped: str | None = None  # "timeout" | "memory" | "output"
+    truncated: bool = False
+    duration_s: float = 0.0
+
+
+@dataclass
+class _Output:
+    limit: int
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def add(self, stream: int, data: bytes) -> bool:
+        """False once a stream went over the limit (the run is then stopped)."""
+        buf = self.out if stream == 1 else self.err
+        room = self.limit - len(buf)
+        if len(data) > room:
+            buf += data[:max(room, 0)]
+            self.truncated = True
+            return False
+        buf += data
+        return True
+
+    def result(self, exit_code: int | None, stopped: str | None, t0: float) -> RunResult:
+        marker = f"\n[goex: output truncated at {self.limit:,} bytes]\n".encode()
+        out, err = bytes(self.out), bytes(self.err)
+        if self.truncated:
+            if len(out) >= self.limit:
+                out += marker
+            if len(err) >= self.limit:
+                err += marker
+        return RunResult(exit_code, out, err, stopped, self.truncated, time.perf_counter() - t0)
+
+
+def setpriv(spec: RunSpec) -> list[str]:
+    """Drop to the sandbox user; keep DAC_OVERRIDE + FOWNER only for a root-owned workspace."""
+    if spec.caps:
+        caps = "-all,+dac_override,+fowner"
+        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}",
+                f"--ambient-caps={caps}", f"--bounding-set={caps}", "--no-new-privs", "--"]
+    return ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.gid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+# When the program exits, whatever it left running as the sandbox user is killed (kill(-1) spares
+# only the caller and pid 1), so a run ends with its program and nothing holds its output open.
+REAPER = '"$@"; rc=$?; kill -KILL -1 2>/dev/null; exit $rc'
+
+
+def command(spec: RunSpec, code_path: str = "/sandbox/code") -> list[str]:
+    if spec.language == "python":
+        program = ["python3", "-c", PYTHON_BOOT.replace("/sandbox/code", code_path)]
+    else:
+        program = ["bash", code_path]
+    return ["bash", "-c", REAPER, "goex-run"] + program
+
+
+class Backend:
+    name = "?"
+    unsafe = False
+
+    def unavailable(self) -> str | None:
+        """None when this backend works here, else why not."""
+        raise NotImplementedError
+
+    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# -- cgroups (v1 or v2) for the subprocess backends ----------------------------------------------
+
+
+class Cgroup:
+    """A per-run cgroup with memory, pids and CPU limits, or nothing when none is writable."""
+
+    def __init__(self, spec: RunSpec):
+        self.dirs: list[str] = []
+        name = f"goex-{uuid.uuid4().hex[:12]}"
+        v1 = {"memory": [("memory.limit_in_bytes", str(spec.memory_mb << 20)),
+                         ("memory.memsw.limit_in_bytes", str(spec.memory_mb << 20))],
+              "pids": [("pids.max", str(PIDS_MAX))],
+              "cpu": [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", str(int(spec.cpus * 100000)))]}
+        for ctrl, settings in v1.items():
+            base = f"/sys/fs/cgroup/{ctrl}"
+            if not os.path.isdir(base) or not os.path.exists(os.path.join(base, "cgroup.procs")):
+                continue
+            d = os.path.join(base, name)
+            try:
+                os.mkdir(d)
+            except OSError:
+                continue
+            self.dirs.append(d)
+            for key, value in settings:
+                try:
+                    with open(os.path.join(d, key), "w") as f:
+                        f.write(value)
+                except OSError:
+                    if key != "memory.memsw.limit_in_bytes":  # swap accounting may be off
+                        raise
+        self.memory = next((d for d in self.dirs if "/memory/" in d), None)
+
+    @property
+    def limited(self) -> bool:
+        return any("/memory/" in d for d in self.dirs) and any("/pids/" in d for d in self.dirs)
+
+    def enter(self) -> None:
+        """In the child before exec: move itself into every cgroup."""
+        for d in self.dirs:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for d in self.dirs:
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    found.update(int(x) for x in f.read().split())
+            except OSError:
+                pass
+        return found
+
+    def oom_killed(self) -> bool:
+        if self.memory is None:
+            return False
+        try:
+            with open(os.path.join(self.memory, "memory.oom_control")) as f:
+                for line in f:
+                    if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                        return True
+            with open(os.path.join(self.memory, "memory.failcnt")) as f:
+                return int(f.read()) > 0 and False
+        except OSError:
+            return False
+        return False
+
+    def kill_all(self, deadline: float = 5.0) -> None:
+        end = time.monotonic() + deadline
+        while (pids := self.pids()) and time.monotonic() < end:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.002)
+        if self.pids():
+            raise ActionFailed("sandboxed processes survived SIGKILL; the run's effects are not applied")
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            for _ in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.005)
+
+
+def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str], cg: Cgroup,
+                    rlimits: bool) -> RunResult:
+    def child() -> None:
+        cg.enter()
+        if rlimits or not cg.limited:
+            mem = spec.memory_mb << 20
+            resource.setrlimit(resource.RLIMIT_AS, (mem + (256 << 20), mem + (256 << 20)))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=child, start_new_session=True, close_fds=True)
+    out = _Output(spec.max_output)
+    stopped = None
+    deadline = time.monotonic() + spec.timeout_s
+    fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}  # type: ignore[union-attr]
+    try:
+        while fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                stopped = "timeout"
+                break
+            ready, _, _ = select.select(list(fds), [], [], left)
+            for fd in ready:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    del fds[fd]
+                elif not out.add(fds[fd], data):
+                    stopped = "output"
+                    fds.clear()
+                    break
+        if stopped is None:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.001))
+            except subprocess.TimeoutExpired:
+                stopped = "timeout"
+    finally:
+        _kill_tree(proc, cg)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    code = proc.returncode
+    if stopped is None and cg.oom_killed():
+        stopped = "memory"
+    exit_code = 128 - code if code is not None and code < 0 else code
+    if stopped in ("timeout", "output") or exit_code is None:
+        exit_code = 137
+    return out.result(exit_code, stopped, t0)
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], cg: Cgroup) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    cg.kill_all()
+
+
+# -- bwrap ---------------------------------------------------------------------------------------
+
+
+class BwrapBackend(Backend):
+    name = "bwrap"
+
+    def unavailable(self) -> str | None:
+        if shutil.which("bwrap") is None:
+            return "bubblewrap is not installed (apt-get install bubblewrap)"
+        if shutil.which("setpriv") is None:
+            return "setpriv (util-linux) is not installed"
+        why = overlay.can_mount()
+        if why:
+            return why
+        try:
+            r = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+                                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin", "true"],
+                               capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bwrap does not run: {exc}"
+        if r.returncode != 0:
+            return f"bwrap cannot create namespaces here: {r.stderr.decode(errors='replace').strip()}"
+        return None
+
+    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        merged = layer.mount(lower)
+        code_path = os.path.join(layer.dir, "code")
+        cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + (("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()):
+            cmd += ["--cap-add", cap]
+        if not spec.network:
+            cmd.append("--unshare-net")
+        cmd += ["--ro-bind", "/usr", "/usr"]
+        for link in ("lib", "lib64", "bin", "sbin"):
+            if os.path.islink(f"/{link}"):
+                cmd += ["--symlink", os.readlink(f"/{link}").lstrip("/"), f"/{link}"]
+        if spec.network:
+            for path in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):
+                if os.path.exists(path):
+                    cmd += ["--ro-bind", path, path]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", merged, "/workspace",
+                "--ro-bind", code_path, "/sandbox/code", "--chdir", "/workspace", "--hostname", "sandbox",
+                "--remount-ro", "/"]
+        cmd += setpriv(spec) + command(spec)
+        cg = Cgroup(spec)
+        try:
+            return _run_subprocess(cmd, spec, "/", dict(ENV), cg, rlimits=False)
+        finally:
+            cg.remove()
+
+
+# -- process (unsafe) ----------------------------------------------------------------------------
+
+
+class ProcessBackend(Backend):
+    """No isolation at all: the code sees the host as the sandbox user does. Only the overlay
+    working directory and the limits apply; absolute paths reach the real files."""
+
+    name = "process"
+    unsafe = True
+
+    def unavailable(self) -> str | None:
+        if shutil.which("setpriv") is None:
+            return "setpriv (util-linux) is not installed"
+        return overlay.can_mount()
+
+    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        merged = layer.mount(lower)
+        code_path = os.path.join(layer.dir, "code")
+        os.chmod(layer.dir, 0o755)
+        os.chmod(code_path, 0o644)
+        cmd = setpriv(spec) + command(spec, code_path)
+        cg = Cgroup(spec)
+        try:
+            return _run_subprocess(cmd, spec, merged, dict(ENV), cg, rlimits=not cg.limited)
+        finally:
+            cg.remove()
+
+
+# -- docker --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Container:
+    id: str
+    dir: str
+    pidfd: int
+    network: bool
+    memory_mb: int
+    caps: bool
+
+
+class DockerBackend(Backend):
+    """Single-use containers from a warm pool; each is killed and removed after its one run."""
+
+    name = "docker"
+
+    def __init__(self, image: str = DEFAULT_IMAGE, pool_size: int = 2, base_url: str | None = None):
+        self.image = image
+        self.pool_size = pool_size
+        self.base_url = base_url
+        self._client: Any = None
+        self._pool: list[_Container] = []
+        self._lock = threading.Lock()
+        self._filling = 0
+        self._caps: bool | None = None
+        self._memory = 512
+        self._dead: list[_Container] = []  # killed, not yet removed
+        self._reaper: threading.Thread | None = None
+        self._closed = False
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._base: str | None = None
+
+    # -- engine ------------------------------------------------------------------------------
+
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import docker
+            except ImportError:
+                raise ActionFailed("the docker Python SDK is not installed (pip install 'docker>=7')") from None
+            try:
+                self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
+                self._client.ping()
+            except Exception as exc:  # noqa: BLE001 - DockerException, requests errors
+                self._client = None
+                raise ActionFailed(f"the Docker engine is not answering ({_short(exc)}); start dockerd "
+                                   "(`./dev test` starts it) or choose another sandbox backend") from None
+        return self._client
+
+    def unavailable(self) -> str | None:
+        why = overlay.can_mount()
+        if why:
+            return why
+        try:
+            client = self.client()
+        except ActionFailed as exc:
+            return str(exc)
+        try:
+            client.images.get(self.image)
+        except Exception as exc:  # noqa: BLE001
+            return f"the sandbox image {self.image} is missing ({_short(exc)}); build it with sandbox/build.sh"
+        return None
+
+    def base(self) -> str:
+        if self._base is None:
+            base = os.path.join(overlay.state_dir(), "docker")
+            os.makedirs(base, mode=0o711, exist_ok=True)
+            overlay.ensure_shared(base)
+            self._base = base
+            self._sweep()
+        return self._base
+
+    def _sweep(self) -> None:
+        """Remove containers left by goex processes that died without cleaning up."""
+        try:
+            for c in self.client().containers.list(all=True, filters={"label": LABEL}):
+                pid = c.labels.get("goex.owner", "").split("-")[0]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    c.remove(force=True)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+    # -- pool --------------------------------------------------------------------------------
+
+    def warm(self, spec: RunSpec) -> None:
+        """Start filling the pool for runs like `spec` (called at the first run)."""
+        with self._lock:
+            if self._caps != spec.caps or self._memory != spec.memory_mb:
+                self._caps, self._memory = spec.caps, spec.memory_mb
+                stale, self._pool = self._pool, []
+                self._dead.extend(stale)
+            need = self.pool_size - len(self._pool) - self._filling
+            self._filling += max(need, 0)
+        for _ in range(max(need, 0)):
+            threading.Thread(target=self._fill_one, args=(spec,), daemon=True).start()
+
+    def _fill_one(self, spec: RunSpec) -> None:
+        try:
+            c = self._create(spec)
+        except Exception:  # noqa: BLE001 - the next run creates one itself and reports the error
+            with self._lock:
+                self._filling -= 1
+            return
+        with self._lock:
+            self._filling -= 1
+            if self._closed or c.caps != self._caps or c.memory_mb != self._memory:
+                self._dead.append(c)
+            else:
+                self._pool.append(c)
+
+    def _create(self, spec: RunSpec) -> _Container:
+        import docker
+
+        client = self.client()
+        d = os.path.join(self.base(), uuid.uuid4().hex[:16])
+        os.makedirs(os.path.join(d, "ws"))
+        os.makedirs(os.path.join(d, "in"))
+        os.chmod(d, 0o711)
+        caps = ["SETUID", "SETGID", "SETPCAP"] + (["DAC_OVERRIDE", "FOWNER"] if spec.caps else [])
+        try:
+            container = client.containers.run(
+                self.image, ["sleep", "infinity"], detach=True, user="0:0", working_dir="/",
+                network_mode="bridge" if spec.network else "none", read_only=True,
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.memory_mb}m,mode=1777"},
+                mem_limit=f"{spec.memory_mb}m", memswap_limit=f"{spec.memory_mb}m", pids_limit=PIDS_MAX,
+                nano_cpus=int(spec.cpus * 1e9), cap_drop=["ALL"], cap_add=caps,
+                security_opt=["no-new-privileges"], environment=ENV,
+                labels={LABEL: "1", "goex.owner": self.owner},
+                mounts=[docker.types.Mount("/workspace", os.path.join(d, "ws"), type="bind", propagation="rslave"),
+                        docker.types.Mount("/sandbox", os.path.join(d, "in"), type="bind", read_only=True)])
+        except docker.errors.ImageNotFound:
+            shutil.rmtree(d, ignore_errors=True)
+            raise ActionFailed(f"the sandbox image {self.image} is missing; build it with sandbox/build.sh "
+                               "(`./dev test` builds it)") from None
+        except Exception as exc:  # noqa: BLE001
+            shutil.rmtree(d, ignore_errors=True)
+            raise ActionFailed(f"the Docker engine could not start a sandbox container ({_short(exc)})") from None
+        try:
+            container.reload()
+            pid = container.attrs["State"]["Pid"]
+            pidfd = os.pidfd_open(pid)
+        except Exception as exc:  # noqa: BLE001
+            self._dead.append(_Container(container.id, d, -1, spec.network, spec.memory_mb, spec.caps))
+            raise ActionFailed(f"the sandbox container did not start ({_short(exc)})") from None
+        return _Container(container.id, d, pidfd, spec.network, spec.memory_mb, spec.caps)
+
+    def _take(self, spec: RunSpec) -> _Container:
+        if not spec.network:
+            self.warm(spec)
+            with self._lock:
+                if self._pool:
+                    return self._pool.pop(0)  # refilled after the run, not competing with it
+        return self._create(spec)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        self.base()
+        c = self._take(spec)
+        try:
+            layer.mount(lower, at=os.path.join(c.dir, "ws"))
+            with open(os.path.join(c.dir, "in", "code"), "w", encoding="utf-8") as f:
+                f.write(spec.code)
+            os.chmod(os.path.join(c.dir, "in", "code"), 0o644)
+            return self._exec(c, spec)
+        finally:
+            self._kill(c)
+            layer.mounted = False  # every process is dead; the reaper unmounts it with the container
+            self._retire(c)
+            if not spec.network:
+                self.warm(spec)
+
+    def _exec(self, c: _Container, spec: RunSpec) -> RunResult:
+        api = self.client().api
+        out = _Output(spec.max_output)
+        t0 = time.perf_counter()
+        cmd = setpriv(spec) + command(spec)
+        try:
+            eid = api.exec_create(c.id, cmd, stdout=True, stderr=True, stdin=False, tty=False, user="0:0",
+                                  workdir="/workspace", environment=ENV)["Id"]
+            sock = api.exec_start(eid, socket=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ActionFailed(f"the Docker engine failed to run the code ({_short(exc)})") from None
+        raw = getattr(sock, "_sock", sock)
+        deadline = time.monotonic() + spec.timeout_s
+        stopped = None
+        buf = b""
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stopped = "timeout"
+                    break
+                ready, _, _ = select.select([raw], [], [], left)
+                if not ready:
+                    continue
+                data = raw.recv(1 << 16)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 8:
+                    size = int.from_bytes(buf[4:8], "big")
+                    if len(buf) < 8 + size:
+                        break
+                    stream, payload, buf = buf[0], buf[8:8 + size], buf[8 + size:]
+                    if not out.add(2 if stream == 2 else 1, payload):
+                        stopped = "output"
+                        break
+                if stopped:
+                    break
+        except OSError as exc:
+            raise ActionFailed(f"the connection to the Docker engine broke mid-run ({exc})") from None
+        finally:
+            try:
+                sock.close()
+            except Exception:  # noqa: BLE001
+                pass
+        exit_code: int | None = 137
+        if stopped is None:
+            try:
+                info = api.exec_inspect(eid)
+            except Exception as exc:  # noqa: BLE001
+                raise ActionFailed(f"the Docker engine went away mid-run ({_short(exc)})") from None
+            exit_code = info.get("ExitCode")
+            if info.get("Running") or exit_code is None:
+                raise ActionFailed("the Docker engine closed the run's output before the program ended; "
+                                   "the run was killed and nothing was applied")
+            if self._oom(c):
+                stopped = "memory"
+        return out.result(exit_code, stopped, t0)
+
+    def _oom(self, c: _Container) -> bool:
+        for path in (f"/sys/fs/cgroup/memory/docker/{c.id}/memory.oom_control",
+                     f"/sys/fs/cgroup/system.slice/docker-{c.id}.scope/memory.events",
+                     f"/sys/fs/cgroup/docker/{c.id}/memory.events"):
+            try:
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                            return True
+                return False
+            except OSError:
+                continue
+        return False
+
+    def _kill(self, c: _Container) -> None:
+        """Kill the container's pid 1: the kernel kills everything in its pid namespace first."""
+        if c.pidfd < 0:
+            return
+        try:
+            signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        poll = select.poll()
+        poll.register(c.pidfd, select.POLLIN)
+        if not poll.poll(10_000):
+            raise ActionFailed("the sandbox container did not die after SIGKILL; its effects are not applied")
+        os.close(c.pidfd)
+        c.pidfd = -1
+
+    def _retire(self, c: _Container) -> None:
+        with self._lock:
+            self._dead.append(c)
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(target=self._reap, daemon=True)
+                self._reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            with self._lock:
+                if not self._dead:
+                    self._reaper = None
+                    return
+                c = self._dead.pop(0)
+            if not self._remove(c):
+                with self._lock:
+                    self._dead.append(c)
+                    self._reaper = None
+                return
+
+    def _remove(self, c: _Container) -> bool:
+        try:
+            self.client().api.remove_container(c.id, force=True)
+        except Exception as exc:  # noqa: BLE001
+            if "No such container" not in str(exc):
+                return False
+        if c.pidfd >= 0:
+            os.close(c.pidfd)
+            c.pidfd = -1
+        overlay.umount(os.path.join(c.dir, "ws"))
+        shutil.rmtree(c.dir, ignore_errors=True)
+        return True
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the pool is full and no container is being started or removed."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._filling and self._reaper is None and len(self._pool) >= self.pool_size:
+                    return
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Remove every container of this backend (pooled, used, still filling)."""
+        with self._lock:
+            self._closed = True
+        for _ in range(200):
+            with self._lock:
+                if not self._filling:
+                    break
+            time.sleep(0.01)
+        reaper = self._reaper
+        if reaper is not None:
+            reaper.join(30)
+        with self._lock:
+            todo, self._pool, self._dead = self._pool + self._dead, [], []
+        left = [c for c in todo if not self._remove(c)]
+        with self._lock:
+            self._dead.extend(left)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+BACKENDS = ("docker", "bwrap", "process")
+
+
+def make(name: str, **kw: Any) -> Backend:
+    if name == "docker":
+        return DockerBackend(**{k: v for k, v in kw.items() if k in ("image", "pool_size", "base_url")})
+    if name == "bwrap":
+        return BwrapBackend()
+    if name == "process":
+        return ProcessBackend()
+    raise ValueError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def doctor(image: str = DEFAULT_IMAGE) -> dict[str, str | None]:
+    """Each backend: None when it works on this machine, else why not."""
+    out: dict[str, str | None] = {}
+    for name in BACKENDS:
+        backend = make(name, image=image)
+        try:
+            out[name] = backend.unavailable()
+        finally:
+            backend.close()
+    return out
