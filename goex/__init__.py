@@ -22,12 +22,12 @@ from .errors import (  # noqa: E402
     RecoveryNeeded,
     UndoConflict,
 )
-from .policy import Decision, Policy, PolicyError, load_policy  # noqa: E402
+from .policy import Decision, Policy, PolicyError, PythonRule, load_policy  # noqa: E402
 from .runtime import ConfirmationRequest, Result, Runtime, Session  # noqa: E402
 
 __all__ = [
     "CompensationFailed", "Compensations", "ConfirmationRequest", "HostRefused", "HttpConfig", "SecretRefused", "SecretStore",
     "Action", "ActionError", "ActionFailed", "Decision", "GoexError", "JournalBusy", "JournalCorrupt", "JournalUnavailable",
-    "PathRefused", "Policy", "PolicyDenied", "PolicyError", "RecoveryNeeded", "Result", "Runtime", "Session", "UndoConflict",
+    "PathRefused", "Policy", "PolicyDenied", "PolicyError", "PythonRule", "RecoveryNeeded", "Result", "Runtime", "Session", "UndoConflict",
     "action_schema", "load_policy", "parse_action", "__version__",
 ]

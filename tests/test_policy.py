@@ -309,3 +309,127 @@ def test_cli_approval_keeps_the_pack_and_protection_it_was_parked_under(root: Pa
     shutil.rmtree(root / "lnk")
     (root / "lnk").symlink_to("tests")  # the parked path now leads into the protected folder
     assert approve(ids[2]).returncode == 3 and (root / "tests/t.py").read_text() == "keep\n"
+
+
+# -- rules written in Python -----------------------------------------------------------------------
+
+
+def _big_write(action_type: str, targets: list[str], preview: dict) -> bool:
+    return preview.get("bytes_written", 0) > 10 and any(t.startswith("src/") for t in targets)
+
+
+BIG_SRC = goex.PythonRule(id="project.small-src-writes", decision="deny", when=_big_write, type=["fs.write"],
+                          severity="severe", cost=1.5, message="keep writes to src/ small",
+                          description="Large rewrites of src/ go through review.")
+
+
+def _entry(rt: goex.Runtime, entry_id: str) -> dict:
+    return rt.journal.record(rt.journal.entry(entry_id)["seq"])
+
+
+def test_python_rules_decide_like_pack_rules_and_are_journaled(root: Path):
+    policy = goex.load_policy("default").with_rules(BIG_SRC)
+    with goex.Runtime(root, policy=policy) as rt:
+        s = rt.session()
+        refused = s.execute({"type": "fs.write", "path": "src/app.py", "content": "x" * 11})
+        assert not refused.ok and refused.status == "denied" and not (root / "src/app.py").exists()
+        assert refused.decision.rules == ["project.small-src-writes"] and "keep writes to src/ small" in refused.error
+        assert refused.decision.cost == 1.5 and refused.decision.severity == "severe"
+        journaled = _entry(rt, refused.entry_id)["decision"]
+        assert journaled == {"verdict": "deny", "rules": [{"id": "project.small-src-writes", "decision": "deny",
+                                                          "severity": "severe", "cost": 1.5,
+                                                          "message": "keep writes to src/ small"}]}
+        assert s.execute({"type": "fs.write", "path": "src/app.py", "content": "small"}).ok  # the twin
+        assert s.execute({"type": "fs.write", "path": "docs/big.md", "content": "x" * 100}).ok
+        both = s.execute({"type": "fs.write", "path": "src/.env", "content": "x" * 11})  # a pack rule matches too
+        assert both.decision.rules == ["fs.env-files", "project.small-src-writes"]
+        assert both.decision.cost == 2.5 and both.decision.verdict == "deny"
+        decision, _ = s.check({"type": "fs.write", "path": "src/x.py", "content": "x" * 11})  # `goex policy check`'s path
+        assert decision.rules == ["project.small-src-writes"]
+
+
+def test_python_rules_allow_confirm_and_the_most_restrictive_wins(root: Path):
+    seen = []
+    note = goex.PythonRule(id="audit.note", decision="allow", severity="info",
+                           when=lambda t, targets, p: seen.append((t, list(targets))) or True)
+    ask = goex.PythonRule(id="ask.deletes", decision="confirm", type="fs.delete",
+                          when=lambda t, targets, p: p["files_deleted"] > 1, message="more than one file")
+    (root / "d").mkdir()
+    for i in range(3):
+        (root / f"d/{i}").write_text("x")
+    asked = []
+    with goex.Runtime(root, policy=goex.load_policy("permissive").with_rules(note, ask),
+                      approver=lambda r: asked.append(r) or True) as rt:
+        s = rt.session()
+        ok = s.execute({"type": "fs.write", "path": "a.txt", "content": "a"})
+        assert ok.ok and ok.decision.verdict == "allow" and ok.decision.rules == ["audit.note"]
+        assert _entry(rt, ok.entry_id)["decision"]["rules"][0]["id"] == "audit.note"  # journaled with the entry
+        done = s.execute({"type": "fs.delete", "path": "d", "recursive": True})
+        assert done.ok and done.decision.verdict == "confirm" and done.decision.rules == ["audit.note", "ask.deletes"]
+        assert asked[0].decision.reason == "ask.deletes: more than one file"
+        assert ("fs.delete", {"d", "d/0", "d/1", "d/2"}) in [(t, set(p)) for t, p in seen]  # a folder's contents too
+    with goex.Runtime(root, policy=goex.load_policy("training").with_rules(ask)) as rt:  # confirm: deny still applies
+        s = rt.session()
+        assert s.execute({"type": "fs.write", "path": "b/0", "content": "x"}).ok
+        assert s.execute({"type": "fs.write", "path": "b/1", "content": "x"}).ok
+        r = s.execute({"type": "fs.delete", "path": "b", "recursive": True})
+        assert not r.ok and r.decision.verdict == "deny" and r.decision.rules == ["ask.deletes"]
+
+
+@pytest.mark.parametrize("when,shown", [
+    (lambda t, targets, p: p["no-such-field"] > 1, "KeyError: 'no-such-field'"),
+    (lambda t, targets, p: 1 / 0, "ZeroDivisionError: division by zero"),
+    (lambda t, targets, p: None, "returned NoneType"),
+], ids=["key-error", "zero-division", "returns-none"])
+def test_a_python_rule_that_fails_denies_and_says_why(root: Path, when, shown):
+    rule = goex.PythonRule(id="project.flaky", decision="allow", when=when, severity="mild", cost=0.5)
+    with goex.Runtime(root, policy=goex.load_policy("default").with_rules(rule)) as rt:
+        r = rt.session().execute({"type": "fs.write", "path": "a.txt", "content": "a"})
+        assert not r.ok and r.status == "denied" and not (root / "a.txt").exists()
+        assert r.decision.verdict == "deny" and r.decision.rules == ["project.flaky"]
+        assert shown in r.error and "project.flaky" in r.error
+        match = _entry(rt, r.entry_id)["decision"]["rules"][0]
+        assert match["decision"] == "deny" and shown in match["message"]
+
+
+def test_python_rule_ids_must_not_collide_unless_replacing(root: Path):
+    default = goex.load_policy("default")
+    allow_env = goex.PythonRule(id="fs.env-files", decision="allow", when=lambda t, targets, p: True)
+    with pytest.raises(goex.PolicyError, match="'fs.env-files' is already a rule of policy 'default'.*replace=True"):
+        default.with_rules(allow_env)
+    with pytest.raises(goex.PolicyError, match="'project.small-src-writes' is already a rule"):
+        default.with_rules(BIG_SRC).with_rules(BIG_SRC)
+    with pytest.raises(goex.PolicyError, match="given twice"):
+        default.with_rules(BIG_SRC, BIG_SRC)
+    replaced = default.with_rules(allow_env, replace=True)
+    assert [r.id for r in replaced.rules].count("fs.env-files") == 1 and replaced.rules[-1] is allow_env
+    assert len(replaced.rules) == len(default.rules) and "fs.env-files" in [r.id for r in default.rules]
+    with goex.Runtime(root, policy=replaced) as rt:
+        r = rt.session().execute({"type": "fs.write", "path": ".env", "content": "K=v"})
+        assert r.ok and r.decision.rules == ["fs.env-files"] and r.decision.verdict == "allow"
+    with goex.Runtime(root, policy=default) as rt:  # the pack it came from is unchanged
+        assert not rt.session().execute({"type": "fs.write", "path": ".env", "content": "K=v"}).ok
+
+
+@pytest.mark.parametrize("kw,problem", [
+    ({"decision": "maybe"}, "decision must be"),
+    ({"severity": "huge"}, "severity must be"),
+    ({"cost": "1"}, "cost must be a number"),
+    ({"when": "p['rows'] > 1"}, "when must be a callable"),
+    ({"id": ""}, "id must be"),
+    ({"type": [""]}, "type is a list"),
+])
+def test_python_rules_are_checked_when_made(kw, problem):
+    args = {"id": "r", "decision": "deny", "when": lambda t, targets, p: True, **kw}
+    with pytest.raises(goex.PolicyError, match=problem):
+        goex.PythonRule(**args)
+    with pytest.raises(goex.PolicyError, match="PythonRule"):
+        goex.load_policy("default").with_rules({"id": "r"})  # type: ignore[arg-type]
+
+
+def test_python_rule_type_globs_limit_what_it_is_asked():
+    calls = []
+    rule = goex.PythonRule(id="r", decision="deny", type=["sql.*"], when=lambda t, targets, p: calls.append(t) or True)
+    policy = goex.load_policy("permissive").with_rules(rule)
+    assert policy.decide("fs.write", ["a"], {}).verdict == "allow" and calls == []
+    assert policy.decide("sql.execute", ["main"], {}).rules == ["r"] and calls == ["sql.execute"]

@@ -2,7 +2,8 @@
 
 A rule matches on the action type, the paths it targets, and fields of the adapter's preview;
 every matching rule is reported and the most restrictive decision wins (deny > confirm > allow).
-An action no rule matches is allowed. See docs/policy.md.
+An action no rule matches is allowed. Rules written in Python (`PythonRule`) are added to a
+compiled pack with `Policy.with_rules` and decide the same way. See docs/policy.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -79,6 +80,54 @@ class Rule(BaseModel):
     message: str = ""
 
 
+RuleTest = Callable[[str, list[str], dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class PythonRule:
+    """A rule written in Python, for what a YAML `match` cannot say.
+
+    `when(action_type, targets, preview)` returns True when the rule matches: `targets` are the
+    paths (or `METHOD URL`, `db`) the action touches, folder contents and database files
+    included, and `preview` is the adapter's preview (the fields docs/policy.md lists). It must
+    not change its arguments. `type` (globs over the action type, as in a YAML `match`) limits
+    the actions `when` is called for. A `when` that raises, or returns anything but True or
+    False, matches as a `deny` whose message names the error: a rule that cannot decide never
+    lets an action through.
+
+    Add rules to a pack with `load_policy("default").with_rules(rule, ...)`.
+    """
+
+    id: str
+    decision: Verdict
+    when: RuleTest
+    severity: Severity = "mild"
+    cost: float = 0.0
+    message: str = ""
+    description: str = ""
+    type: "tuple[str, ...] | list[str] | str" = ()
+
+    def __post_init__(self) -> None:
+        where = f"Python rule {self.id!r}"
+        if not isinstance(self.id, str) or not self.id:
+            raise PolicyError(f"Python rule: id must be a non-empty string, got {self.id!r}")
+        if self.decision not in _RANK:
+            raise PolicyError(f"{where}: decision must be allow, deny or confirm, got {self.decision!r}")
+        if self.severity not in _SEVERITY:
+            raise PolicyError(f"{where}: severity must be info, mild, severe or critical, got {self.severity!r}")
+        if isinstance(self.cost, bool) or not isinstance(self.cost, (int, float)):
+            raise PolicyError(f"{where}: cost must be a number, got {self.cost!r}")
+        if not callable(self.when):
+            raise PolicyError(f"{where}: when must be a callable (action_type, targets, preview) -> bool")
+        if not isinstance(self.message, str) or not isinstance(self.description, str):
+            raise PolicyError(f"{where}: message and description are strings")
+        types = (self.type,) if isinstance(self.type, str) else tuple(self.type)
+        if not all(isinstance(t, str) and t for t in types):
+            raise PolicyError(f"{where}: type is a list of action type globs, e.g. ['fs.*']")
+        object.__setattr__(self, "type", types)
+        object.__setattr__(self, "cost", float(self.cost))
+
+
 BUDGETS = ("files_deleted", "bytes_written", "rows_changed", "http_calls", "irreversible_calls")
 Budget = Literal["files_deleted", "bytes_written", "rows_changed", "http_calls", "irreversible_calls"]
 
@@ -143,15 +192,43 @@ class _Compiled:
 
 
 class Policy:
-    """A compiled pack. `decide` is pure and deterministic."""
+    """A compiled pack, plus any Python rules. `decide` is deterministic as long as the Python
+    rules are. `rules` lists every rule in the order they are reported: the pack's, then the
+    Python ones."""
 
     def __init__(self, pack: Pack, source: str = "<memory>"):
         self.name = pack.name
         self.source = source
-        self.rules = list(pack.rules)
+        self.rules: list[Rule | PythonRule] = list(pack.rules)
         self.budgets = dict(pack.budgets)
         self.confirm = pack.confirm
-        self._compiled = [_compile(r) for r in self.rules]
+        self._compiled = [_compile(r) for r in pack.rules]
+        self._python: list[tuple[PythonRule, re.Pattern[str] | None]] = []
+
+    def with_rules(self, *rules: PythonRule, replace: bool = False) -> "Policy":
+        """A new Policy: this one plus `rules` (`PythonRule`s), reported after the existing ones.
+
+        A rule whose id is already taken (by a rule of the pack or an earlier Python rule) is an
+        error, unless `replace=True`: then the rule with that id is dropped and the new one takes
+        its place at the end, as a pack that `extends` another replaces rules by id."""
+        for rule in rules:
+            if not isinstance(rule, PythonRule):
+                raise PolicyError(f"with_rules takes PythonRule objects, got {type(rule).__name__}")
+        ids = [r.id for r in rules]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise PolicyError(f"Python rule id {twice[0]!r} is given twice")
+        taken = sorted(set(ids) & {r.id for r in self.rules})
+        if taken and not replace:
+            raise PolicyError(f"Python rule id {taken[0]!r} is already a rule of policy {self.name!r}; choose "
+                              "another id, or pass replace=True to put the Python rule in its place")
+        new = object.__new__(Policy)
+        new.__dict__.update(self.__dict__)
+        gone = set(taken)
+        new.rules = [r for r in self.rules if r.id not in gone] + list(rules)
+        new._compiled = [c for c in self._compiled if c.rule.id not in gone]
+        new._python = [p for p in self._python if p[0].id not in gone] + [(r, _type_regex(r.type)) for r in rules]
+        return new
 
     def decide(self, action_type: str, targets: list[str], preview: dict[str, Any]) -> Decision:
         matches = tuple(
@@ -159,6 +236,10 @@ class Policy:
             for c in self._compiled
             if _matches(c, action_type, targets, preview)
         )
+        if self._python:
+            matches += tuple(m for rule, types in self._python
+                             if types is None or types.match(action_type)
+                             for m in (_ask_rule(rule, action_type, targets, preview),) if m is not None)
         if not matches:
             return ALLOW
         verdict = max((m.decision for m in matches), key=_RANK.__getitem__)
@@ -176,9 +257,31 @@ def usage(action_type: str, preview: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in spent.items() if v}
 
 
+def _type_regex(globs: Iterable[str]) -> re.Pattern[str] | None:
+    globs = list(globs)
+    return re.compile("|".join(fnmatch.translate(t) for t in globs)) if globs else None
+
+
 def _compile(rule: Rule) -> _Compiled:
-    types = re.compile("|".join(fnmatch.translate(t) for t in rule.match.type)) if rule.match.type else None
-    return _Compiled(rule, types, [glob_regex(p) for p in rule.match.path])
+    return _Compiled(rule, _type_regex(rule.match.type), [glob_regex(p) for p in rule.match.path])
+
+
+def _ask_rule(rule: PythonRule, action_type: str, targets: list[str], preview: dict[str, Any]) -> RuleMatch | None:
+    """The match of a Python rule, or None. A rule that fails denies: it cannot vouch for the action."""
+    try:
+        answer = rule.when(action_type, targets, preview)
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is a refusal, never an allow
+        text = str(exc)
+        text = f"{type(exc).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}" if text else type(exc).__name__
+        return RuleMatch(rule.id, "deny", rule.severity, rule.cost,
+                         f"the rule raised {text}; refused, since a rule that cannot decide does not allow")
+    if answer is True:
+        return RuleMatch(rule.id, rule.decision, rule.severity, rule.cost, rule.message or rule.description)
+    if answer is False:
+        return None
+    return RuleMatch(rule.id, "deny", rule.severity, rule.cost,
+                     f"the rule returned {type(answer).__name__} {str(answer)[:80]!r}, not True or False; "
+                     "refused, since a rule that cannot decide does not allow")
 
 
 def _matches(c: _Compiled, action_type: str, targets: list[str], preview: dict[str, Any]) -> bool:
