@@ -400,3 +400,52 @@ def test_default_pack_refuses_deleting_a_collection(root: Path, base: str):
         assert not r.ok and r.decision.verdict == "deny" and "http.delete-collection" in r.decision.rules
         r = req(s, "DELETE", base + "/orders/ord_1")  # the harmless twin: one item, reversible
         assert r.decision.verdict != "deny" and "http.delete-collection" not in r.decision.rules
+
+
+def test_secret_values_written_out_are_bound_like_placeholders(root: Path, base: str, monkeypatch: pytest.MonkeyPatch):
+    """An agent that read a secret and pastes its value is held to the secret's hosts, wherever
+    in the request the value is; the same value sent to the host it is bound to goes through."""
+    from urllib.parse import quote
+    mine, other, pin = "tok-" + "5e0a9d3c71b2f468", "oth/er+" + "0c9b8a7d6e5f", "1234567"
+    monkeypatch.setenv("GOEX_SECRET_SHOP_TOKEN", mine)
+    monkeypatch.setenv("GOEX_SECRET_SHOP_TOKEN_HOSTS", httpx.URL(base).host)
+    monkeypatch.setenv("GOEX_SECRET_OTHER", other)
+    monkeypatch.setenv("GOEX_SECRET_OTHER_HOSTS", "api.example.com")
+    monkeypatch.setenv("GOEX_SECRET_PIN", pin)  # too short to be looked for
+    monkeypatch.setenv("GOEX_SECRET_PIN_HOSTS", "api.example.com")
+
+    def placements(value: str) -> list[dict]:
+        return [{"url": base + "/orders?note=" + quote(value, safe=""), "json": {"item": "A", "qty": 1}},
+                {"url": base + "/orders?note=" + value, "json": {"item": "A", "qty": 1}},
+                {"url": base + "/orders", "headers": {"X-Note": f"Bearer {value}"}, "json": {"item": "A", "qty": 1}},
+                {"url": base + "/orders", "headers": {"Content-Type": "application/json"},
+                 "body": json.dumps({"item": value, "qty": 1})},
+                {"url": base + "/orders", "json": {"item": "A", "qty": 1, "meta": [{"note": f"k={value};"}]}}]
+
+    with goex.Runtime(root, policy="permissive", http=config(base)) as rt:
+        s = rt.session()
+        for spec in placements(other):
+            refused = req(s, "POST", **spec)
+            assert not refused.ok and refused.status == "denied", spec
+            assert refused.decision.rules == ["http.secret-binding"]
+            assert "secret 'OTHER' refused" in refused.error and "written out" in refused.error
+            assert "api.example.com" in refused.error
+            assert other not in json.dumps(refused.to_json()) and quote(other, safe="") not in refused.error
+        assert state(base) == SEED  # nothing was sent
+        mixed = req(s, "POST", base + "/orders", headers={"Authorization": "Bearer {{secret:SHOP_TOKEN}}"},
+                    json={"item": other, "qty": 1})
+        assert not mixed.ok and "secret 'OTHER' refused" in mixed.error
+        short = req(s, "POST", base + "/orders", json={"item": pin, "qty": 1})  # under 8 characters: not looked for
+        assert short.ok and state(base)["orders"][-1]["item"] == pin
+
+        for spec in placements(mine):  # the harmless twin: the host it is bound to
+            decision, preview = s.check({"type": "http.request", "method": "POST", **spec})
+            assert decision.verdict == "allow" and preview["secrets"] == ["SHOP_TOKEN"], spec
+            done = req(s, "POST", **spec)
+            assert done.ok, done.error
+            assert rt.journal.record(rt.journal.entry(done.entry_id)["seq"])["preview"]["secrets"] == ["SHOP_TOKEN"]
+        echo = req(s, "POST", base + "/echo", headers={"X-Token": mine, "Authorization": "Bearer {{secret:SHOP_TOKEN}}"})
+        assert echo.ok and echo.output["body"]["headers"]["x-token"] == "{{secret:SHOP_TOKEN}}"  # redacted on the way back
+        assert echo.decision.verdict == "allow"
+        s.rollback()
+    assert state(base) == SEED

@@ -238,10 +238,12 @@ class HttpAdapter:
                                           "send credentials in a header")
         if host not in self.config.hosts and f"{host}:{url.port}" not in self.config.hosts:
             raise HostRefused(host, self.config.hosts)
-        names = self.secrets.names_in([action.url, *action.headers.values(), action.body or "",
-                                       json.dumps(action.json_body) if action.json_body is not None else ""])
-        self.secrets.check(names, host)
-        return host, names
+        texts = [action.url, *action.headers, *action.headers.values(), action.body or "",
+                 *_json_texts(action.json_body)]
+        names = self.secrets.names_in(texts)
+        pasted = self.secrets.literals_in(texts)  # a value copied into the request is the secret too
+        self.secrets.check(names, host, written_out=pasted)
+        return host, sorted(set(names) | set(pasted))
 
     def _send_action(self, action: HttpRequest, key: str | None) -> httpx.Response:
         headers = dict(action.headers)
@@ -400,6 +402,25 @@ def _bounded_body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
             if len(out) > limit:
                 return bytes(out[:limit]), True
     return bytes(out), False
+
+
+def _json_texts(obj: Any) -> list[str]:
+    """Every string (keys included) and number of a JSON body, as text."""
+    out: list[str] = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                out.append(str(key))
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            out.append(str(item))
+    return out
 
 
 def _raw_path(url: httpx.URL) -> str:

@@ -7,7 +7,9 @@ Sources, later ones overriding earlier ones:
 - a YAML file: `NAME: value` or `NAME: {value: ..., hosts: [api.example.com]}`.
 
 A secret is only ever sent to the hosts it is bound to; every value is redacted (back to its
-placeholder) from anything goex records or returns.
+placeholder) from anything goex records or returns. A value written out in a request (an agent
+that read it somewhere and pasted it) counts as the secret too: it may only go where the secret
+may. Values shorter than `MIN_LITERAL` characters are not looked for, as they turn up by chance.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ...errors import GoexError
 
 PLACEHOLDER = re.compile(r"\{\{secret:([A-Za-z_][A-Za-z0-9_]*)\}\}")
 _ENV_PREFIX = "GOEX_SECRET_"
+#: Secret values shorter than this are not searched for written out in requests (too many false alarms).
+MIN_LITERAL = 8
 
 
 class SecretRefused(GoexError):
@@ -88,14 +92,33 @@ class SecretStore:
     def names_in(self, texts: Iterable[str]) -> list[str]:
         return sorted({m.group(1) for t in texts for m in PLACEHOLDER.finditer(t)})
 
-    def check(self, names: Iterable[str], host: str) -> None:
-        """Refuse unless every named secret exists and may go to `host`."""
-        for name in names:
+    def literals_in(self, texts: Iterable[str]) -> list[str]:
+        """Names of the secrets whose value is written out in `texts`, as it is or URL-encoded.
+        Values shorter than MIN_LITERAL characters are not looked for."""
+        texts = [t for t in texts if t]
+        found = set()
+        for name, secret in self.secrets.items():
+            value = secret.value
+            if len(value) < MIN_LITERAL:
+                continue
+            forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
+            if any(form in text for text in texts for form in forms):
+                found.add(name)
+        return sorted(found)
+
+    def check(self, names: Iterable[str], host: str, *, written_out: Iterable[str] = ()) -> None:
+        """Refuse unless every named secret exists and may go to `host`. `written_out` names
+        secrets whose value the request holds literally; they are bound the same way. The
+        refusal names the secret, never its value."""
+        pasted = set(written_out)
+        for name in sorted(set(names) | pasted):
             secret = self.secrets.get(name)
             if secret is None:
                 raise SecretRefused(name, f"no such secret; set {_ENV_PREFIX}{name} or add it to the secrets file")
             if secret.hosts and host.lower() not in secret.hosts:
-                raise SecretRefused(name, f"it is bound to {', '.join(sorted(secret.hosts))}, not {host}")
+                how = (f"the request holds its value written out (not as {{{{secret:{name}}}}}), and "
+                       if name in pasted and name not in names else "")
+                raise SecretRefused(name, f"{how}it is bound to {', '.join(sorted(secret.hosts))}, not {host}")
 
     def fill(self, text: str) -> str:
         return PLACEHOLDER.sub(lambda m: self.secrets[m.group(1)].value, text)
