@@ -218,8 +218,9 @@ def _prompt(request: Any) -> bool:
     print(f"\ngoex: {request.type} needs confirmation: {request.decision.reason}", file=sys.stderr)
     if request.summary:
         print(request.summary, file=sys.stderr)
+    print("Allow it? [y/N] ", end="", file=sys.stderr, flush=True)  # stdout carries only the JSON results
     try:
-        answer = input("Allow it? [y/N] ")
+        answer = input()
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")

@@ -547,3 +547,36 @@ def test_property_any_actions_undone_newest_first(prop, actions):
         assert h.conflicts(record) == []
         h.revert(record)
     assert h.dump() == start
+
+
+def test_confirmation_shows_the_rows_a_statement_would_change(url: str, root):
+    """The confirmation prompt's summary reads the rows an UPDATE/DELETE would change with the
+    statement's own WHERE and parameters, and changes nothing."""
+    import goex
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE item(id INT PRIMARY KEY, name TEXT, price NUMERIC(6, 2), tags TEXT[]); "
+                     "INSERT INTO item SELECT n, 'item ' || n, n * 1.5, ARRAY['t' || n] FROM generate_series(1, 8) n")
+    start = dump(url)
+    asked: list = []
+    with goex.Runtime(root, databases={"pg": url}, approver=lambda r: asked.append(r) or False) as rt:
+        s = rt.session()
+        r = s.execute({"type": "sql.execute", "db": "pg", "sql": "DELETE FROM item"})
+        assert r.status == "denied" and r.decision.rules == ["sql.no-where"] and dump(url) == start
+        summary = asked[-1].summary
+        assert "sql.execute on pg (postgresql), 1 statement: 8 rows change in all" in summary
+        assert "1. DELETE on item, NO WHERE (every row): DELETE FROM item" in summary
+        assert "rows of item it would change (the first 5; more match):" in summary
+        assert '{"id": 1, "name": "item 1", "price": "1.50", "tags": "[\'t1\']"}' in summary  # as queries show it
+        assert '"id": 5,' in summary and '"id": 6,' not in summary
+    pack = root.parent / "ask.yaml"
+    pack.write_text("name: ask\nrules:\n  - {id: ask.sql, match: {type: [sql.execute]}, decision: confirm}\n")
+    with goex.Runtime(root, policy=pack, databases={"pg": url}, approver=lambda r: asked.append(r) or True) as rt:
+        s = rt.session()
+        r = s.execute({"type": "sql.execute", "db": "pg", "sql": "UPDATE item SET name = :new WHERE id BETWEEN :lo AND 3 "
+                       "AND name LIKE 'item%'", "params": {"new": "renamed", "lo": 2}})
+        assert r.ok and r.output == {"rows_changed": 2}, r.error
+        summary = asked[-1].summary
+        assert "rows of item it would change (all 2):" in summary and '"name": "item 2"' in summary
+        assert '"name": "item 3"' in summary and "renamed" not in summary.split("\n", 2)[2]
+        s.rollback()
+    assert dump(url) == start

@@ -258,3 +258,88 @@ def test_cli_with_db(root: Path, db: Path):
     assert dump(db) == start
     bad = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", "oops", action], capture_output=True, text=True)
     assert bad.returncode == 1 and "NAME=URL" in bad.stderr
+
+
+def _exec_on_a_terminal(args: list[str], answer: str) -> tuple[dict, str]:
+    """Run `goex exec` with stdin and stderr on a terminal (so it asks), answer the prompt, and
+    return (the JSON result, what the terminal showed)."""
+    import os
+    import pty
+    import select
+    goex_cli = str(Path(sys.executable).with_name("goex"))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([goex_cli, "exec", *args], stdin=slave, stderr=slave, stdout=subprocess.PIPE)
+    os.close(slave)
+    shown = b""
+    try:
+        while b"Allow it? [y/N] " not in shown:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, f"no prompt; the terminal showed {shown!r}"
+            shown += os.read(master, 65536)
+        os.write(master, answer.encode() + b"\n")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        os.close(master)
+    return json.loads(out), shown.decode().replace("\r\n", "\n")
+
+
+def test_cli_confirmation_shows_the_rows_a_statement_would_change(root: Path, db: Path):
+    start = dump(db)
+    args = ["--root", str(root), "--db", "main=sqlite:///app.db",
+            json.dumps({"type": "sql.execute", "db": "main", "sql": "DELETE FROM parent"})]
+    result, shown = _exec_on_a_terminal(args, "n")
+    assert result["status"] == "denied" and result["rules"] == ["sql.no-where"], result
+    assert "rejected by the approver" in result["error"] and dump(db) == start  # the sample changed nothing
+    assert "sql.execute on main (sqlite), 1 statement: 9 rows change in all" in shown  # parents, children, audit
+    assert "1. DELETE on parent, NO WHERE (every row): DELETE FROM parent" in shown
+    assert "rows of parent it would change (all 3):" in shown
+    assert '{"id": 1, "name": "ada", "note": "n/a"}' in shown and '"name": "cy"' in shown
+
+    where = json.dumps({"type": "sql.execute", "db": "main", "sql": "UPDATE parent SET note = ? WHERE id >= ? OR name = ?",
+                        "params": ["x", 2, "ada"]})
+    pack = root.parent / "ask.yaml"
+    pack.write_text("name: ask\nrules:\n  - {id: ask.sql, match: {type: [sql.execute]}, decision: confirm}\n")
+    result, shown = _exec_on_a_terminal(["--policy", str(pack), *args[:-1], where], "y")
+    assert result["ok"] and result["output"] == {"rows_changed": 3}, result
+    assert "1. UPDATE on parent, with WHERE: UPDATE parent SET note = ? WHERE id >= ? OR name = ?" in shown
+    assert "rows of parent it would change (all 3):" in shown and '"note": "n/a"' in shown  # the rows as they are
+    assert '"note": "x"' not in shown
+    assert all(row[2] == "x" for row in sqlite3.connect(db).execute("SELECT * FROM parent"))
+
+
+@pytest.mark.parametrize("text,params,shown", [
+    ("DELETE FROM parent WHERE abs(id) = 1", None, "rows not shown: its WHERE calls functions or holds subqueries"),
+    ("DELETE FROM parent WHERE id IN (SELECT parent FROM child)", None, "rows not shown: its WHERE calls functions"),
+    ("DELETE FROM child; DELETE FROM parent", None, "rows not shown: earlier statements of this action change"),
+    ("DELETE FROM parent WHERE id = 99", None, "no row of parent matches now"),
+    ("UPDATE parent SET note = :n WHERE name LIKE :p", {"n": "x", "p": "%y"}, "rows of parent it would change (all 1):"),
+    ("DELETE FROM nopk WHERE a = 1", None, "rows of nopk it would change (all 2):"),
+])
+def test_sql_confirmation_summary_cases(root: Path, db: Path, text, params, shown):
+    pack = root.parent / "ask.yaml"
+    pack.write_text("name: ask\nrules:\n  - {id: ask.sql, match: {type: [sql.execute]}, decision: confirm}\n")
+    asked = []
+    with goex.Runtime(root, policy=pack, databases={"main": "sqlite:///app.db"},
+                      approver=lambda r: asked.append(r) or False) as rt:
+        before = dump(db)
+        r = sql(rt.session(), text, **({"params": params} if params else {}))
+        assert r.status == "denied" and dump(db) == before
+    assert shown in asked[0].summary, asked[0].summary
+
+
+def test_a_failing_sample_does_not_fail_the_action(root: Path, db: Path, monkeypatch: pytest.MonkeyPatch):
+    from goex.adapters.sql.sqlite import SqliteEngine
+    real = SqliteEngine.stage
+
+    def stage(self, statements, *args, **kw):
+        if statements[0].startswith("SELECT"):
+            raise RuntimeError("disk on fire")
+        return real(self, statements, *args, **kw)
+
+    monkeypatch.setattr(SqliteEngine, "stage", stage)
+    asked = []
+    with goex.Runtime(root, databases={"main": "sqlite:///app.db"}, approver=lambda r: asked.append(r) or True) as rt:
+        r = sql(rt.session(), "DELETE FROM nopk")
+        assert r.ok and r.output == {"rows_changed": 3}
+    assert "rows not shown: reading them failed (disk on fire)" in asked[0].summary

@@ -11,6 +11,7 @@ point leaves either nothing applied or an entry whose outcome recovery can read 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 from ...errors import ActionFailed, GoexError
 from ..base import Applied, GetBlob, Prepared, PutBlob
 from .actions import SqlExecute
-from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse
+from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
+
+#: rows of an UPDATE or DELETE shown when asking for confirmation
+SAMPLE_ROWS = 5
 
 __all__ = ["SqlAdapter", "SqlRefused", "SqlIrreversible", "Database", "parse_databases", "engine_for"]
 
@@ -148,6 +152,57 @@ class SqlAdapter:
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file
         return prepared
+
+    def summarize(self, prepared: Prepared) -> str:
+        """What the statements would do, for a person deciding whether to allow them: per
+        statement its kind, tables and WHERE, and for a single-table UPDATE or DELETE the first
+        rows it would change, read with its own WHERE in a transaction that is rolled back."""
+        p = prepared.preview
+        action: SqlExecute = prepared.action  # type: ignore[assignment]
+        statements, analysed = prepared.state["statements"], prepared.state["analysed"]
+        count = f"{len(statements)} statements" if len(statements) > 1 else "1 statement"
+        lines = [f"sql.execute on {p['db']} ({p['engine']}), {count}: "
+                 + (f"{p['rows']:,} rows change in all (exact, cascades and triggers included)" if p["writes"]
+                    else "reads only")]
+        earlier_write = False
+        for n, (statement, a) in enumerate(zip(statements, analysed), 1):
+            where = ""
+            if a["kind"] in ("update", "delete"):
+                where = ", with WHERE" if a["where"] else ", NO WHERE (every row)"
+            text = " ".join(statement.split())
+            lines.append(f"{n}. {a['kind'].upper()} on {', '.join(a['tables']) or '-'}{where}: "
+                         f"{text[:300]}{'...' if len(text) > 300 else ''}")
+            if a["kind"] in ("update", "delete"):
+                lines += ["   " + line for line in self._sample(prepared.state["db"], statement, action.params,
+                                                               earlier_write, ", ".join(a["tables"]))]
+            earlier_write = earlier_write or a["kind"] != "select"
+        return "\n".join(lines)
+
+    def _sample(self, db: Database, statement: str, params: Any, earlier_write: bool, table: str) -> list[str]:
+        """The first rows an UPDATE or DELETE would change, or why they are not shown. Never
+        changes anything: a plain SELECT, run in a transaction that is rolled back; never raises."""
+        if earlier_write:
+            return ["rows not shown: earlier statements of this action change the data first"]
+        try:
+            engine = self.engine(db.name)
+            query, values = sample_query(statement, params, engine.dialect, SAMPLE_ROWS + 1)
+        except (ValueError, GoexError) as exc:
+            return [f"rows not shown: {exc}"]
+        try:
+            staged = engine.stage([query], values, [analyse(query, engine.dialect)], {})
+            staged.abort()
+        except Exception as exc:  # noqa: BLE001 - a sample is a courtesy; the action goes on without it
+            return [f"rows not shown: reading them failed ({exc})"]
+        columns, rows = staged.output.get("columns") or [], staged.output.get("rows") or []
+        if not rows:
+            return [f"no row of {table} matches now"]
+        head = (f"rows of {table} it would change (the first {SAMPLE_ROWS}; more match):" if len(rows) > SAMPLE_ROWS
+                else f"rows of {table} it would change (all {len(rows)}):")
+        out = [head]
+        for row in rows[:SAMPLE_ROWS]:
+            shown = json.dumps(dict(zip(columns, row)), ensure_ascii=False, default=str)
+            out.append(f"  {shown[:200]}{'...' if len(shown) > 200 else ''}")
+        return out
 
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         db: Database = prepared.state["db"]

@@ -172,6 +172,53 @@ def _analyse(statement: str, dialect: str) -> dict[str, Any]:
             or kind.startswith(("create_", "drop_", "alter_"))}
 
 
+# what a WHERE may hold for goex to read the rows it selects: columns, values, comparisons and
+# boolean logic; no function calls and no subqueries (they could do anything)
+_PLAIN_WHERE = (exp.Where, exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.EQ, exp.NEQ, exp.GT,
+                exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Paren, exp.In, exp.Between, exp.Is,
+                exp.Null, exp.Boolean, exp.Like, exp.ILike, exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div,
+                exp.Tuple, exp.NullSafeEQ)
+
+
+def sample_query(statement: str, params: Any, dialect: str, limit: int) -> tuple[str, list[Any] | None]:
+    """`SELECT * FROM <table> WHERE <the statement's WHERE> LIMIT <limit>`: the rows a single-table
+    UPDATE or DELETE selects, with the WHERE's own parameters (as `?` and a list). Raises
+    ValueError saying why when that cannot be read safely (joins, functions, subqueries, ...)."""
+    try:
+        tree = sqlglot.parse_one(statement, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        raise ValueError("the statement does not parse") from None
+    if not isinstance(tree, (exp.Update, exp.Delete)):
+        raise ValueError("not a plain UPDATE or DELETE")
+    target = tree.this if isinstance(tree, exp.Update) else tree.args.get("this")
+    if not isinstance(target, exp.Table) or not target.name:
+        raise ValueError("its target is not a single table")
+    if any(tree.args.get(k) for k in ("from", "joins", "using", "tables", "with", "order", "limit", "returning")):
+        raise ValueError("it reads other tables, orders, limits or returns rows")
+    where = tree.args.get("where")
+    if where is not None and any(not isinstance(node, _PLAIN_WHERE) for node in where.walk()):
+        raise ValueError("its WHERE calls functions or holds subqueries")
+    before = [n for e in (tree.expressions if isinstance(tree, exp.Update) else []) for n in e.find_all(exp.Placeholder)]
+    marks = [n for n in where.find_all(exp.Placeholder, bfs=False)] if where is not None else []
+    values: list[Any] = []
+    for mark in marks:
+        name = mark.args.get("this")
+        if name and isinstance(params, dict) and name in params:
+            values.append(params[name])
+        elif not name and isinstance(params, (list, tuple)) and len(before) + len(marks) == len(params):
+            values.append(params[len(before) + len(values)])
+        else:
+            raise ValueError("its parameters cannot be matched to the WHERE")
+        mark.replace(exp.Placeholder(jdbc=True))  # `?` in every dialect
+    query = exp.select("*").from_(target.copy())
+    if where is not None:
+        query = query.where(where.this)
+    sql = query.limit(limit).sql(dialect=dialect)
+    if sql.count("?") != len(values):  # every parameter must sit where the statement had it
+        raise ValueError("its parameters cannot be matched to the WHERE")
+    return sql, values if marks else None
+
+
 def format_rows(columns: list[str], cursor_rows: Any) -> dict[str, Any]:
     """Query output: columns and at most MAX_ROWS rows (bytes as {"$base64": ...}), with a marker when cut."""
     rows = []
