@@ -433,3 +433,143 @@ def test_python_rule_type_globs_limit_what_it_is_asked():
     policy = goex.load_policy("permissive").with_rules(rule)
     assert policy.decide("fs.write", ["a"], {}).verdict == "allow" and calls == []
     assert policy.decide("sql.execute", ["main"], {}).rules == ["r"] and calls == ["sql.execute"]
+
+
+# -- every rule of every shipped pack: an action it must catch, a harmless twin it lets through ----
+#
+# Each case is checked the way `goex policy check` does (`session.check`): the real adapters
+# build the preview from a real workspace, a SQLite database and the example service, and
+# nothing is run, sent or journaled. `{base}` is the service's URL.
+
+BIG = 104857600  # fs.bulk-delete-bytes: more than 100 MiB
+
+RULE_CASES: dict[str, tuple[dict, dict]] = {
+    "fs.git-internals": ({"type": "fs.write", "path": ".git/config", "content": "x"},
+                         {"type": "fs.write", "path": "docs/git.md", "content": "x"}),
+    "fs.env-files": ({"type": "fs.write", "path": "app/.env", "content": "K=v"},
+                     {"type": "fs.write", "path": "app/env.py", "content": "K = 1"}),
+    "fs.keys-and-certificates": ({"type": "fs.write", "path": "certs/site.pem", "content": "x"},
+                                 {"type": "fs.write", "path": "certs/README.md", "content": "x"}),
+    "fs.world-writable": ({"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0666"},
+                          {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0664"}),
+    "fs.setuid": ({"type": "fs.chmod", "path": "gitnotes.txt", "mode": "4755"},
+                  {"type": "fs.chmod", "path": "gitnotes.txt", "mode": "0755"}),
+    "fs.bulk-delete-files": ({"type": "fs.delete", "path": "many", "recursive": True},
+                             {"type": "fs.delete", "path": "few", "recursive": True}),
+    "fs.bulk-delete-bytes": ({"type": "fs.delete", "path": "data/over.bin"},
+                             {"type": "fs.delete", "path": "data/limit.bin"}),
+    "http.irreversible": ({"type": "http.request", "method": "POST", "url": "{base}/payments",
+                           "json": {"amount": 5, "currency": "EUR", "to": "x"}},
+                          {"type": "http.request", "method": "POST", "url": "{base}/orders", "json": {"item": "A", "qty": 1}}),
+    "http.delete-collection": ({"type": "http.request", "method": "DELETE", "url": "{base}/items"},
+                               {"type": "http.request", "method": "DELETE", "url": "{base}/items/itm_1"}),
+    "sql.drop": ({"type": "sql.execute", "db": "main", "sql": "DROP TABLE audit"},
+                 {"type": "sql.execute", "db": "main", "sql": "CREATE TABLE audit2(msg TEXT)"}),
+    "sql.no-where": ({"type": "sql.execute", "db": "main", "sql": "UPDATE pair SET b = 'x'"},
+                     {"type": "sql.execute", "db": "main", "sql": "UPDATE pair SET b = 'x' WHERE a = 1"}),
+    "sql.drop-column": ({"type": "sql.execute", "db": "main", "sql": "ALTER TABLE pair DROP COLUMN b"},
+                        {"type": "sql.execute", "db": "main", "sql": "ALTER TABLE pair ADD COLUMN c"}),
+    "sql.many-rows": ({"type": "sql.execute", "db": "main", "sql": "DELETE FROM big WHERE n > ?", "params": [0]},
+                      {"type": "sql.execute", "db": "main", "sql": "DELETE FROM big WHERE n > ?", "params": [1]}),
+    "code.network": ({"type": "code.run", "code": "print(1)", "network": True},
+                     {"type": "code.run", "code": "print(1)"}),
+    "strict.any-delete": ({"type": "fs.delete", "path": "gitnotes.txt"}, {"type": "fs.read", "path": "gitnotes.txt"}),
+    "strict.overwrite-by-move": ({"type": "fs.move", "src": "gitnotes.txt", "dst": "home/notes.txt", "overwrite": True},
+                                 {"type": "fs.move", "src": "gitnotes.txt", "dst": "home/new.txt"}),
+    "strict.http-delete": ({"type": "http.request", "method": "DELETE", "url": "{base}/items/itm_1"},
+                           {"type": "http.request", "method": "PATCH", "url": "{base}/items/itm_1", "json": {"stock": 1}}),
+}
+
+SHIPPED_RULES = [(pack, rule.id) for pack in goex.policy.shipped_packs() for rule in goex.load_policy(pack).rules]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """A workspace, a SQLite database in it and the example service, for checking only."""
+    import sqlite3
+
+    import httpx
+
+    from goex.service import serve
+    root = tmp_path_factory.mktemp("rules") / "ws"
+    root.mkdir()
+    seed(root)
+    (root / "data").mkdir()
+    for name, size in (("over.bin", BIG + 1), ("limit.bin", BIG)):  # sparse: sizes without the bytes
+        with open(root / "data" / name, "wb") as f:
+            f.truncate(size)
+    conn = sqlite3.connect(root / "app.db")
+    conn.executescript("CREATE TABLE audit(msg TEXT); CREATE TABLE pair(a INT, b TEXT); "
+                       "INSERT INTO pair VALUES (1, 'one'), (2, 'two'); CREATE TABLE big(n INT); "
+                       "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1001) "
+                       "INSERT INTO big SELECT n FROM c;")
+    conn.commit()
+    conn.close()
+    with serve() as base:
+        httpx.post(base + "/admin/reset", json={
+            "orders": [{"id": "ord_1", "item": "A-1", "qty": 1, "status": "open"}],
+            "items": [{"id": "itm_1", "name": "pen", "price": 1.5, "stock": 10}], "emails": [], "payments": []},
+        ).raise_for_status()
+        http = goex.HttpConfig(allow_hosts=[httpx.URL(base).host], openapi=httpx.get(base + "/openapi.json").json())
+        yield root, base, http
+
+
+def _world_state(root: Path, base: str) -> tuple:
+    import sqlite3
+
+    import httpx
+    files = sorted((str(p.relative_to(root)), p.lstat().st_size, p.lstat().st_mode)
+                   for p in root.rglob("*") if ".goex" not in p.parts)
+    conn = sqlite3.connect(root / "app.db")
+    try:
+        rows = list(conn.iterdump())
+    finally:
+        conn.close()
+    return files, rows, httpx.get(base + "/state").json()
+
+
+def _case(action: dict, base: str) -> dict:
+    return {**action, "url": action["url"].format(base=base)} if "url" in action else action
+
+
+@pytest.mark.parametrize("pack,rule", SHIPPED_RULES, ids=[f"{p}:{r}" for p, r in SHIPPED_RULES])
+def test_every_shipped_rule_catches_its_harm_and_lets_its_twin_through(world, pack, rule):
+    root, base, http = world
+    assert rule in RULE_CASES, f"rule {rule} of the {pack} pack has no (harmful, harmless) case in RULE_CASES"
+    harmful, harmless = (_case(a, base) for a in RULE_CASES[rule])
+    before = _world_state(root, base)
+    with goex.Runtime(root, policy=pack, http=http, databases={"main": "sqlite:///app.db"}) as rt:
+        declared = next(r for r in rt.policy.rules if r.id == rule)
+        s = rt.session()
+        caught, preview = s.check(harmful)
+        assert rule in caught.rules, (harmful, caught, preview)
+        match = next(m for m in caught.matches if m.id == rule)
+        assert (match.decision, match.severity, match.cost) == (declared.decision, declared.severity, declared.cost)
+        ranks = {"allow": 0, "confirm": 1, "deny": 2}
+        assert ranks[caught.verdict] >= ranks[declared.decision]
+        if rt.policy.confirm == "deny":
+            assert caught.verdict != "confirm"  # training: what would ask is refused
+        passed, preview = s.check(harmless)
+        assert rule not in passed.rules, (harmless, passed, preview)
+        assert not any(m.id.startswith(("http.host", "http.secret", "sql.conf", "workspace.")) for m in passed.matches)
+        if pack == "default":
+            assert passed.verdict == "allow", (harmless, passed)
+        assert rt.log() == []  # checking journals nothing
+    assert _world_state(root, base) == before  # and changes nothing
+
+
+def test_the_rule_cases_cover_exactly_the_shipped_rules():
+    shipped = {rule for _, rule in SHIPPED_RULES}
+    assert shipped == set(RULE_CASES), (sorted(shipped - set(RULE_CASES)), sorted(set(RULE_CASES) - shipped))
+    assert {"default", "strict", "training", "permissive"} <= set(goex.policy.shipped_packs())
+    assert {p for p, _ in SHIPPED_RULES} == {"default", "strict", "training"}  # permissive has no rules
+
+
+def test_permissive_lets_every_harmful_case_through(world):
+    root, base, http = world
+    with goex.Runtime(root, policy="permissive", http=http, databases={"main": "sqlite:///app.db"}) as rt:
+        assert rt.policy.rules == []
+        s = rt.session()
+        for rule, (harmful, _) in RULE_CASES.items():
+            decision, _ = s.check(_case(harmful, base))
+            assert decision.verdict == "allow" and decision.rules == [], (rule, decision)
