@@ -186,7 +186,7 @@ class Runtime:
             if span.is_recording():
                 span.set_attributes({
                     "goex.action.type": model.type,
-                    "goex.action.target": ", ".join(model.targets()),  # type: ignore[attr-defined]
+                    "goex.action.target": self._http.secrets.redact(", ".join(model.targets())),  # type: ignore[attr-defined]
                     "goex.decision": result.decision.verdict if result.decision else "allow",
                     "goex.entry.id": result.entry_id or "",
                     "goex.session.id": session.id,
@@ -489,9 +489,13 @@ class Runtime:
 
     def _entry_fields(self, tx: Transaction, session: "Session", model: BaseModel, targets: list[str],
                       decision: Decision | None) -> dict[str, Any]:
+        action = action_to_json(model)
+        target = " -> ".join(targets) if model.type == "fs.move" else ", ".join(targets)
+        if model.type == "http.request":  # a secret's value written out goes back to its placeholder
+            action, target = self._http.secrets.redact_json(action), self._http.secrets.redact(target)
         return {
-            "session": session.id, "actor": session.actor, "action": _journal_form(action_to_json(model), tx),
-            "target": " -> ".join(targets) if model.type == "fs.move" else ", ".join(targets),
+            "session": session.id, "actor": session.actor, "action": _journal_form(action, tx),
+            "target": target,
             "decision": (decision or Decision("allow")).to_json(), "pid": os.getpid(),
         }
 

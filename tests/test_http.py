@@ -448,4 +448,8 @@ def test_secret_values_written_out_are_bound_like_placeholders(root: Path, base:
         assert echo.ok and echo.output["body"]["headers"]["x-token"] == "{{secret:SHOP_TOKEN}}"  # redacted on the way back
         assert echo.decision.verdict == "allow"
         s.rollback()
+        journal = "\n".join(body for _, body, _ in rt.journal.records())
+        for value in (mine, other):  # journaled as their placeholders, refused or sent
+            assert value not in journal and quote(value, safe="") not in journal
+        assert "{{secret:SHOP_TOKEN}}" in journal
     assert state(base) == SEED

@@ -114,7 +114,7 @@ class HttpAdapter:
         key = next((v for k, v in action.headers.items() if k.lower() == self.config.idempotency_header.lower()),
                    None) or f"goex-{uuid.uuid4().hex}"
         state["key"] = key
-        plan: dict[str, Any] = {"kind": state["kind"], "url": action.url, "idempotency_key": key,
+        plan: dict[str, Any] = {"kind": state["kind"], "url": self.secrets.redact(action.url), "idempotency_key": key,
                                 "route": prepared.preview["route"], "params": state["params"],
                                 "undo": state["route"].undo if state["route"] else None,
                                 "idempotent": bool(state["route"] and state["route"].idempotent)}
@@ -308,7 +308,7 @@ class HttpAdapter:
         if status >= 400 or plan["kind"] in ("irreversible", "none", "read"):
             return {"effect": 200 <= status < 400, "status": status}
         url = httpx.URL(action.url)
-        auth_headers = {k: v for k, v in action.headers.items()
+        auth_headers = {k: self.secrets.redact(v) for k, v in action.headers.items()  # filled again when sent
                         if k.lower() not in _HOP_HEADERS and k.lower() != self.config.idempotency_header.lower()}
         after: dict[str, Any] = {"effect": True, "status": status, "headers": auth_headers, "compensation": None}
         if status >= 300:
@@ -322,7 +322,7 @@ class HttpAdapter:
                                      "headers": auth_headers, "json": body}
         except KeyError as exc:
             after["compensation_error"] = str(exc).strip("'\"")
-        check = action.url if plan["kind"] != "create" else (after["compensation"] or {}).get("url")
+        check = self.secrets.redact(action.url) if plan["kind"] != "create" else (after["compensation"] or {}).get("url")
         after["check"] = check
         if plan["kind"] == "delete" or not check:
             return after
