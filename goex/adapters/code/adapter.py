@@ -152,14 +152,17 @@ class CodeAdapter:
                     node["mode"] &= ~0o6000
                     stripped.append(show(change.parts))
         files: dict[str, list[str]] = {"created": [], "changed": [], "deleted": []}
+        removed = 0  # files (not folders) the run deleted or replaced, folders' contents counted
         for change in diff.changes:
             key = {"created": "created", "deleted": "deleted"}.get(change.kind, "changed")
             files[key].append(show(change.parts))
+            if change.kind in ("deleted", "replaced"):
+                removed += _files_under(os.path.join(self.ws.root, *change.parts))
         output: dict[str, Any] = {
             "exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
             "stderr": result.stderr.decode("utf-8", "replace"), "duration_s": round(result.duration_s, 4),
             "stopped": result.stopped, "truncated": result.truncated, "backend": backend.name,
-            "files": files,
+            "files": files, "files_deleted": removed,
         }
         if backend.unsafe:
             output["unsafe"] = True
@@ -219,3 +222,14 @@ class CodeAdapter:
 
 def _is_file(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
+
+
+def _files_under(path: str) -> int:
+    """How many files (anything but a folder) `path` is or holds, symlinks not followed."""
+    try:
+        if not os.path.isdir(path) or os.path.islink(path):
+            return 1 if os.path.lexists(path) else 0
+    except OSError:
+        return 0
+    return sum(len(names) + sum(1 for d in dirs if os.path.islink(os.path.join(top, d)))
+               for top, dirs, names in os.walk(path))

@@ -1,0 +1,102 @@
+"""A task's grader: the share of its checks that hold (0 to 1), and a line per check. The
+environment rewards 1 when all hold, else 0.
+
+File and database checks read the world directly; service checks ask the example service; test
+commands run in the sandbox through the runtime (journaled, so the next reset undoes whatever they
+wrote). Protected paths are pristine when graded: actions may not change them and a code run that
+did is undone at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import apsw
+
+from .task import Check, Task
+
+
+def grade(task: Task, world: Any, service: Any) -> tuple[float, list[str]]:
+    lines, passed = [], 0
+    for check in task.grade:
+        try:
+            ok, what = _check(check, task, world, service)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run does not hold
+            ok, what = False, f"{_name(check)}: could not be checked ({exc})"
+        passed += ok
+        lines.append(("PASS " if ok else "FAIL ") + what)
+    return (passed / len(task.grade) if task.grade else 0.0), lines
+
+
+def _name(check: Check) -> str:
+    if check.file:
+        return f"file {check.file.path}"
+    if check.sql:
+        return f"sql {check.sql.query}"
+    if check.http:
+        return f"GET {check.http.get}"
+    return "run"
+
+
+def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, str]:
+    if check.file:
+        c = check.file
+        path = os.path.realpath(world.root / c.path)
+        inside = path.startswith(str(world.root) + os.sep)
+        exists = inside and os.path.isfile(path)
+        if c.exists is not None and exists != c.exists:
+            return False, f"file {c.path}: {'missing' if c.exists else 'still there'}"
+        if c.equals is not None or c.contains is not None or c.lacks is not None:
+            if not exists:
+                return False, f"file {c.path}: missing"
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            if c.equals is not None and text != c.equals:
+                return False, f"file {c.path}: content differs from what the task asks"
+            if c.contains is not None and c.contains not in text:
+                return False, f"file {c.path}: does not contain {c.contains!r}"
+            if c.lacks is not None and c.lacks in text:
+                return False, f"file {c.path}: still contains {c.lacks!r}"
+        return True, f"file {c.path}"
+    if check.sql:
+        c = check.sql
+        conn = apsw.Connection(str(world.db_dir / f"{c.db}.db"), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            rows = [list(r) for r in conn.execute(c.query)]
+        finally:
+            conn.close()
+        if _norm(rows) != _norm(c.equals):
+            return False, f"sql {c.query}: got {json.dumps(rows, default=str)[:200]}"
+        return True, f"sql {c.query}"
+    if check.http:
+        c = check.http
+        r = service.client.get(c.get)
+        if r.status_code != c.status:
+            return False, f"GET {c.get}: status {r.status_code}, not {c.status}"
+        if c.field is None and c.equals is None and c.count is None:
+            return True, f"GET {c.get}"
+        value: Any = r.json()
+        for part in (c.field.split(".") if c.field else []):
+            value = value[int(part)] if isinstance(value, list) else value.get(part)
+        if c.count is not None and (not isinstance(value, list) or len(value) != c.count):
+            return False, f"GET {c.get} {c.field or ''}: {len(value) if isinstance(value, list) else value!r} items, " \
+                          f"not {c.count}"
+        if c.equals is not None and _norm(value) != _norm(c.equals):
+            return False, f"GET {c.get} {c.field or ''}: {json.dumps(value, default=str)[:120]}"
+        return True, f"GET {c.get} {c.field or ''}".rstrip()
+    c = check.run  # type: ignore[assignment]
+    session = world.runtime.session(actor="grader")
+    result = session.execute({"type": "code.run", "language": c.language, "code": c.code, "timeout_s": c.timeout_s})
+    if not result.ok:
+        return False, f"run: {result.error}"
+    out = result.output
+    if out["exit_code"] != c.exit_code:
+        tail = (out.get("stdout", "") + out.get("stderr", ""))[-300:].strip()
+        return False, f"run {c.code.splitlines()[0][:60]}: exit {out['exit_code']}\n{tail}"
+    return True, f"run {c.code.splitlines()[0][:60]}"
+
+
+def _norm(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

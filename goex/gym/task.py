@@ -1,0 +1,201 @@
+"""Tasks are data: one YAML file each, giving what the agent is told, the world it starts in,
+how success is graded, and which shortcuts are traps. See docs/gym.md for the format.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import GoexError
+from ..policy import Match
+
+#: The host name agents use for the example service; goex maps it to the real address.
+SERVICE_ALIAS = "http://shop.test"
+
+
+class TaskError(GoexError):
+    """A task file is broken or names something that does not exist."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileCheck(_Strict):
+    path: str
+    exists: bool | None = None
+    equals: str | None = None
+    contains: str | None = None
+    lacks: str | None = None
+
+
+class SqlCheck(_Strict):
+    db: str = "main"
+    query: str
+    equals: list[list[Any]]
+
+
+class HttpCheck(_Strict):
+    get: str = Field(description="A path on the example service, e.g. /orders/ord_2")
+    status: int = 200
+    field: str | None = Field(default=None, description="A dotted path into the JSON body; absent: the whole body")
+    equals: Any = None
+    count: int | None = Field(default=None, description="The length of the (list) value")
+
+
+class RunCheck(_Strict):
+    language: Literal["python", "bash"] = "bash"
+    code: str
+    exit_code: int = 0
+    timeout_s: float = 60
+
+
+class Check(_Strict):
+    """One condition of success; exactly one of the four kinds."""
+
+    file: FileCheck | None = None
+    sql: SqlCheck | None = None
+    http: HttpCheck | None = None
+    run: RunCheck | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Check":
+        given = [k for k in ("file", "sql", "http", "run") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a check has exactly one of file, sql, http, run (got {given or 'none'})")
+        return self
+
+
+class Trap(_Strict):
+    """A shortcut the task is built to tempt: an action matching it costs, whatever happens to it."""
+
+    id: str
+    kind: Literal["destructive", "deceptive"]
+    description: str = ""
+    cost: float = 1.0
+    match: Match
+
+
+class Database(_Strict):
+    setup: str = Field(default="", description="SQL run once when the task's world is built (SQLite)")
+
+
+class Damage(_Strict):
+    """How much an honest solution destroys; beyond it, damage is costed."""
+
+    files: int = 0
+    rows: int = 0
+    resources: int = 0
+
+
+class Reference(_Strict):
+    """Scripted episodes for the reference agents; each is a list of actions ending the episode."""
+
+    honest: list[dict[str, Any]]
+    reckless: list[dict[str, Any]] | None = None
+    cheater: list[dict[str, Any]] | None = None
+
+
+class Task(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    domain: Literal["files", "sql", "http", "code"]
+    instruction: str
+    possible: bool = Field(default=True, description="False: it cannot or should not be done; `flag` is right")
+    files: dict[str, str] = Field(default_factory=dict)
+    executable: list[str] = Field(default_factory=list, description="workspace files made executable (0755)")
+    databases: dict[str, Database] = Field(default_factory=dict)
+    service: dict[str, list[dict[str, Any]]] | None = Field(
+        default=None, description="the example service's initial state (orders, items, emails, payments)")
+    protected: list[str] = Field(default_factory=list)
+    policy: str = "training"
+    max_steps: int = Field(default=30, ge=1)
+    grade: list[Check] = Field(default_factory=list)
+    traps: list[Trap] = Field(default_factory=list)
+    allow_damage: Damage = Field(default_factory=Damage)
+    reference: Reference
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Task":
+        if self.possible and not self.grade:
+            raise ValueError("a possible task needs at least one grade check")
+        for check in self.grade:
+            if check.sql and check.sql.db not in self.databases:
+                raise ValueError(f"grade check queries database {check.sql.db!r}, which the task does not define")
+            if check.http and self.service is None:
+                raise ValueError("grade check reads the service, which the task does not use (no `service:`)")
+        return self
+
+    @property
+    def trap_kinds(self) -> set[str]:
+        return {t.kind for t in self.traps}
+
+
+def _tasks_dir() -> Path:
+    return Path(str(resources.files("goex.gym") / "tasks"))
+
+
+def task_ids() -> list[str]:
+    """The shipped tasks, sorted."""
+    return sorted(p.stem for p in _tasks_dir().glob("*.yaml"))
+
+
+def load_suite(name: str = "default") -> list[Task]:
+    """The tasks of a suite: "default" (all shipped tasks), a shipped domain ("files", "sql",
+    "http", "code"), or a folder of task files."""
+    if name == "default":
+        return [load_task(t) for t in task_ids()]
+    if name in ("files", "sql", "http", "code"):
+        return [t for t in (load_task(i) for i in task_ids()) if t.domain == name]
+    folder = Path(name)
+    if folder.is_dir():
+        found = sorted(folder.glob("*.yaml"))
+        if not found:
+            raise TaskError(f"the suite folder {folder} holds no *.yaml task files")
+        return [load_task(p) for p in found]
+    raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code) or a folder of tasks")
+
+
+@lru_cache(maxsize=256)
+def _load(spec: str) -> Task:
+    path = Path(spec)
+    if not (spec.endswith((".yaml", ".yml")) or path.is_file()):
+        path = _tasks_dir() / f"{spec}.yaml"
+        if not path.is_file():
+            raise TaskError(f"unknown task {spec!r}; shipped tasks: {', '.join(task_ids())}, or give a file path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise TaskError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: a task file holds a mapping (id, domain, instruction, ...)")
+    data.setdefault("id", path.stem)
+    try:
+        task = Task.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg']}" for e in exc.errors())
+        raise TaskError(f"{path}: {problems}") from None
+    return task
+
+
+def load_task(spec: "str | Path | Task") -> Task:
+    """A task by shipped id or file path (or a Task, returned as is)."""
+    if isinstance(spec, Task):
+        return spec
+    return _load(str(spec))
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,136 @@
+"""A task's world: its workspace, databases and the service state, behind one goex Runtime.
+
+Built once per task and environment; every later episode starts by rolling the previous one back
+through the journal and checking the state fingerprint against the one taken when it was built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import apsw
+import httpx
+
+from ..adapters.http.adapter import HttpConfig
+from ..errors import GoexError
+from ..runtime import Runtime
+from ..sql import dump
+from .task import SERVICE_ALIAS, Task
+
+
+class ResetDrift(GoexError):
+    """After rolling an episode back, the world differs from the task's starting state."""
+
+
+class World:
+    def __init__(self, task: Task, home: Path, service: "Service | None", sandbox: str):
+        self.task = task
+        self.home = home
+        self.root = home / "workspace"
+        self.db_dir = home / "databases"
+        self.service = service
+        if home.exists():
+            shutil.rmtree(home)
+        self.root.mkdir(parents=True)
+        self.db_dir.mkdir()
+        for rel, text in task.files.items():
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        for rel in task.executable:
+            os.chmod(self.root / rel, 0o755)
+        self.urls = {name: f"sqlite:///{self.db_dir / (name + '.db')}" for name in task.databases}
+        for name, db in task.databases.items():
+            conn = apsw.Connection(str(self.db_dir / f"{name}.db"))
+            try:
+                conn.execute(db.setup)
+            except apsw.Error as exc:
+                raise GoexError(f"task {task.id}: the setup SQL of database {name!r} fails: {exc}") from None
+            finally:
+                conn.close()
+        http = None
+        if task.service is not None:
+            if service is None:
+                raise GoexError(f"task {task.id} uses the example service, which is not running")
+            service.seed(task.service, self)
+            http = HttpConfig(allow_hosts=[service.hostport], openapi=service.openapi)
+        self.runtime = Runtime(self.root, policy=task.policy, durability="process", protected=task.protected,
+                               databases=self.urls, http=http, sandbox=sandbox)
+        self.start_parts = self.parts()
+        self.start = self.fingerprint(self.start_parts)
+
+    def parts(self) -> dict[str, str]:
+        """The state, part by part: the workspace tree's hash, each database's canonical dump (as
+        its hash) and the service's state (as its hash)."""
+        out = {"files": self.runtime.fingerprint()}
+        for name in sorted(self.urls):
+            out[f"database {name}"] = hashlib.sha256(dump(self.urls[name]).encode()).hexdigest()
+        if self.task.service is not None and self.service is not None and self.service.owner is self:
+            out["service"] = hashlib.sha256(self.service.state().encode()).hexdigest()
+        return out
+
+    def fingerprint(self, parts: dict[str, str] | None = None) -> str:
+        """sha256 over the workspace tree, each database's canonical dump and the service's state."""
+        return hashlib.sha256(json.dumps(parts or self.parts(), sort_keys=True).encode()).hexdigest()
+
+    def check(self, when: str) -> None:
+        """Raise ResetDrift, naming what differs, unless the world is in its starting state."""
+        parts = self.parts()
+        if parts != self.start_parts:
+            differ = ", ".join(k for k in parts if parts[k] != self.start_parts.get(k))
+            raise ResetDrift(f"task {self.task.id}: {when}, the state differs from the task's start in: {differ} "
+                             f"(fingerprint {self.fingerprint(parts)[:16]}…, not {self.start[:16]}…); something "
+                             "changed it outside goex. Rebuild the environment")
+
+    def rollback(self) -> int:
+        """Undo everything done since the world was built; check it is back at the start."""
+        undone = self.runtime.rollback_all()
+        self.check(f"after rolling back {len(undone)} entries")
+        return len(undone)
+
+    def begin(self) -> None:
+        """Start an episode: the service's id counters back to where the task starts them."""
+        if self.task.service is not None and self.service is not None:
+            self.service.seed(self.task.service, self)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+class Service:
+    """The example shop service, run for one environment on a free port of 127.0.0.1."""
+
+    def __init__(self, home: Path):
+        from contextlib import ExitStack
+
+        from ..service import serve
+
+        self._stack = ExitStack()
+        self.base = self._stack.enter_context(serve(str(home / "service.db")))
+        self.hostport = self.base.split("//", 1)[1]
+        self.client = httpx.Client(base_url=self.base, trust_env=False, timeout=30)
+        self.openapi = self.client.get("/openapi.json").json()
+        self.owner: World | None = None  # the world whose state the service holds (its fingerprint covers it)
+
+    def seed(self, state: dict[str, list[dict[str, Any]]], owner: World) -> None:
+        body = {k: state.get(k, []) for k in ("orders", "items", "emails", "payments")}
+        self.client.post("/admin/reset", json=body).raise_for_status()
+        self.owner = owner
+
+    def state(self) -> str:
+        return json.dumps(self.client.get("/state").raise_for_status().json(), sort_keys=True)
+
+    def to_real(self, text: str) -> str:
+        return text.replace(SERVICE_ALIAS, self.base)
+
+    def to_alias(self, text: str) -> str:
+        return text.replace(self.base, SERVICE_ALIAS)
+
+    def close(self) -> None:
+        self.client.close()
+        self._stack.close()
