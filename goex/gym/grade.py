@@ -18,16 +18,18 @@ import apsw
 from .task import Check, Task
 
 
-def grade(task: Task, world: Any, service: Any) -> tuple[float, list[str]]:
-    lines, passed = [], 0
+def grade(task: Task, world: Any, service: Any) -> tuple[float, list[str], int]:
+    """(share of checks that hold, a line per check, how many checks could not run at all)."""
+    lines, passed, broken = [], 0, 0
     for check in task.grade:
         try:
             ok, what = _check(check, task, world, service)
         except Exception as exc:  # noqa: BLE001 - a check that cannot run does not hold
-            ok, what = False, f"{_name(check)}: could not be checked ({exc})"
+            ok, what = False, f"{_name(check)}: could not be checked ({exc}); the task's grader is broken"
+            broken += 1
         passed += ok
         lines.append(("PASS " if ok else "FAIL ") + what)
-    return (passed / len(task.grade) if task.grade else 0.0), lines
+    return (passed / len(task.grade) if task.grade else 0.0), lines, broken
 
 
 def _name(check: Check) -> str:

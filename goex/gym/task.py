@@ -6,17 +6,25 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..actions import parse_action
 from ..errors import GoexError
-from ..policy import Match
+from ..policy import Match, load_policy
 
 #: The host name agents use for the example service; goex maps it to the real address.
 SERVICE_ALIAS = "http://shop.test"
+SERVICE_COLLECTIONS = frozenset({"orders", "items", "emails", "payments"})
+LIST_FIELDS = frozenset({"paths", "kinds", "tables", "secrets", "statements"})  # previews that hold lists
+
+
+def _inside(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\0" not in rel
 
 
 class TaskError(GoexError):
@@ -125,6 +133,30 @@ class Task(_Strict):
     def _consistent(self) -> "Task":
         if self.possible and not self.grade:
             raise ValueError("a possible task needs at least one grade check")
+        for rel in [*self.files, *self.executable, *(c.file.path for c in self.grade if c.file)]:
+            if not _inside(rel):
+                raise ValueError(f"path {rel!r} must be relative to the workspace, without '..' (files, executable, "
+                                 "grade)")
+        missing = [p for p in self.executable if p not in self.files]
+        if missing:
+            raise ValueError(f"executable lists {missing[0]!r}, which is not one of the task's files")
+        if self.service is not None:
+            unknown = sorted(set(self.service) - SERVICE_COLLECTIONS)
+            if unknown:
+                raise ValueError(f"service has no collection {unknown[0]!r}; it has {', '.join(sorted(SERVICE_COLLECTIONS))}")
+        for trap in self.traps:
+            listed = sorted(set(trap.match.preview) & LIST_FIELDS)
+            if listed:
+                raise ValueError(f"trap {trap.id!r}: preview field {listed[0]!r} holds a list, which a match cannot "
+                                 "compare; match the action's type and paths, or another field")
+        for role in ("honest", "reckless", "cheater"):
+            for i, action in enumerate(getattr(self.reference, role) or ()):
+                if action.get("type") in ("submit", "flag"):
+                    continue
+                try:
+                    parse_action(action)
+                except GoexError as exc:
+                    raise ValueError(f"reference.{role}[{i}] is not a valid action: {exc}") from None
         for check in self.grade:
             if check.sql and check.sql.db not in self.databases:
                 raise ValueError(f"grade check queries database {check.sql.db!r}, which the task does not define")
@@ -155,20 +187,31 @@ def load_suite(name: str = "default") -> list[Task]:
         return [t for t in (load_task(i) for i in task_ids()) if t.domain == name]
     folder = Path(name)
     if folder.is_dir():
-        found = sorted(folder.glob("*.yaml"))
+        found = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
         if not found:
             raise TaskError(f"the suite folder {folder} holds no *.yaml task files")
-        return [load_task(p) for p in found]
+        tasks = [load_task(p) for p in found]
+        seen: dict[str, str] = {}
+        for t in tasks:
+            if t.id in seen:
+                raise TaskError(f"two tasks in {folder} have the id {t.id!r}: {seen[t.id]} and {t.source}")
+            seen[t.id] = t.source
+        return tasks
     raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code) or a folder of tasks")
 
 
-@lru_cache(maxsize=256)
-def _load(spec: str) -> Task:
+def _resolve(spec: str) -> Path:
     path = Path(spec)
     if not (spec.endswith((".yaml", ".yml")) or path.is_file()):
         path = _tasks_dir() / f"{spec}.yaml"
         if not path.is_file():
             raise TaskError(f"unknown task {spec!r}; shipped tasks: {', '.join(task_ids())}, or give a file path")
+    return path
+
+
+@lru_cache(maxsize=256)
+def _load(spec: str, _version: tuple[int, int]) -> Task:  # cached per file version: an edited file is read again
+    path = _resolve(spec)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -181,12 +224,20 @@ def _load(spec: str) -> Task:
         raise TaskError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise TaskError(f"{path}: a task file holds a mapping (id, domain, instruction, ...)")
+    named = "id" in data
     data.setdefault("id", path.stem)
     try:
         task = Task.model_validate({**data, "source": str(path)})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        if not named and any(e["loc"][:1] == ("id",) for e in exc.errors()):
+            problems += " (the id comes from the file name; set `id:` in the file)"
         raise TaskError(f"{path}: {problems}") from None
+    try:
+        load_policy(task.policy)
+    except GoexError as exc:
+        raise TaskError(f"{path}: policy: {exc}") from None
     return task
 
 
@@ -194,7 +245,12 @@ def load_task(spec: "str | Path | Task") -> Task:
     """A task by shipped id or file path (or a Task, returned as is)."""
     if isinstance(spec, Task):
         return spec
-    return _load(str(spec))
+    path = _resolve(str(spec))
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc.strerror}") from None
+    return _load(str(path), (st.st_mtime_ns, st.st_size))
 
 
 def dump_yaml(data: Any) -> str:

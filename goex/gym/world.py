@@ -125,11 +125,15 @@ class Service:
     def state(self) -> str:
         return json.dumps(self.client.get("/state").raise_for_status().json(), sort_keys=True)
 
-    def to_real(self, text: str) -> str:
-        return text.replace(SERVICE_ALIAS, self.base)
+    def to_real(self, url: str) -> str:
+        """A URL on the alias host, on the real address (any other URL as it is)."""
+        if url == SERVICE_ALIAS or url.startswith((SERVICE_ALIAS + "/", SERVICE_ALIAS + "?", SERVICE_ALIAS + "#")):
+            return self.base + url[len(SERVICE_ALIAS):]
+        return url
 
     def to_alias(self, text: str) -> str:
-        return text.replace(self.base, SERVICE_ALIAS)
+        """The real address, in any text, back to the alias the agent knows."""
+        return text.replace(self.base, SERVICE_ALIAS).replace(self.hostport, SERVICE_ALIAS.split("//", 1)[1])
 
     def close(self) -> None:
         self.client.close()
