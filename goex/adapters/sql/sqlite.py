@@ -73,6 +73,7 @@ class SqliteEngine:
     def __init__(self, path: Path, name: str = "db"):
         self.path = path
         self.name = name
+        self._undo: tuple[apsw.Connection, tuple[int, int]] | None = None
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -204,11 +205,7 @@ class SqliteEngine:
             then = captured["after"]["schema"]
             if not self.path.exists():
                 return [(self.name, f"the database file {self.path} is gone")]
-            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-            try:
-                now = _schema(conn, list(then))
-            finally:
-                conn.close()
+            now = _schema(self._undo_connection(), list(then))
             reshaped = [(f"{self.name}.{t}", "dropped since the action" if now[t] is None else
                          "schema changed since the action") for t in then if now[t] != then[t]]
             return reshaped or self._trial(apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob)))
@@ -229,10 +226,8 @@ class SqliteEngine:
             _restore_image(self.path, b"".join(get_blob(c) for c in before["chunks"]))
             return
         inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
-        conn = _connect(self.path)
+        conn = self._undo_connection()
         try:
-            conn.execute("PRAGMA foreign_keys=OFF")  # nothing cascades from goex's own undo
-            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)  # nor fires a trigger
             conn.execute("BEGIN IMMEDIATE")
             problems: list[str] = []
 
@@ -256,7 +251,6 @@ class SqliteEngine:
         finally:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
-            conn.close()
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
         if not self.path.exists():
@@ -283,10 +277,8 @@ class SqliteEngine:
             found.append((f"{self.name}.{change.name}", _describe(reason, change)))
             return apsw.SQLITE_CHANGESET_OMIT
 
-        conn = _connect(self.path)
+        conn = self._undo_connection()
         try:
-            conn.execute("PRAGMA foreign_keys=OFF")
-            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
             conn.execute("BEGIN")
             try:
                 apsw.Changeset.apply(changeset, conn, conflict=conflict,
@@ -296,14 +288,31 @@ class SqliteEngine:
         finally:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
-            conn.close()
         return found
 
     def dump(self) -> str:
         return dump_path(self.path)
 
     def close(self) -> None:
-        pass
+        if self._undo is not None:
+            self._undo[0].close()
+            self._undo = None
+
+    def _undo_connection(self) -> apsw.Connection:
+        """The connection undo uses, kept open between entries (a rollback of many entries opens
+        it once): foreign-key actions and triggers off, so nothing fires from goex's own undo.
+        Reopened when the database file was replaced or removed since."""
+        st = os.stat(self.path)
+        key = (st.st_dev, st.st_ino)
+        if self._undo is not None and self._undo[1] != key:
+            self._undo[0].close()
+            self._undo = None
+        if self._undo is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
+            self._undo = (conn, key)
+        return self._undo[0]
 
 
 # -- helpers -------------------------------------------------------------------------------------
