@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS entries(
     time REAL NOT NULL, undoable INTEGER NOT NULL, after_seq INTEGER, reviewed TEXT);
 CREATE INDEX IF NOT EXISTS entries_session ON entries(session, seq);
 CREATE INDEX IF NOT EXISTS entries_open ON entries(seq) WHERE status IN ('pending', 'undoing');
+CREATE INDEX IF NOT EXISTS entries_undoable ON entries(seq) WHERE status IN ('applied', 'undo_failed') AND undoable = 1;
 CREATE TABLE IF NOT EXISTS checkpoints(
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, session TEXT NOT NULL, label TEXT, time REAL NOT NULL);
 """
