@@ -84,8 +84,9 @@ class World:
         if parts != self.start_parts:
             differ = ", ".join(k for k in parts if parts[k] != self.start_parts.get(k))
             raise ResetDrift(f"task {self.task.id}: {when}, the state differs from the task's start in: {differ} "
-                             f"(fingerprint {self.fingerprint(parts)[:16]}…, not {self.start[:16]}…); something "
-                             "changed it outside goex. Rebuild the environment")
+                             f"(fingerprint {self.fingerprint(parts)[:16]}…, not {self.start[:16]}…): something goex "
+                             "could not undo changed it (a change outside goex, or an irreversible action a "
+                             "permissive policy let through). reset(options={'rebuild': True}) rebuilds it")
 
     def rollback(self) -> int:
         """Undo everything done since the world was built; check it is back at the start."""
