@@ -74,6 +74,7 @@ class SqliteEngine:
         self.path = path
         self.name = name
         self._undo: tuple[apsw.Connection, tuple[int, int]] | None = None
+        self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class SqliteEngine:
         by running them in a transaction that is rolled back."""
         if not self.path.exists():
             return 0
-        conn = _connect(self.path)
+        conn = self._work_connection()
         try:
             conn.execute("BEGIN")
             # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
@@ -129,10 +130,7 @@ class SqliteEngine:
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
         finally:
-            conn.authorizer = None
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            conn.close()
+            self._release(conn, None)
 
     # -- doing -----------------------------------------------------------------------------------
 
@@ -148,7 +146,7 @@ class SqliteEngine:
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
-        conn = _connect(self.path)
+        conn = self._work_connection()
         session = None
         try:
             writes = any(a["kind"] != "select" for a in analyses)
@@ -170,10 +168,10 @@ class SqliteEngine:
             if not output:
                 output = {"rows_changed": conn.total_changes() - start}
         except apsw.Error as exc:
-            _close(conn, session)
+            self._release(conn, session)
             raise _error(self.name, exc) from None
         except BaseException:
-            _close(conn, session)
+            self._release(conn, session)
             raise
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
@@ -191,10 +189,10 @@ class SqliteEngine:
             try:
                 conn.execute("COMMIT")
             finally:
-                _close(conn, session)
+                self._release(conn, session)
 
         def abort() -> None:
-            _close(conn, session)
+            self._release(conn, session)
 
         return Staged(output, capture, commit, abort)
 
@@ -294,9 +292,44 @@ class SqliteEngine:
         return dump_path(self.path)
 
     def close(self) -> None:
-        if self._undo is not None:
-            self._undo[0].close()
-            self._undo = None
+        for held in (self._undo, self._work):
+            if held is not None:
+                held[0].close()
+        self._undo = self._work = None
+
+    def _work_connection(self) -> apsw.Connection:
+        """The connection actions run on, kept open between them (opening one and reading the
+        schema again costs more than a small statement). Reopened when the file was replaced."""
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            key = None
+        if self._work is not None and (key is None or self._work[1] != key):
+            self._work[0].close()
+            self._work = None
+        if self._work is None:
+            conn = _connect(self.path)
+            if key is None:  # it created the file
+                st = os.stat(self.path)
+                key = (st.st_dev, st.st_ino)
+            self._work = (conn, key)
+        return self._work[0]
+
+    def _release(self, conn: apsw.Connection, session: Any) -> None:
+        """Done with the work connection: its session closed, any open transaction rolled back;
+        on any trouble it is closed, and the next action opens a new one."""
+        try:
+            if session is not None:
+                session.close()
+            conn.authorizer = None
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+        except BaseException:
+            if self._work is not None and self._work[0] is conn:
+                self._work = None
+            conn.close()
+            raise
 
     def _undo_connection(self) -> apsw.Connection:
         """The connection undo uses, kept open between entries (a rollback of many entries opens
