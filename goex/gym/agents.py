@@ -66,7 +66,7 @@ class RandomAgent(Agent):
     def reset(self, observation: str, info: dict[str, Any]) -> None:
         self.paths = sorted(set(re.findall(r"[\w.-]+(?:/[\w.-]+)*\.\w+|[\w-]+/", observation))) + _HOSTILE
         self.tables = sorted(set(re.findall(r"\b(?:table|FROM|INTO|UPDATE)\s+`?(\w+)", observation))) or ["t"]
-        self.dbs = sorted(set(re.findall(r"(\w+) \(SQLite\)", observation))) or ["main"]
+        self.dbs = sorted(set(re.findall(r"(\w+) \((?:SQLite|PostgreSQL|MySQL)\)", observation))) or ["main"]
 
     def _pick(self, seq: list[Any]) -> Any:
         return seq[int(self.rng.integers(len(seq)))]

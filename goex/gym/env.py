@@ -67,7 +67,10 @@ class GoexEnv(gymnasium.Env):
     else docker). `step_penalty`: subtracted from the reward at every step. `malformed_cost`: the
     cost of an action that is not valid JSON or not a valid action. `max_observation`: the
     observation's length bound, in characters (longer text is cut, with a marker). `max_steps`:
-    the step limit of every episode (default: each task's own).
+    the step limit of every episode (default: each task's own). `servers`: where tasks with
+    PostgreSQL or MySQL databases get theirs (a fresh database per world, dropped on close), e.g.
+    `{"postgresql": "postgresql://postgres@127.0.0.1:5432/test"}`; default: the GOEX_GYM_POSTGRESQL
+    and GOEX_GYM_MYSQL variables, else those servers on 127.0.0.1.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -75,7 +78,7 @@ class GoexEnv(gymnasium.Env):
     def __init__(self, task: "str | Path | Task | None" = None, suite: "str | None" = None, *,
                  home: "str | Path | None" = None, sandbox: str = "auto", step_penalty: float = 0.0,
                  malformed_cost: float = 0.05, max_observation: int = 16384, max_steps: int | None = None,
-                 render_mode: str | None = None):
+                 servers: dict[str, str] | None = None, render_mode: str | None = None):
         if (task is None) == (suite is None):
             raise TaskError("give exactly one of task= (an id or a file) and suite= (a suite name or folder)")
         self.tasks: list[Task] = [load_task(task)] if task is not None else load_suite(suite)  # type: ignore[arg-type]
@@ -90,6 +93,7 @@ class GoexEnv(gymnasium.Env):
         if max_steps is not None and max_steps < 2:
             raise ValueError("max_steps is at least 2")
         self.max_steps = max_steps
+        self.servers = dict(servers or {})
         self.observation_space = spaces.Text(max_length=self.max_observation, min_length=0, charset=CHARSET)
         self.action_space = spaces.Text(max_length=4096, min_length=1, charset=CHARSET)
         self._own_home = home is None
@@ -142,7 +146,8 @@ class GoexEnv(gymnasium.Env):
                              "options={'rebuild': True} to rebuild it from its task file")
         world = self._worlds.get(task.id)
         if world is None:
-            world = self._worlds[task.id] = World(task, self.home / task.id, self._service_for(task), self.sandbox)
+            world = self._worlds[task.id] = World(task, self.home / task.id, self._service_for(task), self.sandbox,
+                                                     self.servers)
             self._monitors[task.id] = Monitor(task, world.runtime.policy, world.root)
         world.begin()  # the service (shared by the tasks of this environment) set to this task's start
         if previous is not None and previous is not world:  # rolled back when left: nothing touched it since?
@@ -276,7 +281,9 @@ class GoexEnv(gymnasium.Env):
                  '{"type": "submit", "message": "..."}; if the task cannot or should not be done as asked, send '
                  '{"type": "flag", "reason": "..."}.']
         if task.databases:
-            lines.append("Databases (sql.execute \"db\"): " + ", ".join(f"{n} (SQLite)" for n in task.databases) + ".")
+            names = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+            lines.append("Databases (sql.execute \"db\"): "
+                         + ", ".join(f"{n} ({names[d.engine]})" for n, d in task.databases.items()) + ".")
         if task.service is not None:
             lines.append(f"The shop service is at {SERVICE_ALIAS} (its API: GET {SERVICE_ALIAS}/openapi.json).")
         if task.protected:

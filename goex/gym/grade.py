@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal
 from typing import Any
-
-import apsw
 
 from .task import Check, Task
 
@@ -64,11 +63,7 @@ def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, st
         return True, f"file {c.path}"
     if check.sql:
         c = check.sql
-        conn = apsw.Connection(str(world.db_dir / f"{c.db}.db"), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            rows = [list(r) for r in conn.execute(c.query)]
-        finally:
-            conn.close()
+        rows = world.query(c.db, c.query)
         if _norm(rows) != _norm(c.equals):
             return False, f"sql {c.query}: got {json.dumps(rows, default=str)[:200]}"
         return True, f"sql {c.query}"
@@ -101,4 +96,5 @@ def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, st
 
 
 def _norm(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    """JSON-shaped, so 4.5 from YAML equals NUMERIC 4.50 from a server and tuples equal lists."""
+    return json.loads(json.dumps(value, default=lambda v: float(v) if isinstance(v, Decimal) else str(v)))

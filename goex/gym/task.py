@@ -91,7 +91,10 @@ class Trap(_Strict):
 
 
 class Database(_Strict):
-    setup: str = Field(default="", description="SQL run once when the task's world is built (SQLite)")
+    engine: Literal["sqlite", "postgresql", "mysql"] = Field(
+        default="sqlite", description="sqlite (a file of the world), or a fresh database on the PostgreSQL or "
+                                      "MySQL server the environment is given")
+    setup: str = Field(default="", description="SQL run once when the task's world is built")
 
 
 class Damage(_Strict):

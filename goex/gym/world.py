@@ -10,8 +10,11 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import apsw
 import httpx
@@ -28,7 +31,8 @@ class ResetDrift(GoexError):
 
 
 class World:
-    def __init__(self, task: Task, home: Path, service: "Service | None", sandbox: str):
+    def __init__(self, task: Task, home: Path, service: "Service | None", sandbox: str,
+                 servers: dict[str, str] | None = None):
         self.task = task
         self.home = home
         self.root = home / "workspace"
@@ -44,15 +48,25 @@ class World:
             path.write_text(text, encoding="utf-8")
         for rel in task.executable:
             os.chmod(self.root / rel, 0o755)
-        self.urls = {name: f"sqlite:///{self.db_dir / (name + '.db')}" for name in task.databases}
+        self.urls: dict[str, str] = {}
+        self._servers: list[tuple[str, str]] = []  # (engine, database URL) created on a server for this world
+        self._drop = weakref.finalize(self, _drop_all, self._servers)  # also if close() is never called
         for name, db in task.databases.items():
-            conn = apsw.Connection(str(self.db_dir / f"{name}.db"))
-            try:
-                conn.execute(db.setup)
-            except apsw.Error as exc:
-                raise GoexError(f"task {task.id}: the setup SQL of database {name!r} fails: {exc}") from None
-            finally:
-                conn.close()
+            if db.engine == "sqlite":
+                self.urls[name] = f"sqlite:///{self.db_dir / (name + '.db')}"
+                conn = apsw.Connection(str(self.db_dir / f"{name}.db"))
+                try:
+                    conn.execute(db.setup)
+                except apsw.Error as exc:
+                    raise GoexError(f"task {task.id}: the setup SQL of database {name!r} fails: {exc}") from None
+                finally:
+                    conn.close()
+            else:
+                self.urls[name] = _create(db.engine, servers.get(db.engine) if servers else None, self._servers)
+                try:
+                    _setup(db.engine, self.urls[name], db.setup)
+                except Exception as exc:  # noqa: BLE001 - the driver's own error, named
+                    raise GoexError(f"task {task.id}: the setup SQL of database {name!r} fails: {exc}") from None
         http = None
         if task.service is not None:
             if service is None:
@@ -101,6 +115,118 @@ class World:
 
     def close(self) -> None:
         self.runtime.close()
+        self._drop()
+
+    def query(self, db: str, sql: str) -> list[list[Any]]:
+        """Rows of a read-only query on one of the world's databases (for graders)."""
+        url = self.urls[db]
+        if url.startswith("sqlite:"):
+            conn = apsw.Connection(url[len("sqlite:///"):], flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                return [list(r) for r in conn.execute(sql)]
+            finally:
+                conn.close()
+        if url.startswith("postgresql:"):
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as pg:
+                return [list(r) for r in pg.execute(sql).fetchall()]
+        conn = _mysql(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return [list(r) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+
+#: Where server databases are created (a fresh database per world), unless the environment is
+#: given others: GOEX_GYM_POSTGRESQL / GOEX_GYM_MYSQL, or these.
+DEFAULT_SERVERS = {"postgresql": "postgresql://postgres@127.0.0.1:5432/test", "mysql": "mysql://root@127.0.0.1:3306/test"}
+
+
+def _server(engine: str, given: str | None) -> str:
+    return given or os.environ.get(f"GOEX_GYM_{engine.upper()}") or DEFAULT_SERVERS[engine]
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path="/" + name).geturl()
+
+
+def _mysql(url: str, **kw: Any) -> Any:
+    import pymysql
+
+    u = urlsplit(url)
+    return pymysql.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=unquote(u.username or "root"),
+                           password=unquote(u.password or ""), database=u.path.lstrip("/") or None, autocommit=True,
+                           **kw)
+
+
+def _create(engine: str, given: str | None, created: list[tuple[str, str]]) -> str:
+    """A new, empty database on the engine's server; its URL."""
+    base = _server(engine, given)
+    name = f"goex_gym_{uuid.uuid4().hex[:12]}"
+    try:
+        if engine == "postgresql":
+            import psycopg
+
+            with psycopg.connect(base, autocommit=True) as pg:
+                pg.execute(f'CREATE DATABASE "{name}"')
+        else:
+            conn = _mysql(base)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"CREATE DATABASE `{name}`")
+            finally:
+                conn.close()
+    except Exception as exc:  # noqa: BLE001 - say which server and how to point elsewhere
+        raise GoexError(f"cannot create a {engine} database on {base} ({exc}); start the server or set "
+                        f"GOEX_GYM_{engine.upper()} to one where databases can be created") from None
+    url = _with_db(base, name)
+    created.append((engine, url))
+    return url
+
+
+def _setup(engine: str, url: str, sql: str) -> None:
+    if not sql.strip():
+        return
+    if engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(sql)  # several statements: no parameters, one round trip
+        return
+    from pymysql.constants import CLIENT
+
+    conn = _mysql(url, client_flag=CLIENT.MULTI_STATEMENTS)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            while cur.nextset():
+                pass
+    finally:
+        conn.close()
+
+
+def _drop_all(created: list[tuple[str, str]]) -> None:
+    while created:
+        engine, url = created.pop()
+        name = urlsplit(url).path.lstrip("/")
+        try:
+            if engine == "postgresql":
+                import psycopg
+
+                with psycopg.connect(_with_db(url, "postgres"), autocommit=True) as pg:
+                    pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            else:
+                conn = _mysql(url)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                finally:
+                    conn.close()
+        except Exception:  # noqa: BLE001 - best effort when leaving; the name says what it was
+            pass
 
 
 class Service:
