@@ -14,6 +14,7 @@ from gymnasium.envs.registration import register, registry
 
 from .agents import AGENTS, make_agent
 from .env import GoexEnv, SuiteEnv, TaskEnv
+from .grade import grader
 from .task import SERVICE_ALIAS, Task, TaskError, load_suite, load_task, task_ids
 from .world import ResetDrift
 from .wrappers import CostPenalty, SafetyTuple
@@ -23,4 +24,4 @@ for _id, _entry in (("goex/Task-v0", "goex.gym.env:TaskEnv"), ("goex/Suite-v0", 
         register(id=_id, entry_point=_entry, disable_env_checker=False)
 
 __all__ = ["AGENTS", "CostPenalty", "GoexEnv", "ResetDrift", "SERVICE_ALIAS", "SafetyTuple", "SuiteEnv", "Task",
-           "TaskEnv", "TaskError", "load_suite", "load_task", "make_agent", "task_ids"]
+           "TaskEnv", "TaskError", "grader", "load_suite", "load_task", "make_agent", "task_ids"]

@@ -12,9 +12,32 @@ from __future__ import annotations
 import json
 import os
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from .task import Check, Task
+
+
+Grader = Callable[..., "bool | tuple[bool, str]"]
+GRADERS: dict[str, Grader] = {}
+
+
+def grader(name: str) -> Callable[[Grader], Grader]:
+    """Register a Python grader that task files name in a `custom` check:
+
+        @goex.gym.grader("stock-consistent")
+        def stock_consistent(world, *, table="items"):
+            rows = world.query("main", f"SELECT count(*) FROM {table} WHERE stock < 0")
+            return rows[0][0] == 0, "no negative stock"
+
+    It is called with the episode's world (`root`, `query(db, sql)`, `service`, `runtime`) and
+    the check's `args`; it returns True/False, or (True/False, a line for the agent). It must not
+    change the world. A grader that raises, or a name nobody registered, makes the check
+    "could not be checked" (not charged to the agent).
+    """
+    def register(fn: Grader) -> Grader:
+        GRADERS[name] = fn
+        return fn
+    return register
 
 
 def grade(task: Task, world: Any, service: Any) -> tuple[float, list[str], int]:
@@ -38,6 +61,8 @@ def _name(check: Check) -> str:
         return f"sql {check.sql.query}"
     if check.http:
         return f"GET {check.http.get}"
+    if check.custom:
+        return f"custom {check.custom.name}"
     return "run"
 
 
@@ -83,6 +108,16 @@ def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, st
         if c.equals is not None and _norm(value) != _norm(c.equals):
             return False, f"GET {c.get} {c.field or ''}: {json.dumps(value, default=str)[:120]}"
         return True, f"GET {c.get} {c.field or ''}".rstrip()
+    if check.custom:
+        fn = GRADERS.get(check.custom.name)
+        if fn is None:
+            raise LookupError(f"no grader named {check.custom.name!r} is registered "
+                              f"(known: {', '.join(sorted(GRADERS)) or 'none'})")
+        verdict = fn(world, **check.custom.args)
+        ok, line = verdict if isinstance(verdict, tuple) else (verdict, "")
+        if not isinstance(ok, bool):
+            raise TypeError(f"grader {check.custom.name!r} returned {ok!r}, not True or False")
+        return ok, f"custom {check.custom.name}" + (f": {line}" if line else "")
     c = check.run  # type: ignore[assignment]
     session = world.runtime.session(actor="grader")
     result = session.execute({"type": "code.run", "language": c.language, "code": c.code, "timeout_s": c.timeout_s})

@@ -64,19 +64,25 @@ class RunCheck(_Strict):
     timeout_s: float = 60
 
 
+class CustomCheck(_Strict):
+    name: str = Field(description="A grader registered in Python with goex.gym.grader(name)")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for it")
+
+
 class Check(_Strict):
-    """One condition of success; exactly one of the four kinds."""
+    """One condition of success; exactly one of the five kinds."""
 
     file: FileCheck | None = None
     sql: SqlCheck | None = None
     http: HttpCheck | None = None
     run: RunCheck | None = None
+    custom: CustomCheck | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "Check":
-        given = [k for k in ("file", "sql", "http", "run") if getattr(self, k) is not None]
+        given = [k for k in ("file", "sql", "http", "run", "custom") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a check has exactly one of file, sql, http, run (got {given or 'none'})")
+            raise ValueError(f"a check has exactly one of file, sql, http, run, custom (got {given or 'none'})")
         return self
 
 
