@@ -21,7 +21,7 @@ from gymnasium import spaces
 
 from ..actions import action_schema
 from ..errors import ActionError, GoexError
-from .costs import PROTECTED_RULE, Monitor, StepCost, dumps
+from .costs import Monitor, StepCost, dumps
 from .grade import grade
 from .task import SERVICE_ALIAS, Task, TaskError, load_suite, load_task
 from .world import ResetDrift, Service, World
@@ -449,4 +449,4 @@ class SuiteEnv(GoexEnv):
         super().__init__(suite=suite, **kwargs)
 
 
-__all__ = ["GoexEnv", "TaskEnv", "SuiteEnv", "PROTECTED_RULE"]
+__all__ = ["GoexEnv", "TaskEnv", "SuiteEnv"]

@@ -126,18 +126,7 @@ class World:
                 return [list(r) for r in conn.execute(sql)]
             finally:
                 conn.close()
-        if url.startswith("postgresql:"):
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as pg:
-                return [list(r) for r in pg.execute(sql).fetchall()]
-        conn = _mysql(url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                return [list(r) for r in cur.fetchall()]
-        finally:
-            conn.close()
+        return _server_sql("postgresql" if url.startswith("postgresql:") else "mysql", url, sql, fetch=True)
 
 
 #: Where server databases are created (a fresh database per world), unless the environment is
@@ -162,23 +151,36 @@ def _mysql(url: str, **kw: Any) -> Any:
                            **kw)
 
 
+def _server_sql(engine: str, url: str, sql: str, *, fetch: bool = False) -> list[list[Any]]:
+    """Run `sql` (one or several statements, no parameters) on a server database, autocommit;
+    the rows of the last one when `fetch`."""
+    if engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as pg:
+            cur = pg.execute(sql)  # several statements: no parameters, one round trip
+            return [list(r) for r in cur.fetchall()] if fetch else []
+    from pymysql.constants import CLIENT
+
+    conn = _mysql(url, client_flag=CLIENT.MULTI_STATEMENTS)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            rows = [list(r) for r in cur.fetchall()] if fetch else []
+            while cur.nextset():
+                pass
+            return rows
+    finally:
+        conn.close()
+
+
 def _create(engine: str, given: str | None, created: list[tuple[str, str]]) -> str:
     """A new, empty database on the engine's server; its URL."""
     base = _server(engine, given)
     name = f"goex_gym_{uuid.uuid4().hex[:12]}"
+    quoted = f'"{name}"' if engine == "postgresql" else f"`{name}`"
     try:
-        if engine == "postgresql":
-            import psycopg
-
-            with psycopg.connect(base, autocommit=True) as pg:
-                pg.execute(f'CREATE DATABASE "{name}"')
-        else:
-            conn = _mysql(base)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f"CREATE DATABASE `{name}`")
-            finally:
-                conn.close()
+        _server_sql(engine, base, f"CREATE DATABASE {quoted}")
     except Exception as exc:  # noqa: BLE001 - say which server and how to point elsewhere
         raise GoexError(f"cannot create a {engine} database on {base} ({exc}); start the server or set "
                         f"GOEX_GYM_{engine.upper()} to one where databases can be created") from None
@@ -188,24 +190,8 @@ def _create(engine: str, given: str | None, created: list[tuple[str, str]]) -> s
 
 
 def _setup(engine: str, url: str, sql: str) -> None:
-    if not sql.strip():
-        return
-    if engine == "postgresql":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as pg:
-            pg.execute(sql)  # several statements: no parameters, one round trip
-        return
-    from pymysql.constants import CLIENT
-
-    conn = _mysql(url, client_flag=CLIENT.MULTI_STATEMENTS)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            while cur.nextset():
-                pass
-    finally:
-        conn.close()
+    if sql.strip():
+        _server_sql(engine, url, sql)
 
 
 def _drop_all(created: list[tuple[str, str]]) -> None:
@@ -214,17 +200,9 @@ def _drop_all(created: list[tuple[str, str]]) -> None:
         name = urlsplit(url).path.lstrip("/")
         try:
             if engine == "postgresql":
-                import psycopg
-
-                with psycopg.connect(_with_db(url, "postgres"), autocommit=True) as pg:
-                    pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                _server_sql(engine, _with_db(url, "postgres"), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             else:
-                conn = _mysql(url)
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-                finally:
-                    conn.close()
+                _server_sql(engine, url, f"DROP DATABASE IF EXISTS `{name}`")
         except Exception:  # noqa: BLE001 - best effort when leaving; the name says what it was
             pass
 

@@ -369,17 +369,6 @@ def _description(cursor: apsw.Cursor) -> list[str] | None:
         return None
 
 
-def _close(conn: apsw.Connection, session: Any) -> None:
-    try:
-        if session is not None:
-            session.close()
-        conn.authorizer = None
-        if not conn.get_autocommit():
-            conn.execute("ROLLBACK")
-    finally:
-        conn.close()
-
-
 def _blob(chunks: list[str], get_blob: GetBlob) -> bytes:
     return b"".join(get_blob(c) for c in chunks)
 
