@@ -266,7 +266,7 @@ def _approve(args: argparse.Namespace) -> int:
     with _runtime(args, policy=policy, protected=parked.get("protected", [])) as rt:
         result = rt.approve(args.entry, by=args.by)
     _emit(result.to_json())
-    return EXIT_OK if result.ok else EXIT_REFUSED if result.status == "denied" else EXIT_FAILED
+    return EXIT_OK if result.ok else EXIT_REFUSED if result.status in ("denied", "awaiting_approval") else EXIT_FAILED
 
 
 def _pack_spec(source: str) -> str:

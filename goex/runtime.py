@@ -6,6 +6,7 @@ The journal is the only record. Undo, recovery, the log and the spans all read f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -19,19 +20,20 @@ from pydantic import BaseModel
 
 from .actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
 from .adapters.base import Adapter, Prepared
-from .adapters.code.adapter import CodeAdapter, SandboxRefused
+from .adapters.code.adapter import CodeAdapter, RunEffects, SandboxRefused
 from .adapters.fs.adapter import FileAdapter
 from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
 from .adapters.http.secrets import SecretRefused
 from .adapters.sql.adapter import SqlAdapter, SqlRefused, parse_databases
 from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
-from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id
+from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id, entry_seq
 from .journal.verify import VerifyReport, verify
-from .policy import ALLOW, BUDGETS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
+from .policy import ALLOW, BUDGETS, PREVIEW_FIELDS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
 from .telemetry import tracer as make_tracer
 
 REFUSALS = (PathRefused, HostRefused, SecretRefused, SqlRefused, SandboxRefused)  # well-formed actions the runtime will not run
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")  # a SQLite database's own files: SQLite replays them on open
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 
 
@@ -150,7 +152,11 @@ class Runtime:
         if approver is not None and approver != "pending" and not callable(approver):
             raise ValueError("approver is a callable, 'pending', or None")
         self.approver = approver
-        self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, loaded from the journal
+        self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, as of journal record _usage_seq
+        self._usage_seq = 0
+        sql: SqlAdapter = self._adapters["sql"]  # type: ignore[assignment]
+        self._database_files = {f"{db.inside}{suffix}".lower(): db.name for db in sql.databases.values()
+                                if db.kind == "sqlite" and db.inside for suffix in SQLITE_SIDECARS}
         self.protected = tuple(protected)
         self._protected = [(glob_regex(g), _literal_prefix(g)) for g in self.protected]
         self._lock = threading.RLock()
@@ -221,6 +227,10 @@ class Runtime:
             return failed(exc, spelled)
         decision = self._decide(session, model.type, prepared)
         spent = usage(model.type, prepared.preview)
+        if approval is not None and "entry" in approval:
+            reparked = self._recheck_approval(session, model, prepared, decision, approval)
+            if reparked is not None:
+                return reparked
         if decision.verdict == "confirm" and approval is None:
             answer = self._ask(session, model, adapter, prepared, decision)
             if answer is None:
@@ -244,7 +254,6 @@ class Runtime:
                                         preview=prepared.preview)
             return Result(False, eid, error=error, status="denied", session=session.id, type=model.type,
                           decision=decision)
-        self._spend(session.id, spent)
         extra = {"usage": spent, **({"approval": approval} if approval else {})}
         if not prepared.effect:
             try:
@@ -256,7 +265,92 @@ class Runtime:
             eid = self._journal_outcome(session, model, prepared.targets, decision, APPLIED, after=applied.after,
                                         **extra)
             return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
+        if isinstance(adapter, CodeAdapter):
+            return self._run_code(session, model, adapter, prepared, decision, refused, failed, extra)
         return self._apply(session, model, adapter, prepared, decision, refused, failed, extra)
+
+    def _run_code(self, session: "Session", model: BaseModel, adapter: CodeAdapter, prepared: Prepared,
+                  decision: Decision, refused: Callable[..., Result], failed: Callable[..., Result],
+                  extra: dict[str, Any]) -> Result:
+        """A run's file effects are known once it ran: they are judged as the file actions they
+        amount to (rules, protected paths, database files, budgets) before anything is copied in."""
+        try:
+            staged = adapter.stage(prepared)
+        except REFUSALS as exc:
+            return refused(exc, prepared.targets)
+        except ActionFailed as exc:
+            return failed(exc, prepared.targets, decision)
+        except Exception as exc:  # noqa: BLE001 - nothing reached the workspace
+            return failed(ActionFailed(f"{model.type}: {exc!r}"), prepared.targets, decision)
+        try:
+            effects = staged.effects or RunEffects()
+            prepared.preview = {**prepared.preview, "files": staged.output.get("files", {}),
+                                "files_deleted": effects.files_deleted, "bytes_deleted": effects.bytes_deleted,
+                                "bytes_written": effects.bytes_written}
+            spent = usage(model.type, prepared.preview)
+            judged = self._judge_run(session, decision, effects, spent)
+            error = self._run_refusal(session, model, adapter, prepared, decision, judged, effects)
+        except BaseException:
+            staged.abort()
+            raise
+        if error is not None:
+            staged.abort()
+            eid = self._journal_outcome(session, model, prepared.targets, judged, "denied", error=error,
+                                        preview=prepared.preview)
+            return Result(False, eid, error=error, status="denied", session=session.id, type=model.type,
+                          decision=judged)
+        return self._apply(session, model, adapter, prepared, judged, refused, failed, {**extra, "usage": spent},
+                           staged=staged)
+
+    def _judge_run(self, session: "Session", decision: Decision, effects: RunEffects, spent: dict[str, int]) -> Decision:
+        """The decision on a finished run: its own rules plus those of the file actions it amounts to."""
+        checks: list[tuple[str, list[str], dict[str, Any]]] = []
+        if effects.written:
+            checks.append(("fs.write", effects.written, {"paths": effects.written, "bytes_written": effects.bytes_written,
+                                                         "overwrites": effects.overwrites}))
+        if effects.deleted:
+            checks.append(("fs.delete", effects.deleted, {"paths": effects.deleted, "files_deleted": effects.files_deleted,
+                                                          "bytes_deleted": effects.bytes_deleted}))
+        for path, mode in effects.modes:
+            checks.append(("fs.chmod", [path], {"paths": [path], "mode": f"{mode:04o}",
+                                                "world_writable": bool(mode & 0o002), "setuid": bool(mode & 0o6000)}))
+        matches = list(decision.matches)
+        seen = {m.id for m in matches}
+        for action_type, paths, preview in checks:
+            for m in self.policy.decide(action_type, paths, preview).matches:
+                if m.id not in seen:
+                    seen.add(m.id)
+                    matches.append(m)
+        changed = effects.written + effects.deleted + [p for p, _ in effects.modes]
+        matches += [m for m in self._structural(changed) + self._over_budget(session.id, spent) if m.id not in seen]
+        return self._verdict(matches)
+
+    def _run_refusal(self, session: "Session", model: BaseModel, adapter: CodeAdapter, prepared: Prepared,
+                     before: Decision, judged: Decision, effects: RunEffects) -> str | None:
+        """Why a finished run's effects may not land, or None. What they need confirmed is asked of
+        a synchronous approver now: a finished run cannot be parked."""
+        undone = "; nothing it changed was copied into the workspace"
+        if judged.verdict == "deny":
+            error = f"refused by policy: {judged.reason}"
+            if not any(m.decision == "deny" for m in judged.matches):
+                error += " (the pack refuses what needs confirmation)"
+            return error + undone
+        asks = [m for m in judged.matches if m.decision == "confirm" and m not in before.matches]
+        if not asks:
+            return None
+        reason = "; ".join(f"{m.id}: {m.message}" for m in asks)
+        if self.approver is None:
+            return f"refused by policy: {reason} (needs confirmation, and no approver is configured){undone}"
+        if self.approver == "pending":
+            return (f"refused by policy: {reason} (needs confirmation, and a finished run cannot be parked){undone}. "
+                    "Re-run it with an approver that answers at once (e.g. `goex exec --yes` after reviewing "
+                    "the code), or make these changes with file actions, which can be parked for approval")
+        request = ConfirmationRequest(session.id, session.actor, model.type, prepared.targets,
+                                      Decision("confirm", tuple(asks)), prepared.preview,
+                                      adapter.summarize(prepared) + "\n" + _effects_summary(effects))
+        if self.approver(request) is not True:  # type: ignore[operator]  # anything but True is a no
+            return f"refused by policy: {reason} (rejected by the approver){undone}"
+        return None
 
     def _check(self, session: "Session", action: Any) -> tuple[Decision, dict[str, Any]]:
         model = parse_action(action, max_bytes=self.max_action_bytes)
@@ -268,47 +362,88 @@ class Runtime:
         return self._decide(session, model.type, prepared), prepared.preview
 
     def _decide(self, session: "Session", action_type: str, prepared: Prepared) -> Decision:
-        """The pack's rules, then the session's budgets: one code path for every entry point."""
+        """The pack's rules, then the workspace's and the session's limits: one code path for every entry point."""
         paths = prepared.targets + prepared.covers  # a folder's contents and a database file count too
-        decision = self.policy.decide(action_type, paths, prepared.preview)
-        if decision.verdict == "confirm" and self.policy.confirm == "deny":
-            decision = Decision("deny", decision.matches)
-        spent = usage(action_type, prepared.preview)
-        over = []
-        if prepared.effect and (action_type.startswith("fs.") or prepared.covers):
-            hit = next((t for t in (prepared.targets if action_type.startswith("fs.") else []) + prepared.covers
-                        for rx, prefix in self._protected
-                        if rx.match(t) or (prefix is not None and prefix.startswith(t.rstrip("/") + "/"))), None)
-            if hit is not None:
-                over.append(RuleMatch("workspace.protected", "deny", "severe", 1.0,
-                                      f"{hit} is protected for this run; it may be read, not changed"))
-        totals = self._session_usage(session.id)
+        matches = list(self.policy.decide(action_type, paths, prepared.preview).matches)
+        if prepared.effect and action_type.startswith("fs."):
+            matches += self._structural(paths)
+        elif prepared.effect and prepared.covers:  # a database file written through SQL: protection only
+            matches += self._structural(prepared.covers, database_files=False)
+        matches += self._over_budget(session.id, usage(action_type, prepared.preview))
+        return self._verdict(matches)
+
+    def _verdict(self, matches: "list[RuleMatch] | tuple[RuleMatch, ...]") -> Decision:
+        if not matches:
+            return ALLOW
+        verdict = max((m.decision for m in matches), key=("allow", "confirm", "deny").index)
+        if verdict == "confirm" and self.policy.confirm == "deny":
+            verdict = "deny"
+        return Decision(verdict, tuple(matches))
+
+    def _structural(self, paths: list[str], *, database_files: bool = True) -> list[RuleMatch]:
+        """Rules of the workspace itself, in every pack: protected paths, a database's own files."""
+        out = []
+        hit = next((t for t in paths for rx, prefix in self._protected
+                    if rx.match(t) or (prefix is not None and prefix.startswith(t.rstrip("/") + "/"))), None)
+        if hit is not None:
+            out.append(RuleMatch("workspace.protected", "deny", "severe", 1.0,
+                                 f"{hit} is protected for this run; it may be read, not changed"))
+        db_file = next((t for t in paths if t.lower() in self._database_files), None) if database_files else None
+        if db_file is not None:
+            out.append(RuleMatch("workspace.database-file", "deny", "critical", 1.0,
+                                 f"{db_file} belongs to the SQLite database {self._database_files[db_file.lower()]!r} "
+                                 "(SQLite would replay it on the next open); only sql.execute may change it"))
+        return out
+
+    def _over_budget(self, session_id: str, spent: dict[str, int]) -> list[RuleMatch]:
+        totals = self._session_usage(session_id)
+        out = []
         for name in BUDGETS:
             limit = self.policy.budgets.get(name)
             if limit is not None and spent.get(name) and totals.get(name, 0) + spent[name] > limit:
-                over.append(RuleMatch(f"budget.{name}", "deny", "severe", 1.0,
-                                      f"the session's {name} budget of {limit:,} would be exceeded "
-                                      f"({totals.get(name, 0):,} spent, this action needs {spent[name]:,})"))
-        if over:
-            decision = Decision("deny", decision.matches + tuple(over))
-        return decision
+                out.append(RuleMatch(f"budget.{name}", "deny", "severe", 1.0,
+                                     f"the session's {name} budget of {limit:,} would be exceeded "
+                                     f"({totals.get(name, 0):,} spent, this action needs {spent[name]:,})"))
+        return out
 
     def _session_usage(self, session_id: str) -> dict[str, int]:
-        if session_id not in self._usage:
-            totals: dict[str, int] = {}
-            rows = self.journal.query(
-                "SELECT seq FROM entries WHERE session = ? AND status NOT IN "
-                "('denied', 'failed', 'awaiting_approval', 'rejected', 'approved')", (session_id,))
-            for row in rows:
-                for name, value in self.journal.record(row["seq"]).get("usage", {}).items():
-                    totals[name] = totals.get(name, 0) + value
-            self._usage[session_id] = totals
-        return self._usage[session_id]
+        """What a session spent, from the journal (any runtime's or process's actions): records newer
+        than the last look are read. Decisions run under the journal lock, so this is current."""
+        with self._lock:
+            if not self._usage:  # nothing known yet: nothing to bring up to date
+                self._usage_seq = self.journal.head()[0]
+            else:
+                for seq, body, _ in self.journal.records(self._usage_seq):
+                    self._count_usage(json.loads(body))
+                    self._usage_seq = seq
+            if session_id not in self._usage:
+                self._usage[session_id] = self._load_usage(session_id, self._usage_seq)
+            return dict(self._usage[session_id])
 
-    def _spend(self, session_id: str, spent: dict[str, int]) -> None:
-        totals = self._session_usage(session_id)
-        for name, value in spent.items():
-            totals[name] = totals.get(name, 0) + value
+    def _load_usage(self, session_id: str, upto: int) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        rows = self.journal.query(
+            "SELECT seq FROM entries WHERE session = ? AND seq <= ? AND status NOT IN "
+            "('denied', 'failed', 'awaiting_approval', 'rejected', 'approved')", (session_id, upto))
+        for row in rows:
+            for name, value in self.journal.record(row["seq"]).get("usage", {}).items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _count_usage(self, record: dict[str, Any]) -> None:
+        """One new journal record's effect on the sessions' spending: an action that went ahead
+        spends; one reverted as failed gives it back (as the index reads it)."""
+        kind, sign = record.get("kind"), 1
+        if kind == "failed":
+            record, sign = self.journal.record(entry_seq(record["entry"])), -1
+        elif kind != "entry":
+            return
+        if record.get("status") in ("denied", "failed", "awaiting_approval"):
+            return
+        totals = self._usage.get(record.get("session", ""))
+        if totals is not None:
+            for name, value in (record.get("usage") or {}).items():
+                totals[name] = totals.get(name, 0) + sign * value
 
     def _ask(self, session: "Session", model: BaseModel, adapter: Adapter, prepared: Prepared,
              decision: Decision) -> bool | None:
@@ -328,11 +463,40 @@ class Runtime:
         return self.journal.record(row["seq"]).get("parked", {}) if row is not None else {}
 
     def approve(self, entry_id: str, *, by: str = "human") -> Result:
-        """Run an action parked for confirmation, as approved by `by`. It is checked again against
-        this runtime's policy, budgets and protected paths: rules that deny still deny."""
+        """Run an action parked for confirmation, as approved by `by`. It is prepared and decided
+        again against this runtime's policy, budgets and protected paths: rules that deny still
+        deny, and an approval covers only the effect it was shown: if the effect grew (more rows,
+        files, bytes, other targets) or new rules match, it does not run but is parked again with
+        the new preview (the result says what changed)."""
         session, action = self._parked(entry_id)
-        self.journal.append("approved", entry=entry_id, by=by, durable=True)
         return self._execute(session, action, approval={"by": by, "entry": entry_id})
+
+    def _recheck_approval(self, session: "Session", model: BaseModel, prepared: Prepared, decision: Decision,
+                          approval: dict[str, Any]) -> Result | None:
+        """Under the lock: the parked entry is still waiting, and its effect has not grown. Records
+        the approval and returns None, or parks the action again and returns that result."""
+        eid = approval["entry"]
+        self._parked(eid)  # decided meanwhile by another process: not run twice
+        parked = self.journal.record(entry_seq(eid))
+        target = " -> ".join(prepared.targets) if model.type == "fs.move" else ", ".join(prepared.targets)
+        if model.type == "http.request":
+            target = self._http.secrets.redact(target)
+        changes = _grown(parked, target, prepared.preview, decision)
+        if not changes or decision.verdict == "deny":  # a denial is journaled as it always was
+            self.journal.append("approved", entry=eid, by=approval["by"], durable=True)
+            return None
+        why = "; ".join(changes)
+        with self.journal.transaction(durable=True) as tx:
+            seq, _ = tx.append("entry", status="awaiting_approval", preview=prepared.preview, reparked=eid,
+                               parked={"policy": self.policy.source, "protected": list(self.protected)},
+                               **self._entry_fields(tx, session, model, prepared.targets, decision))
+            tx.append("rejected", entry=eid, by="goex", reason=f"not run: its effect changed since it was parked "
+                                                               f"({why}); parked again as {entry_id(seq)}")
+        new = entry_id(seq)
+        return Result(False, new, error=f"not run: the effect changed since {eid} was parked ({why}); it is parked "
+                                        f"again as {new} with the new preview: approve it with `goex approve --root "
+                                        f"DIR {new}` or reject it with `goex reject --root DIR {new}`",
+                      status="awaiting_approval", session=session.id, type=model.type, decision=decision)
 
     def reject(self, entry_id: str, *, by: str = "human", reason: str = "") -> None:
         """Refuse an action parked for confirmation; it never runs."""
@@ -350,20 +514,24 @@ class Runtime:
 
     def _apply(self, session: "Session", model: BaseModel, adapter: Adapter, prepared: Prepared,
                decision: Decision, refused: Callable[..., Result], failed: Callable[..., Result],
-               extra: dict[str, Any]) -> Result:
+               extra: dict[str, Any], staged: Any = None) -> Result:
         try:
             with self.journal.transaction(durable=True) as tx:
                 plan = adapter.capture(prepared, tx.put_blob)
                 seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview, **extra,
                                    **self._entry_fields(tx, session, model, prepared.targets, decision))
-        except REFUSALS as exc:
-            return refused(exc, prepared.targets)
-        except (ActionFailed, OSError) as exc:
-            return failed(exc if isinstance(exc, ActionFailed) else ActionFailed(f"{model.type}: {exc}"),
-                          prepared.targets, decision)
+        except BaseException as exc:
+            if staged is not None:  # a run staged and judged already: its layer goes
+                staged.abort()
+            if isinstance(exc, REFUSALS):
+                return refused(exc, prepared.targets)
+            if isinstance(exc, (ActionFailed, OSError)):
+                return failed(exc if isinstance(exc, ActionFailed) else ActionFailed(f"{model.type}: {exc}"),
+                              prepared.targets, decision)
+            raise
         eid = entry_id(seq)
         if hasattr(adapter, "stage"):
-            return self._apply_staged(session, model, adapter, prepared, decision, eid, plan)
+            return self._apply_staged(session, model, adapter, prepared, decision, eid, plan, staged)
         try:
             applied = adapter.apply(prepared)
         except OutcomeUnknown as exc:
@@ -380,7 +548,7 @@ class Runtime:
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
 
     def _apply_staged(self, session: "Session", model: BaseModel, adapter: Any, prepared: Prepared,
-                      decision: Decision, eid: str, plan: dict[str, Any]) -> Result:
+                      decision: Decision, eid: str, plan: dict[str, Any], staged: Any = None) -> Result:
         """Run in an open transaction; journal what was captured inside it, durably; then commit.
         Every committed change has its undo data on disk, whenever the process dies."""
         def failure(exc: BaseException) -> Result:
@@ -392,7 +560,7 @@ class Runtime:
                           decision=decision)
 
         try:
-            staged = adapter.stage(prepared)
+            staged = staged if staged is not None else adapter.stage(prepared)  # a code run: staged and judged
         except BaseException as exc:  # noqa: BLE001 - nothing committed
             return failure(exc)
         try:
@@ -717,6 +885,51 @@ class Session:
 
     def log(self) -> list[dict[str, Any]]:
         return self.runtime.log(self.id)
+
+
+def _grown(parked: dict[str, Any], target: str, preview: dict[str, Any], decision: Decision) -> list[str]:
+    """How an action's effect now exceeds what it was parked (and approved) with: new rules that
+    match, other targets, preview fields the policy reads that grew or changed."""
+    out = []
+    before = {m["id"] for m in parked.get("decision", {}).get("rules", ())}
+    new = [m.id for m in decision.matches if m.decision != "allow" and m.id not in before]
+    if new:
+        out.append("now matches " + ", ".join(new))
+    if target != parked.get("target"):
+        out.append(f"targets {parked.get('target')!r} -> {target!r}")
+    old = parked.get("preview") or {}
+    for key in sorted(PREVIEW_FIELDS & (set(old) | set(preview))):
+        was, now = old.get(key), preview.get(key)
+        if was != now and _grew(was, now):
+            out.append(f"{key} {_shown(was)} -> {_shown(now)}")
+    return out
+
+
+def _grew(was: Any, now: Any) -> bool:
+    if isinstance(was, bool) or isinstance(now, bool):
+        return True  # a flag that flipped either way (reversible, overwrites, ...): shown again
+    if isinstance(now, (int, float)) and isinstance(was, (int, float, type(None))):
+        return now > (was or 0)
+    if isinstance(now, list) and isinstance(was, (list, type(None))):
+        return not {json.dumps(v, sort_keys=True) for v in now} <= {json.dumps(v, sort_keys=True) for v in was or ()}
+    return True
+
+
+def _shown(value: Any) -> str:
+    text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _effects_summary(effects: RunEffects, limit: int = 20) -> str:
+    """A finished run's file effects, for a person deciding whether they may land."""
+    lines = [f"its effects: {len(effects.written)} paths written ({effects.bytes_written:,} bytes), "
+             f"{effects.files_deleted} files deleted ({effects.bytes_deleted:,} bytes)"]
+    for verb, paths in (("write", effects.written), ("delete", effects.deleted)):
+        lines += [f"  {verb} {p}" for p in paths[:limit]]
+        if len(paths) > limit:
+            lines.append(f"  ... and {len(paths) - limit} more to {verb}")
+    lines += [f"  mode {m:04o} {p}" for p, m in effects.modes[:limit]]
+    return "\n".join(lines)
 
 
 def _literal_prefix(glob: str) -> str | None:

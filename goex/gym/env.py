@@ -330,11 +330,6 @@ class GoexEnv(gymnasium.Env):
             body["error"] = result.error
             if result.decision is not None and result.decision.rules:
                 body["rules"] = result.decision.rules
-        if result.ok and step.undo:  # a code run did what no action may: undone, and costed all the same
-            self._session.undo_from(result.entry_id)
-            info["status"] = body["status"] = "undone"
-            body["note"] = (f"the run changed what this task forbids ({', '.join(step.undo[:5])}); goex undid "
-                            "everything it changed")
         return body
 
     def _finish(self, task: Task, world: World, data: dict[str, Any], cost: StepCost,

@@ -38,6 +38,8 @@ class Threshold(BaseModel):
     lte: float | None = None
 
     def test(self, value: Any) -> bool:
+        if isinstance(value, (list, tuple)):  # a list field compares by its length (`all_rows: {gt: 0}`)
+            value = len(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         return ((self.gt is None or value > self.gt) and (self.gte is None or value >= self.gte)
@@ -49,7 +51,8 @@ PREVIEW_FIELDS = frozenset({
     "paths", "bytes_written", "overwrites", "files_deleted", "bytes_deleted", "folder", "mode", "world_writable",
     "setuid",  # files
     "method", "host", "path", "route", "kind", "reversible", "collection", "secrets",  # http
-    "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes",  # sql
+    "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes", "all_rows",
+    "creates_trigger",  # sql
     "language", "network", "timeout_s", "memory_mb", "backend", "unsafe",  # code
 })
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import ActionFailed, GoexError
@@ -46,6 +46,21 @@ class StagedRun:
     capture: Callable[[PutBlob], dict[str, Any]]
     commit: Callable[[], None]
     abort: Callable[[], None]
+    effects: "RunEffects | None" = None  # what committing would do, for the runtime to judge first
+
+
+@dataclass
+class RunEffects:
+    """A finished run's file effects, as the file actions they amount to: judged by the runtime
+    (path rules, protected paths, database files, budgets) before anything is copied in."""
+
+    written: list[str] = field(default_factory=list)  # created or changed, new folders' contents included
+    deleted: list[str] = field(default_factory=list)  # deleted or replaced, deleted folders' contents included
+    modes: list[tuple[str, int]] = field(default_factory=list)  # folder mode changes, world-writable files
+    files_deleted: int = 0
+    bytes_deleted: int = 0
+    bytes_written: int = 0
+    overwrites: bool = False
 
 
 class CodeAdapter:
@@ -152,12 +167,12 @@ class CodeAdapter:
                     node["mode"] &= ~0o6000
                     stripped.append(show(change.parts))
         files: dict[str, list[str]] = {"created": [], "changed": [], "deleted": []}
-        removed = 0  # files (not folders) the run deleted or replaced, folders' contents counted
+        effects = RunEffects()
         for change in diff.changes:
             key = {"created": "created", "deleted": "deleted"}.get(change.kind, "changed")
             files[key].append(show(change.parts))
-            if change.kind in ("deleted", "replaced"):
-                removed += _files_under(os.path.join(self.ws.root, *change.parts))
+            _add_effects(effects, self.ws.root, change)
+        removed = effects.files_deleted  # files (not folders) the run deleted or replaced, folders' contents counted
         output: dict[str, Any] = {
             "exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
             "stderr": result.stderr.decode("utf-8", "replace"), "duration_s": round(result.duration_s, 4),
@@ -192,7 +207,7 @@ class CodeAdapter:
             finally:
                 layer.remove()
 
-        return StagedRun(output, capture, commit, layer.remove)
+        return StagedRun(output, capture, commit, layer.remove, effects)
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         captured = plan.get("captured")
@@ -224,12 +239,47 @@ def _is_file(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
-def _files_under(path: str) -> int:
-    """How many files (anything but a folder) `path` is or holds, symlinks not followed."""
+def _add_effects(effects: RunEffects, root: str, change: overlay.Change) -> None:
+    path = show(change.parts)
+    if change.kind == "mode":
+        effects.modes.append((path, change.node["mode"]))
+        return
+    if change.kind in ("deleted", "replaced"):
+        _removed(effects, os.path.join(root, *change.parts), path)
+    if change.kind == "deleted":
+        return
+    effects.overwrites = effects.overwrites or change.kind != "created"
+    for sub, node in _new_nodes(path, change.node):
+        effects.written.append(sub)
+        if node["k"] == "f":
+            effects.bytes_written += int(node.get("size") or 0)
+        if node["k"] != "l" and node.get("mode", 0) & 0o002:  # a mode fs.chmod would be judged on
+            effects.modes.append((sub, node["mode"]))
+
+
+def _new_nodes(path: str, node: dict[str, Any]) -> Any:
+    yield path, node
+    for name, child in node.get("children", {}).items():
+        yield from _new_nodes(f"{path}/{name}", child)
+
+
+def _removed(effects: RunEffects, full: str, path: str) -> None:
+    """Count and list what the workspace path `full` is or holds (symlinks not followed)."""
     try:
-        if not os.path.isdir(path) or os.path.islink(path):
-            return 1 if os.path.lexists(path) else 0
+        st = os.lstat(full)
     except OSError:
-        return 0
-    return sum(len(names) + sum(1 for d in dirs if os.path.islink(os.path.join(top, d)))
-               for top, dirs, names in os.walk(path))
+        return
+    effects.deleted.append(path)
+    if not stat.S_ISDIR(st.st_mode):
+        effects.files_deleted += 1
+        effects.bytes_deleted += st.st_size
+        return
+    for top, dirs, names in os.walk(full):
+        rel = path + top[len(full):]
+        effects.deleted.extend(f"{rel}/{n}" for n in dirs + names)
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(top, d))]:  # files, links counted
+            effects.files_deleted += 1
+            try:
+                effects.bytes_deleted += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
