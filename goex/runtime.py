@@ -396,6 +396,8 @@ class Runtime:
         return out
 
     def _over_budget(self, session_id: str, spent: dict[str, int]) -> list[RuleMatch]:
+        if not any(spent.get(name) for name in self.policy.budgets):  # nothing to count: no journal read
+            return []
         totals = self._session_usage(session_id)
         out = []
         for name in BUDGETS:
@@ -409,7 +411,7 @@ class Runtime:
     def _session_usage(self, session_id: str) -> dict[str, int]:
         """What a session spent, from the journal (any runtime's or process's actions): records newer
         than the last look are read. Decisions run under the journal lock, so this is current."""
-        with self._lock:
+        with self.journal._thread_lock:  # the lock `_execute` already holds: one order, no deadlock with `check`
             if not self._usage:  # nothing known yet: nothing to bring up to date
                 self._usage_seq = self.journal.head()[0]
             else:
