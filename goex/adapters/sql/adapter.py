@@ -148,6 +148,9 @@ class SqlAdapter:
             "drop_column": any(a["drop_column"] for a in analysed),
             "rows": rows, "writes": writes,
         }
+        effect = getattr(engine, "effect", None) if writes else None  # of the dry run just made
+        preview["all_rows"] = sorted(set(effect.get("all_rows") or [])) if effect else []
+        preview["creates_trigger"] = bool(effect and effect.get("creates_trigger"))
         state = {"db": db, "statements": statements, "analysed": analysed}
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file
