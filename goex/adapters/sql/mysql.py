@@ -531,8 +531,9 @@ class MysqlEngine:
                                    password=self.args["password"] if password is None else password,
                                    database=self.db, charset="utf8mb4", autocommit=False, local_infile=False)
         except pymysql.Error as exc:
-            raise ActionFailed(f"cannot connect to MySQL database {self.db!r} at {self.args['host']}:"
-                               f"{self.args['port']} as {user or self.args['user']}: {exc}; nothing was applied") from None
+            where = f"{self.args['host']}:{self.args['port']} as {user or self.args['user']}"
+            raise ActionFailed(f"cannot connect to MySQL database {self.db!r} at {where}: {exc}; "
+                               "nothing was applied") from None
         assert not conn.client_flag & CLIENT.MULTI_STATEMENTS
         return conn
 
@@ -543,10 +544,14 @@ class MysqlEngine:
             try:
                 self._reset(conn)
                 return conn
-            except pymysql.Error:
+            except (pymysql.Error, ActionFailed):  # gone, or not clean: a new session is
                 _close(conn)
         conn = self._agent_connect()
-        self._reset(conn)
+        try:
+            self._reset(conn)
+        except BaseException:
+            _close(conn)
+            raise
         return conn
 
     def _give(self, conn: Any) -> None:
