@@ -49,12 +49,13 @@ class Database:
 
     @property
     def shown(self) -> str:
-        """The URL without its password."""
+        """The URL without its passwords (the account's and a `goex_password` option's)."""
         parts = urlsplit(self.url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return urlunsplit(parts._replace(netloc=netloc))
-        return self.url
+        query = re.sub(r"(^|&)(goex_password=)[^&]*", r"\1\2***", parts.query)
+        if not parts.password and query == parts.query:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@") if parts.password else parts.netloc
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, Database]:
@@ -148,6 +149,9 @@ class SqlAdapter:
             "drop_column": any(a["drop_column"] for a in analysed),
             "rows": rows, "writes": writes,
         }
+        effect = getattr(engine, "effect", None) if writes else None  # of the dry run just made
+        preview["all_rows"] = sorted(set(effect.get("all_rows") or [])) if effect else []
+        preview["creates_trigger"] = bool(effect and effect.get("creates_trigger"))
         state = {"db": db, "statements": statements, "analysed": analysed}
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file

@@ -38,10 +38,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import secrets
+import tempfile
 from collections import Counter
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from typing import Any, Iterator
+
+from pymysql.constants import CLIENT
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import sqlglot
@@ -51,7 +57,8 @@ from sqlglot.tokens import TokenType
 from ...errors import ActionFailed
 from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name
 
-__all__ = ["MysqlEngine", "convert_params", "dump", "parse_url"]
+__all__ = ["MysqlEngine", "agent_account", "convert_params", "dangerous_grants", "drop_agent_account", "dump",
+           "parse_url"]
 
 _READS = {"select", "show", "describe", "explain", "desc"}
 _DML = {"insert", "update", "delete", "replace"}
@@ -68,6 +75,18 @@ _SAFE_WHERE = (exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.EQ,
                exp.Like, exp.Neg, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Tuple, exp.NullSafeEQ, exp.ILike)
 _BLOCK_WORDS = {"IF", "LOOP", "WHILE", "REPEAT"}
 _STATEMENT_START = {";", "BEGIN", "THEN", "ELSE", "DO", "LOOP", "REPEAT", ":"}
+#: what the agent account may do, on the declared database only: read and change rows, and create,
+#: alter and drop the tables, indexes, views and triggers goex undoes (no FILE, SUPER, PROCESS,
+#: GRANT OPTION, routines, events, temporary tables or locks)
+AGENT_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "INDEX", "CREATE VIEW",
+                    "SHOW VIEW", "TRIGGER", "REFERENCES")
+_GRANT = re.compile(r"^GRANT (?P<privs>.+?) ON (?:(?:FUNCTION|PROCEDURE|PACKAGE(?: BODY)?) )?"
+                    r"(?P<db>`(?:[^`]|``)*`|\*)\.(?P<obj>`(?:[^`]|``)*`|\*) TO ", re.S)
+#: session settings a reset returns to the server's, checked before the agent's connection is used
+_CLEAN = ("sql_mode", "foreign_key_checks", "unique_checks", "time_zone", "tx_isolation", "max_statement_time",
+          "check_constraint_checks", "sql_safe_updates", "big_tables", "sql_select_limit", "max_join_size",
+          "character_set_server", "collation_server", "div_precision_increment", "group_concat_max_len")
+_COM_RESET_CONNECTION = 0x1F
 _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 
@@ -83,9 +102,15 @@ def parse_url(url: str) -> dict[str, Any]:
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise ActionFailed(f"{url!r} names no database; write mysql://USER@HOST:PORT/DATABASE")
+    query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"goex_account", "goex_password"})
+    if unknown:
+        raise ActionFailed(f"{url!r}: unknown option {unknown[0]!r}; the only options are goex_account=NAME and "
+                           "goex_password=PASSWORD (the least-privilege account agent SQL runs as)")
     return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
             "user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
-            "database": database}
+            "database": database, "account": (query.get("goex_account") or [None])[-1],
+            "account_password": (query.get("goex_password") or [""])[-1]}
 
 
 def convert_params(statement: str, params: Any, dialect: str = "mysql") -> tuple[str, Any]:
@@ -148,6 +173,110 @@ def dump(url: str) -> str:
         engine.close()
 
 
+def agent_account(database: str) -> str:
+    """Name of goex's least-privilege account for `database` (one per database name, so every
+    process acting on it shares it; `goex_` names are refused in agent SQL)."""
+    return "goex_a_" + hashlib.sha256(database.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def drop_agent_account(url: str) -> None:
+    """Drop goex's agent account for the database at `url` and forget its password (for a
+    database that is being dropped)."""
+    args = parse_url(url)
+    user = agent_account(args["database"])
+    conn = pymysql.connect(host=args["host"], port=args["port"], user=args["user"], password=args["password"],
+                           autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+    finally:
+        _close(conn)
+    _secret_file(args["host"], args["port"], user).unlink(missing_ok=True)
+
+
+def dangerous_grants(grants: list[str], database: str) -> list[str]:
+    """What SHOW GRANTS lines give beyond `database`: global privileges (FILE, SUPER, PROCESS,
+    CREATE USER, ALL, ...), privileges on any other database (mysql.* included) or on a name
+    pattern, GRANT OPTION, PROXY, and roles."""
+    out: list[str] = []
+    for line in grants:
+        found = _GRANT.match(line)
+        if found is None:
+            role = re.match(r"GRANT (PROXY ON|[`'].*?[`']) ", line)
+            if role:
+                out.append("PROXY" if role.group(1) == "PROXY ON" else f"role {role.group(1)}")
+            continue
+        if "WITH GRANT OPTION" in line[found.end():] and "GRANT OPTION" not in out:
+            out.append("GRANT OPTION")
+        privileges = [p.strip() for p in re.split(r",(?![^(]*\))", found.group("privs"))]
+        db = found.group("db")
+        if db == "*":
+            out.extend(f"{p} ON *.*" for p in privileges if p.upper() != "USAGE")
+        elif _grant_db(db) != database:
+            pattern = " (a name pattern: write _ and % in it as \\_ and \\%)" if _grant_db(db) is None else ""
+            out.append(f"{', '.join(privileges)} ON {db}.{found.group('obj')}{pattern}")
+    return out
+
+
+def _grant_db(quoted: str) -> str | None:
+    """The database a GRANT's `db` names, or None when it is a pattern (unescaped _ or %)."""
+    name = quoted[1:-1].replace("``", "`")
+    out = []
+    i = 0
+    while i < len(name):
+        if name[i] == "\\" and i + 1 < len(name):
+            out.append(name[i + 1])
+            i += 2
+            continue
+        if name[i] in "_%":
+            return None
+        out.append(name[i])
+        i += 1
+    return "".join(out)
+
+
+def _grant_target(database: str) -> str:
+    """`database` quoted for GRANT ... ON `db`.*, its _ and % escaped (they are patterns there)."""
+    return _q(re.sub(r"([_%\\])", r"\\\1", database))
+
+
+def _create_account(cur: Any, user: str, password: str, database: str) -> None:
+    """Create the agent account if missing, set its password, grant it the database (idempotent)."""
+    cur.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, password))
+    cur.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (user, password))
+    cur.execute(f"GRANT {', '.join(AGENT_PRIVILEGES)} ON {_grant_target(database)}.* TO %s@'%%'", (user,))
+
+
+def _state_dir() -> Path:
+    """The user's goex state directory (outside every workspace)."""
+    base = os.environ.get("GOEX_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "goex")
+    return Path(base)
+
+
+def _secret_file(host: str, port: int, user: str) -> Path:
+    return _state_dir() / "mysql-accounts" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}_{port}_{user}"
+
+
+def _write_secret(path: Path, password: str) -> None:
+    """Atomically, readable by this user only: processes sharing the state directory share it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.write(fd, password.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _can_login(engine: "MysqlEngine", user: str, password: str) -> bool:
+    try:
+        _close(engine._connect(user, password))
+        return True
+    except ActionFailed:
+        return False
+
+
 # -- small helpers -----------------------------------------------------------------------------
 
 
@@ -169,9 +298,73 @@ def _lit(column: str, dtype: str) -> str:
     return f"CONVERT(QUOTE({q}) USING utf8mb4)"
 
 
+def _lex(sql: str, escapes: tuple[bool, bool] = (True, True)) -> Iterator[tuple[str, int, int]]:
+    """(kind, start, end) pieces of `sql` the way the server's lexer reads them: kind is "code",
+    "quoted" ('...', "...", `...`), "comment" (`#`, `-- `, `/* */`) or "executable" (`/*!`,
+    `/*M!`, which the server runs). `escapes`: whether a backslash escapes in '...' and "..."
+    strings (off under sql_mode NO_BACKSLASH_ESCAPES; "..." is an identifier under ANSI_QUOTES)."""
+    i, n, start = 0, len(sql), 0
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            if start < i:
+                yield "code", start, i
+            j = i + 1
+            escaped = c != "`" and escapes[c == '"']
+            while j < n:
+                if escaped and sql[j] == "\\":
+                    j += 2
+                    continue
+                if sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            end = min(j + 1, n)
+            yield "quoted", i, end
+            i = start = end
+            continue
+        end = None
+        kind = "comment"
+        if c == "#" or (sql.startswith("--", i) and (i + 2 >= n or sql[i + 2].isspace() or ord(sql[i + 2]) < 32)):
+            line = sql.find("\n", i)
+            end = n if line < 0 else line + 1
+        elif sql.startswith("/*", i):
+            if sql.startswith(("/*!", "/*M!"), i):
+                kind = "executable"
+            close = sql.find("*/", i + 2)
+            end = n if close < 0 else close + 2
+        if end is None:
+            i += 1
+            continue
+        if start < i:
+            yield "code", start, i
+        yield kind, i, end
+        i = start = end
+    if start < n:
+        yield "code", start, n
+
+
+def _executable_comment(sql: str) -> bool:
+    """Whether the server would run an executable comment in `sql`, under any sql_mode's quoting."""
+    return any(kind == "executable" for escapes in ((True, True), (False, False), (True, False))
+               for kind, _, _ in _lex(sql, escapes))
+
+
+def _refuse_executable(sql: str) -> None:
+    if _executable_comment(sql):
+        raise SqlRefused("executable comments (/*! ... */, /*M! ... */) are not allowed: the server runs their "
+                         "text, which goex's checks would not see; write the statement without them")
+
+
+def _uncommented(sql: str) -> str:
+    """`sql` with its comments (as the server reads them) replaced by a space."""
+    return "".join(" " if kind != "code" and kind != "quoted" else sql[a:b] for kind, a, b in _lex(sql))
+
+
 def _words(statement: str) -> list[str]:
-    text = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
-    return re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\(", text.lower())
+    return re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\(", _uncommented(statement).lower())
 
 
 def _tokenize(sql: str) -> list[Any]:
@@ -324,34 +517,168 @@ class MysqlEngine:
         self._spare: Any = None
         self._recent: dict[str, bytes] = {}  # blobs of the latest DDL image: a failed stage restores from them
         self._databases: set[str] | None = None
+        self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
+        self._clean = list(_CLEAN)  # the settings this server knows, of those a reset is checked on
+        self.effect: dict[str, Any] = {"all_rows": [], "creates_trigger": False}  # of the latest dry run
 
     # -- connections -----------------------------------------------------------------------------
 
-    def _connect(self) -> Any:
+    def _connect(self, user: str | None = None, password: str | None = None) -> Any:
+        """A connection as the owner (the URL's account), or as `user`. One statement per call
+        (no multi-statements) and no LOCAL INFILE, whatever the text."""
         try:
-            conn = pymysql.connect(host=self.args["host"], port=self.args["port"], user=self.args["user"],
-                                   password=self.args["password"], database=self.db, charset="utf8mb4",
-                                   autocommit=False)
+            conn = pymysql.connect(host=self.args["host"], port=self.args["port"], user=user or self.args["user"],
+                                   password=self.args["password"] if password is None else password,
+                                   database=self.db, charset="utf8mb4", autocommit=False, local_infile=False)
         except pymysql.Error as exc:
-            raise ActionFailed(f"cannot connect to MySQL database {self.db!r} at {self.args['host']}:"
-                               f"{self.args['port']}: {exc}; nothing was applied") from None
+            where = f"{self.args['host']}:{self.args['port']} as {user or self.args['user']}"
+            raise ActionFailed(f"cannot connect to MySQL database {self.db!r} at {where}: {exc}; "
+                               "nothing was applied") from None
+        assert not conn.client_flag & CLIENT.MULTI_STATEMENTS
         return conn
 
     def _take(self) -> Any:
+        """The agent's connection, its session reset to the server's defaults and checked."""
         conn, self._spare = self._spare, None
         if conn is not None:
             try:
-                conn.ping(reconnect=False)
+                self._reset(conn)
                 return conn
-            except pymysql.Error:
+            except (pymysql.Error, ActionFailed):  # gone, or not clean: a new session is
                 _close(conn)
-        return self._connect()
+        conn = self._agent_connect()
+        try:
+            self._reset(conn)
+        except BaseException:
+            _close(conn)
+            raise
+        return conn
 
     def _give(self, conn: Any) -> None:
         if self._spare is None and conn.open:
             self._spare = conn
         else:
             _close(conn)
+
+    def _reset(self, conn: Any) -> None:
+        """COM_RESET_CONNECTION (user variables, session settings, temporary tables, prepared
+        statements, locks, roles all gone), then one statement that fails unless the session is
+        clean and turns autocommit off (the reset turns it on)."""
+        conn._execute_command(_COM_RESET_CONNECTION, b"")
+        conn._read_ok_packet()
+        while True:
+            same = " AND ".join(f"@@session.{v} <=> @@global.{v}" for v in self._clean)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SET autocommit = IF({same} AND CURRENT_ROLE() IS NULL AND @@in_transaction = 0 "
+                                "AND @@character_set_client = 'utf8mb4', 0, NULL)")
+                return
+            except pymysql.err.OperationalError as exc:
+                unknown = re.search(r"Unknown system variable '(\w+)'", str(exc))
+                if exc.args[0] != 1193 or not unknown or unknown.group(1).lower() not in self._clean:
+                    raise
+                self._clean.remove(unknown.group(1).lower())  # not on this server version
+            except pymysql.Error as exc:
+                if exc.args and exc.args[0] == 1231:  # NULL: some check failed
+                    raise ActionFailed(f"sql.execute on {self.db}: the agent connection's session still held "
+                                       "settings after a reset; nothing was applied") from None
+                raise
+
+    def _agent_connect(self, checked: bool = True) -> Any:
+        """A connection as the least-privilege account agent statements run as (see `_account`);
+        refused when that account holds privileges beyond the database (`checked`)."""
+        if self._agent is None:
+            self._agent = self._account()
+        try:
+            conn = self._connect(*self._agent)
+        except ActionFailed:
+            if self.args.get("account") or self._agent[0] == self.args["user"]:
+                raise
+            self._agent = self._account(rotate=True)  # another process set a password this one does not know
+            conn = self._connect(*self._agent)
+        if checked:
+            dangerous = self._privileges(conn)["dangerous"]
+            if dangerous:
+                _close(conn)
+                raise ActionFailed(f"sql.execute on {self.db}: the account agent SQL runs as ({self._agent[0]}) holds "
+                                   f"{', '.join(dangerous)}; it may hold privileges on {self.db} only: revoke them, "
+                                   "or name another account with ?goex_account=NAME&goex_password=PASSWORD; "
+                                   "nothing was applied")
+        return conn
+
+    def _account(self, rotate: bool = False) -> tuple[str, str]:
+        """(user, password) of the agent account: the one the URL names (goex_account), else
+        goex's own per-database account, created (or its password set) by the owner when this
+        process does not know its password; else the owner itself when it is least-privilege.
+
+        The password is random, set by whichever process finds it unknown, under a server lock
+        (GET_LOCK), and kept in the user's state directory (mode 0600), so processes of one user
+        share it; a process with another state directory sets a new one, and the others set theirs
+        again at their next new connection (open connections stay logged in)."""
+        named = self.args.get("account")
+        if named:
+            return named, self.args.get("account_password") or ""
+        user = agent_account(self.db)
+        secret = _secret_file(self.args["host"], self.args["port"], user)
+        if not rotate and secret.exists():
+            return user, secret.read_text().strip()
+        owner = self._connect()
+        try:
+            with owner.cursor() as cur:
+                cur.execute("SELECT GET_LOCK(%s, 60)", (f"goex:account:{user}",))
+                try:
+                    known = secret.read_text().strip() if secret.exists() else None
+                    if known is not None and _can_login(self, user, known):
+                        return user, known  # another process of this user set it meanwhile
+                    password = secrets.token_urlsafe(24)
+                    try:
+                        _create_account(cur, user, password, self.db)
+                    except pymysql.Error as exc:
+                        if exc.args and exc.args[0] not in (1044, 1045, 1142, 1227, 1396):
+                            raise
+                        return self._owner_as_agent(owner, exc)
+                    _write_secret(secret, password)
+                    return user, password
+                finally:
+                    cur.execute("SELECT RELEASE_LOCK(%s)", (f"goex:account:{user}",))
+        finally:
+            _close(owner)
+
+    def _owner_as_agent(self, owner: Any, why: Exception) -> tuple[str, str]:
+        """The owner runs agent statements only when it is least-privilege itself."""
+        dangerous = self._privileges(owner)["dangerous"]
+        if not dangerous:
+            return self.args["user"], self.args["password"]
+        raise ActionFailed(f"sql.execute on {self.db}: the account {self.args['user']!r} holds "
+                           f"{', '.join(dangerous)} and cannot create the least-privilege account agent SQL runs as "
+                           f"({why.args[-1] if why.args else why}); give it CREATE USER and GRANT OPTION on the "
+                           "database, or name an account with privileges on this database only: "
+                           "?goex_account=NAME&goex_password=PASSWORD; nothing was applied")
+
+    def _privileges(self, conn: Any) -> dict[str, Any]:
+        with conn.cursor() as cur:
+            cur.execute("SHOW GRANTS FOR CURRENT_USER()")
+            grants = [r[0] for r in cur.fetchall()]
+            cur.execute("SELECT CURRENT_USER()")
+            runs_as = cur.fetchone()[0]
+        return {"runs_as": runs_as, "dangerous": dangerous_grants(grants, self.db), "grants": grants}
+
+    def agent_privileges(self) -> dict[str, Any]:
+        """The account agent statements run as and the dangerous privileges it holds (SHOW GRANTS)."""
+        try:
+            conn = self._agent_connect(checked=False)
+            try:
+                found = self._privileges(conn)
+            finally:
+                _close(conn)
+        except (ActionFailed, pymysql.Error) as exc:
+            return {"runs_as": self.args.get("account") or agent_account(self.db), "safe": False,
+                    "dangerous": [], "detail": f"cannot check: {exc}"}
+        dangerous = found["dangerous"]
+        detail = (f"privileges on {self.db} only" if not dangerous
+                  else f"holds {', '.join(dangerous)} beyond the database {self.db}")
+        return {"runs_as": found["runs_as"], "safe": not dangerous, "dangerous": dangerous, "detail": detail,
+                "grants": found["grants"]}
 
     def _admin(self) -> Any:
         """A connection for goex's own work: no cascades, zero values kept as they are. It keeps the
@@ -367,6 +694,7 @@ class MysqlEngine:
     def split(self, sql: str) -> list[str]:
         """Statements split on top-level semicolons; CREATE TRIGGER/PROCEDURE/FUNCTION/EVENT bodies
         (BEGIN ... END, with IF/CASE/LOOP/WHILE/REPEAT blocks inside) stay whole."""
+        _refuse_executable(sql)
         try:
             tokens = _tokenize(sql)
         except sqlglot.errors.TokenError as exc:
@@ -421,6 +749,7 @@ class MysqlEngine:
         return self._databases
 
     def check(self, statement: str, analysis: dict[str, Any]) -> None:
+        _refuse_executable(statement)
         words = _words(statement)
         first = words[0] if words else ""
         flat = " ".join(words)
@@ -455,7 +784,7 @@ class MysqlEngine:
         if re.search(r"\binto (outfile|dumpfile)\b", flat):
             raise SqlRefused("SELECT ... INTO OUTFILE/DUMPFILE is not allowed: it writes files outside the "
                              "database; select the rows and write them with a file action")
-        text = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL).lower()
+        text = _uncommented(statement).lower()
         for fn in ("load_file", "get_lock", "release_lock", "release_all_locks", "sys_exec", "sys_eval"):
             if re.search(rf"\b{fn}\s*\(", text):
                 raise SqlRefused(f"{fn.upper()}() is not allowed: it reaches outside the action's transaction "
@@ -482,7 +811,11 @@ class MysqlEngine:
     def dry_run(self, statements: list[str], params: Any) -> int:
         """Rows the statements would change, rows changed by cascades and triggers included, by
         running the DML in a transaction that is rolled back. DDL is never run here: a dropped or
-        truncated table counts its rows, a created one 0."""
+        truncated table counts its rows, a created one 0. Sets `effect`: the tables whose every row
+        (of at least 2) the statements change or, for UPDATE, match (`all_rows`), and whether one
+        creates a trigger (`creates_trigger`)."""
+        self.effect = {"all_rows": [], "creates_trigger": any(_creates_trigger(s) for s in statements)}
+        every: set[str] = set()
         conn = self._take()
         counters: dict[str, int] = {}
         try:
@@ -513,13 +846,20 @@ class MysqlEngine:
                         len(tables) == 1 and not meta.children.get(tables[0])
                     if simple:
                         query, args = convert_params(sql, params)
-                        total += cur.execute(query, args)
+                        count = cur.execute(query, args)
+                        total += count
+                        if _every_row(cur, tables[0], first, count):
+                            every.add(tables[0])
                         continue
                     images = {t: _keyed(cur, meta, t) for t in tables}
                     query, args = convert_params(sql, params)
                     cur.execute(query, args)
                     for t in tables:
-                        total += _count_changes(images[t], _keyed(cur, meta, t), bool(meta.pk.get(t)))
+                        now = _keyed(cur, meta, t)
+                        total += _count_changes(images[t], now, bool(meta.pk.get(t)))
+                        if _all_changed(images[t], now, bool(meta.pk.get(t))):
+                            every.add(t)
+                self.effect["all_rows"] = sorted(every)
                 return total
         except pymysql.Error as exc:
             raise _error(self.db, exc, "nothing was applied") from None
@@ -1057,6 +1397,36 @@ def _count_changes(then: list[tuple[str | None, str]], now: list[tuple[str | Non
         return sum(1 for k in set(a) | set(b) if a.get(k) != b.get(k))
     a_c, b_c = Counter(r for _, r in then), Counter(r for _, r in now)
     return max(sum((a_c - b_c).values()), sum((b_c - a_c).values()))
+
+
+def _all_changed(then: list[tuple[str | None, str]], now: list[tuple[str | None, str]], keyed: bool) -> bool:
+    """Whether no row of the table's (at least 2) rows before is left as it was."""
+    if len(then) < 2:
+        return False
+    if keyed:
+        after = dict(now)
+        return all(after.get(k) != r for k, r in then)
+    return not (Counter(r for _, r in then) & Counter(r for _, r in now))
+
+
+def _every_row(cur: Any, table: str, first: str, count: int) -> bool:
+    """After a plain UPDATE/DELETE that changed `count` rows: whether it matched every row of the
+    table (at least 2). Reads at most as many rows as the statement matched."""
+    if first == "update":
+        found = re.search(rb"Rows matched: (\d+)", cur.connection._result.message or b"")
+        count = int(found.group(1)) if found else count
+    if count < 2:
+        return False
+    if first == "delete":
+        cur.execute(f"SELECT 1 FROM {_q(table)} LIMIT 1")
+        return cur.fetchone() is None
+    cur.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {_q(table)} LIMIT {count + 1}) AS goex_rows")
+    return cur.fetchone()[0] == count
+
+
+def _creates_trigger(statement: str) -> bool:
+    words = _words(statement)
+    return bool(words) and words[0] == "create" and "trigger" in words[1:8]
 
 
 def _insert(cur: Any, table: str, columns: list[str], rows: list[str]) -> None:
