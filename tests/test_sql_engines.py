@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import goex
+from goex.adapters.sql.mysql import drop_agent_account
 from goex.sql import dump
 
 ENGINES = ["sqlite", "postgresql", "mysql"]
@@ -116,6 +117,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
+        drop_agent_account(f"mysql://root@127.0.0.1:3306/{name}")
 
 
 def _blob(kind: str, hexdigits: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 pymysql = pytest.importorskip("pymysql")
 
 from goex.adapters.sql.common import SqlRefused, SqlSyntaxError, analyse  # noqa: E402
-from goex.adapters.sql.mysql import MysqlEngine, convert_params  # noqa: E402
+from goex.adapters.sql.mysql import MysqlEngine, convert_params, drop_agent_account  # noqa: E402
 from goex.errors import ActionFailed  # noqa: E402
 
 HOST = os.environ.get("GOEX_MYSQL_HOST", "127.0.0.1")
@@ -84,6 +84,7 @@ class Db:
         self.engine.close()
         with pymysql.connect(host=HOST, port=PORT, user="root", password="", autocommit=True) as conn:
             conn.cursor().execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+        drop_agent_account(self.url)
 
 
 SCHEMA = """

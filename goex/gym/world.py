@@ -202,7 +202,10 @@ def _drop_all(created: list[tuple[str, str]]) -> None:
             if engine == "postgresql":
                 _server_sql(engine, _with_db(url, "postgres"), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             else:
+                from ..adapters.sql.mysql import drop_agent_account
+
                 _server_sql(engine, url, f"DROP DATABASE IF EXISTS `{name}`")
+                drop_agent_account(url)  # goex's account for that database goes with it
         except Exception:  # noqa: BLE001 - best effort when leaving; the name says what it was
             pass
 
