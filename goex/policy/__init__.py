@@ -49,7 +49,8 @@ PREVIEW_FIELDS = frozenset({
     "paths", "bytes_written", "overwrites", "files_deleted", "bytes_deleted", "folder", "mode", "world_writable",
     "setuid",  # files
     "method", "host", "path", "route", "kind", "reversible", "collection", "secrets",  # http
-    "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes",  # sql
+    "db", "kinds", "tables", "where_missing", "drops", "drop_column", "rows", "writes", "all_rows",
+    "creates_trigger",  # sql
     "language", "network", "timeout_s", "memory_mb", "backend", "unsafe",  # code
 })
 
