@@ -116,7 +116,7 @@ def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") 
     text = str(exc)
     for prefix in ("SQLError: ", "ConstraintError: ", "AuthError: "):
         text = text.replace(prefix, "")
-    if isinstance(exc, apsw.AuthError):  # the authorizer said no: a refusal, not a failure
+    if isinstance(exc, apsw.AuthError) or text.startswith("not authorized"):  # the authorizer: a refusal
         return SqlRefused(f"sql.execute on {db}: {text} (goex refuses ATTACH, transaction control, PRAGMA settings, "
                           f"TEMP objects and extensions); {applied}")
     return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
@@ -745,10 +745,8 @@ _PROBES = {"ATTACH": "ATTACH ':memory:' AS other", "TEMP objects": "CREATE TEMP 
 def _allowed(conn: apsw.Connection, sql: str) -> bool:
     try:
         conn.execute(sql).fetchall()
-    except apsw.AuthError:
-        return False
-    except apsw.Error:
-        return True  # it got past the authorizer
+    except apsw.Error as exc:  # refused functions come back as SQLError "not authorized to use function"
+        return not isinstance(exc, apsw.AuthError) and "not authorized" not in str(exc)
     return True
 
 
