@@ -94,6 +94,19 @@ def test_database_swapped_for_a_symlink_is_refused(world, target: str, opened_fi
         assert rt.verify().records > 0
 
 
+def test_database_hard_linked_to_the_journal_is_refused(world):
+    root, _ = world
+    with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"}) as rt:
+        s = rt.session()
+        assert sql(s, "SELECT 1").ok
+        journal = journal_entries(root)
+        os.unlink(root / "app.db")
+        os.link(root / ".goex" / "journal.db", root / "app.db")
+        r = sql(s, "DELETE FROM entries")
+        assert not r.ok and r.status == "denied" and "hard links" in r.error
+        assert journal_entries(root)[:len(journal)] == journal and rt.verify().records > 0
+
+
 def test_a_folder_on_the_way_swapped_for_a_symlink_is_refused(tmp_path: Path):
     root = tmp_path / "ws"
     (root / "data").mkdir(parents=True)

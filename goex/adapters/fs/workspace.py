@@ -197,6 +197,8 @@ class Workspace:
                                     "workspace (put the file itself there, not a link)")
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise PathRefused(path, "it is not a regular file")
+        if st is not None and st.st_nlink > 1:  # another name of it may be the journal, or outside
+            raise PathRefused(path, "it has other hard links; give the file a single name (copy it)")
         return parts, st
 
     def read_head(self, parts: Parts, size: int) -> bytes:
