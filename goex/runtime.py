@@ -145,7 +145,7 @@ class Runtime:
         self._http = HttpAdapter(http)
         self._adapters: dict[str, Adapter] = {"fs": FileAdapter(self.workspace), "http": self._http,
                                               "sql": SqlAdapter(parse_databases(databases, self.root),
-                                                                 self.journal.read_blob)}
+                                                                 self.journal.read_blob, self.workspace)}
         self._adapters["code"] = CodeAdapter(self.workspace, self._adapters["fs"], sandbox,  # type: ignore[arg-type]
                                              allow_unsafe=allow_unsafe, **(sandbox_options or {}))
         self._stuck = False  # an interrupted entry could not be reverted: act on nothing until it is

@@ -176,13 +176,13 @@ def test_unparseable_sql_fails_cleanly(db):
 def test_dry_run_counts_cascades_and_triggers(db):
     start = db.engine.dump()
     # parent 1 + 2 children (cascade) + 1 orphan (SET NULL); the delete trigger does not fire for cascades
-    assert db.engine.dry_run(["DELETE FROM parent WHERE id = 1"], None) == 4
+    assert db.engine.dry_run(["DELETE FROM parent WHERE id = 1"], None)["rows"] == 4
     # one child + one audit row from the trigger
-    assert db.engine.dry_run(["INSERT INTO child (parent_id, note) VALUES (2, 'c')"], None) == 2
-    assert db.engine.dry_run(["UPDATE kv SET v = ? WHERE k = ?"], [5, "a"]) == 1
-    assert db.engine.dry_run(["TRUNCATE bag"], None) == 4
-    assert db.engine.dry_run(["DROP TABLE bag"], None) == 4
-    assert db.engine.dry_run(["CREATE TABLE z (a INT)"], None) == 0
+    assert db.engine.dry_run(["INSERT INTO child (parent_id, note) VALUES (2, 'c')"], None)["rows"] == 2
+    assert db.engine.dry_run(["UPDATE kv SET v = ? WHERE k = ?"], [5, "a"])["rows"] == 1
+    assert db.engine.dry_run(["TRUNCATE bag"], None)["rows"] == 4
+    assert db.engine.dry_run(["DROP TABLE bag"], None)["rows"] == 4
+    assert db.engine.dry_run(["CREATE TABLE z (a INT)"], None)["rows"] == 0
     assert db.engine.dump() == start  # nothing stays, not even AUTO_INCREMENT positions
 
 

@@ -39,6 +39,7 @@ class Workspace:
             raise NotADirectoryError(f"workspace root {self.root} is not a folder") from None
         self._hidden: tuple[int, int] | None = None
         self._hidden_parts: Parts | None = None
+        self.hidden = os.path.realpath(hidden) if hidden is not None else None  # goex's own state lives here
         if hidden is not None and os.path.isdir(hidden):
             st = os.stat(hidden)
             self._hidden = (st.st_dev, st.st_ino)
@@ -180,3 +181,41 @@ class Workspace:
                 return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+
+    # -- database files -----------------------------------------------------------------------
+
+    def regular_file(self, path: str) -> tuple[Parts, os.stat_result | None]:
+        """The canonical components of a file a library will open by name (a SQLite database),
+        and its status (None when absent). Intermediate folders resolve inside the root only;
+        the file itself must be a regular file, never a symlink, so nothing it names can lead out."""
+        parts = self.resolve(path, follow=False)
+        if not parts:
+            raise PathRefused(path, "the workspace root is a folder, not a file")
+        st = self.lstat(parts)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise PathRefused(path, "it is a symbolic link; goex opens it only as a regular file inside the "
+                                    "workspace (put the file itself there, not a link)")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise PathRefused(path, "it is not a regular file")
+        if st is not None and st.st_nlink > 1:  # another name of it may be the journal, or outside
+            raise PathRefused(path, "it has other hard links; give the file a single name (copy it)")
+        return parts, st
+
+    def read_head(self, parts: Parts, size: int) -> bytes:
+        """The first `size` bytes of the regular file `parts`, opened without following links."""
+        with self.parent(parts) as fd:
+            ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                raise PathRefused(show(parts), "it is not a regular file")
+            return os.pread(ffd, size, 0)
+        finally:
+            os.close(ffd)
+
+    def unlink_file(self, parts: Parts) -> None:
+        """Remove the file (or link) `parts` itself, never what a link points to; absent is fine."""
+        try:
+            with self.parent(parts) as fd:
+                os.unlink(parts[-1], dir_fd=fd)
+        except FileNotFoundError:
+            pass

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, GoexError
 from ..base import Applied, GetBlob, Prepared, PutBlob
+from ..fs.workspace import Workspace
 from .actions import SqlExecute
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
@@ -46,6 +47,7 @@ class Database:
     kind: str  # sqlite | postgresql | mysql
     path: Path | None = None  # SQLite: the file
     inside: str | None = None  # SQLite: its path relative to the workspace root, when it is inside it
+    root: Path | None = None  # SQLite: the workspace root it was named against
 
     @property
     def shown(self) -> str:
@@ -75,18 +77,40 @@ def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, D
                 raise GoexError(f"database {name!r}: write SQLite URLs as sqlite:///relative/path or sqlite:////abs/path")
             raw = url[len("sqlite:///"):]
             path = Path(raw) if raw.startswith("/") else root / raw
-            inside = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
-            out[name] = Database(name, url, kind, path, None if inside == ".." or inside.startswith("../") else inside)
+            out[name] = Database(name, url, kind, path, _inside(path, root), root)
         else:
             out[name] = Database(name, url, kind)
     return out
 
 
-def engine_for(db: Database) -> Engine:
+def _inside(path: Path, root: Path) -> str | None:
+    """A SQLite file's path inside the root, or None when it is outside. Read from the spelling
+    (the file itself may be a link an agent planted: where it leads must not decide); only the
+    folders of a path not spelled under the root are resolved."""
+    real_root = os.path.realpath(root)
+    for base in {os.path.abspath(root), real_root}:
+        rel = os.path.relpath(os.path.normpath(os.path.abspath(path)), base)
+        if rel != ".." and not rel.startswith("../"):
+            return rel
+    rel = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), path.name), real_root)
+    return None if rel == ".." or rel.startswith("../") else rel
+
+
+def _creates_trigger(statement: str) -> bool:
+    """The words say CREATE [TEMP] TRIGGER (engines that watch their own parser say more)."""
+    words = re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL).lower().split()[:6]
+    return len(words) > 1 and words[0] == "create" and "trigger" in words
+
+
+def engine_for(db: Database, workspace: Workspace | None = None) -> Engine:
+    """The engine of `db`. A SQLite file inside the workspace is opened through `workspace`'s
+    confined resolver (one made for its root when none is given)."""
     if db.kind == "sqlite":
         from .sqlite import SqliteEngine
         assert db.path is not None
-        return SqliteEngine(db.path, db.name)
+        if workspace is None and db.inside is not None and db.root is not None:
+            workspace = Workspace(db.root, hidden=db.root / ".goex")
+        return SqliteEngine(db.path, db.name, workspace, db.inside)
     if db.kind == "postgresql":
         from .postgres import PostgresEngine
         return PostgresEngine(db.url)
@@ -97,9 +121,11 @@ def engine_for(db: Database) -> Engine:
 class SqlAdapter:
     prefix = "sql"
 
-    def __init__(self, databases: dict[str, Database], get_blob: GetBlob | None = None):
+    def __init__(self, databases: dict[str, Database], get_blob: GetBlob | None = None,
+                 workspace: Workspace | None = None):
         self.databases = databases
         self.get_blob = get_blob  # the journal's blobs: undo data lives there
+        self.workspace = workspace  # SQLite files inside the root are opened through it
         self._engines: dict[str, Engine] = {}
 
     def engine(self, name: str) -> Engine:
@@ -109,7 +135,7 @@ class SqlAdapter:
                 known = ", ".join(sorted(self.databases)) or "none"
                 raise ActionFailed(f"sql.execute: no database named {name!r} (known: {known}); "
                                    "name it on the runtime: Runtime(databases={...}) or --db NAME=URL")
-            self._engines[name] = engine_for(db)
+            self._engines[name] = engine_for(db, self.workspace)
         return self._engines[name]
 
     def close(self) -> None:
@@ -134,7 +160,7 @@ class SqlAdapter:
         kinds = [a["kind"] for a in analysed]
         writes = any(k != "select" for k in kinds)
         try:
-            rows = engine.dry_run(statements, action.params) if writes else 0
+            effect = engine.dry_run(statements, action.params) if writes else 0
         except ActionFailed as exc:
             unread = [a["parse_error"] for a in analysed if not a["parsed"]]
             if unread:  # the engine's message, and where sqlglot lost track of the text
@@ -147,11 +173,12 @@ class SqlAdapter:
             "where_missing": any(a["kind"] in ("update", "delete") and not a["where"] for a in analysed),
             "drops": any(a["kind"] in ("drop", "truncate") for a in analysed),
             "drop_column": any(a["drop_column"] for a in analysed),
-            "rows": rows, "writes": writes,
+            "rows": effect if isinstance(effect, int) else effect["rows"], "writes": writes,
+            # from the dry run's effect, not the syntax: `WHERE 1`, upserts and triggers count too
+            "all_rows": [] if isinstance(effect, int) else sorted(set(effect.get("all_rows", []))),
+            "creates_trigger": (not isinstance(effect, int) and bool(effect.get("creates_trigger")))
+            or any(_creates_trigger(s) for s in statements),
         }
-        effect = getattr(engine, "effect", None) if writes else None  # of the dry run just made
-        preview["all_rows"] = sorted(set(effect.get("all_rows") or [])) if effect else []
-        preview["creates_trigger"] = bool(effect and effect.get("creates_trigger"))
         state = {"db": db, "statements": statements, "analysed": analysed}
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file

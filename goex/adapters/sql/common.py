@@ -3,8 +3,10 @@ and result formatting.
 
 An engine (SQLite, PostgreSQL, MySQL/MariaDB) runs an action in four steps the adapter drives:
 
-1. `dry_run(statements, params)`: the rows the statements would change (cascades and triggers
-   included where the engine can tell), by running them in a transaction that is rolled back.
+1. `dry_run(statements, params)`: the statements' effect, by running them in a transaction that
+   is rolled back: `rows` they would change (cascades and triggers included where the engine can
+   tell), `all_rows` (the tables of at least 2 rows whose every row they change, whatever the
+   WHERE says) and `creates_trigger`.
 2. `before(statements, analyses, put_blob)`: undo data that must exist before anything runs
    (for example a dump taken before DDL an engine commits on its own); journaled with the entry.
 3. `stage(statements, params, analyses, before)`: run the statements in one open transaction and
@@ -78,7 +80,7 @@ class Engine(Protocol):
 
     def check(self, statement: str, analysis: dict[str, Any]) -> None: ...
 
-    def dry_run(self, statements: list[str], params: Any) -> int: ...
+    def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]: ...
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]: ...
 

@@ -519,7 +519,6 @@ class MysqlEngine:
         self._databases: set[str] | None = None
         self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
         self._clean = list(_CLEAN)  # the settings this server knows, of those a reset is checked on
-        self.effect: dict[str, Any] = {"all_rows": [], "creates_trigger": False}  # of the latest dry run
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -808,13 +807,11 @@ class MysqlEngine:
 
     # -- dry run ---------------------------------------------------------------------------------
 
-    def dry_run(self, statements: list[str], params: Any) -> int:
-        """Rows the statements would change, rows changed by cascades and triggers included, by
-        running the DML in a transaction that is rolled back. DDL is never run here: a dropped or
-        truncated table counts its rows, a created one 0. Sets `effect`: the tables whose every row
-        (of at least 2) the statements change or, for UPDATE, match (`all_rows`), and whether one
-        creates a trigger (`creates_trigger`)."""
-        self.effect = {"all_rows": [], "creates_trigger": any(_creates_trigger(s) for s in statements)}
+    def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
+        """The statements' effect, by running the DML in a transaction that is rolled back: `rows`
+        they would change, cascades and triggers included (DDL is never run here: a dropped or
+        truncated table counts its rows, a created one 0); `all_rows`, the tables whose every row
+        (of at least 2) they change or, for UPDATE, match; `creates_trigger`."""
         every: set[str] = set()
         conn = self._take()
         counters: dict[str, int] = {}
@@ -859,8 +856,8 @@ class MysqlEngine:
                         total += _count_changes(images[t], now, bool(meta.pk.get(t)))
                         if _all_changed(images[t], now, bool(meta.pk.get(t))):
                             every.add(t)
-                self.effect["all_rows"] = sorted(every)
-                return total
+                return {"rows": total, "all_rows": sorted(every),
+                        "creates_trigger": any(_creates_trigger(s) for s in statements)}
         except pymysql.Error as exc:
             raise _error(self.db, exc, "nothing was applied") from None
         finally:

@@ -10,6 +10,14 @@ Statements that change the schema (DDL, or SQL sqlglot cannot read) take the sim
 route instead: the whole database image, stored before the action in content-addressed 1 MiB
 chunks (unchanged pages deduplicate across entries), copied back with SQLite's backup API.
 
+A database inside the workspace is opened through the workspace's confined resolver: its
+folders resolve inside the root only, the file itself is never a symlink, and SQLite opens it
+with SQLITE_OPEN_NOFOLLOW. Before every action and every undo goex checks again that the file it
+holds open is the one the resolver finds, that no `-journal` SQLite would replay (a hot journal
+goex did not write) and no `-wal`/`-shm` of a database not in WAL mode lies beside it, and that
+the connection holds no TEMP object. Agent SQL runs under an authorizer: no ATTACH, transaction
+control, PRAGMA settings, extensions or TEMP objects.
+
 goex opens database files with APSW's own SQLite. Inside one process, do not keep the same file
 open through Python's `sqlite3` module while goex acts on it: two SQLite libraries in one process
 do not see each other's POSIX locks.
@@ -19,13 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 
-from ...errors import ActionFailed
+from ...errors import ActionFailed, GoexError, PathRefused
 from ...journal.store import CHUNK
+from ..fs.workspace import Parts, Workspace
 from .common import GetBlob, PutBlob, SqlRefused, Staged, format_rows
 
 # goex owns the transaction and the file: these never run inside an action
@@ -37,9 +48,27 @@ _SETTINGS_READ = {"user_version", "application_id", "foreign_keys", "schema_vers
                   "compile_options", "database_list", "collation_list", "function_list", "encoding", "journal_mode"}
 
 
+_DENIED = {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH, apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT,
+           # TEMP objects would live on goex's kept-open connection, outside capture and undo
+           apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX, apsw.SQLITE_CREATE_TEMP_TRIGGER,
+           apsw.SQLITE_CREATE_TEMP_VIEW, apsw.SQLITE_DROP_TEMP_TABLE, apsw.SQLITE_DROP_TEMP_INDEX,
+           apsw.SQLITE_DROP_TEMP_TRIGGER, apsw.SQLITE_DROP_TEMP_VIEW}
+# what agent SQL may do in the temp schema: read it (it is empty)
+_TEMP_READS = {apsw.SQLITE_READ, apsw.SQLITE_SELECT, apsw.SQLITE_FUNCTION, apsw.SQLITE_PRAGMA, apsw.SQLITE_RECURSIVE}
+# the sidecar files SQLite keeps beside a database: they belong to it
+SIDECARS = ("-journal", "-wal", "-shm")
+_PENDING_BYTE = 0x40000000  # SQLite's lock bytes: PENDING, then RESERVED (a write transaction is open)
+
+
+def _renaming(action: int, table: str | None) -> bool:
+    """ALTER TABLE in main rewrites references in the temp schema's catalog (empty here; agent SQL
+    cannot write that catalog itself: SQLite refuses it)."""
+    return action in (apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE) and table == "sqlite_temp_master"
+
+
 def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
     """SQLite's authorizer: the hard guarantee behind the statement check."""
-    if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH, apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+    if action in _DENIED or (db == "temp" and action not in _TEMP_READS and not _renaming(action, arg1)):
         return apsw.SQLITE_DENY
     if action == apsw.SQLITE_PRAGMA:
         name = (arg1 or "").lower()
@@ -50,31 +79,105 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, 
     return apsw.SQLITE_OK
 
 
-def _connect(path: Path) -> apsw.Connection:
-    conn = apsw.Connection(str(path))
+class _Authorizer:
+    """The authorizer, noting whether the statements create a trigger (for the preview)."""
+
+    def __init__(self) -> None:
+        self.creates_trigger = False
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+        if action == apsw.SQLITE_CREATE_TRIGGER:
+            self.creates_trigger = True
+        return _authorize(action, arg1, arg2, db, trigger)
+
+
+class DatabaseRefused(SqlRefused):
+    """A SQLite database goex will not open or use: a symlink, a path leading out of the
+    workspace or into the journal, or sidecar files (-journal, -wal, -shm) goex did not expect."""
+
+    def __init__(self, db: str, reason: str):
+        super().__init__(reason)
+        self.args = (f"database {db} refused: {reason}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _connect(path: Path, confined: bool) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | (apsw.SQLITE_OPEN_NOFOLLOW if confined else 0)
+    conn = apsw.Connection(str(path), flags=flags)
     conn.set_busy_timeout(30_000)
+    conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
 
-def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") -> ActionFailed:
+def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") -> GoexError:
     text = str(exc)
     for prefix in ("SQLError: ", "ConstraintError: ", "AuthError: "):
         text = text.replace(prefix, "")
-    if isinstance(exc, apsw.AuthError):
-        text += " (goex refuses ATTACH, transaction control, PRAGMA settings and extensions)"
+    if isinstance(exc, apsw.AuthError) or text.startswith("not authorized"):  # the authorizer: a refusal
+        return SqlRefused(f"sql.execute on {db}: {text} (goex refuses ATTACH, transaction control, PRAGMA settings, "
+                          f"TEMP objects and extensions); {applied}")
     return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
+
+
+@dataclass(frozen=True)
+class _File:
+    """A database file and its sidecars, looked at without following links: through the
+    workspace's confined folders (`parts`), or by path for a database outside the workspace."""
+
+    path: Path  # what SQLite opens
+    parts: Parts | None
+    workspace: Workspace | None
+
+    @property
+    def confined(self) -> bool:
+        return self.parts is not None
+
+    def lstat(self, suffix: str = "") -> os.stat_result | None:
+        if self.parts is not None and self.workspace is not None:
+            return self.workspace.lstat(self.parts[:-1] + (self.parts[-1] + suffix,))
+        try:
+            return os.lstat(f"{self.path}{suffix}")
+        except FileNotFoundError:
+            return None
+
+    def head(self, suffix: str, size: int) -> bytes:
+        if self.parts is not None and self.workspace is not None:
+            return self.workspace.read_head(self.parts[:-1] + (self.parts[-1] + suffix,), size)
+        with open(f"{self.path}{suffix}", "rb") as f:
+            return f.read(size)
+
+    def unlink(self, suffix: str = "") -> None:
+        if self.parts is not None and self.workspace is not None:
+            self.workspace.unlink_file(self.parts[:-1] + (self.parts[-1] + suffix,))
+        else:
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def open(self, flags: int = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE) -> apsw.Connection:
+        return apsw.Connection(str(self.path), flags=flags | (apsw.SQLITE_OPEN_NOFOLLOW if self.confined else 0))
+
+
+def _identity(st: os.stat_result | None) -> tuple[int, int] | None:
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 class SqliteEngine:
     kind = "sqlite"
     dialect = "sqlite"
 
-    def __init__(self, path: Path, name: str = "db"):
+    def __init__(self, path: Path, name: str = "db", workspace: Workspace | None = None, inside: str | None = None):
         self.path = path
         self.name = name
+        self.workspace = workspace  # goex's own state (the journal folder) is known through it
+        self.inside = inside  # its path in the workspace: then it is opened through the confined resolver
         self._undo: tuple[apsw.Connection, tuple[int, int]] | None = None
         self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
+        self._sidecars: dict[str, tuple[int, int]] = {}  # -wal / -shm as they were while goex held the file open
+        self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
+        self._marker: Path | None = None
+        self._held: _File | None = None  # the file the work connection is on
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -104,49 +207,81 @@ class SqliteEngine:
             raise SqlRefused("PRAGMA assignments are not allowed: they change the database outside undo")
         if "load_extension" in " ".join(words):
             raise SqlRefused("load_extension is not allowed")
+        if first == "create" and len(words) > 1 and words[1] in ("temp", "temporary"):
+            raise SqlRefused("TEMP tables, views and triggers are not allowed: they would outlive the action on "
+                             "goex's connection, outside undo; create a regular table")
 
-    def dry_run(self, statements: list[str], params: Any) -> int:
-        """Rows the statements would change, cascades, triggers, dropped and created tables included,
-        by running them in a transaction that is rolled back."""
-        if not self.path.exists():
-            return 0
-        conn = self._work_connection()
+    def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
+        """What the statements would do, by running them in a transaction that is rolled back:
+        `rows` they change (cascades, triggers, dropped and created tables included), `all_rows`
+        (tables of at least 2 rows every row of which they update or delete) and `creates_trigger`."""
+        file, st = self._file()
+        if st is None:
+            return {"rows": 0, "all_rows": [], "creates_trigger": False}
+        conn = self._work_connection(file, st)
+        authorizer = _Authorizer()
         try:
             conn.execute("BEGIN")
             # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
             ddl = any(_strip_comments(s).lstrip().split(None, 1)[0].lower() in ("create", "drop", "alter")
                       for s in statements if s.strip())
             counts = _row_counts(conn) if ddl else {}
+            touched = _Touched(self._keyed_tables(conn))
             before = conn.total_changes()
-            conn.authorizer = _authorize
+            conn.preupdate_hook(touched)
+            conn.authorizer = authorizer
             for sql in statements:
                 _run(conn, sql, params)
             conn.authorizer = None
+            conn.preupdate_hook(None)
             changed = conn.total_changes() - before
             after = _row_counts(conn) if ddl else {}
             moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
                         if t not in counts or t not in after)  # tables dropped or created whole
-            return changed + moved
+            return {"rows": changed + moved, "all_rows": touched.every_row(conn),
+                    "creates_trigger": authorizer.creates_trigger}
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
         finally:
+            conn.preupdate_hook(None)  # gone before a session is made on this connection
             self._release(conn, None)
+
+    def agent_privileges(self) -> dict[str, Any]:
+        """What agent SQL may do on this database: it runs on goex's own connection under the
+        authorizer, which is probed here (on a scratch database) rather than assumed."""
+        probe = apsw.Connection(":memory:")
+        try:
+            probe.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+            extensions = bool(probe.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, -1))
+            probe.authorizer = _authorize
+            dangerous = [name for name, sql in _PROBES.items() if _allowed(probe, sql)]
+        finally:
+            probe.close()
+        if extensions:
+            dangerous.append("load_extension enabled")
+        where = ("opened inside the workspace through the confined resolver (no symlinks, no journal)"
+                 if self.inside is not None else "a file outside the workspace, named by the user")
+        return {"runs_as": "sqlite authorizer", "safe": not dangerous, "dangerous": dangerous,
+                "detail": "agent SQL runs on goex's connection under an authorizer (no ATTACH, transaction control, "
+                          f"PRAGMA settings, TEMP objects or extensions); the file is {where}"}
 
     # -- doing -----------------------------------------------------------------------------------
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
-        if not self.path.exists():
+        file, st = self._file()
+        if st is None:
             return {"mode": "image", "absent": True}
         if all(a.get("parsed") and not a.get("ddl") for a in analyses):
             return {"mode": "changeset"}
-        image = _image(self.path)
+        image = _image(file)
         chunks = [put_blob(image[i:i + CHUNK]) for i in range(0, len(image), CHUNK)]
         return {"mode": "image", "absent": False, "size": len(image), "sha": hashlib.sha256(image).hexdigest(),
-                "chunks": chunks, "checksums": _checksums(self.path)}
+                "chunks": chunks, "checksums": _checksums(file)}
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
-        conn = self._work_connection()
+        file, st = self._file()
+        conn = self._work_connection(file, st)
         session = None
         try:
             writes = any(a["kind"] != "select" for a in analyses)
@@ -199,29 +334,31 @@ class SqliteEngine:
     # -- undoing ---------------------------------------------------------------------------------
 
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]:
+        file, st = self._file()  # a file swapped for a link is refused here, before undo writes anything
         if before.get("mode") == "changeset":
             then = captured["after"]["schema"]
-            if not self.path.exists():
+            if st is None:
                 return [(self.name, f"the database file {self.path} is gone")]
             now = _schema(self._undo_connection(), list(then))
             reshaped = [(f"{self.name}.{t}", "dropped since the action" if now[t] is None else
                          "schema changed since the action") for t in then if now[t] != then[t]]
             return reshaped or self._trial(apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob)))
-        now = _checksums(self.path) if self.path.exists() else {}
-        then = captured["after"]["checksums"]
-        return _differences(then, now, self.name)
+        now = _checksums(file) if st is not None else {}
+        return _differences(captured["after"]["checksums"], now, self.name)
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None:
+        file, st = self._file()
         if captured is None:  # never committed: SQLite rolled it back; only a file it created remains
             if before.get("absent"):
-                _remove(self.path)
+                self._remove(file)
             return
         if before.get("absent"):
-            _remove(self.path)
+            self._remove(file)
             return
         if before["mode"] == "image":
-            _restore_image(self.path, b"".join(get_blob(c) for c in before["chunks"]))
+            _restore_image(file, b"".join(get_blob(c) for c in before["chunks"]))
+            self._remember(file)
             return
         inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
         conn = self._undo_connection()
@@ -249,9 +386,11 @@ class SqliteEngine:
         finally:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
+            self._remember(file)
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
-        if not self.path.exists():
+        file, st = self._file()
+        if st is None:
             return ("reverted", "") if before.get("absent") else ("review", f"{self.path} is gone")
         if before.get("mode") == "changeset":
             changeset = _blob(captured["changeset"]["chunks"], get_blob)
@@ -260,7 +399,7 @@ class SqliteEngine:
             if not self._trial(changeset):
                 return "reverted", ""
             return "review", f"{self.name} matches neither the state before nor the state after the action"
-        now = _checksums(self.path)
+        now = _checksums(file)
         if now == captured["after"]["checksums"]:
             return "applied", ""
         if not before.get("absent") and now == before["checksums"]:
@@ -289,32 +428,101 @@ class SqliteEngine:
         return found
 
     def dump(self) -> str:
-        return dump_path(self.path)
+        file, st = self._file()
+        return _dump(file) if st is not None else "-- absent\n"
 
     def close(self) -> None:
         for held in (self._undo, self._work):
             if held is not None:
                 held[0].close()
         self._undo = self._work = None
+        self._sidecars = {}
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+            self._marker = None
 
-    def _work_connection(self) -> apsw.Connection:
+    # -- the file and goex's connections to it ---------------------------------------------------
+
+    def _file(self) -> tuple[_File, os.stat_result | None]:
+        """The database file as the confined resolver finds it now, and its status (None when
+        absent). Refused when it is a symlink, leads out of the workspace or into the journal, or
+        has sidecar files goex did not expect. Called before every use: files change between actions."""
+        if self.inside is not None and self.workspace is not None:
+            try:
+                parts, st = self.workspace.regular_file(self.inside)
+            except PathRefused as exc:
+                raise DatabaseRefused(self.name, exc.reason if exc.path == self.inside else str(exc)) from None
+            file = _File(Path(self.workspace.root, *parts), parts, self.workspace)
+        else:  # named by the user outside the workspace: where its links lead is their choice
+            file = _File(Path(os.path.realpath(self.path)), None, None)
+            st = file.lstat()
+        self._check_sidecars(file, st)
+        return file, st
+
+    def _check_sidecars(self, file: _File, st: os.stat_result | None) -> None:
+        """Refuse sidecars SQLite would read into the database that goex did not write: a hot
+        journal nobody is writing, -wal/-shm beside a database not in WAL mode, or ones replaced
+        while goex held the database open."""
+        found = {suffix: file.lstat(suffix) for suffix in SIDECARS}
+        for suffix, side in found.items():
+            if side is not None and not stat.S_ISREG(side.st_mode):
+                raise self._stray(suffix, "is not a regular file")
+        journal = found["-journal"]
+        if (journal is not None and journal.st_size > 0 and file.head("-journal", 1) != b"\0"
+                and not _writer_active(st) and not self._left_by_dead_goex(file)):
+            raise self._stray("-journal", "is a hot journal goex did not write: SQLite would replay it into the database")
+        if found["-wal"] is None and found["-shm"] is None:
+            return
+        if st is None or file.head("", 20)[18:20] != b"\x02\x02":  # header bytes 18-19: 2 in WAL mode
+            suffix = "-wal" if found["-wal"] is not None else "-shm"
+            raise self._stray(suffix, "lies beside a database not in WAL mode: SQLite would read it as part of the database")
+        for suffix in ("-wal", "-shm"):
+            then = self._sidecars.get(suffix)
+            if then is not None and found[suffix] is not None and _identity(found[suffix]) != then:
+                raise self._stray(suffix, "was replaced since goex last used the database")
+
+    def _stray(self, suffix: str, why: str) -> DatabaseRefused:
+        shown = f"{self.inside or self.path}{suffix}"
+        return DatabaseRefused(self.name, f"{shown} {why}. If a program of yours was writing this database and "
+                                          "stopped, open the database once with that program or the sqlite3 shell "
+                                          "so SQLite recovers it; if you do not know where the file came from, "
+                                          "delete it. Then run the action again")
+
+    def _remember(self, file: _File) -> None:
+        """The -wal / -shm goex's open connections use: replacing them later is refused."""
+        self._sidecars = {suffix: key for suffix in ("-wal", "-shm") if (key := _identity(file.lstat(suffix)))}
+
+    def _open(self, file: _File, st: os.stat_result | None) -> tuple[apsw.Connection, tuple[int, int]]:
+        """A new connection to the checked file; refused if what it opened is not that file."""
+        dead = self._mark(file)
+        conn = _connect(file.path, file.confined)
+        now = file.lstat()
+        if now is None or not stat.S_ISREG(now.st_mode) or (st is not None and _identity(now) != _identity(st)):
+            conn.close()
+            raise DatabaseRefused(self.name, f"{self.inside or self.path} changed while goex opened it")
+        if dead:  # SQLite has read (and recovered) the database: the dead process's marks are done
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            for marker in dead:
+                marker.unlink(missing_ok=True)
+        return conn, (now.st_dev, now.st_ino)
+
+    def _work_connection(self, file: _File, st: os.stat_result | None) -> apsw.Connection:
         """The connection actions run on, kept open between them (opening one and reading the
-        schema again costs more than a small statement). Reopened when the file was replaced."""
-        try:
-            st = os.stat(self.path)
-            key: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            key = None
-        if self._work is not None and (key is None or self._work[1] != key):
-            self._work[0].close()
-            self._work = None
+        schema again costs more than a small statement). Reopened when the file was replaced, or
+        if it holds a TEMP object (the authorizer refuses them: this is the second line)."""
+        key = _identity(st)
+        if self._work is not None and (key is None or self._work[1] != key or not _temp_empty(self._work[0])):
+            self._drop_work()
         if self._work is None:
-            conn = _connect(self.path)
-            if key is None:  # it created the file
-                st = os.stat(self.path)
-                key = (st.st_dev, st.st_ino)
-            self._work = (conn, key)
+            self._work = self._open(file, st)
+        self._held = file
         return self._work[0]
+
+    def _drop_work(self) -> None:
+        if self._work is not None:
+            self._work[0].close()
+        self._work = self._held = None
+        self._sidecars = {}
 
     def _release(self, conn: apsw.Connection, session: Any) -> None:
         """Done with the work connection: its session closed, any open transaction rolled back;
@@ -330,22 +538,79 @@ class SqliteEngine:
                 self._work = None
             conn.close()
             raise
+        if self._held is not None:
+            self._remember(self._held)
 
     def _undo_connection(self) -> apsw.Connection:
         """The connection undo uses, kept open between entries (a rollback of many entries opens
         it once): foreign-key actions and triggers off, so nothing fires from goex's own undo.
-        Reopened when the database file was replaced or removed since."""
-        st = os.stat(self.path)
-        key = (st.st_dev, st.st_ino)
-        if self._undo is not None and self._undo[1] != key:
+        Checked like the work connection before each use; reopened when the file was replaced."""
+        file, st = self._file()
+        if st is None:
+            raise ActionFailed(f"undo on {self.name}: the database file {self.inside or self.path} is gone")
+        key = _identity(st)
+        if self._undo is not None and (self._undo[1] != key or not _temp_empty(self._undo[0])):
             self._undo[0].close()
             self._undo = None
+            self._sidecars = {}
         if self._undo is None:
-            conn = _connect(self.path)
+            conn, key = self._open(file, st)
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
             self._undo = (conn, key)
         return self._undo[0]
+
+    def _remove(self, file: _File) -> None:
+        """Remove a database the action created, and its sidecars: the names themselves, never
+        what a link points to."""
+        self._drop_work()
+        if self._undo is not None:
+            self._undo[0].close()
+            self._undo = None
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            file.unlink(suffix)
+
+    def _keyed_tables(self, conn: apsw.Connection) -> dict[str, list[int]]:
+        """WITHOUT ROWID tables and their primary-key columns (rows are told apart by them),
+        read again only when the schema changed."""
+        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        if self._keyed[0] != version:
+            names = [r[0] for r in conn.execute("SELECT name FROM pragma_table_list WHERE schema = 'main' AND wr")]
+            self._keyed = (version, {n: [r[0] for r in conn.execute(
+                "SELECT cid FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", (n,))] for n in names})
+        return self._keyed[1]
+
+    # -- a goex process that died with the database open -----------------------------------------
+
+    def _markers(self, file: _File) -> tuple[Path, str] | None:
+        if self.workspace is None or self.workspace.hidden is None or not os.path.isdir(self.workspace.hidden):
+            return None
+        return Path(self.workspace.hidden, "sqlite-open"), hashlib.sha256(str(file.path).encode()).hexdigest()[:24]
+
+    def _mark(self, file: _File) -> list[Path]:
+        """Note in the journal folder that this process holds the database open (a hot journal
+        it leaves when killed is its own); return the marks of dead processes on it."""
+        found = self._markers(file)
+        if found is None:
+            return []
+        folder, key = found
+        if self._marker is None:
+            folder.mkdir(exist_ok=True)
+            self._marker = folder / f"{key}.{os.getpid()}"
+            self._marker.touch()
+        return [m for m in folder.glob(f"{key}.*") if m != self._marker and not _alive(m.suffix[1:])]
+
+    def _left_by_dead_goex(self, file: _File) -> bool:
+        """Whether a goex process died holding this database open, so SQLite may replay the hot
+        journal it left. Never while this engine holds the database open itself: then no
+        transaction of goex's is open, and the journal came from elsewhere."""
+        if self._work is not None or self._undo is not None:
+            return False
+        found = self._markers(file)
+        if found is None:
+            return False
+        folder, key = found
+        return any(not _alive(m.suffix[1:]) for m in folder.glob(f"{key}.*") if m != self._marker)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -412,13 +677,117 @@ def _row_counts(conn: apsw.Connection) -> dict[str, int]:
     return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names}
 
 
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+class _Touched:
+    """A preupdate hook: per table, the rows that existed before the action and that it updated
+    or deleted (by rowid, or by primary key for WITHOUT ROWID tables; rows the action inserted
+    itself do not count), and rows inserted minus rows deleted."""
+
+    def __init__(self, keyed: dict[str, list[int]]):
+        self.keyed = keyed
+        self.old: dict[str, set[Any]] = {}
+        self.fresh: dict[str, set[Any]] = {}  # where rows the action put (or moved) are
+        self.net: dict[str, int] = {}
+
+    def __call__(self, change: apsw.PreUpdate) -> None:
+        if change.database_name != "main":
+            return
+        table, op = change.table_name, change.op
+        fresh = self.fresh.setdefault(table, set())
+        if op == "INSERT":
+            fresh.add(self._key(table, change, after=True))
+            self.net[table] = self.net.get(table, 0) + 1
+            return
+        key = self._key(table, change, after=False)
+        if key not in fresh:
+            self.old.setdefault(table, set()).add(key)
+        fresh.discard(key)
+        if op == "DELETE":
+            self.net[table] = self.net.get(table, 0) - 1
+        else:
+            moved = self._key(table, change, after=True)
+            if moved != key:  # the row now lives elsewhere: touching it there is not another row
+                fresh.add(moved)
+            elif key not in self.old.get(table, ()):
+                fresh.add(key)
+
+    def _key(self, table: str, change: apsw.PreUpdate, after: bool) -> Any:
+        pk = self.keyed.get(table)
+        if pk is None:
+            return change.rowid_new if after else change.rowid
+        old = change.old or ()
+        new = change.new or ()
+        if not after:
+            return tuple(old[i] for i in pk)
+        return tuple(old[i] if new[i] is apsw.no_change else new[i] for i in pk)
+
+    def every_row(self, conn: apsw.Connection) -> list[str]:
+        """Tables that held at least 2 rows, every one of which was updated or deleted."""
+        out = []
+        for table, keys in self.old.items():
+            if len(keys) < 2:
+                continue
+            try:
+                now = conn.execute(f'SELECT count(*) FROM "{table.replace(chr(34), chr(34) * 2)}"').fetchall()[0][0]
+            except apsw.SQLError:  # dropped by the action: `drops` says so
+                continue
+            held = now - self.net.get(table, 0)
+            if held >= 2 and len(keys) >= held:
+                out.append(table)
+        return sorted(out)
 
 
-def _image(path: Path) -> bytes:
-    source = apsw.Connection(str(path))
+# what the authorizer must refuse, probed by agent_privileges on a scratch database
+_PROBES = {"ATTACH": "ATTACH ':memory:' AS other", "TEMP objects": "CREATE TEMP TABLE t(a)",
+           "load_extension": "SELECT load_extension('x')", "PRAGMA settings": "PRAGMA journal_mode = off",
+           "transaction control": "COMMIT"}
+
+
+def _allowed(conn: apsw.Connection, sql: str) -> bool:
+    try:
+        conn.execute(sql).fetchall()
+    except apsw.Error as exc:  # refused functions come back as SQLError "not authorized to use function"
+        return not isinstance(exc, apsw.AuthError) and "not authorized" not in str(exc)
+    return True
+
+
+def _temp_empty(conn: apsw.Connection) -> bool:
+    return not conn.execute("SELECT 1 FROM temp.sqlite_master LIMIT 1").fetchall()
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_active(st: os.stat_result | None) -> bool:
+    """Whether a process holds SQLite's PENDING or RESERVED lock on the file (read from
+    /proc/locks, so no descriptor of ours is closed, which would drop this process's own locks):
+    its transaction is live and its journal is not hot."""
+    if st is None:
+        return False
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "->" or fields[5] != where:
+            continue
+        end = (1 << 63) if fields[7] == "EOF" else int(fields[7])
+        if int(fields[6]) <= _PENDING_BYTE + 1 and end >= _PENDING_BYTE:
+            return True
+    return False
+
+
+def _image(file: _File) -> bytes:
+    source = file.open()
     memory = apsw.Connection(":memory:")
     try:
         with memory.backup("main", source, "main") as backup:
@@ -432,11 +801,11 @@ def _image(path: Path) -> bytes:
         memory.close()
 
 
-def _restore_image(path: Path, image: bytes) -> None:
+def _restore_image(file: _File, image: bytes) -> None:
     source = apsw.Connection(":memory:")
     try:
         source.deserialize("main", image)
-        target = apsw.Connection(str(path))
+        target = file.open()
         target.set_busy_timeout(30_000)
         try:
             with target.backup("main", source, "main") as backup:
@@ -447,8 +816,8 @@ def _restore_image(path: Path, image: bytes) -> None:
         source.close()
 
 
-def _checksums(path: Path) -> dict[str, str]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+def _checksums(file: _File) -> dict[str, str]:
+    conn = file.open(apsw.SQLITE_OPEN_READONLY)
     try:
         return _checksums_conn(conn)
     finally:
@@ -483,7 +852,11 @@ def dump_path(path: Path) -> str:
     positions, and every table's rows sorted."""
     if not path.exists():
         return "-- absent\n"
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    return _dump(_File(path, None, None))
+
+
+def _dump(file: _File) -> str:
+    conn = file.open(apsw.SQLITE_OPEN_READONLY)
     try:
         lines = [f"user_version {conn.execute('PRAGMA user_version').fetchall()[0][0]}",
                  f"application_id {conn.execute('PRAGMA application_id').fetchall()[0][0]}"]
