@@ -511,6 +511,7 @@ class DockerBackend(Backend):
         self._closed = False
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._base: str | None = None
+        self._gaps: dict[str, str] | None = None
 
     # -- engine ------------------------------------------------------------------------------
 
@@ -644,7 +645,9 @@ class DockerBackend(Backend):
             with open(os.path.join(c.dir, "in", "code"), "w", encoding="utf-8") as f:
                 f.write(spec.code)
             os.chmod(os.path.join(c.dir, "in", "code"), 0o644)
-            return self._exec(c, spec)
+            result = self._exec(c, spec)
+            result.limits_not_enforced = self.engine_gaps()
+            return result
         finally:
             self._kill(c)
             layer.mounted = False  # every process is dead; the reaper unmounts it with the container
@@ -710,6 +713,19 @@ class DockerBackend(Backend):
             if self._oom(c):
                 stopped = "memory"
         return out.result(exit_code, stopped, t0)
+
+    def engine_gaps(self) -> dict[str, str]:
+        """Limits the engine says it cannot apply (it then starts the container without them)."""
+        if self._gaps is None:
+            try:
+                info = self.client().info()
+            except Exception:  # noqa: BLE001 - the run itself reports an engine that went away
+                return {}
+            flags = {"memory": ("MemoryLimit", "SwapLimit"), "pids": ("PidsLimit",), "cpu": ("CpuCfsQuota",)}
+            self._gaps = {limit: f"the Docker engine reports no {', '.join(k for k in keys if not info.get(k, True))} "
+                                 "support (cgroup controller missing or not delegated to it)"
+                          for limit, keys in flags.items() if not all(info.get(k, True) for k in keys)}
+        return dict(self._gaps)
 
     def _oom(self, c: _Container) -> bool:
         for path in (f"/sys/fs/cgroup/memory/docker/{c.id}/memory.oom_control",

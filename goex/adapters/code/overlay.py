@@ -39,8 +39,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
 MNT_DETACH = 2
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# No `userxattr`: the mount keeps its metadata in trusted.overlay.*, out of the code's reach.
-OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"
+# No `userxattr`: the mount keeps its metadata in trusted.overlay.*, out of the code's reach; it
+# follows no redirect, as the reading of the upper layer interprets none.
+OPTIONS = "redirect_dir=nofollow,index=off,metacopy=off,xino=off"
 OPAQUE = "trusted.overlay.opaque"
 REFUSED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH  # what fs.chmod's rules refuse
 
