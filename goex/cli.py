@@ -146,8 +146,10 @@ def _parser() -> argparse.ArgumentParser:
 
     command("recover", _recover, "Finish or revert actions interrupted by a crash.")
     command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
-    c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not.", root=False)
+    c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not, and which "
+                "limits hold in each (measured by probe runs).", root=False)
     c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:1)")
+    c.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
     c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
     c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
@@ -431,15 +433,38 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    """Sections (one per subject) measured on this machine; `--json` prints them as one object."""
     from .adapters.code import backends
 
-    report = backends.doctor(args.image or backends.DEFAULT_IMAGE)
-    for name, why in report.items():
-        note = " (no isolation: only with --unsafe, journaled as unsafe)" if name == "process" else ""
-        print(f"{name:8} {'works' + note if why is None else 'unavailable: ' + why}")
-    default = next((n for n in ("docker", "bwrap") if report[n] is None), None)
-    print(f"code.run uses: {default or 'nothing (no sandbox works here)'}")
-    return EXIT_OK if default else EXIT_FAILED
+    sandboxes = backends.report(args.image or backends.DEFAULT_IMAGE)
+    uses = next((n for n in ("docker", "bwrap") if sandboxes[n]["works"]), None)
+    report: dict[str, Any] = {"sandboxes": sandboxes, "code_run_uses": uses}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_sandboxes(sandboxes)
+        print(f"code.run uses: {uses or 'nothing (no sandbox works here)'}")
+    return EXIT_OK if uses else EXIT_FAILED
+
+
+def _print_sandboxes(sandboxes: dict[str, Any]) -> None:
+    from .adapters.code.backends import LIMIT_NAMES
+
+    for name, b in sandboxes.items():
+        if not b["works"]:
+            print(f"{name:8} unavailable: {b['why']}")
+            continue
+        broken = [(LIMIT_NAMES[k], v["detail"]) for k, v in b["limits"].items() if not v["holds"]]
+        if b["unsafe"]:
+            head = "works (no isolation: only with --unsafe, journaled as unsafe)"
+        elif broken:
+            head = "works but " + ", ".join(f"the {k} limit does not hold" for k, _ in broken)
+            head += f": {broken[0][1]}" if len(broken) == 1 else " (see below)"
+        else:
+            head = "works; every limit holds"
+        print(f"{name:8} {head}")
+        for key, v in b["limits"].items():
+            print(f"         {LIMIT_NAMES[key]:17} {'holds' if v['holds'] else 'DOES NOT HOLD'}: {v['detail']}")
 
 
 def _schema(args: argparse.Namespace) -> int:

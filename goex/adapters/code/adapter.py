@@ -160,12 +160,6 @@ class CodeAdapter:
         except BaseException:
             layer.remove()
             raise
-        stripped = []
-        for change in diff.changes:
-            for node in overlay.walk_nodes(change.node):
-                if node["k"] == "f" and node["mode"] & 0o6000:
-                    node["mode"] &= ~0o6000
-                    stripped.append(show(change.parts))
         files: dict[str, list[str]] = {"created": [], "changed": [], "deleted": []}
         effects = RunEffects()
         for change in diff.changes:
@@ -183,8 +177,12 @@ class CodeAdapter:
             output["unsafe"] = True
         if diff.skipped:
             output["not_applied"] = diff.skipped
-        if stripped:
-            output["setuid_removed"] = stripped
+        if diff.modes_stripped:  # refused mode bits, stripped by the layer's reading
+            output["modes_stripped"] = diff.modes_stripped
+        if diff.setuid_removed:
+            output["setuid_removed"] = diff.setuid_removed
+        if result.limits_not_enforced:
+            output["limits_not_enforced"] = result.limits_not_enforced
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             ops, after = [], {}

@@ -18,12 +18,14 @@ no-new-privileges.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ActionFailed
+from ..fs.workspace import Workspace
 from . import overlay
 
 DEFAULT_IMAGE = "goex-sandbox:1"
@@ -63,6 +66,7 @@ class RunResult:
     stopped: str | None = None  # "timeout" | "memory" | "output"
     truncated: bool = False
     duration_s: float = 0.0
+    limits_not_enforced: dict[str, str] = field(default_factory=dict)  # limit -> why it did not hold
 
 
 @dataclass
@@ -134,45 +138,144 @@ class Backend:
 
 # -- cgroups (v1 or v2) for the subprocess backends ----------------------------------------------
 
+LIMITS = ("memory", "pids", "cpu")
+
+
+def cgroup_mounts() -> tuple[dict[str, str], str | None]:
+    """(v1 controller -> its mount point, the cgroup2 mount point) as this process sees them."""
+    v1: dict[str, str] = {}
+    v2 = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            tail = fields[fields.index("-") + 1:]
+            where = fields[4].replace("\\040", " ")
+            if tail[0] == "cgroup":
+                for ctrl in set(tail[2].split(",")) & set(LIMITS):
+                    v1.setdefault(ctrl, where)
+            elif tail[0] == "cgroup2" and v2 is None:
+                v2 = where
+    return v1, v2
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
 
 class Cgroup:
-    """A per-run cgroup with memory, pids and CPU limits, or nothing when none is writable."""
+    """A per-run cgroup with memory, pids and CPU limits, each from a cgroup v1 controller, else
+    from cgroup v2 (a run cgroup under <cgroup2 mount>/goex, which holds no process so its
+    children can get controllers), else an rlimit where one can stand in. `how` says what
+    enforces each limit; `missing` says, per limit, why it does not hold for the run as a whole."""
 
     def __init__(self, spec: RunSpec):
         self.dirs: list[str] = []
+        self.how: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
+        self.memory: str | None = None  # the dir whose OOM counters tell a memory stop
+        self.v2: str | None = None
+        self.spec = spec
         name = f"goex-{uuid.uuid4().hex[:12]}"
-        v1 = {"memory": [("memory.limit_in_bytes", str(spec.memory_mb << 20)),
-                         ("memory.memsw.limit_in_bytes", str(spec.memory_mb << 20))],
-              "pids": [("pids.max", str(PIDS_MAX))],
-              "cpu": [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", str(int(spec.cpus * 100000)))]}
-        for ctrl, settings in v1.items():
-            base = f"/sys/fs/cgroup/{ctrl}"
-            if not os.path.isdir(base) or not os.path.exists(os.path.join(base, "cgroup.procs")):
-                continue
-            d = os.path.join(base, name)
-            try:
-                os.mkdir(d)
-            except OSError:
-                continue
-            self.dirs.append(d)
-            for key, value in settings:
-                try:
-                    with open(os.path.join(d, key), "w") as f:
-                        f.write(value)
-                except OSError:
-                    if key != "memory.memsw.limit_in_bytes":  # swap accounting may be off
-                        raise
-        self.memory = next((d for d in self.dirs if "/memory/" in d), None)
+        v1, v2 = cgroup_mounts()
+        for ctrl in LIMITS:
+            if ctrl in v1:
+                self._v1(ctrl, os.path.join(v1[ctrl], name))
+        left = [c for c in LIMITS if c not in self.how]
+        if left and v2 is not None:
+            self._v2(v2, name, left)
+        elif left:
+            for ctrl in left:
+                self.missing.setdefault(ctrl, f"no {ctrl} cgroup controller is mounted (neither v1 nor v2)")
+        self._fallbacks()
 
-    @property
-    def limited(self) -> bool:
-        return any("/memory/" in d for d in self.dirs) and any("/pids/" in d for d in self.dirs)
+    def _settings(self, ctrl: str, v2: bool) -> list[tuple[str, str]]:
+        mem, quota = str(self.spec.memory_mb << 20), int(self.spec.cpus * 100000)
+        if v2:
+            return {"memory": [("memory.max", mem), ("memory.swap.max", "0")], "pids": [("pids.max", str(PIDS_MAX))],
+                    "cpu": [("cpu.max", f"{quota} 100000")]}[ctrl]
+        return {"memory": [("memory.limit_in_bytes", mem), ("memory.memsw.limit_in_bytes", mem)],
+                "pids": [("pids.max", str(PIDS_MAX))],
+                "cpu": [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", str(quota))]}[ctrl]
+
+    def _v1(self, ctrl: str, d: str) -> None:
+        try:
+            os.mkdir(d)
+        except OSError as exc:
+            self.missing[ctrl] = f"cgroup v1 {ctrl}: cannot create {d} ({exc.strerror})"
+            return
+        self.dirs.append(d)
+        for key, value in self._settings(ctrl, v2=False):
+            try:
+                _write(os.path.join(d, key), value)
+            except OSError as exc:
+                if key != "memory.memsw.limit_in_bytes":  # swap accounting may be off
+                    self.missing[ctrl] = f"cgroup v1 {ctrl}: cannot set {key} ({exc.strerror})"
+                    return
+        self.how[ctrl] = "cgroup v1"
+        if ctrl == "memory":
+            self.memory = d
+
+    def _v2(self, mount: str, name: str, left: list[str]) -> None:
+        parent = os.path.join(mount, "goex")
+        try:
+            with open(os.path.join(mount, "cgroup.controllers")) as f:
+                available = set(f.read().split())
+            os.makedirs(parent, exist_ok=True)
+            d = os.path.join(parent, name)
+            os.mkdir(d)
+        except OSError as exc:
+            for ctrl in left:
+                self.missing[ctrl] = f"cgroup v2 at {mount}: cannot create a run cgroup ({exc.strerror})"
+            return
+        self.dirs.append(d)
+        self.v2 = d
+        for ctrl in left:
+            if ctrl not in available:
+                self.missing[ctrl] = (f"cgroup v2 at {mount} has no {ctrl} controller "
+                                      "(bound to a cgroup v1 hierarchy, or not delegated to this cgroup namespace)")
+                continue
+            try:
+                for where in (mount, parent):  # the mount root may hold processes only when it is the real root
+                    _write(os.path.join(where, "cgroup.subtree_control"), f"+{ctrl}")
+                for key, value in self._settings(ctrl, v2=True):
+                    try:
+                        _write(os.path.join(d, key), value)
+                    except FileNotFoundError:
+                        if key != "memory.swap.max":  # no swap accounting
+                            raise
+            except OSError as exc:
+                self.missing[ctrl] = (f"cgroup v2 at {mount}: cannot enable {ctrl} below it ({exc.strerror}); "
+                                      "start goex in a cgroup with delegated controllers")
+                continue
+            self.how[ctrl] = "cgroup v2"
+            if ctrl == "memory":
+                self.memory = d
+
+    def _fallbacks(self) -> None:
+        """rlimits for what no cgroup holds: RLIMIT_AS per process, RLIMIT_NPROC for the sandbox user."""
+        self.rlimits: list[tuple[int, int]] = []
+        if "memory" not in self.how:
+            per_process = (self.spec.memory_mb << 20) + (256 << 20)
+            self.rlimits.append((resource.RLIMIT_AS, per_process))
+            self.how["memory"] = f"an address-space rlimit of {per_process >> 20} MiB per process"
+            self.missing["memory"] += (f"; each process is held to {per_process >> 20} MiB of address space "
+                                       "instead, the run's processes together are not")
+        if "pids" not in self.how:
+            uid = 65534 if self.spec.caps else self.spec.uid
+            if uid != 0:
+                self.rlimits.append((resource.RLIMIT_NPROC, _tasks_of(uid) + PIDS_MAX))
+                self.how["pids"] = f"RLIMIT_NPROC of uid {uid} (what it runs now + {PIDS_MAX})"
+                del self.missing["pids"]
+        if "cpu" not in self.how:
+            self.missing["cpu"] += "; only the timeout bounds the run's CPU"
 
     def enter(self) -> None:
-        """In the child before exec: move itself into every cgroup."""
+        """In the child before exec: move itself into every cgroup, take the fallback rlimits."""
         for d in self.dirs:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write("0")
+            _write(os.path.join(d, "cgroup.procs"), "0")
+        for which, value in self.rlimits:
+            resource.setrlimit(which, (value, value))
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -187,18 +290,19 @@ class Cgroup:
     def oom_killed(self) -> bool:
         if self.memory is None:
             return False
+        name = "memory.events" if self.memory == self.v2 else "memory.oom_control"
         try:
-            with open(os.path.join(self.memory, "memory.oom_control")) as f:
-                for line in f:
-                    if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
-                        return True
-            with open(os.path.join(self.memory, "memory.failcnt")) as f:
-                return int(f.read()) > 0 and False
+            with open(os.path.join(self.memory, name)) as f:
+                return any(line.startswith("oom_kill ") and int(line.split()[1]) > 0 for line in f)
         except OSError:
             return False
-        return False
 
     def kill_all(self, deadline: float = 5.0) -> None:
+        if self.v2 is not None:
+            try:
+                _write(os.path.join(self.v2, "cgroup.kill"), "1")  # the kernel kills all, forks included
+            except OSError:
+                pass
         end = time.monotonic() + deadline
         while (pids := self.pids()) and time.monotonic() < end:
             for pid in pids:
@@ -222,13 +326,25 @@ class Cgroup:
                     time.sleep(0.005)
 
 
-def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str], cg: Cgroup,
-                    rlimits: bool) -> RunResult:
+def _tasks_of(uid: int) -> int:
+    """How many tasks (threads count, as for RLIMIT_NPROC) `uid` runs on this machine now."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(status.get("Uid", "-1 ").split()[0]) == uid:
+            count += int(status.get("Threads", "1"))
+    return count
+
+
+def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str], cg: Cgroup) -> RunResult:
     def child() -> None:
         cg.enter()
-        if rlimits or not cg.limited:
-            mem = spec.memory_mb << 20
-            resource.setrlimit(resource.RLIMIT_AS, (mem + (256 << 20), mem + (256 << 20)))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     t0 = time.perf_counter()
@@ -268,7 +384,9 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
     exit_code = 128 - code if code is not None and code < 0 else code
     if stopped in ("timeout", "output") or exit_code is None:
         exit_code = 137
-    return out.result(exit_code, stopped, t0)
+    result = out.result(exit_code, stopped, t0)
+    result.limits_not_enforced = dict(cg.missing)
+    return result
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], cg: Cgroup) -> None:
@@ -327,7 +445,7 @@ class BwrapBackend(Backend):
         cmd += setpriv(spec) + command(spec)
         cg = Cgroup(spec)
         try:
-            return _run_subprocess(cmd, spec, "/", dict(ENV), cg, rlimits=False)
+            return _run_subprocess(cmd, spec, "/", dict(ENV), cg)
         finally:
             cg.remove()
 
@@ -355,7 +473,7 @@ class ProcessBackend(Backend):
         cmd = setpriv(spec) + command(spec, code_path)
         cg = Cgroup(spec)
         try:
-            return _run_subprocess(cmd, spec, merged, dict(ENV), cg, rlimits=not cg.limited)
+            return _run_subprocess(cmd, spec, merged, dict(ENV), cg)
         finally:
             cg.remove()
 
@@ -393,6 +511,7 @@ class DockerBackend(Backend):
         self._closed = False
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._base: str | None = None
+        self._gaps: dict[str, str] | None = None
 
     # -- engine ------------------------------------------------------------------------------
 
@@ -526,7 +645,9 @@ class DockerBackend(Backend):
             with open(os.path.join(c.dir, "in", "code"), "w", encoding="utf-8") as f:
                 f.write(spec.code)
             os.chmod(os.path.join(c.dir, "in", "code"), 0o644)
-            return self._exec(c, spec)
+            result = self._exec(c, spec)
+            result.limits_not_enforced = self.engine_gaps()
+            return result
         finally:
             self._kill(c)
             layer.mounted = False  # every process is dead; the reaper unmounts it with the container
@@ -592,6 +713,19 @@ class DockerBackend(Backend):
             if self._oom(c):
                 stopped = "memory"
         return out.result(exit_code, stopped, t0)
+
+    def engine_gaps(self) -> dict[str, str]:
+        """Limits the engine says it cannot apply (it then starts the container without them)."""
+        if self._gaps is None:
+            try:
+                info = self.client().info()
+            except Exception:  # noqa: BLE001 - the run itself reports an engine that went away
+                return {}
+            flags = {"memory": ("MemoryLimit", "SwapLimit"), "pids": ("PidsLimit",), "cpu": ("CpuCfsQuota",)}
+            self._gaps = {limit: f"the Docker engine reports no {', '.join(k for k in keys if not info.get(k, True))} "
+                                 "support (cgroup controller missing or not delegated to it)"
+                          for limit, keys in flags.items() if not all(info.get(k, True) for k in keys)}
+        return dict(self._gaps)
 
     def _oom(self, c: _Container) -> bool:
         for path in (f"/sys/fs/cgroup/memory/docker/{c.id}/memory.oom_control",
@@ -705,9 +839,199 @@ def doctor(image: str = DEFAULT_IMAGE) -> dict[str, str | None]:
     """Each backend: None when it works on this machine, else why not."""
     out: dict[str, str | None] = {}
     for name in BACKENDS:
-        backend = make(name, image=image)
+        backend = make(name, image=image, pool_size=0)
         try:
             out[name] = backend.unavailable()
         finally:
             backend.close()
+    return out
+
+
+# -- measuring which limits hold (goex doctor) ---------------------------------------------------
+
+LIMIT_NAMES = {"memory": "memory", "pids": "pids", "cpu": "cpu", "network_off": "network off",
+               "read_only_system": "read-only system", "no_root": "no root", "xattr_protection": "xattr protection",
+               "modes": "modes"}
+
+# Run in the sandbox: what the code can reach, as JSON on stdout. Files it manages to create
+# outside the workspace are removed again (the unsafe backend reaches the host).
+PROBE = r"""
+import json, os, socket, time
+r = {}
+r['interfaces'] = [l.split(':')[0].strip() for l in open('/proc/net/dev').read().splitlines()[2:]]
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=2).close(); r['reached'] = True
+except OSError:
+    r['reached'] = False
+r['wrote'] = []
+for path in ('/usr/goex-probe', '/etc/goex-probe', '/goex-probe', '/usr/bin/goex-probe'):
+    try:
+        open(path, 'x').close(); r['wrote'].append(path); os.unlink(path)
+    except OSError:
+        pass
+status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
+r['uid'], r['euid'] = os.getuid(), os.geteuid()
+r['caps'], r['nnp'] = int(status['CapEff'], 16), status.get('NoNewPrivs', '0').strip()
+r['xattrs'] = []
+for name in ('trusted.overlay.opaque', 'user.overlay.opaque'):
+    try:
+        os.setxattr('d', name, b'y'); r['xattrs'].append(name)
+    except OSError:
+        pass
+open('d/new', 'w').write('n')
+open('m', 'w').write('m'); os.chmod('m', 0o4777)
+kids = []
+try:
+    for _ in range(FORKS):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30); os._exit(0)
+        kids.append(pid)
+except OSError:
+    pass
+r['forked'] = len(kids)
+for pid in kids:
+    os.kill(pid, 9)
+print(json.dumps(r))
+"""
+
+# Four processes of 48 MiB each under a 64 MiB limit: only a limit on the whole run stops them.
+MEMORY_PROBE = r"""
+import os
+kids = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        b = bytearray(48 << 20); b[::4096] = b'x' * len(b[::4096]); os._exit(0)
+    kids.append(pid)
+done = sum(1 for pid in kids if os.waitpid(pid, 0)[1] == 0)
+print(done * 48)
+"""
+
+CPU_PROBE = r"""
+import os, time
+t0 = time.monotonic()
+while time.monotonic() - t0 < 1.0:
+    pass
+t = os.times()
+print(t.user + t.system, time.monotonic() - t0)
+"""
+
+DANGEROUS_CAPS = {12: "net_admin", 16: "sys_module", 17: "sys_rawio", 19: "sys_ptrace", 21: "sys_admin",
+                  27: "mknod", 0: "chown", 7: "setuid", 6: "setgid"}
+
+
+def measure(backend: Backend) -> dict[str, dict[str, Any]]:
+    """Which limits hold in `backend`, by running probes in it: limit -> {holds, detail}."""
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="goex-doctor-") as root:
+        os.mkdir(os.path.join(root, "d"))
+        with open(os.path.join(root, "d", "keep"), "w") as f:
+            f.write("keep")
+        ws = Workspace(root)
+        try:
+            code = PROBE.replace("FORKS", str(PIDS_MAX + 32))
+            result, diff = _probe(backend, ws, code, memory_mb=512, cpus=1.0)
+            try:
+                seen = json.loads(result.stdout.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise ActionFailed(f"the {backend.name} probe failed: {result.stderr.decode(errors='replace')[-300:]}")
+            out.update(_judge_probe(seen, diff, result))
+            result, _ = _probe(backend, ws, MEMORY_PROBE, memory_mb=64, cpus=1.0)
+            out["memory"] = _judge_memory(result)
+            result, _ = _probe(backend, ws, CPU_PROBE, memory_mb=512, cpus=0.2)
+            out["cpu"] = _judge_cpu(result)
+        finally:
+            ws.close()
+    return {k: out[k] for k in LIMIT_NAMES}
+
+
+def _probe(backend: Backend, ws: Workspace, code: str, memory_mb: int, cpus: float) -> tuple[RunResult, overlay.Diff]:
+    st = os.fstat(ws.root_fd)
+    spec = RunSpec("python", code, 20.0, False, memory_mb, st.st_uid, st.st_gid, caps=st.st_uid == 0, cpus=cpus)
+    layer = overlay.Layer.create()
+    try:
+        layer.prepare(ws)
+        with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
+            f.write(code)
+        result = backend.run(spec, layer, ws.root)
+        return result, overlay.changes(layer, ws)
+    finally:
+        layer.remove()
+
+
+def _limit(holds: bool, detail: str) -> dict[str, Any]:
+    return {"holds": holds, "detail": detail}
+
+
+def _judge_probe(seen: dict[str, Any], diff: overlay.Diff, result: RunResult) -> dict[str, dict[str, Any]]:
+    out = {}
+    others = [i for i in seen["interfaces"] if i != "lo"]
+    offline = not others and not seen["reached"]
+    out["network_off"] = _limit(offline, "only a loopback interface, 1.1.1.1 unreachable" if offline else
+                                f"interfaces {', '.join(others) or 'lo'}; 1.1.1.1 "
+                                f"{'reached' if seen['reached'] else 'unreachable'}")
+    wrote = seen["wrote"]
+    out["read_only_system"] = _limit(not wrote, f"the code created {', '.join(wrote)} (removed again)" if wrote
+                                     else "creating files in /, /usr, /etc was refused")
+    bad = [n for bit, n in sorted(DANGEROUS_CAPS.items()) if seen["caps"] >> bit & 1]
+    kept_caps = [n for bit, n in ((1, "dac_override"), (3, "fowner")) if seen["caps"] >> bit & 1]
+    nnp = seen["nnp"] == "1"
+    out["no_root"] = _limit(seen["uid"] != 0 and seen["euid"] != 0 and not bad and nnp,
+                            f"uid {seen['euid']}, capabilities: {', '.join(kept_caps + bad) or 'none'}, "
+                            f"no-new-privileges {'on' if nnp else 'OFF'}")
+    kept = not [c for c in diff.changes if c.parts[:1] == ("d",) and c.kind in ("deleted", "replaced")]
+    forged = [x for x in seen["xattrs"] if x.startswith("trusted.")]
+    effect = ("only trusted.overlay.* is read, out of its reach, and the folder's files stayed" if kept and not forged
+              else "a forged marker changed what the run applies")
+    out["xattr_protection"] = _limit(kept and not forged,
+                                     f"the code could set {', '.join(seen['xattrs']) or 'no overlay xattr'}; {effect}")
+    modes = [c.node.get("mode", 0) for c in diff.changes if c.parts == ("m",)]
+    out["modes"] = _limit(bool(modes) and not modes[0] & overlay.REFUSED_BITS,
+                          f"a file set to 4777 would land as {modes[0]:04o}" if modes else "the probe file is missing")
+    forked, refused = seen["forked"], seen["forked"] < PIDS_MAX + 32
+    why = result.limits_not_enforced.get("pids") or "no process limit"
+    out["pids"] = _limit(refused, f"fork refused after {forked} processes (limit {PIDS_MAX})" if refused
+                         else f"{forked} processes forked without refusal: {why}")
+    return out
+
+
+def _judge_memory(result: RunResult) -> dict[str, Any]:
+    text = result.stdout.decode().strip()
+    got = int(text) if text.isdigit() else 0
+    stopped = result.stopped == "memory" or got < 4 * 48
+    why = result.limits_not_enforced.get("memory")
+    if stopped:
+        return _limit(True, f"4 processes of 48 MiB under a 64 MiB limit were stopped"
+                            f"{' (out of memory)' if result.stopped == 'memory' else f' after {got} MiB'}")
+    return _limit(False, f"4 processes of 48 MiB all ran under a 64 MiB limit{': ' + why if why else ''}")
+
+
+def _judge_cpu(result: RunResult) -> dict[str, Any]:
+    try:
+        used, wall = (float(x) for x in result.stdout.decode().split())
+    except ValueError:
+        return _limit(False, f"the CPU probe failed: {result.stderr.decode(errors='replace')[-200:]}")
+    why = result.limits_not_enforced.get("cpu")
+    holds = used < 0.5 * wall and not why
+    detail = f"a busy loop under a 0.2-CPU quota used {used:.2f} s of CPU in {wall:.2f} s"
+    return _limit(holds, detail + (f": {why}" if why else ""))
+
+
+def report(image: str = DEFAULT_IMAGE) -> dict[str, dict[str, Any]]:
+    """Per backend: whether it works here (and why not), and which limits hold, measured."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in BACKENDS:
+        backend = make(name, image=image, pool_size=0)
+        try:
+            why = backend.unavailable()
+            entry: dict[str, Any] = {"works": why is None, "why": why, "unsafe": backend.unsafe, "limits": {}}
+            if why is None:
+                try:
+                    entry["limits"] = measure(backend)
+                except (ActionFailed, OSError) as exc:
+                    entry.update(works=False, why=f"the probe run failed: {exc}")
+        finally:
+            backend.close()
+        out[name] = entry
     return out

@@ -9,6 +9,13 @@ exactly those workspace paths (write-ahead) and only then copies the changes in 
 The journal folder, when it is inside the workspace, is hidden by a whiteout placed in the
 upper layer before the run: the code sees no such folder, and anything it writes under that name
 is discarded, never applied.
+
+Only metadata the code cannot forge is read from the upper layer: whiteouts (0/0 character
+devices need CAP_MKNOD, and overlayfs refuses to create them through the mount) and the
+`trusted.overlay.opaque` marker (trusted.* needs CAP_SYS_ADMIN, and overlayfs refuses its own
+xattrs through the mount). `user.overlay.*` xattrs, which any file owner may set, mean nothing
+here, as they mean nothing to this mount (no `userxattr`). Modes `fs.chmod` refuses (setuid,
+setgid, sticky, other-write) are stripped from what the run adds, and reported.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
 MNT_DETACH = 2
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"
+# No `userxattr`: the mount keeps its metadata in trusted.overlay.*, out of the code's reach; it
+# follows no redirect, as the reading of the upper layer interprets none.
+OPTIONS = "redirect_dir=nofollow,index=off,metacopy=off,xino=off"
+OPAQUE = "trusted.overlay.opaque"
+REFUSED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH  # what fs.chmod's rules refuse
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
@@ -154,13 +165,11 @@ def _is_whiteout(st: os.stat_result) -> bool:
 
 
 def _opaque(fd: int) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            if os.getxattr(fd, name) == b"y":
-                return True
-        except OSError:
-            pass
-    return False
+    """The kernel's marker of a folder that replaced the lower one (never a user.* look-alike)."""
+    try:
+        return os.getxattr(fd, OPAQUE) == b"y"
+    except OSError:
+        return False
 
 
 @dataclass
@@ -178,6 +187,19 @@ class Diff:
     changes: list[Change] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # special files, the journal folder
     scanned: int = 0  # upper-layer entries looked at
+    modes_stripped: list[dict[str, str]] = field(default_factory=list)  # {path, mode, applied}
+
+    @property
+    def setuid_removed(self) -> list[str]:
+        return [m["path"] for m in self.modes_stripped if int(m["mode"], 8) & 0o6000]
+
+    def allowed(self, here: Parts, mode: int, lower: os.stat_result | None = None) -> int:
+        """`mode` without the refused bits the run added (ones the workspace path already had stay)."""
+        kept = stat.S_IMODE(lower.st_mode) & REFUSED_BITS if lower is not None else 0
+        applied = mode & ~(REFUSED_BITS & ~kept)
+        if applied != mode:
+            self.modes_stripped.append({"path": show(here), "mode": f"{mode:04o}", "applied": f"{applied:04o}"})
+        return applied
 
 
 def changes(layer: Layer, ws: Workspace) -> Diff:
@@ -210,8 +232,9 @@ def _walk(ufd: int, upath: str, parts: Parts, ws: Workspace, diff: Diff) -> None
             try:
                 merged = lower is not None and stat.S_ISDIR(lower.st_mode) and not _opaque(dfd)
                 if merged and not ws.holds_journal(here):
-                    if stat.S_IMODE(lower.st_mode) != stat.S_IMODE(st.st_mode):
-                        diff.changes.append(Change(here, {"k": "d", "mode": stat.S_IMODE(st.st_mode)}, "mode"))
+                    mode = diff.allowed(here, stat.S_IMODE(st.st_mode), lower)
+                    if stat.S_IMODE(lower.st_mode) != mode:
+                        diff.changes.append(Change(here, {"k": "d", "mode": mode}, "mode"))
                     _walk(dfd, os.path.join(upath, name), here, ws, diff)
                 elif merged:  # holds the journal folder: only look inside
                     _walk(dfd, os.path.join(upath, name), here, ws, diff)
@@ -221,7 +244,8 @@ def _walk(ufd: int, upath: str, parts: Parts, ws: Workspace, diff: Diff) -> None
             finally:
                 os.close(dfd)
             continue
-        node = _leaf(ufd, upath, name, st, diff, here)
+        same_kind = lower is not None and stat.S_IFMT(lower.st_mode) == stat.S_IFMT(st.st_mode)
+        node = _leaf(ufd, upath, name, st, diff, here, lower if same_kind else None)
         if node is None:
             continue
         if lower is not None and node["k"] == "f" and stat.S_ISREG(lower.st_mode) and _same_file(ws, here, lower, node):
@@ -229,7 +253,8 @@ def _walk(ufd: int, upath: str, parts: Parts, ws: Workspace, diff: Diff) -> None
         diff.changes.append(Change(here, node, "created" if lower is None else "changed"))
 
 
-def _leaf(dfd: int, upath: str, name: str, st: os.stat_result, diff: Diff, here: Parts) -> dict[str, Any] | None:
+def _leaf(dfd: int, upath: str, name: str, st: os.stat_result, diff: Diff, here: Parts,
+          lower: os.stat_result | None = None) -> dict[str, Any] | None:
     if stat.S_ISLNK(st.st_mode):
         return {"k": "l", "target": os.readlink(name, dir_fd=dfd)}
     if stat.S_ISREG(st.st_mode):
@@ -240,8 +265,9 @@ def _leaf(dfd: int, upath: str, name: str, st: os.stat_result, diff: Diff, here:
                 h.update(data)
         finally:
             os.close(fd)
-        return {"k": "f", "mode": stat.S_IMODE(st.st_mode), "size": st.st_size, "sha": h.hexdigest(),
-                "mtime": st.st_mtime_ns, "src": os.path.join(upath, name)}
+        mode = diff.allowed(here, stat.S_IMODE(st.st_mode), lower)
+        return {"k": "f", "mode": mode, "size": st.st_size, "sha": h.hexdigest(), "mtime": st.st_mtime_ns,
+                "src": os.path.join(upath, name)}
     diff.skipped.append(f"{show(here)} (a {'FIFO' if stat.S_ISFIFO(st.st_mode) else 'socket' if stat.S_ISSOCK(st.st_mode) else 'special file'}: not applied)")
     return None
 
@@ -264,7 +290,7 @@ def _node(dfd: int, upath: str, st: os.stat_result, diff: Diff, here: Parts) -> 
             leaf = _leaf(dfd, upath, child, cst, diff, here + (child,))
             if leaf is not None:
                 children[child] = leaf
-    return {"k": "d", "mode": stat.S_IMODE(st.st_mode), "children": children}
+    return {"k": "d", "mode": diff.allowed(here, stat.S_IMODE(st.st_mode)), "children": children}
 
 
 def _same_file(ws: Workspace, parts: Parts, lower: os.stat_result, node: dict[str, Any]) -> bool:
