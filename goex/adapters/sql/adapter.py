@@ -81,6 +81,12 @@ def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, D
     return out
 
 
+def _creates_trigger(statement: str) -> bool:
+    """The words say CREATE [TEMP] TRIGGER (engines that watch their own parser say more)."""
+    words = re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL).lower().split()[:6]
+    return len(words) > 1 and words[0] == "create" and "trigger" in words
+
+
 def engine_for(db: Database) -> Engine:
     if db.kind == "sqlite":
         from .sqlite import SqliteEngine
@@ -133,7 +139,7 @@ class SqlAdapter:
         kinds = [a["kind"] for a in analysed]
         writes = any(k != "select" for k in kinds)
         try:
-            rows = engine.dry_run(statements, action.params) if writes else 0
+            effect = engine.dry_run(statements, action.params) if writes else 0
         except ActionFailed as exc:
             unread = [a["parse_error"] for a in analysed if not a["parsed"]]
             if unread:  # the engine's message, and where sqlglot lost track of the text
@@ -146,7 +152,11 @@ class SqlAdapter:
             "where_missing": any(a["kind"] in ("update", "delete") and not a["where"] for a in analysed),
             "drops": any(a["kind"] in ("drop", "truncate") for a in analysed),
             "drop_column": any(a["drop_column"] for a in analysed),
-            "rows": rows, "writes": writes,
+            "rows": effect if isinstance(effect, int) else effect["rows"], "writes": writes,
+            # from the dry run's effect, not the syntax: `WHERE 1`, upserts and triggers count too
+            "all_rows": [] if isinstance(effect, int) else sorted(set(effect.get("all_rows", []))),
+            "creates_trigger": (not isinstance(effect, int) and bool(effect.get("creates_trigger")))
+            or any(_creates_trigger(s) for s in statements),
         }
         state = {"db": db, "statements": statements, "analysed": analysed}
         prepared = Prepared(action, action.targets(), preview, writes, state)

@@ -220,6 +220,17 @@ BEGIN
 END
 $goex$;
 
+-- What an action may not leave behind because undo cannot take it back: large objects.
+CREATE OR REPLACE FUNCTION goex.outside_{VERSION}() RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE xmin = pg_current_xact_id()::xid) THEN
+    RAISE EXCEPTION 'goex: the statements create or change large objects, which goex cannot undo; '
+      'store the bytes in a bytea column instead';
+  END IF;
+END
+$goex$;
+
 CREATE OR REPLACE FUNCTION goex.finish_{VERSION}(rels oid[]) RETURNS jsonb LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE
@@ -230,6 +241,7 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'goex: capture was not started in this transaction, or already finished';
   END IF;
+  PERFORM goex.outside_{VERSION}();
   FOREACH t IN ARRAY rels LOOP
     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = t) THEN
       EXECUTE format('DROP TRIGGER IF EXISTS goex_capture ON %s', t::regclass);
@@ -275,14 +287,14 @@ $goex$;
 -- Tables whose every row held before the transaction was changed or removed (at least 2 rows):
 -- no row of it is left that this transaction did not write. `target`/`net`/`touched` describe a
 -- single UPDATE or DELETE run without capture triggers.
-CREATE OR REPLACE FUNCTION goex.all_rows_{VERSION}(target text, net bigint, touched bigint) RETURNS jsonb
+CREATE OR REPLACE FUNCTION goex.all_rows_{VERSION}(target oid, net bigint, touched bigint) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE r record; out jsonb := '[]'; me xid := pg_current_xact_id()::xid; untouched boolean; cnt bigint;
 BEGIN
   FOR r IN
     SELECT l.rel, sum((l.new IS NOT NULL)::int - (l.old IS NOT NULL)::int) AS net FROM pg_temp.goex_log l
       GROUP BY l.rel HAVING count(l.old) >= 2
-    UNION ALL SELECT to_regclass(target)::oid, net WHERE target IS NOT NULL AND touched >= 2
+    UNION ALL SELECT target, net WHERE target IS NOT NULL AND touched >= 2
   LOOP
     CONTINUE WHEN r.rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r.rel AND relkind = 'r');
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s x WHERE x.xmin <> $1)', r.rel::regclass)
@@ -612,7 +624,7 @@ class PostgresEngine:
         _ensure_role(conn, self.role, self._named)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7306007145)")
-            row = conn.execute(f"SELECT to_regprocedure('goex.logged_{VERSION}()') IS NOT NULL"
+            row = conn.execute(f"SELECT to_regprocedure('goex.outside_{VERSION}()') IS NOT NULL"
                                ).fetchone()
             if not (row and row[0]):
                 conn.execute(_SETUP.encode())
@@ -667,7 +679,11 @@ class PostgresEngine:
     def agent_privileges(self) -> dict[str, Any]:
         """The role agent SQL runs as, and the dangerous attributes, memberships and functions it
         holds (none when safe)."""
-        conn = self._connect()
+        try:  # no setup: a report, also for a role goex refuses to use
+            conn = psycopg.connect(self.url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            return {"runs_as": self.role, "safe": False, "dangerous": ["unknown"],
+                    "detail": f"cannot connect to {self.name}: {str(exc).strip()}"}
         try:
             dangerous = _dangerous(conn, self.role)
         finally:
@@ -780,15 +796,11 @@ class PostgresEngine:
             raise ActionFailed(f"sql.execute on {self.name}: a new session is not clean ({exc}); nothing was "
                                "applied") from None
 
-    def dry_run(self, statements: list[str], params: Any) -> int:
-        """Rows the statements would change (foreign-key actions, triggers, and the rows of tables
-        dropped or truncated included), by running them in a transaction that is rolled back."""
-        return self.effect(statements, params)["rows"]
-
-    def effect(self, statements: list[str], params: Any) -> dict[str, Any]:
-        """What the statements would do, from a run in a transaction that is rolled back, as the
-        agent role: `rows` changed in all, `all_rows` (tables whose every row, at least 2, they
-        change or remove) and `creates_trigger` (a trigger exists afterwards that did not before)."""
+    def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
+        """What the statements would do, from a run as the agent role in a transaction that is
+        rolled back: `rows` they change (foreign-key actions, triggers, and the rows of tables
+        dropped or truncated included), `all_rows` (tables of at least 2 rows every row of which
+        they change or remove) and `creates_trigger` (a trigger exists after them that did not)."""
         try:
             return self._effect(statements, params)
         except _Privilege:
@@ -828,7 +840,7 @@ class PostgresEngine:
                 target, net = _plain_target(statements, counted) if plain else (None, 0)
                 log, seqs_after, all_rows = conn.execute(
                     f"SELECT goex.logged_{VERSION}(), goex.sequences_{VERSION}(), "
-                    f"goex.all_rows_{VERSION}(%s, %s, %s)", (target, net, counted)).fetchone()
+                    f"goex.all_rows_{VERSION}(to_regclass(%s)::oid, %s, %s)", (target, net, counted)).fetchone()
                 changed = counted if plain else log["count"]
                 creates_trigger = False
                 if not rows_mode:
@@ -936,6 +948,7 @@ class PostgresEngine:
                                     "shapes": {t["table"]: t["shape"] for t in tables},
                                     "sequences": {k: v[1] for k, v in out["sequences"].items()}}
                     return out
+                conn.execute(f"SELECT goex.outside_{VERSION}()")
                 xid = _one(conn, "SELECT pg_current_xact_id()::text")
                 objects = _fingerprint(_objects(conn))
                 state["seqs_after"] = _one(conn, f"SELECT goex.sequences_{VERSION}()")
