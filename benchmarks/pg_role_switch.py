@@ -52,7 +52,7 @@ def _reset_cost(url: str, n: int) -> None:
         conn = engine._agent()  # logged in as the agent role, as goex's kept connections are
     finally:
         engine.close()
-    start = (f"RESET ALL; SELECT pg_advisory_unlock_all(), session_user; BEGIN; "
+    start = (f"BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; SELECT pg_advisory_unlock_all(), session_user; "
              f"SELECT goex.start_{VERSION}('{{}}'::text[], '{{}}'::text[], false, false, current_setting('search_path'))")
     with conn:
         def goex_way(i: int) -> None:

@@ -760,8 +760,9 @@ class PostgresEngine:
         start capture; raises _Dirty when the session is not as goex left it."""
         tables = sorted({t for s in statements for t in _plan(s)[1]})
         funcs = sorted({f for s in statements for f in _plan(s)[2]})
-        query = pgsql.SQL("RESET ALL; SELECT pg_advisory_unlock_all(), session_user; BEGIN; "
-                          "SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path'))").format(
+        # explicit modes: the transaction must not take the defaults an earlier action set
+        query = pgsql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; "
+                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path'))").format(
             pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
             pgsql.Literal(install))
         try:
@@ -771,10 +772,10 @@ class PostgresEngine:
                 raise _Dirty(_message(exc)) from None
             raise
         cur.nextset()
+        cur.nextset()
         who = cur.fetchone()
         if who is None or who[1] != self.role:
             raise _Dirty(f"the session user is {who[1] if who else None!r}, not the agent role {self.role!r}")
-        cur.nextset()
         cur.nextset()
         row = cur.fetchone()
         assert row is not None
