@@ -89,7 +89,7 @@ class Harness:
     def act(self, sql: str, params: Any = None) -> Record:
         """An action: dry run, before, stage, capture, commit."""
         statements, analyses = self.prepare(sql)
-        rows = self.engine.dry_run(statements, params)
+        rows = self.engine.dry_run(statements, params)["rows"]
         before = self.engine.before(statements, analyses, self.put)
         staged = self.engine.stage(statements, params, analyses, before)
         captured = staged.capture(self.put)
@@ -209,12 +209,12 @@ def test_cascades_triggers_and_dry_run_counts(h):
     start = h.dump()
     statements, _ = h.prepare("DELETE FROM parent WHERE id = 1")
     # parent row + 2 children (cascade) + loose.pid set NULL + 1 audit row written by the trigger
-    assert h.engine.dry_run(statements, None) == 5
+    assert h.engine.dry_run(statements, None)["rows"] == 5
     assert h.dump() == start  # the dry run left nothing, not even a sequence step
     h.sql("INSERT INTO child (pid) VALUES (4)")
     start = h.dump()
     statements, _ = h.prepare("UPDATE parent SET id = 100 WHERE id = 4")
-    assert h.engine.dry_run(statements, None) == 3  # parent + child (ON UPDATE CASCADE) + audit
+    assert h.engine.dry_run(statements, None)["rows"] == 3  # parent + child (ON UPDATE CASCADE) + audit
     record = h.act("DELETE FROM parent WHERE id = 1")
     assert record.rows == 5
     with psycopg.connect(h.url) as conn:
@@ -230,13 +230,13 @@ def test_cascades_triggers_and_dry_run_counts(h):
 def test_dry_run_counts_plain_statements(h):
     h.sql(SCHEMA)
     start = _no_triggers(h)
-    assert h.engine.dry_run(h.prepare("UPDATE bag SET b = 'z' WHERE a = 1")[0], None) == 2
-    assert h.engine.dry_run(h.prepare("INSERT INTO parent VALUES (1, 'x') ON CONFLICT DO NOTHING")[0], None) == 0
-    assert h.engine.dry_run(h.prepare("INSERT INTO ident (v) VALUES ('a'), ('b')")[0], None) == 2
-    assert h.engine.dry_run(h.prepare("DELETE FROM parent WHERE id = 2")[0], None) == 3  # + child + loose
-    assert h.engine.dry_run(h.prepare("TRUNCATE bag")[0], None) == 4
-    assert h.engine.dry_run(h.prepare("TRUNCATE parent CASCADE")[0], None) == 4 + 3 + 2
-    assert h.engine.dry_run(h.prepare("DROP TABLE bag")[0], None) == 4
+    assert h.engine.dry_run(h.prepare("UPDATE bag SET b = 'z' WHERE a = 1")[0], None)["rows"] == 2
+    assert h.engine.dry_run(h.prepare("INSERT INTO parent VALUES (1, 'x') ON CONFLICT DO NOTHING")[0], None)["rows"] == 0
+    assert h.engine.dry_run(h.prepare("INSERT INTO ident (v) VALUES ('a'), ('b')")[0], None)["rows"] == 2
+    assert h.engine.dry_run(h.prepare("DELETE FROM parent WHERE id = 2")[0], None)["rows"] == 3  # + child + loose
+    assert h.engine.dry_run(h.prepare("TRUNCATE bag")[0], None)["rows"] == 4
+    assert h.engine.dry_run(h.prepare("TRUNCATE parent CASCADE")[0], None)["rows"] == 4 + 3 + 2
+    assert h.engine.dry_run(h.prepare("DROP TABLE bag")[0], None)["rows"] == 4
     assert h.dump() == start
 
 

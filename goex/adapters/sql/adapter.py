@@ -51,9 +51,9 @@ class Database:
 
     @property
     def shown(self) -> str:
-        """The URL without its passwords (the account's and a `goex_password` option's)."""
+        """The URL without its passwords (the account's, and a `goex_password` or `goex_role_password` option's)."""
         parts = urlsplit(self.url)
-        query = re.sub(r"(^|&)(goex_password=)[^&]*", r"\1\2***", parts.query)
+        query = re.sub(r"(^|&)(goex_(?:role_)?password=)[^&]*", r"\1\2***", parts.query)
         if not parts.password and query == parts.query:
             return self.url
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@") if parts.password else parts.netloc

@@ -37,9 +37,11 @@ import shutil
 import subprocess
 import threading
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
+import psycopg.errors
 import sqlglot
 from psycopg import sql as pgsql
 from sqlglot import exp
@@ -51,7 +53,7 @@ from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
-VERSION = "v1"
+VERSION = "v2"
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
 _USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
@@ -93,14 +95,16 @@ _SETUP = f"""
 CREATE SCHEMA IF NOT EXISTS goex;
 COMMENT ON SCHEMA goex IS 'goex: undo support for actions run through goex; do not edit';
 
-CREATE OR REPLACE FUNCTION goex.capture_{VERSION}() RETURNS trigger LANGUAGE plpgsql AS $goex$
+CREATE OR REPLACE FUNCTION goex.capture_{VERSION}() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 BEGIN
   INSERT INTO pg_temp.goex_log(rel, old, new) VALUES (TG_RELID, OLD::text, NEW::text);
   RETURN NULL;
 END
 $goex$;
 
-CREATE OR REPLACE FUNCTION goex.sequences_{VERSION}() RETURNS jsonb LANGUAGE plpgsql AS $goex$
+CREATE OR REPLACE FUNCTION goex.sequences_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE r record; out jsonb := '{{}}'; lv bigint; ic boolean;
 BEGIN
   FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
@@ -112,7 +116,8 @@ BEGIN
 END
 $goex$;
 
-CREATE OR REPLACE FUNCTION goex.counts_{VERSION}() RETURNS jsonb LANGUAGE plpgsql AS $goex$
+CREATE OR REPLACE FUNCTION goex.counts_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE r record; out jsonb := '{{}}'; cnt bigint;
 BEGIN
   FOR r IN SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
@@ -124,13 +129,41 @@ BEGIN
 END
 $goex$;
 
-CREATE OR REPLACE FUNCTION goex.start_{VERSION}(names text[], funcs text[], everything boolean, install boolean)
-RETURNS jsonb LANGUAGE plpgsql AS $goex$
+-- The session an action runs in: goex's temporary tables, owned by goex's role (the action cannot
+-- read or forge them), and nothing left by an earlier action. Starts capture once per transaction.
+CREATE OR REPLACE FUNCTION goex.begin_{VERSION}() RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE stray text;
+BEGIN
+  IF current_setting('session_replication_role') <> 'origin' THEN
+    RAISE EXCEPTION 'goex session: session_replication_role is %', current_setting('session_replication_role');
+  END IF;
+  SELECT string_agg(c.relname, ', ') INTO stray FROM pg_class c
+    WHERE c.relnamespace = pg_my_temp_schema() AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND c.relkind IN ('r', 'v', 'm', 'S', 'f', 'p');
+  IF stray IS NOT NULL THEN
+    RAISE EXCEPTION 'goex session: temporary objects left by an action: %', stray;
+  END IF;
+  CREATE TEMP TABLE IF NOT EXISTS goex_log (rel oid, old text, new text);
+  CREATE TEMP TABLE IF NOT EXISTS goex_txn (xid xid8, done boolean);
+  DELETE FROM pg_temp.goex_txn WHERE xid <> pg_current_xact_id();
+  IF EXISTS (SELECT 1 FROM pg_temp.goex_txn) THEN
+    RAISE EXCEPTION 'goex: capture already started in this transaction';
+  END IF;
+  INSERT INTO pg_temp.goex_txn VALUES (pg_current_xact_id(), false);
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.start_{VERSION}(names text[], funcs text[], everything boolean, install boolean,
+                                                path text)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE
   rels oid[] := '{{}}'; grown oid[]; r oid; k "char"; nm text; t oid; done oid[] := '{{}}'; reach boolean;
 BEGIN
+  PERFORM goex.begin_{VERSION}();
   DELETE FROM pg_temp.goex_log;
   IF NOT everything THEN
+    PERFORM set_config('search_path', path, true);  -- the statements' names, as they will resolve
     FOREACH nm IN ARRAY names LOOP
       BEGIN
         r := to_regclass(nm);
@@ -146,6 +179,7 @@ BEGIN
         everything := true;
       END IF;
     END LOOP;
+    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
     IF EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')) THEN
       everything := true;
@@ -186,10 +220,28 @@ BEGIN
 END
 $goex$;
 
-CREATE OR REPLACE FUNCTION goex.finish_{VERSION}(rels oid[]) RETURNS jsonb LANGUAGE plpgsql AS $goex$
+-- What an action may not leave behind because undo cannot take it back: large objects.
+CREATE OR REPLACE FUNCTION goex.outside_{VERSION}() RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE xmin = pg_current_xact_id()::xid) THEN
+    RAISE EXCEPTION 'goex: the statements create or change large objects, which goex cannot undo; '
+      'store the bytes in a bytea column instead';
+  END IF;
+END
+$goex$;
+
+CREATE OR REPLACE FUNCTION goex.finish_{VERSION}(rels oid[]) RETURNS jsonb LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE
   t oid; rec record; counts jsonb; tables jsonb := '[]';
 BEGIN
+  -- once per transaction, after start: a second call (smuggled in by the action) aborts the action
+  UPDATE pg_temp.goex_txn SET done = true WHERE xid = pg_current_xact_id() AND NOT done;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'goex: capture was not started in this transaction, or already finished';
+  END IF;
+  PERFORM goex.outside_{VERSION}();
   FOREACH t IN ARRAY rels LOOP
     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = t) THEN
       EXECUTE format('DROP TRIGGER IF EXISTS goex_capture ON %s', t::regclass);
@@ -231,9 +283,48 @@ BEGIN
                             'seqs', goex.sequences_{VERSION}());
 END
 $goex$;
+
+-- Tables whose every row held before the transaction was changed or removed (at least 2 rows):
+-- no row of it is left that this transaction did not write. `target`/`net`/`touched` describe a
+-- single UPDATE or DELETE run without capture triggers.
+CREATE OR REPLACE FUNCTION goex.all_rows_{VERSION}(target oid, net bigint, touched bigint) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE r record; out jsonb := '[]'; me xid := pg_current_xact_id()::xid; untouched boolean; cnt bigint;
+BEGIN
+  FOR r IN
+    SELECT l.rel, sum((l.new IS NOT NULL)::int - (l.old IS NOT NULL)::int) AS net FROM pg_temp.goex_log l
+      GROUP BY l.rel HAVING count(l.old) >= 2
+    UNION ALL SELECT target, net WHERE target IS NOT NULL AND touched >= 2
+  LOOP
+    CONTINUE WHEN r.rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r.rel AND relkind = 'r');
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s x WHERE x.xmin <> $1)', r.rel::regclass)
+      INTO untouched USING me;
+    CONTINUE WHEN untouched;
+    EXECUTE format('SELECT count(*) FROM ONLY %s', r.rel::regclass) INTO cnt;
+    IF cnt - r.net >= 2 THEN
+      out := out || (SELECT to_jsonb(CASE WHEN n.nspname = 'public' THEN c.relname::text
+                                         ELSE n.nspname || '.' || c.relname END)
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.rel);
+    END IF;
+  END LOOP;
+  RETURN out;
+END
+$goex$;
+
+-- The capture log in short: entries, and the net rows added per table.
+CREATE OR REPLACE FUNCTION goex.logged_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+BEGIN
+  RETURN jsonb_build_object('count', (SELECT count(*) FROM pg_temp.goex_log), 'net',
+    (SELECT coalesce(jsonb_object_agg(rel::text, n), '{{}}') FROM (SELECT rel, sum((new IS NOT NULL)::int
+     - (old IS NOT NULL)::int) AS n FROM pg_temp.goex_log GROUP BY rel) s));
+END
+$goex$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA goex FROM PUBLIC;
 """
 
-_LOG = "CREATE TEMP TABLE IF NOT EXISTS goex_log (rel oid, old text, new text)"
+
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -283,16 +374,17 @@ def convert_params(statement: str, params: Any, dialect: str = "postgres") -> tu
 
 
 @functools.lru_cache(maxsize=512)
-def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, bool]:
+def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, bool, str | None]:
     """(row capture suffices, tables named (quoted, qualified), function names, kind, whether it is
-    a single INSERT/UPDATE/DELETE/MERGE whose row count is what it changes in the tables it names)."""
+    a single plain INSERT/UPDATE/DELETE whose row count is what it changes in the tables it names,
+    the table a plain UPDATE/DELETE writes)."""
     from .common import kind_of
     try:
         tree = sqlglot.parse_one(statement, read="postgres")
     except sqlglot.errors.SqlglotError:
-        return False, (), (), "", False
+        return False, (), (), "", False, None
     if tree is None:
-        return False, (), (), "", False
+        return False, (), (), "", False, None
     kind = kind_of(tree, statement)
     rows = kind in ROW_KINDS and not isinstance(tree, exp.Command) and tree.find(exp.Into) is None
     tables = set()
@@ -307,12 +399,182 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
         if name:
             funcs.add(name.lower())
     writes = list(tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge))
-    simple = rows and kind in ("insert", "update", "delete", "merge") and len(writes) == 1
-    return rows, tuple(sorted(tables)), tuple(sorted(funcs)), kind, simple
+    # upserts and MERGE may change rows a count does not attribute: they run with capture
+    simple = rows and len(writes) == 1 and (kind in ("update", "delete") or (
+        kind == "insert" and tree.args.get("conflict") is None))
+    target = tree.args.get("this") if kind in ("update", "delete") else None
+    name = None
+    if isinstance(target, exp.Table) and isinstance(target.this, exp.Identifier):
+        parts = [p for p in (target.args.get("db"), target.this) if isinstance(p, exp.Identifier)]
+        name = ".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts)
+    return rows, tuple(sorted(tables)), tuple(sorted(funcs)), kind, simple, name
 
 
 def _strip_comments(statement: str) -> str:
     return re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
+
+
+# goex's own queries resolve names the same way on every connection, whatever an action set:
+# pg_catalog first, temporary objects last (catalog text such as defaults is qualified by it)
+_PATH = "public, pg_temp"
+_PIN = f"SELECT pg_catalog.set_config('search_path', '{_PATH}', true)"
+_TRIGGERS = ("SELECT coalesce(array_agg(oid ORDER BY oid), '{}') FROM pg_catalog.pg_trigger "
+             "WHERE NOT tgisinternal AND tgname <> 'goex_capture'")
+
+
+class _Dirty(Exception):
+    """A kept connection's session is not as goex left it: it is closed, not repaired in place."""
+
+
+class _Privilege(Exception):
+    """The agent role lacks a privilege on a user object (one created outside goex since)."""
+
+
+def _plain_target(statements: list[str], counted: int) -> tuple[str | None, int]:
+    """The table a single UPDATE/DELETE run without capture writes, and its net row change."""
+    plan = _plan(statements[0])
+    if len(statements) != 1 or plan[5] is None:
+        return None, 0
+    return plan[5], -counted if plan[3] == "delete" else 0
+
+
+def _emptied(conn: psycopg.Connection, before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Tables (TRUNCATE, DELETE) that held at least 2 rows and hold none now."""
+    oids = [int(rel) for rel, n in before.items() if n >= 2 and after.get(rel) == 0]
+    if not oids:
+        return []
+    return [r[0] for r in conn.execute(
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = ANY(%s)", (oids,)).fetchall()]
+
+
+# -- the agent role --------------------------------------------------------------------------------
+
+DEFAULT_ROLE = "goex_agent"
+_ROLE_PARAMS = ("goex_role", "goex_role_password")
+# built-in roles whose members reach server files, programs or every table
+_DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
+                    "pg_read_all_data", "pg_write_all_data")
+_DANGEROUS_FUNCS = ("pg_read_file(text)", "pg_read_binary_file(text)", "pg_ls_dir(text)", "pg_stat_file(text)",
+                    "lo_import(text)", "lo_export(oid,text)", "pg_reload_conf()", "pg_terminate_backend(integer)")
+_ATTRIBUTES = {"rolsuper": "SUPERUSER", "rolcreaterole": "CREATEROLE", "rolcreatedb": "CREATEDB",
+               "rolbypassrls": "BYPASSRLS", "rolreplication": "REPLICATION"}
+
+
+def split_url(url: str) -> tuple[str, str, str | None]:
+    """(the URL goex connects with, the agent role, the agent role's password). `goex_role` and
+    `goex_role_password` query parameters are goex's; the role logs in with the URL's password
+    unless `goex_role_password` is given."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _ROLE_PARAMS}
+    rest = urlencode([(k, v) for k, v in query if k not in _ROLE_PARAMS])
+    role = ours.get("goex_role") or DEFAULT_ROLE
+    password = ours.get("goex_role_password")
+    if password is None and parts.password is not None:
+        password = unquote(parts.password)
+    return urlunsplit(parts._replace(query=rest)), role, password
+
+
+def _dangerous(conn: psycopg.Connection, role: str) -> list[str] | None:
+    """What `role` holds that reaches beyond the database's user schemas (attributes, roles it
+    can SET ROLE to or inherits, functions on server files); None when it does not exist."""
+    row = conn.execute("SELECT oid, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication "
+                       "FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if row is None:
+        return None
+    out = [word for word, held in zip(_ATTRIBUTES.values(), row[1:]) if held]
+    for name, sup, *attrs in conn.execute(
+            "WITH RECURSIVE m(id) AS (SELECT roleid FROM pg_auth_members WHERE member = %s "
+            "UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.id) "
+            "SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication "
+            "FROM m JOIN pg_roles r ON r.oid = m.id ORDER BY 1", (row[0],)).fetchall():
+        if name in _DANGEROUS_ROLES or sup or any(attrs):
+            out.append(f"member of {name}")
+    for func in _DANGEROUS_FUNCS:
+        held = _one(conn, "SELECT to_regprocedure(%s) IS NOT NULL AND has_function_privilege(%s, %s, 'EXECUTE')",
+                    (func, role, func))
+        if held:
+            out.append(f"EXECUTE on {func}")
+    return out
+
+
+def _ensure_role(conn: psycopg.Connection, role: str, named: bool) -> None:
+    """The agent role exists and is harmless: created (LOGIN, nothing else) when the URL's user
+    may create roles, repaired when goex manages it, refused when a role the user named is not."""
+    me = conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone()
+    superuser, creator = bool(me and me[0]), bool(me and me[1])
+    ident = pgsql.Identifier(role)
+    if _dangerous(conn, role) is None:
+        if named or not (superuser or creator):
+            raise ActionFailed(f"sql.execute on PostgreSQL: role {role!r} does not exist and goex may not create it; "
+                               "create a LOGIN role with privileges on the user schemas only and name it with "
+                               "?goex_role=NAME on the database URL")
+        try:  # several processes may get here at once: the first one creates it
+            conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                                   "NOBYPASSRLS NOINHERIT").format(ident))
+            verifier = _one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user") if superuser else None
+            if verifier and verifier.startswith("SCRAM-SHA-256$"):  # the URL's password logs the role in
+                conn.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, pgsql.Literal(verifier)))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            pass
+    dangerous = _dangerous(conn, role) or []
+    if dangerous and not named and superuser:
+        _repair_role(conn, role)
+        dangerous = _dangerous(conn, role) or []
+    if dangerous:
+        raise ActionFailed(f"sql.execute on PostgreSQL: the agent role {role!r} holds {', '.join(dangerous)}; "
+                           "agent SQL must run without them: remove them, or name another role with ?goex_role=NAME")
+
+
+def _repair_role(conn: psycopg.Connection, role: str) -> None:
+    ident = pgsql.Identifier(role)
+    conn.execute(pgsql.SQL("ALTER ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(ident))
+    for (name,) in conn.execute("SELECT r.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid "
+                                "WHERE a.member = (SELECT oid FROM pg_roles WHERE rolname = %s)", (role,)).fetchall():
+        conn.execute(pgsql.SQL("REVOKE {} FROM {}").format(pgsql.Identifier(name), ident))
+    for func in _DANGEROUS_FUNCS:
+        if _one(conn, "SELECT to_regprocedure(%s) IS NOT NULL AND has_function_privilege(%s, %s, 'EXECUTE')",
+                (func, role, func)):
+            conn.execute(pgsql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(pgsql.SQL(func), ident))
+
+
+def _adopt(conn: psycopg.Connection, role: str) -> None:
+    """The agent role owns the user schemas' relations and types (ALTER and DROP need the owner)
+    and may use and create in those schemas; a previous owner that is not a superuser keeps every
+    privilege on what it owned. Runs inside a transaction holding goex's setup lock."""
+    ident = pgsql.Identifier(role)
+    rels = conn.execute(
+        "SELECT format('%%I.%%I', n.nspname, c.relname), c.relkind, r.rolname, r.rolsuper FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner "
+        f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_USER_NS} AND r.rolname <> %s "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+        "AND d.deptype IN ('e', 'a', 'i') AND (d.deptype = 'e' OR c.relkind = 'S')) ORDER BY c.oid",
+        (role,)).fetchall()
+    words = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE", "f": "FOREIGN TABLE"}
+    for name, kind, owner, owner_super in rels:
+        conn.execute(pgsql.SQL("ALTER {} {} OWNER TO {}").format(pgsql.SQL(words[kind]), _ident(name), ident))
+        if not owner_super:
+            what = "SEQUENCE" if kind == "S" else "TABLE"
+            conn.execute(pgsql.SQL("GRANT ALL ON {} {} TO {}").format(pgsql.SQL(what), _ident(name),
+                                                                     pgsql.Identifier(owner)))
+    for name, kind in conn.execute(
+            "SELECT format('%%I.%%I', n.nspname, t.typname), t.typtype FROM pg_type t JOIN pg_namespace n "
+            f"ON n.oid = t.typnamespace WHERE {_USER_NS} AND pg_get_userbyid(t.typowner) <> %s "
+            "AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND "
+            "(SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) AND NOT EXISTS (SELECT 1 FROM pg_depend d "
+            "WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')", (role,)).fetchall():
+        word = "DOMAIN" if kind == "d" else "TYPE"
+        conn.execute(pgsql.SQL("ALTER {} {} OWNER TO {}").format(pgsql.SQL(word), _ident(name), ident))
+    for (nsp,) in conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {_USER_NS} AND NOT "
+                               "(has_schema_privilege(%s, n.oid, 'USAGE') AND has_schema_privilege(%s, n.oid, 'CREATE'))", (role, role)).fetchall():
+        conn.execute(pgsql.SQL("GRANT USAGE, CREATE ON SCHEMA {s} TO {r}; "
+                               "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON TABLES TO {r}; "
+                               "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON SEQUENCES TO {r}").format(
+            s=pgsql.Identifier(nsp), r=ident))
 
 
 # -- the engine ------------------------------------------------------------------------------------
@@ -323,10 +585,11 @@ class PostgresEngine:
     dialect = "postgres"
 
     def __init__(self, url: str):
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
-        self.url = url
-        self.name = unquote(urlsplit(url).path.lstrip("/")) or "postgres"
+        self.url, self.role, password = split_url(url)
+        self.name = unquote(urlsplit(self.url).path.lstrip("/")) or "postgres"
+        self._agent_url = psycopg.conninfo.make_conninfo(
+            self.url, user=self.role, **({"password": password} if password is not None else {}))
+        self._named = self.role != DEFAULT_ROLE  # a role the user gave: goex checks it, never changes it
         self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._ready = False
@@ -334,25 +597,55 @@ class PostgresEngine:
     # -- connections -----------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:
+        """A connection as the URL's user: goex's setup, capture reads, undo, recovery."""
         try:
             conn = psycopg.connect(self.url, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
             raise ActionFailed(f"sql.execute: cannot connect to PostgreSQL database {self.name!r}: "
                                f"{str(exc).strip()}") from None
+        conn.execute(f"SET search_path = {_PATH}")
         if not self._ready:
             self._setup(conn)
-        conn.execute(_LOG)
         return conn
 
+    def _agent(self) -> psycopg.Connection:
+        """A connection logged in as the agent role: the session user itself holds no dangerous
+        privilege, so no SET ROLE / set_config('role') inside an action can regain one."""
+        if not self._ready:
+            self._connect().close()
+        try:
+            return psycopg.connect(self._agent_url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            raise ActionFailed(f"sql.execute: cannot log in to {self.name!r} as the agent role {self.role!r}: "
+                               f"{str(exc).strip()}; allow it in pg_hba.conf, or name a role goex may use with "
+                               "?goex_role=NAME&goex_role_password=PASSWORD on the database URL") from None
+
     def _setup(self, conn: psycopg.Connection) -> None:
-        row = conn.execute(f"SELECT to_regprocedure('goex.finish_{VERSION}(oid[])') IS NOT NULL").fetchone()
-        if not (row and row[0]):
+        _ensure_role(conn, self.role, self._named)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7306007145)")
+            row = conn.execute(f"SELECT to_regprocedure('goex.outside_{VERSION}()') IS NOT NULL"
+                               ).fetchone()
+            if not (row and row[0]):
+                conn.execute(_SETUP.encode())
+            conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA goex TO {r}; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA goex "
+                                   "TO {r}").format(r=pgsql.Identifier(self.role)))
+            if not self._named:
+                _adopt(conn, self.role)
+        self._ready = True
+
+    def adopt(self) -> None:
+        """Give the agent role the user schemas' objects created outside goex since (DDL needs
+        ownership); the role goex manages only."""
+        if self._named:
+            return
+        conn = self._connect()
+        try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(7306007145)")
-                row = conn.execute(f"SELECT to_regprocedure('goex.finish_{VERSION}(oid[])') IS NOT NULL").fetchone()
-                if not (row and row[0]):
-                    conn.execute(_SETUP.encode())
-        self._ready = True
+                _adopt(conn, self.role)
+        finally:
+            conn.close()
 
     def _take(self) -> psycopg.Connection:
         with self._lock:
@@ -361,7 +654,7 @@ class PostgresEngine:
                 if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                     return conn
                 conn.close()
-        return self._connect()
+        return self._agent()
 
     def _give(self, conn: psycopg.Connection, reuse: bool = True) -> None:
         if conn.closed:
@@ -382,6 +675,27 @@ class PostgresEngine:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    def agent_privileges(self) -> dict[str, Any]:
+        """The role agent SQL runs as, and the dangerous attributes, memberships and functions it
+        holds (none when safe)."""
+        try:  # no setup: a report, also for a role goex refuses to use
+            conn = psycopg.connect(self.url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            return {"runs_as": self.role, "safe": False, "dangerous": ["unknown"],
+                    "detail": f"cannot connect to {self.name}: {str(exc).strip()}"}
+        try:
+            dangerous = _dangerous(conn, self.role)
+        finally:
+            conn.close()
+        if dangerous is None:
+            return {"runs_as": self.role, "safe": False, "dangerous": ["missing"],
+                    "detail": f"role {self.role!r} does not exist on {self.name}"}
+        detail = (f"agent SQL on {self.name} logs in as role {self.role!r}: no superuser, role or database creation, "
+                  "RLS bypass, replication, server file or program access")
+        if dangerous:
+            detail = f"agent SQL on {self.name} runs as role {self.role!r}, which holds: {', '.join(dangerous)}"
+        return {"runs_as": self.role, "safe": not dangerous, "dangerous": dangerous, "detail": detail}
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -440,33 +754,76 @@ class PostgresEngine:
     def _rows_mode(self, statements: list[str]) -> bool:
         return all(_plan(s)[0] for s in statements)
 
-    def _start(self, conn: psycopg.Connection, statements: list[str], everything: bool,
-               install: bool = True) -> dict[str, Any]:
+    def _begin(self, conn: psycopg.Connection, statements: list[str], everything: bool,
+               install: bool) -> dict[str, Any]:
+        """Reset what an earlier action may have left in the session, open the transaction and
+        start capture; raises _Dirty when the session is not as goex left it."""
         tables = sorted({t for s in statements for t in _plan(s)[1]})
         funcs = sorted({f for s in statements for f in _plan(s)[2]})
-        query = pgsql.SQL("BEGIN; SELECT goex.start_{}({}::text[], {}::text[], {}, {})").format(
+        # explicit modes: the transaction must not take the defaults an earlier action set
+        query = pgsql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; "
+                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path'))").format(
             pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
             pgsql.Literal(install))
-        cur = conn.execute(query)
+        try:
+            cur = conn.execute(query)
+        except psycopg.Error as exc:
+            if (exc.diag.message_primary or "").startswith("goex session:"):
+                raise _Dirty(_message(exc)) from None
+            raise
+        cur.nextset()
+        cur.nextset()
+        who = cur.fetchone()
+        if who is None or who[1] != self.role:
+            raise _Dirty(f"the session user is {who[1] if who else None!r}, not the agent role {self.role!r}")
         cur.nextset()
         row = cur.fetchone()
         assert row is not None
         return row[0]
 
-    def dry_run(self, statements: list[str], params: Any) -> int:
-        """Rows the statements would change (foreign-key actions, triggers, and the rows of tables
-        dropped or truncated included), by running them in a transaction that is rolled back."""
+    def _start(self, conn: psycopg.Connection, statements: list[str], everything: bool,
+               install: bool = True) -> tuple[psycopg.Connection, dict[str, Any]]:
+        """`_begin` on `conn`, or, when its session is not clean, on a fresh connection (the dirty
+        one is closed, never reused)."""
+        try:
+            return conn, self._begin(conn, statements, everything, install)
+        except _Dirty:
+            conn.close()
+        conn = self._agent()
+        try:
+            return conn, self._begin(conn, statements, everything, install)
+        except _Dirty as exc:
+            conn.close()
+            raise ActionFailed(f"sql.execute on {self.name}: a new session is not clean ({exc}); nothing was "
+                               "applied") from None
+
+    def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
+        """What the statements would do, from a run as the agent role in a transaction that is
+        rolled back: `rows` they change (foreign-key actions, triggers, and the rows of tables
+        dropped or truncated included), `all_rows` (tables of at least 2 rows every row of which
+        they change or remove) and `creates_trigger` (a trigger exists after them that did not)."""
+        try:
+            return self._effect(statements, params)
+        except _Privilege:
+            self.adopt()  # objects created outside goex since: the agent role takes them over once
+            try:
+                return self._effect(statements, params)
+            except _Privilege as exc:
+                raise ActionFailed(f"sql.execute on {self.name}: {exc}; nothing was applied") from None
+
+    def _effect(self, statements: list[str], params: Any) -> dict[str, Any]:
         rows_mode = self._rows_mode(statements)
-        conn = self._take() if rows_mode else self._connect()
+        conn = self._take() if rows_mode else self._agent()
         seqs_before: dict[str, Any] = {}
         seqs_after: dict[str, Any] | None = None
         try:
-            simple = rows_mode and all(_plan(s)[4] for s in statements)
+            simple = rows_mode and len(statements) == 1 and _plan(statements[0])[4]
             try:
-                started = self._start(conn, statements, not rows_mode, install=not simple)
+                conn, started = self._start(conn, statements, not rows_mode, install=not simple)
             except psycopg.Error as exc:
                 raise _error(self.name, exc, "nothing was applied") from None
             seqs_before = started["seqs"]
+            triggers_before = [] if rows_mode else _one(conn, _TRIGGERS)
             counts_before = {} if rows_mode else _one(conn, f"SELECT goex.counts_{VERSION}()")
             counted = 0
             for n, statement in enumerate(statements):
@@ -474,27 +831,34 @@ class PostgresEngine:
                 try:
                     cur = conn.execute(text, values)
                 except psycopg.Error as exc:
+                    if exc.sqlstate == "42501":
+                        raise _Privilege(_message(exc)) from None
                     raise _error(self.name, exc, "nothing was applied", n, len(statements)) from None
                 counted += max(cur.rowcount, 0)
             try:
-                logged, seqs_after = conn.execute(
-                    f"SELECT (SELECT count(*) FROM pg_temp.goex_log), goex.sequences_{VERSION}()").fetchone()
-                changed = counted if started.get("plain") else logged
+                conn.execute(_PIN)  # what the statements set must not steer goex's own queries
+                plain = started.get("plain")
+                target, net = _plain_target(statements, counted) if plain else (None, 0)
+                log, seqs_after, all_rows = conn.execute(
+                    f"SELECT goex.logged_{VERSION}(), goex.sequences_{VERSION}(), "
+                    f"goex.all_rows_{VERSION}(to_regclass(%s)::oid, %s, %s)", (target, net, counted)).fetchone()
+                changed = counted if plain else log["count"]
+                creates_trigger = False
                 if not rows_mode:
                     counts_after = _one(conn, f"SELECT goex.counts_{VERSION}()")
-                    logged = conn.execute("SELECT rel::text, sum((new IS NOT NULL)::int - (old IS NOT NULL)::int) "
-                                          "FROM pg_temp.goex_log GROUP BY 1").fetchall()
-                    net = {rel: int(n) for rel, n in logged}
+                    creates_trigger = bool(set(_one(conn, _TRIGGERS)) - set(triggers_before))
+                    net_by_rel = {rel: int(n) for rel, n in log["net"].items()}
                     for rel in set(counts_before) | set(counts_after):
                         if rel not in counts_after:
                             changed += counts_before[rel]
                         elif rel not in counts_before:
                             changed += counts_after[rel]
                         else:
-                            changed += abs(counts_after[rel] - counts_before[rel] - net.get(rel, 0))
+                            changed += abs(counts_after[rel] - counts_before[rel] - net_by_rel.get(rel, 0))
+                    all_rows = all_rows + _emptied(conn, counts_before, counts_after)
             except psycopg.Error as exc:
                 raise _error(self.name, exc, "nothing was applied") from None
-            return int(changed)
+            return {"rows": int(changed), "all_rows": sorted(set(all_rows)), "creates_trigger": creates_trigger}
         finally:
             _rollback(conn)
             _reset_sequences(conn, seqs_before, seqs_after)
@@ -505,6 +869,7 @@ class PostgresEngine:
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
         if self._rows_mode(statements):
             return {"mode": "rows"}
+        self.adopt()  # DDL needs the owner: objects created outside goex since are taken over first
         conn = self._connect()
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -524,7 +889,7 @@ class PostgresEngine:
         reads = all(a.get("kind") in ("select", "union", "intersect", "except", "values") for a in analyses) \
             and all(_plan(s)[0] for s in statements)
         rows_mode = mode == "rows"
-        conn = self._take() if rows_mode else self._connect()
+        conn = self._take() if rows_mode else self._agent()
         state: dict[str, Any] = {"seqs": {}, "seqs_after": None, "rels": []}
 
         def fail() -> None:
@@ -534,14 +899,12 @@ class PostgresEngine:
 
         try:
             try:
-                if rows_mode and not reads:
-                    started = self._start(conn, statements, False)
-                    state["rels"] = started["rels"]
-                    state["seqs"] = started["seqs"]
-                else:
-                    conn.execute("BEGIN")
-                    state["seqs"] = _one(conn, f"SELECT goex.sequences_{VERSION}()")
+                capture = rows_mode and not reads
+                conn, started = self._start(conn, statements if capture else [], False, install=capture)
+                state["rels"] = started["rels"]
+                state["seqs"] = started["seqs"]
                 if mode == "dump" and "fingerprint" in before:  # a write: its dump must still be current
+                    conn.execute(_PIN)
                     now = _digest(_fingerprint(_objects(conn)))
                     if now != before.get("fingerprint"):
                         raise ActionFailed(f"sql.execute on {self.name}: the database changed between the snapshot "
@@ -569,6 +932,7 @@ class PostgresEngine:
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             try:
+                conn.execute(_PIN)  # what the statements set must not steer goex's own queries
                 if rows_mode:
                     done = _one(conn, pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(
                         pgsql.SQL(VERSION), pgsql.Literal(state["rels"])))
@@ -585,6 +949,7 @@ class PostgresEngine:
                                     "shapes": {t["table"]: t["shape"] for t in tables},
                                     "sequences": {k: v[1] for k, v in out["sequences"].items()}}
                     return out
+                conn.execute(f"SELECT goex.outside_{VERSION}()")
                 xid = _one(conn, "SELECT pg_current_xact_id()::text")
                 objects = _fingerprint(_objects(conn))
                 state["seqs_after"] = _one(conn, f"SELECT goex.sequences_{VERSION}()")
@@ -1027,10 +1392,9 @@ def dump(url: str) -> str:
     """Canonical text of the whole database (every user schema; goex's own objects left out):
     tables with their columns, constraints, indexes, triggers and sorted rows, views, sequences
     with their positions, functions and enums, every part in a fixed order."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+    url = split_url(url)[0]
     with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(f"SET search_path = {_PATH}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             objects = _objects(conn)
         finally:
