@@ -150,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
                 "limits hold in each (measured by probe runs).", root=False)
     c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:1)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
+                   help="also report, for this database, the role or account agent SQL runs as and whether it "
+                        "lacks the dangerous privileges (repeatable; relative SQLite paths are under --root)")
+    c.add_argument("--root", default=".", help="the workspace relative SQLite paths are under (default: .)")
+    c.add_argument("--databases-only", action="store_true", help="skip the sandbox probes (they take seconds)")
 
     c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
     c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
@@ -436,15 +441,53 @@ def _doctor(args: argparse.Namespace) -> int:
     """Sections (one per subject) measured on this machine; `--json` prints them as one object."""
     from .adapters.code import backends
 
-    sandboxes = backends.report(args.image or backends.DEFAULT_IMAGE)
-    uses = next((n for n in ("docker", "bwrap") if sandboxes[n]["works"]), None)
-    report: dict[str, Any] = {"sandboxes": sandboxes, "code_run_uses": uses}
+    report: dict[str, Any] = {}
+    ok = True
+    if not args.databases_only:
+        sandboxes = backends.report(args.image or backends.DEFAULT_IMAGE)
+        uses = next((n for n in ("docker", "bwrap") if sandboxes[n]["works"]), None)
+        report.update(sandboxes=sandboxes, code_run_uses=uses)
+        ok = uses is not None
+    if args.db:
+        report["databases"] = _database_privileges(args.db, Path(args.root))
+        ok = ok and all(d["safe"] for d in report["databases"].values())
     if args.json:
         print(json.dumps(report, indent=1))
-    else:
-        _print_sandboxes(sandboxes)
-        print(f"code.run uses: {uses or 'nothing (no sandbox works here)'}")
-    return EXIT_OK if uses else EXIT_FAILED
+        return EXIT_OK if ok else EXIT_FAILED
+    if "sandboxes" in report:
+        _print_sandboxes(report["sandboxes"])
+        print(f"code.run uses: {report['code_run_uses'] or 'nothing (no sandbox works here)'}")
+    for name, d in report.get("databases", {}).items():
+        verdict = "lacks the dangerous privileges" if d["safe"] else "UNSAFE: " + (", ".join(d["dangerous"]) or "see detail")
+        print(f"db {name} ({d.get('engine', '?')}): agent SQL runs as {d['runs_as']}; {verdict}")
+        if d.get("detail"):
+            print(f"         {d['detail']}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _database_privileges(specs: list[str], root: Path) -> dict[str, dict[str, Any]]:
+    """Per database: who agent SQL runs as and which dangerous privileges it holds (asked of the
+    database itself; a database that cannot be reached is reported unsafe, with the reason)."""
+    from .adapters.sql.adapter import engine_for, parse_databases
+
+    named = {}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url:
+            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
+        named[name] = url
+    out: dict[str, dict[str, Any]] = {}
+    for name, db in parse_databases(named, root.resolve()).items():
+        try:
+            engine = engine_for(db)
+            try:
+                out[name] = {"engine": db.kind, **engine.agent_privileges()}  # type: ignore[attr-defined]
+            finally:
+                engine.close()
+        except GoexError as exc:
+            out[name] = {"engine": db.kind, "runs_as": "?", "safe": False, "dangerous": [],
+                         "detail": f"could not be checked: {exc}"}
+    return out
 
 
 def _print_sandboxes(sandboxes: dict[str, Any]) -> None:
