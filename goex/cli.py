@@ -417,6 +417,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"journal CORRUPT: {exc}", file=sys.stderr)
             return EXIT_FAILED
     print(f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
