@@ -42,7 +42,7 @@ def verify(journal: Journal, *, expect_head: str | None = None) -> VerifyReport:
 
 
 def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, str] | None = None,
-            where: str = "") -> VerifyReport:
+            anchor_file: str = "") -> VerifyReport:
     replay = sqlite3.connect(":memory:")
     replay.executescript(_SCHEMA)
     cur = replay.cursor()
@@ -76,7 +76,7 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
             seq=last_seq + 1,
         )
     if kept is not None:
-        check_anchor(kept, last_seq, hashes.__getitem__, where)
+        check_anchor(kept, last_seq, hashes.__getitem__, anchor_file)
     if expect_head is not None:
         _check_anchor(db, expect_head, last_seq)
     for table, key in (("entries", "seq"), ("checkpoints", "seq")):
