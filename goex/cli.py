@@ -347,8 +347,8 @@ def _undo(args: argparse.Namespace) -> int:
         if args.all:
             undone = rt.rollback_all(force=args.force)
         elif args.to:
-            rows = rt.journal.query("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
-                                    (args.to, args.to))
+            rows = rt.journal.select("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
+                                     (args.to, args.to))
             if args.session:
                 rows = [r for r in rows if r["session"] == args.session] or rows[:0]
             if not rows:
@@ -369,7 +369,7 @@ def _undo(args: argparse.Namespace) -> int:
 
 
 def _newest_session(rt: Runtime) -> str:
-    rows = rt.journal.query("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
+    rows = rt.journal.select("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
     if not rows:
         raise GoexError("the journal has no entries yet; nothing to undo")
     return rows[0]["session"]

@@ -367,6 +367,7 @@ class Journal:
         return row if row else (0, GENESIS)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """The stored index as it is, unverified: for figures only; what acts goes through `select`."""
         with self._thread_lock:
             cur = self._db.cursor()
             cur.row_factory = sqlite3.Row
