@@ -354,8 +354,8 @@ def _undo(args: argparse.Namespace) -> int:
         if args.all:
             undone = rt.rollback_all(force=args.force)
         elif args.to:
-            rows = rt.journal.query("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
-                                    (args.to, args.to))
+            rows = rt.journal.select("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
+                                     (args.to, args.to))
             if args.session:
                 rows = [r for r in rows if r["session"] == args.session] or rows[:0]
             if not rows:
@@ -376,7 +376,7 @@ def _undo(args: argparse.Namespace) -> int:
 
 
 def _newest_session(rt: Runtime) -> str:
-    rows = rt.journal.query("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
+    rows = rt.journal.select("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
     if not rows:
         raise GoexError("the journal has no entries yet; nothing to undo")
     return rows[0]["session"]
@@ -424,6 +424,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"journal CORRUPT: {exc}", file=sys.stderr)
             return EXIT_FAILED
     print(f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

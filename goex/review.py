@@ -27,7 +27,7 @@ class ReviewItem:
 def review(rt: "Runtime", session: str) -> list[ReviewItem]:
     """Every entry of `session`, oldest first, with what it changed."""
     items = []
-    for row in rt.journal.query("SELECT * FROM entries WHERE session = ? ORDER BY seq", (session,)):
+    for row in rt.journal.select("SELECT * FROM entries WHERE session = ? ORDER BY seq", (session,)):
         entry = rt.journal.record(row["seq"])
         after = rt.journal.record(row["after_seq"]).get("after") if row["after_seq"] else None
         items.append(ReviewItem(row["id"], row["type"], row["target"], row["status"], row["decision"],

@@ -26,7 +26,7 @@ from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
 from .adapters.http.secrets import SecretRefused
 from .adapters.sql.adapter import SqlAdapter, SqlRefused, parse_databases
-from .errors import ActionFailed, GoexError, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
+from .errors import ActionFailed, GoexError, JournalCorrupt, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id, entry_seq
 from .journal.verify import VerifyReport, verify
 from .policy import ALLOW, BUDGETS, PREVIEW_FIELDS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
@@ -424,7 +424,7 @@ class Runtime:
 
     def _load_usage(self, session_id: str, upto: int) -> dict[str, int]:
         totals: dict[str, int] = {}
-        rows = self.journal.query(
+        rows = self.journal.select(
             "SELECT seq FROM entries WHERE session = ? AND seq <= ? AND status NOT IN "
             "('denied', 'failed', 'awaiting_approval', 'rejected', 'approved')", (session_id, upto))
         for row in rows:
@@ -597,15 +597,15 @@ class Runtime:
         if not plan.get("staged"):
             return plan
         seq = (after or {}).get("captured")
-        if seq is None:  # interrupted before "applied": look for its capture record
-            eid = entry_id(entry["seq"])
-            for rseq, body, _ in self.journal.records(entry["seq"]):
-                if '"kind":"captured"' in body and f'"entry":"{eid}"' in body:
-                    seq = rseq
-                    break
+        if seq is None:  # interrupted before "applied": its capture record, if it was written
+            seq = self.journal.captured(entry_id(entry["seq"]))
         if seq is None:
             return plan
-        return {**plan, "captured": self.journal.record(seq)["plan"], "captured_seq": seq}
+        record = self.journal.record(seq)
+        if record.get("kind") != "captured" or record.get("entry") != entry_id(entry["seq"]):
+            raise JournalCorrupt(f"entry {entry_id(entry['seq'])} names record {seq} as its capture, which it is not; "
+                                 "nothing was undone from it. Run `goex verify`", seq=seq)
+        return {**plan, "captured": record["plan"], "captured_seq": seq}
 
     def _revert_pending(self, adapter: Adapter, eid: str, plan: dict[str, Any], reason: str) -> None:
         try:
@@ -680,7 +680,7 @@ class Runtime:
         selected under the lock so nothing slips in between."""
         sql = ("SELECT * FROM entries WHERE status IN ('applied', 'undo_failed') AND undoable = 1"
                + (f" AND {where}" if where else "") + " ORDER BY seq DESC" + (" LIMIT ?" if limit else ""))
-        select = lambda: self.journal.query(sql, params + ((limit,) if limit else ()))  # noqa: E731
+        select = lambda: self.journal.select(sql, params + ((limit,) if limit else ()))  # noqa: E731
         done: list[str] = []
         unrecorded: list[tuple[str, dict[str, Any]]] = []  # undone, "undone" record not written yet
         with self.journal.exclusive():
@@ -719,6 +719,9 @@ class Runtime:
                 tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
             try:
                 details = adapter.revert(plan, after, self.journal.read_blob, force) or {}
+            except JournalCorrupt as exc:  # a forged plan, refused before its first op: nothing changed
+                self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
+                raise
             except CompensationFailed as exc:  # nothing changed: say so, never "undone"
                 self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
                 if exc.conflict:
@@ -754,7 +757,7 @@ class Runtime:
 
     def _recover_locked(self, report: RecoveryReport) -> None:
         # Holding the lock proves no live process is mid-action: its owner died.
-        rows = self.journal.query("SELECT * FROM entries WHERE status IN ('pending', 'undoing') ORDER BY seq DESC")
+        rows = self.journal.select("SELECT * FROM entries WHERE status IN ('pending', 'undoing') ORDER BY seq DESC")
         for row in rows:
             eid = row["id"]
             entry = self.journal.record(row["seq"])
@@ -793,13 +796,13 @@ class Runtime:
     def log(self, session: str | None = None) -> list[dict[str, Any]]:
         """Every entry, oldest first: id, time, session, actor, type, target, decision, status."""
         sql = "SELECT id, time, session, actor, type, target, decision, status FROM entries"
-        rows = self.journal.query(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
+        rows = self.journal.select(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
                                   (session,) if session else ())
         return [dict(r) for r in rows]
 
     def checkpoints(self, session: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT id, session, label, time FROM checkpoints"
-        rows = self.journal.query(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
+        rows = self.journal.select(sql + (" WHERE session = ? ORDER BY seq" if session else " ORDER BY seq"),
                                   (session,) if session else ())
         return [dict(r) for r in rows]
 
@@ -876,7 +879,7 @@ class Session:
         return self.runtime._undo_selected("session = ? AND seq > ?", (self.id, after), force)
 
     def _checkpoint_seq(self, to: str) -> int:
-        rows = self.runtime.journal.query(
+        rows = self.runtime.journal.select(
             "SELECT seq FROM checkpoints WHERE session = ? AND (id = ? OR label = ?) ORDER BY seq DESC LIMIT 1",
             (self.id, to, to))
         if not rows:

@@ -6,9 +6,16 @@ import os
 import stat
 from pathlib import Path
 
+import shutil
+import tempfile
+
 import pytest
 
-import goex
+# goex keeps per-user state (journal anchors, database account secrets) in GOEX_STATE_DIR: the
+# suite's hundreds of journals keep theirs in a folder of its own, removed at the end
+_STATE = os.environ.setdefault("GOEX_STATE_DIR", tempfile.mkdtemp(prefix="goex-test-state-"))
+
+import goex  # noqa: E402
 
 _skipped: list[str] = []
 
@@ -19,6 +26,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _STATE.startswith(tempfile.gettempdir()) and "goex-test-state-" in _STATE:
+        shutil.rmtree(_STATE, ignore_errors=True)
     if os.environ.get("CI") and _skipped and exitstatus == 0:
         print(f"\nCI: {len(_skipped)} test(s) skipped; in CI every test must run: {', '.join(_skipped[:10])}")
         session.exitstatus = 1

@@ -227,7 +227,7 @@ class GoexEnv(gymnasium.Env):
             except GoexError as exc:
                 gymnasium.logger.warn(f"goex: closing, the last episode of {world.task.id} did not roll back: {exc}")
         for world in self._worlds.values():
-            world.close()
+            world.remove() if self._own_home else world.close()
         self._worlds.clear()
         if self._service is not None:
             self._service.close()
@@ -243,8 +243,7 @@ class GoexEnv(gymnasium.Env):
         self._monitors.pop(task_id, None)
         self._drifted.discard(task_id)
         if world is not None:
-            world.close()
-            shutil.rmtree(world.home, ignore_errors=True)
+            world.remove()
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import httpx
 
 from ..adapters.http.adapter import HttpConfig
 from ..errors import GoexError
+from ..journal.anchor import forget_anchor
 from ..runtime import Runtime
 from ..sql import dump
 from .task import SERVICE_ALIAS, Task
@@ -116,6 +117,12 @@ class World:
     def close(self) -> None:
         self.runtime.close()
         self._drop()
+
+    def remove(self) -> None:
+        """Close the world and delete it: its folder and its journal's anchor."""
+        self.close()
+        forget_anchor(self.runtime.journal.folder)
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def query(self, db: str, sql: str) -> list[list[Any]]:
         """Rows of a read-only query on one of the world's databases (for graders)."""

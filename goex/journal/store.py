@@ -9,6 +9,11 @@ Stored in one SQLite database (`journal.db`, WAL mode) inside the journal folder
 - `entries`, `checkpoints`: an index derived from the records (status of each entry), kept in the
   same transactions for fast queries; `verify` rebuilds it from the records and compares.
 
+What undo, recovery, approval and review act on is read through `select` and `record`: records are
+chain-verified once, from a watermark kept in memory, into an in-memory replay of the index, and
+the stored index must agree with that replay before it selects anything. The head is also kept
+outside the workspace (`anchor.py`), so a tail rewritten with recomputed hashes shows too.
+
 Every process appends under one exclusive lock (`lock` file, flock), held across an action's
 capture, apply and record, so concurrent sessions on one root never interleave inside an action.
 See docs/journal.md for the format.
@@ -26,9 +31,10 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import JournalBusy, JournalCorrupt, JournalUnavailable
+from .anchor import Anchor
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
@@ -86,6 +92,7 @@ class Transaction:
         self._cur = cur
         row = cur.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         self.seq, self.hash = row if row else (0, GENESIS)
+        self.start = self.seq
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -124,6 +131,8 @@ class Journal:
         self._checked: dict[str, bytes] = {}
         self._lock_fd = -1
         self._db = None  # type: ignore[assignment]
+        self.anchor = Anchor(self.folder)
+        self._replay = Replay()
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -138,11 +147,14 @@ class Journal:
         self._synchronous = ""
         try:
             with self.exclusive():  # a new journal is set up by one process at a time
+                new_journal = not (self.folder / "journal.db").exists() or self._db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone()[0] == 0
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._set_sync(durable=True)
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
                 version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+                self.anchor.open(self.head(), new_journal=new_journal)
         except sqlite3.OperationalError as exc:
             self.close()
             if "readonly" in str(exc) or "read-only" in str(exc) or "unable to open" in str(exc):
@@ -160,6 +172,8 @@ class Journal:
         self._identity = _identity(self.folder / "journal.db")
 
     def close(self) -> None:
+        if getattr(self, "anchor", None) is not None:
+            self.anchor.close()
         if getattr(self, "_db", None) is not None:
             self._db.close()
             self._db = None  # type: ignore[assignment]
@@ -214,6 +228,8 @@ class Journal:
                     (tx.seq, tx.hash),
                 )
                 cur.execute("COMMIT")
+                if tx.seq != tx.start:  # still under the lock: the anchor follows the head exactly
+                    self.anchor.write(tx.seq, tx.hash)
             except sqlite3.OperationalError as exc:  # disk full, read-only file system, I/O error
                 if self._db.in_transaction:
                     cur.execute("ROLLBACK")
@@ -259,18 +275,89 @@ class Journal:
                 room -= len(data)
 
     def record(self, seq: int) -> dict[str, Any]:
-        """One record, checked against its hash and its predecessor's before anyone acts on it."""
+        """One record, exactly as the hash chain vouches for it (verified up to it first if needed)."""
         with self._thread_lock:
-            rows = self._db.execute("SELECT seq, body, hash FROM records WHERE seq IN (?, ?) ORDER BY seq",
-                                    (seq - 1, seq)).fetchall()
-        if not rows or rows[-1][0] != seq:
-            raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
-        prev = rows[0][2] if len(rows) == 2 else GENESIS if seq == 1 else None
-        body, digest = rows[-1][1], rows[-1][2]
-        if prev is None or chain(prev, body) != digest:
-            raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone from it. "
-                                 "Run `goex verify`", seq=seq)
-        return json.loads(body)
+            if seq > self._replay.seq:
+                self._verified()
+            replay = self._replay
+            row = self._db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone() \
+                if 0 < seq <= replay.seq else None
+            if row is None:
+                raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
+            if chain(replay.hashes[seq - 1], row[0]) != replay.hashes[seq]:
+                raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone "
+                                     "from it. Run `goex verify`", seq=seq)
+        return json.loads(row[0])
+
+    def select(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of the index (`entries`, `checkpoints`) as the verified records derive them.
+
+        The query runs on the stored index and on the in-memory replay of the verified records,
+        in one snapshot; any difference (an index row edited, added or removed) is JournalCorrupt,
+        so an edited `status`, `undoable` or `after_seq` can never steer undo or recovery."""
+        with self._thread_lock:
+            with self.snapshot():
+                self._verified()
+                stored = self._db.execute(sql, params).fetchall()
+            cur = self._replay.db.cursor()
+            cur.row_factory = sqlite3.Row
+            rows = cur.execute(sql, params).fetchall()
+        derived = [tuple(r) for r in rows]
+        if derived != stored:
+            at = next((i for i, (a, b) in enumerate(zip(derived, stored)) if a != b), min(len(derived), len(stored)))
+            near = (stored[at] if at < len(stored) else derived[at])[0]
+            raise JournalCorrupt(f"the journal's index disagrees with its records (at {near}): it was edited; "
+                                 "nothing was done from it. Run `goex verify`")
+        return rows
+
+    def captured(self, eid: str) -> int | None:
+        """The seq of the verified `captured` record of entry `eid`, if there is one."""
+        with self._thread_lock:
+            if eid not in self._replay.captured:
+                self._verified()
+            return self._replay.captured.get(eid)
+
+    def verified_head(self) -> tuple[int, str]:
+        """The head as verified: the chain from the first record, the stored head and the anchor agree."""
+        with self._thread_lock:
+            self._verified()
+            return self._replay.seq, self._replay.hash
+
+    def _verified(self) -> None:
+        """Bring the replay up to the stored head: verify the new records' chain from the watermark,
+        then check the watermark against the head and the anchor kept outside the workspace."""
+        with self.snapshot():
+            self._verify_new()
+
+    def _verify_new(self) -> None:
+        kept = self.anchor.read()  # before the snapshot's first read: the anchor never runs ahead of it
+        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        head = tuple(row) if row else (0, GENESIS)
+        replay = self._replay
+        if head[0] < replay.seq or (head[0] == replay.seq and head[1] != replay.hash):
+            raise JournalCorrupt(f"the journal's head went from record {replay.seq} to record {head[0]} "
+                                 "(truncated or rewritten); nothing was done from it. Run `goex verify`", seq=head[0])
+        if head[0] > replay.seq:
+            replay.extend(self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? AND seq <= ? "
+                                           "ORDER BY seq", (replay.seq, head[0])))
+            if (replay.seq, replay.hash) != head:
+                raise JournalCorrupt(f"the journal's head says record {head[0]} but its records end at record "
+                                     f"{replay.seq} (truncated or rewound). Run `goex verify`", seq=replay.seq + 1)
+        if kept is not None:
+            check_anchor(kept, replay.seq, lambda seq: replay.hashes[seq], str(self.anchor.path))
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: the records, the head and the index are read as of one commit."""
+        with self._thread_lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._db.execute("COMMIT")
 
     def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
         yield from self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
@@ -280,6 +367,7 @@ class Journal:
         return row if row else (0, GENESIS)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """The stored index as it is, unverified: for figures only; what acts goes through `select`."""
         with self._thread_lock:
             cur = self._db.cursor()
             cur.row_factory = sqlite3.Row
@@ -292,12 +380,79 @@ class Journal:
         return changed
 
     def entry(self, eid: str) -> sqlite3.Row | None:
-        rows = self.query("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
+        """An entry's index row, checked against the verified records."""
+        rows = self.select("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
         return rows[0] if rows else None
 
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""
         return self._db
+
+
+class Replay:
+    """What the hash chain vouches for: the index rebuilt in memory from verified records, the hash
+    of every verified record, and the verified watermark (`seq`, `hash`)."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.db.executescript(_SCHEMA)
+        self.seq, self.hash = 0, GENESIS
+        self.hashes: list[str] = [GENESIS]  # hashes[seq]
+        self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
+
+    def extend(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        """Verify records following the watermark and index them; all or nothing."""
+        seq, prev = self.seq, self.hash
+        hashes: list[str] = []
+        captured: dict[str, int] = {}
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for rseq, body, digest in rows:
+                if rseq != seq + 1:
+                    raise JournalCorrupt(f"records {seq + 1}..{rseq - 1} are missing from the journal (deleted). "
+                                         "Run `goex verify`", seq=seq + 1)
+                if chain(prev, body) != digest:
+                    raise JournalCorrupt(f"record {rseq} does not match its hash chain (edited); nothing was done "
+                                         "from it. Run `goex verify`", seq=rseq)
+                record = _parse(rseq, body)
+                try:
+                    index_record(cur, record)
+                except (KeyError, TypeError, AttributeError, sqlite3.DatabaseError) as exc:
+                    raise JournalCorrupt(f"record {rseq} is malformed ({exc}). Run `goex verify`", seq=rseq) from None
+                if record["kind"] == "captured":
+                    captured.setdefault(record["entry"], rseq)
+                hashes.append(digest)
+                seq, prev = rseq, digest
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self.hashes.extend(hashes)
+        self.captured.update(captured)
+        self.seq, self.hash = seq, prev
+
+
+def _parse(seq: int, body: str) -> dict[str, Any]:
+    try:
+        record = json.loads(body)
+    except json.JSONDecodeError:
+        raise JournalCorrupt(f"record {seq}: body is not JSON (edited). Run `goex verify`", seq=seq) from None
+    if not isinstance(record, dict) or record.get("seq") != seq or not isinstance(record.get("kind"), str):
+        raise JournalCorrupt(f"record {seq} is not a record stored at {seq} (edited or reordered)", seq=seq)
+    return record
+
+
+def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], str], where: str) -> None:
+    """The journal must still hold the anchored record, with the anchored hash."""
+    seq, digest = kept
+    if seq > last_seq:
+        raise JournalCorrupt(f"the journal ends at record {last_seq} but its anchor ({where}) is at record {seq}: "
+                             f"records {last_seq + 1}..{seq} were removed (truncated). If you restored an older "
+                             "journal on purpose, delete the anchor file to anchor it anew", seq=last_seq + 1)
+    if hash_at(seq) != digest:
+        raise JournalCorrupt(f"record {seq} no longer has the hash its anchor ({where}) kept: the journal was "
+                             f"rewritten at or before record {seq}; nothing was done from it", seq=seq)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

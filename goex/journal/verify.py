@@ -1,4 +1,4 @@
-"""Verification of a journal: the hash chain, the head, the derived index and every blob."""
+"""Verification of a journal: the hash chain, the head, the anchor, the derived index and every blob."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalCorrupt
-from .store import _SCHEMA, GENESIS, Journal, chain, entry_id, index_record, referenced_chunks, unpack_blob
+from .store import (_SCHEMA, GENESIS, Journal, chain, check_anchor, entry_id, index_record, referenced_chunks,
+                    unpack_blob)
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class VerifyReport:
     blobs: int
     head_seq: int
     head_hash: str
+    warnings: tuple[str, ...] = ()  # sound, but less is vouched for than usual (say, no anchor yet)
 
     @property
     def head(self) -> str:
@@ -26,19 +28,27 @@ class VerifyReport:
 
 
 def verify(journal: Journal, *, expect_head: str | None = None) -> VerifyReport:
-    """Check everything; raise `JournalCorrupt` naming the first bad record or blob."""
-    db = journal.raw()
-    try:
-        return _verify(db, expect_head)
-    except sqlite3.DatabaseError as exc:
-        raise JournalCorrupt(f"journal database is damaged: {exc}") from None
+    """Check everything; raise `JournalCorrupt` naming the first bad record or blob.
+
+    The journal must also still hold the head anchored outside the workspace (see anchor.py): a
+    journal rewritten consistently from any point, or truncated, fails here."""
+    kept = journal.anchor.read()  # before the snapshot's first read: the anchor never runs ahead of it
+    with journal.snapshot():
+        try:
+            report = _verify(journal.raw(), expect_head, kept, str(journal.anchor.path))
+        except sqlite3.DatabaseError as exc:
+            raise JournalCorrupt(f"journal database is damaged: {exc}") from None
+    note = journal.anchor.note
+    return VerifyReport(report.records, report.blobs, report.head_seq, report.head_hash, (note,) if note else ())
 
 
-def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
+def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, str] | None = None,
+            anchor_file: str = "") -> VerifyReport:
     replay = sqlite3.connect(":memory:")
     replay.executescript(_SCHEMA)
     cur = replay.cursor()
     prev, expected_seq, referenced = GENESIS, 1, set()
+    hashes = [GENESIS]
     for seq, body, digest in db.execute("SELECT seq, body, hash FROM records ORDER BY seq"):
         where = f"record {seq}"
         if seq != expected_seq:
@@ -57,6 +67,7 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
         except (KeyError, TypeError, sqlite3.DatabaseError) as exc:
             raise JournalCorrupt(f"{label}: malformed record ({exc})", seq=seq) from None
         referenced.update(referenced_chunks(record))
+        hashes.append(digest)
         prev, expected_seq = digest, seq + 1
     last_seq = expected_seq - 1
     head = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone() or (0, GENESIS)
@@ -65,6 +76,8 @@ def _verify(db: sqlite3.Connection, expect_head: str | None) -> VerifyReport:
             f"journal head says record {head[0]} but the log ends at record {last_seq} (truncated or rewound)",
             seq=last_seq + 1,
         )
+    if kept is not None:
+        check_anchor(kept, last_seq, hashes.__getitem__, anchor_file)
     if expect_head is not None:
         _check_anchor(db, expect_head, last_seq)
     for table, key in (("entries", "seq"), ("checkpoints", "seq")):

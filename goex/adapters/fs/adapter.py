@@ -19,13 +19,14 @@ import os
 import stat
 from typing import Any
 
-from ...errors import ActionFailed, PathRefused
+from ...errors import ActionFailed, JournalCorrupt, PathRefused
 from ..base import Applied, GetBlob, Prepared, PutBlob
 from . import tree
 from .actions import FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsRead, FsWrite
 from .workspace import Parts, Workspace, show
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPS = {"restore": ("path",), "truncate": ("path",), "move_back": ("from", "to"), "rmdir": ("path",)}  # op -> its paths
 
 
 def _parts(path: str) -> Parts:
@@ -91,9 +92,10 @@ class FileAdapter:
             raise ActionFailed(f"{prepared.action.type}: {_os_reason(exc)}") from None
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
+        self.confine_plan(plan)  # before anything is looked at: a forged plan is refused, even forced
         found = []
         for path, expected in after.items():
-            parts = _parts(path)
+            parts = self._confined(path)
             try:
                 with self.ws.parent(parts) as dfd:
                     now = tree.digest_at(dfd, parts[-1], deep=_is_deep(expected))
@@ -108,8 +110,44 @@ class FileAdapter:
 
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> None:
+        self.confine_plan(plan)  # every op, before the first one touches anything
         for op in plan.get("ops", []):
             getattr(self, "_revert_" + op["op"])(op, get_blob)
+
+    def confine_plan(self, plan: dict[str, Any]) -> None:
+        """Raise JournalCorrupt unless every path an undo plan names is one goex could have written:
+        canonical, inside the root, not the journal folder (nor holding it), and every name in a
+        restored tree a plain name. Symlinks on the way are refused when each op opens its path."""
+        for op in plan.get("ops", []):
+            kind = op.get("op") if isinstance(op, dict) else None
+            if kind not in _OPS:
+                raise JournalCorrupt(f"an undo plan holds an unknown op {kind!r}: the journal was forged; "
+                                     "nothing was undone. Run `goex verify`")
+            for key in _OPS[kind]:
+                parts = self._confined(op.get(key))
+                if kind == "restore":
+                    self._confine_node(parts, op.get("node"))
+
+    def _confined(self, path: Any) -> Parts:
+        """The components of a path read from the journal, confined again as an agent's path is."""
+        try:
+            parts = self.ws.split(path) if isinstance(path, str) else None
+        except PathRefused:
+            parts = None
+        if not parts or show(parts) != path or self.ws.holds_journal(parts):
+            raise JournalCorrupt(f"an undo plan names {path!r}, which is not a path inside the workspace goex "
+                                 "could have journaled: the journal was forged; nothing was undone. Run `goex verify`")
+        return parts
+
+    def _confine_node(self, parts: Parts, node: Any) -> None:
+        if not isinstance(node, dict) or node.get("k") not in ("-", "f", "d", "l"):
+            raise JournalCorrupt(f"an undo plan holds a malformed node for {show(parts)}: the journal was forged; "
+                                 "nothing was undone. Run `goex verify`")
+        for name, child in node.get("children", {}).items() if node["k"] == "d" else ():
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+                raise JournalCorrupt(f"an undo plan restores {show(parts)}/{name!r}, not a plain name: the "
+                                     "journal was forged; nothing was undone. Run `goex verify`")
+            self._confine_node(parts + (name,), child)
 
     def summarize(self, prepared: Prepared) -> str:
         """What the action would do, for a person deciding whether to allow it."""
@@ -160,7 +198,7 @@ class FileAdapter:
     # -- revert ops ----------------------------------------------------------------------------
 
     def _revert_restore(self, op: dict[str, Any], get_blob: GetBlob) -> None:
-        parts = _parts(op["path"])
+        parts = self._confined(op["path"])
         try:
             with self.ws.parent(parts) as dfd:
                 tree.restore(dfd, parts[-1], op["node"], get_blob)
@@ -169,7 +207,7 @@ class FileAdapter:
                 raise  # a mode-only restore of something gone has nothing left to do
 
     def _revert_truncate(self, op: dict[str, Any], get_blob: GetBlob) -> None:
-        parts = _parts(op["path"])
+        parts = self._confined(op["path"])
         try:
             with self.ws.parent(parts) as dfd:
                 fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
@@ -184,14 +222,14 @@ class FileAdapter:
             os.close(fd)
 
     def _revert_move_back(self, op: dict[str, Any], get_blob: GetBlob) -> None:
-        src, dst = _parts(op["from"]), _parts(op["to"])
+        src, dst = self._confined(op["from"]), self._confined(op["to"])
         if self.ws.lstat(dst) is not None or self.ws.lstat(src) is None:
             return  # never moved, or already back
         with self.ws.parent(src) as sfd, self.ws.parent(dst) as dfd:
             os.rename(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
 
     def _revert_rmdir(self, op: dict[str, Any], get_blob: GetBlob) -> None:
-        parts = _parts(op["path"])
+        parts = self._confined(op["path"])
         try:
             with self.ws.parent(parts) as dfd:
                 os.rmdir(parts[-1], dir_fd=dfd)

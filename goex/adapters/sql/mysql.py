@@ -54,6 +54,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from ...journal.anchor import state_dir
 from ...errors import ActionFailed
 from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name
 
@@ -247,15 +248,8 @@ def _create_account(cur: Any, user: str, password: str, database: str) -> None:
     cur.execute(f"GRANT {', '.join(AGENT_PRIVILEGES)} ON {_grant_target(database)}.* TO %s@'%%'", (user,))
 
 
-def _state_dir() -> Path:
-    """The user's goex state directory (outside every workspace)."""
-    base = os.environ.get("GOEX_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "goex")
-    return Path(base)
-
-
 def _secret_file(host: str, port: int, user: str) -> Path:
-    return _state_dir() / "mysql-accounts" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}_{port}_{user}"
+    return state_dir() / "mysql-accounts" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}_{port}_{user}"
 
 
 def _write_secret(path: Path, password: str) -> None:
