@@ -188,8 +188,9 @@ class Runtime:
                     raise
                 except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
                     # input a library refused before anything was applied: malformed, and its text redacted
-                    why = self._http.secrets.redact(str(exc)) or "no detail"  # type: ignore[attr-defined]
-                    raise ActionError(f"{model.type}: cannot be run as given ({type(exc).__name__}: {why})") from None
+                    why = (f"{type(exc).__name__}: {self._http.secrets.redact(str(exc))}"  # type: ignore[attr-defined]
+                           if not isinstance(exc, RecursionError) else "it reaches a folder tree or value nested too deeply")
+                    raise ActionError(f"{model.type}: cannot be run as given ({why}); nothing was applied") from None
             if span.is_recording():
                 span.set_attributes({
                     "goex.action.type": model.type,
