@@ -6,6 +6,7 @@ Each adapter declares its own models; this module only assembles them.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -14,6 +15,7 @@ from .adapters.code.actions import CODE_ACTIONS
 from .adapters.fs.actions import FS_ACTIONS
 from .adapters.http.actions import HTTP_ACTIONS
 from .adapters.sql.actions import SQL_ACTIONS
+from .adapters.values import MAX_DEPTH
 from .errors import ActionError
 
 ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS, *HTTP_ACTIONS, *SQL_ACTIONS, *CODE_ACTIONS)
@@ -42,10 +44,7 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
             raise ActionError(f"action is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if isinstance(action, str):
         _check_size(len(action), max_bytes)
-        try:
-            action = json.loads(action)
-        except json.JSONDecodeError as exc:
-            raise ActionError(f"action is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        action = _load_json(action)
     if not isinstance(action, dict):
         raise ActionError(f"an action is a JSON object with a 'type' field, got {type(action).__name__}")
     kind = action.get("type")
@@ -58,6 +57,33 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
         raise ActionError(f"{kind}: " + describe_validation_error(exc)) from None
     _check_size(_model_size(model), max_bytes)
     return model
+
+
+def _load_json(text: str) -> Any:
+    """The JSON text as Python values; numbers that no column or JSON peer can hold are malformed."""
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ActionError(f"action is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ActionError(f"action is nested too deeply (values may nest {MAX_DEPTH} levels)") from None
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > 20:  # int() of a long digit string is slow, and refused past 4,300 digits
+        raise ActionError("action holds an integer outside the signed 64-bit range; send it as a string")
+    return int(digits)  # the range itself is checked by the field that takes it
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ActionError(f"action holds the number {text[:40]}, which overflows a double; send it as a string")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ActionError(f"action holds {name}, which is not JSON; send it as a string")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

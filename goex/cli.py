@@ -1,13 +1,16 @@
 """The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, doctor, demo.
 
 Exit codes of `exec`: 0 all succeeded, 2 malformed input, 3 refused by the policy, 1 any other
-failure. Other commands: 0 success, 1 failure, 4 undo conflict (nothing of that entry undone).
+failure. Other commands: 0 success, 1 failure, 2 malformed input (a value a flag or a file it names
+holds that goex or a library refuses), 4 undo conflict (nothing of that entry undone). No command
+prints a traceback: every error is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from datetime import datetime, timezone
@@ -40,9 +43,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"undone before the conflict: {', '.join(undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
+    except ActionError as exc:
+        print(f"goex: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_MALFORMED
     except GoexError as exc:
-        print(f"goex: {exc}", file=sys.stderr)
+        print(f"goex: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
+        # something typed on the command line (a flag's value, a file it names) that a library refused
+        print(f"goex: invalid input ({type(exc).__name__}: {_one_line(exc)})", file=sys.stderr)
+        return EXIT_MALFORMED
     except KeyboardInterrupt:
         print("goex: interrupted; what finished stays journaled, and `goex recover` settles the rest",
               file=sys.stderr)
@@ -50,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`): nothing more to say
         return EXIT_OK
+    except OSError as exc:
+        print(f"goex: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a user gets one line, never a traceback
+        print(f"goex: unexpected error ({type(exc).__name__}: {_one_line(exc)}); nothing more was done",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's text on one line (a YAML or JSON error spans several)."""
+    return re.sub(r"\s*\n\s*", " ", str(exc)).strip() or type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:

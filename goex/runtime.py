@@ -26,7 +26,8 @@ from .adapters.fs.workspace import Workspace
 from .adapters.http.adapter import CompensationFailed, HostRefused, HttpAdapter, HttpConfig, OutcomeUnknown
 from .adapters.http.secrets import SecretRefused
 from .adapters.sql.adapter import SqlAdapter, SqlRefused, parse_databases
-from .errors import ActionFailed, GoexError, JournalCorrupt, PathRefused, PolicyDenied, RecoveryNeeded, UndoConflict
+from .errors import (ActionError, ActionFailed, GoexError, JournalCorrupt, PathRefused, PolicyDenied, RecoveryNeeded,
+                     UndoConflict)
 from .journal.store import CHUNK, APPLIED, Journal, Transaction, checkpoint_id, entry_id, entry_seq
 from .journal.verify import VerifyReport, verify
 from .policy import ALLOW, BUDGETS, PREVIEW_FIELDS, Decision, Policy, RuleMatch, glob_regex, load_policy, usage
@@ -188,7 +189,15 @@ class Runtime:
         with self._tracer.start_as_current_span(f"goex {model.type}") as span:
             with self.journal.exclusive():
                 self._ensure_consistent()
-                result = self._run(session, model, adapter, approval)
+                try:
+                    result = self._run(session, model, adapter, approval)
+                except GoexError:
+                    raise
+                except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
+                    # input a library refused before anything was applied: malformed, and its text redacted
+                    why = (f"{type(exc).__name__}: {self._http.secrets.redact(str(exc))}"  # type: ignore[attr-defined]
+                           if not isinstance(exc, RecursionError) else "it reaches a folder tree or value nested too deeply")
+                    raise ActionError(f"{model.type}: cannot be run as given ({why}); nothing was applied") from None
             if span.is_recording():
                 span.set_attributes({
                     "goex.action.type": model.type,

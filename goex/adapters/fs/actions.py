@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
+#: most folder levels a path may name (deeper trees are not walked by undo)
+MAX_PATH_DEPTH = 128
 
 
 class _FsAction(BaseModel):
@@ -17,6 +19,13 @@ class _FsAction(BaseModel):
 
     def targets(self) -> list[str]:
         return [self.path]  # type: ignore[attr-defined]
+
+    @field_validator("path", "src", "dst", check_fields=False)
+    @classmethod
+    def _shallow(cls, value: str) -> str:
+        if value.count("/") >= MAX_PATH_DEPTH and len([p for p in value.split("/") if p not in ("", ".")]) > MAX_PATH_DEPTH:
+            raise ValueError(f"the path names more than {MAX_PATH_DEPTH} folder levels")
+        return value
 
 
 Path = Field(min_length=1, max_length=4096, description="Path relative to the workspace root.")

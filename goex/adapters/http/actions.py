@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..values import check_json, check_text
 
 Method = Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+#: RFC 9110 field names (tokens) and values (visible ASCII, space and tab): anything else is
+#: refused here rather than failing, value in hand, inside the HTTP library
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 class HttpRequest(BaseModel):
@@ -25,6 +32,30 @@ class HttpRequest(BaseModel):
     json_body: Any = Field(default=None, alias="json", description="A JSON body (sets Content-Type).")
     body: str | None = Field(default=None, description="A text body, sent as UTF-8.")
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:100]!r} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)")
+            if not HEADER_VALUE.fullmatch(value):
+                raise ValueError(f"header {name!r} holds characters an HTTP header cannot carry (only printable "
+                                 "ASCII, space and tab; no line breaks): percent-encode it or send it in the body")
+        return headers
+
+    @field_validator("json_body")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        check_json(value)
+        return value
+
+    @field_validator("body")
+    @classmethod
+    def _text_body(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_text(value)
+        return value
 
     @model_validator(mode="after")
     def _one_body(self) -> "HttpRequest":

@@ -9,23 +9,25 @@ the after-state (`etag`, `json`) that undo compares against before sending it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import httpx
 
 from ...errors import ActionFailed, GoexError
 from ..base import Applied, GetBlob, Prepared, PutBlob
-from .actions import SAFE_METHODS, HttpRequest
+from .actions import HEADER_VALUE, SAFE_METHODS, HttpRequest
 from .compensations import Compensations, expand
 from .secrets import SecretRefused, SecretStore
 
 _HOP_HEADERS = {"content-type", "content-length", "if-match", "host", "transfer-encoding"}
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class HostRefused(GoexError):
@@ -73,6 +75,23 @@ class HttpConfig:
             self.compensations = Compensations.from_openapi(self.openapi).merged(self.compensations)
 
 
+def _scrubbed(failure: type[GoexError]) -> Callable[[_F], _F]:
+    """Every error leaving the decorated method has each secret value redacted from its text:
+    goex's own errors in place, anything else (a UnicodeEncodeError quoting a filled-in header,
+    say) as `failure`, naming only the type and the redacted message."""
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def scrubbed(self: "HttpAdapter", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except GoexError as exc:
+                raise self._redacted(exc)
+            except Exception as exc:  # noqa: BLE001 - its text may hold a value: never pass it on raw
+                raise failure(f"http.request: {type(exc).__name__}: {self.secrets.redact(str(exc))}") from None
+        return scrubbed  # type: ignore[return-value]
+    return wrap
+
+
 class HttpAdapter:
     prefix = "http"
 
@@ -92,9 +111,11 @@ class HttpAdapter:
 
     # -- protocol ------------------------------------------------------------------------------
 
+    @_scrubbed(ActionFailed)
     def prepare(self, action: HttpRequest) -> Prepared:
         url = httpx.URL(action.url)
         host, names = self._check_destination(action)
+        self._check_filled_headers(action.headers)
         safe = action.method in SAFE_METHODS
         matched = None if safe else self.routes.match(action.method, _raw_path(url))
         route, params = matched if matched else (None, {})
@@ -108,6 +129,7 @@ class HttpAdapter:
         state = {"route": route, "params": params, "kind": kind}
         return Prepared(action, action.targets(), preview, not safe, state)
 
+    @_scrubbed(ActionFailed)
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         action: HttpRequest = prepared.action  # type: ignore[assignment]
         state = prepared.state
@@ -132,6 +154,7 @@ class HttpAdapter:
         state["plan"] = plan
         return plan
 
+    @_scrubbed(ActionFailed)
     def apply(self, prepared: Prepared) -> Applied:
         action: HttpRequest = prepared.action  # type: ignore[assignment]
         if not prepared.effect:
@@ -170,6 +193,7 @@ class HttpAdapter:
                                       f"(ETag {after.get('etag')} -> {now.get('etag')})" if now.get("etag") else
                                  "changed since the action (its representation differs)")]
 
+    @_scrubbed(CompensationFailed)
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> dict[str, Any]:
         if after is None or not after.get("effect"):
@@ -204,6 +228,7 @@ class HttpAdapter:
             self._restored.setdefault(_key(comp["url"]), {})[new_etag] = old_etag
         return {"compensation_status": response.status_code}
 
+    @_scrubbed(ActionFailed)
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
         """A request journaled but with no recorded response: replay it with the same idempotency
         key when the route allows, else leave it for a human."""
@@ -215,7 +240,7 @@ class HttpAdapter:
             self._check_destination(request)  # this runtime's hosts and secret bindings, not the old one's
             response = self._send_action(request, key=plan["idempotency_key"])
         except (GoexError, ValueError) as exc:
-            return "review", {}, f"not replayed ({exc}); check the service by hand"
+            return "review", {}, f"not replayed ({self.secrets.redact(str(exc))}); check the service by hand"
         return "applied", self._after(plan, request, response), ""
 
     def summarize(self, prepared: Prepared) -> str:
@@ -245,6 +270,22 @@ class HttpAdapter:
         self.secrets.check(names, host, written_out=pasted)
         return host, sorted(set(names) | set(pasted))
 
+    def _check_filled_headers(self, headers: dict[str, str]) -> None:
+        """A secret's value must be sendable where its placeholder stands; say so by name, before
+        anything is journaled or sent, rather than fail later with the value in the error."""
+        for name, value in headers.items():
+            if "{{" in value and not HEADER_VALUE.fullmatch(self.secrets.fill(value)):
+                secrets = ", ".join(self.secrets.names_in([value]))
+                raise ActionFailed(f"http.request: header {name!r} cannot carry the value of secret {secrets} (an HTTP "
+                                   "header holds printable ASCII only, no line breaks); nothing was sent")
+
+    def _redacted(self, exc: GoexError) -> GoexError:
+        """`exc` with every secret value in its text back to its placeholder."""
+        exc.args = tuple(self.secrets.redact(a) if isinstance(a, str) else a for a in exc.args)
+        if isinstance(getattr(exc, "reason", None), str):
+            exc.reason = self.secrets.redact(exc.reason)  # type: ignore[attr-defined]
+        return exc
+
     def _send_action(self, action: HttpRequest, key: str | None) -> httpx.Response:
         headers = dict(action.headers)
         if key is not None and not any(k.lower() == self.config.idempotency_header.lower() for k in headers):
@@ -253,17 +294,14 @@ class HttpAdapter:
 
     def _send(self, method: str, url: str, headers: dict[str, str], json_body: Any, body: str | None,
               timeout_s: float) -> httpx.Response:
-        filled_headers = {k: self.secrets.fill(v) for k, v in headers.items()}
-        if not any(k.lower() == "accept-encoding" for k in filled_headers):
-            filled_headers["Accept-Encoding"] = "identity"  # a compressed response could inflate past any bound
-        kwargs: dict[str, Any] = {}
-        if json_body is not None:
-            kwargs["json"] = self.secrets.fill_json(json_body)
-        elif body is not None:
-            kwargs["content"] = self.secrets.fill(body).encode("utf-8")
         try:
-            request = self.client.build_request(method, self.secrets.fill_url(url), headers=filled_headers,
-                                                timeout=timeout_s, **kwargs)
+            request = self._build(method, url, headers, json_body, body, timeout_s)
+        except GoexError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a UnicodeEncodeError, whose text quotes the filled value
+            raise ActionFailed(f"{method} {url}: the request cannot be encoded ({type(exc).__name__}: "
+                               f"{self.secrets.redact(str(exc))}); nothing was sent") from None
+        try:
             response = self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ActionFailed(f"{method} {url}: cannot connect ({self.secrets.redact(str(exc)) or type(exc).__name__}); "
@@ -272,9 +310,12 @@ class HttpAdapter:
             raise self._unknown(method, url, f"no response within {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise self._unknown(method, url, self.secrets.redact(str(exc)) or type(exc).__name__) from None
+        limit = self.config.max_response_bytes
         try:
-            body, truncated = _bounded_body(response, self.config.max_response_bytes)
-            response._content = body  # decoded, and never more than the limit
+            # read past the limit by the longest form of a secret, so that a value cut at the limit is
+            # redacted whole: nothing of it is kept (every reader of the response sees it redacted)
+            body, truncated = _bounded_body(response, limit, self.secrets.margin())
+            response._content = self.secrets.redact_prefix(body, limit) if truncated else self.secrets.redact_bytes(body)
             response.extensions["goex_truncated"] = truncated
         except httpx.TimeoutException:
             raise self._unknown(method, url, f"the response did not finish within {timeout_s:g}s") from None
@@ -283,6 +324,23 @@ class HttpAdapter:
         finally:
             response.close()
         return response
+
+    def _build(self, method: str, url: str, headers: dict[str, str], json_body: Any, body: str | None,
+               timeout_s: float) -> httpx.Request:
+        filled_headers = {k: self.secrets.fill(v) for k, v in headers.items()}
+        for name, value in filled_headers.items():
+            if not HEADER_VALUE.fullmatch(value):
+                raise ActionFailed(f"{method} {url}: header {name!r} cannot carry the value filled into it (an HTTP "
+                                   "header holds printable ASCII only, no line breaks); nothing was sent")
+        if not any(k.lower() == "accept-encoding" for k in filled_headers):
+            filled_headers["Accept-Encoding"] = "identity"  # a compressed response could inflate past any bound
+        kwargs: dict[str, Any] = {}
+        if json_body is not None:
+            kwargs["json"] = self.secrets.fill_json(json_body)
+        elif body is not None:
+            kwargs["content"] = self.secrets.fill(body).encode("utf-8")
+        return self.client.build_request(method, self.secrets.fill_url(url), headers=filled_headers,
+                                         timeout=timeout_s, **kwargs)
 
     def _unknown(self, method: str, url: str, why: str) -> GoexError:
         if method in SAFE_METHODS:
@@ -382,26 +440,28 @@ class HttpAdapter:
         return out
 
 
-def _bounded_body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Read at most `limit` bytes of the decoded body; compressed input is inflated in bounded steps,
-    so a small compressed response cannot balloon in memory."""
+def _bounded_body(response: httpx.Response, limit: int, margin: int) -> tuple[bytes, bool]:
+    """The decoded body, read to at most `limit + margin` bytes, and whether it is longer than
+    `limit`; compressed input is inflated in bounded steps, so a small compressed response cannot
+    balloon in memory."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     inflate = (zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip")
                else zlib.decompressobj() if encoding == "deflate" else None)
+    most = limit + margin
     out = bytearray()
     for chunk in response.iter_raw():
         if inflate is not None:
             try:
-                out += inflate.decompress(chunk, limit + 1 - len(out))
+                out += inflate.decompress(chunk, most + 1 - len(out))
             except zlib.error:
                 raise httpx.DecodingError("the compressed body is corrupt") from None
-            if len(out) > limit or inflate.unconsumed_tail:
-                return bytes(out[:limit]), True
+            if len(out) > most or inflate.unconsumed_tail:
+                return bytes(out[:most]), True
         else:
             out += chunk
-            if len(out) > limit:
-                return bytes(out[:limit]), True
-    return bytes(out), False
+            if len(out) > most:
+                return bytes(out[:most]), True
+    return bytes(out), len(out) > limit
 
 
 def _json_texts(obj: Any) -> list[str]:

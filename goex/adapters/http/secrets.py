@@ -14,6 +14,8 @@ may. Values shorter than `MIN_LITERAL` characters are not looked for, as they tu
 
 from __future__ import annotations
 
+import base64
+import html.entities
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class Secret:
 @dataclass
 class SecretStore:
     secrets: dict[str, Secret] = field(default_factory=dict)
+    _compiled: "_Redactor | None" = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def default(cls, file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> "SecretStore":
@@ -130,30 +133,137 @@ class SecretStore:
     def fill_json(self, obj: Any) -> Any:
         return _map_strings(obj, self.fill)
 
-    def _forms(self) -> list[tuple[str, str]]:
-        """(encoded value, placeholder), longest first so no secret is half-redacted by another."""
-        forms = {(form, f"{{{{secret:{name}}}}}")
-                 for name, secret in self.secrets.items()
-                 for form in (secret.value, quote(secret.value, safe=""), quote(secret.value), quote_plus(secret.value))
-                 if form}
-        return sorted(forms, key=lambda f: -len(f[0]))
-
     def redact(self, text: str) -> str:
-        """Every secret value (raw or URL-encoded) back to its placeholder."""
-        for form, placeholder in self._forms():
-            if form in text:
-                text = text.replace(form, placeholder)
-        return text
+        """Every secret value, in any encoding a server may echo it in, back to its placeholder."""
+        return _redactor(self).text.sub(self._placeholder, text) if self.secrets else text
 
     def redact_bytes(self, data: bytes) -> bytes:
-        for form, placeholder in self._forms():
-            encoded = form.encode("utf-8")
-            if encoded in data:
-                data = data.replace(encoded, placeholder.encode())
-        return data
+        return _redactor(self).data.sub(self._placeholder_bytes, data) if self.secrets else data
 
     def redact_json(self, obj: Any) -> Any:
         return _map_strings(obj, self.redact)
+
+    def redact_prefix(self, data: bytes, limit: int) -> bytes:
+        """The first `limit` bytes of `data`, redacted as part of the whole: read `data` at least
+        `margin()` bytes past the limit, so a value cut at the limit is matched whole and goes as
+        its placeholder; nothing of a match starting at or after the limit is kept."""
+        if not self.secrets:
+            return data[:limit]
+        out, pos = bytearray(), 0
+        for m in _redactor(self).data.finditer(data):
+            if m.start() >= limit:
+                break
+            out += data[pos:m.start()] + self._placeholder_bytes(m)
+            pos = m.end()
+        if pos < limit:
+            out += data[pos:limit]
+        return bytes(out)
+
+    def margin(self) -> int:
+        """The longest match the redaction can make: read this far past a cut."""
+        return _redactor(self).longest
+
+    def _placeholder(self, match: re.Match[str]) -> str:
+        return f"{{{{secret:{_redactor(self).names[match.lastindex - 1]}}}}}"  # type: ignore[operator]
+
+    def _placeholder_bytes(self, match: re.Match[bytes]) -> bytes:
+        return f"{{{{secret:{_redactor(self).names[match.lastindex - 1]}}}}}".encode()  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class _Redactor:
+    """One compiled alternation per secret set, for text and for bytes; `names[i]` is the secret
+    matched by capture group i + 1. Every branch starts with a literal character, so the regex
+    engine skips ahead to the characters a match can start with (fast on text holding no secret)."""
+
+    key: tuple[tuple[str, str], ...]
+    names: tuple[str, ...]
+    text: re.Pattern[str]
+    data: re.Pattern[bytes]
+    longest: int
+
+
+def _redactor(store: SecretStore) -> _Redactor:
+    key = tuple(sorted((name, s.value) for name, s in store.secrets.items() if s.value))
+    cached = store._compiled
+    if cached is None or cached.key != key:
+        by_first: dict[str, list[tuple[str, str]]] = {}
+        for name, value in sorted(key, key=lambda item: -len(item[1])):  # a longer value wins over one it holds
+            for first, rest in _encodings(value):
+                by_first.setdefault(first, []).append((name, rest))
+        names = tuple(name for branches in by_first.values() for name, _ in branches)
+        pattern = "|".join(re.escape(first) + "(?:" + "|".join(f"({rest})" for _, rest in branches) + ")"
+                           for first, branches in by_first.items())
+        cached = _Redactor(key, names, re.compile(pattern), re.compile(_utf8(pattern)),
+                           max((_MAX_UNIT * len(_utf8(value)) for _, value in key), default=0))
+        store._compiled = cached
+    return cached
+
+
+#: the longest form one byte of a value takes in any encoding matched (e.g. `&#x0000FF;`)
+_MAX_UNIT = 16
+_HTML_NAMES = {chr(cp): name for cp, name in html.entities.codepoint2name.items()} | {"'": "apos"}
+_JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+
+
+def _encodings(value: str) -> list[tuple[str, str]]:
+    """(first character, rest as a regex) of each way `value` may come back: each character raw
+    in either case, %-encoded, as an HTML entity or a JSON escape, in any mix; and, when long
+    enough not to match by chance, as hex and as base64/base64url at each of the 3 byte offsets
+    inside a longer encoded string."""
+    rest = "".join(_char_regex(c) for c in value[1:])
+    out = [(first, head + rest) for first, head in _char_forms(value[0])]
+    raw = _utf8(value)
+    if len(value) >= MIN_LITERAL:
+        hexed = raw.hex()
+        out += [(first, _any_case(hexed[1:])) for first in _cases(hexed[0])]
+        for alphabet in (base64.b64encode, base64.urlsafe_b64encode):
+            for offset in range(3):
+                encoded = alphabet(bytes(offset) + raw).rstrip(b"=").decode("ascii")
+                inner = encoded[-(-8 * offset // 6):(8 * (offset + len(raw))) // 6]  # characters of value bits only
+                out.append((inner[0], re.escape(inner[1:])))
+    return out
+
+
+def _char_regex(c: str) -> str:
+    return "(?:" + "|".join(re.escape(first) + rest for first, rest in _char_forms(c)) + ")"
+
+
+def _char_forms(c: str) -> list[tuple[str, str]]:
+    """(first character, rest as a regex) of each way one character may be written."""
+    code = ord(c)
+    forms = [(variant, "") for variant in _cases(c)]
+    forms.append(("%", _any_case("%".join(f"{b:02x}" for b in _utf8(c)))))
+    forms.append(("&", f"#0{{0,4}}{code};?"))
+    forms.append(("&", f"#[xX]0{{0,4}}{_any_case(f'{code:x}')};?"))
+    if c in _HTML_NAMES:
+        forms.append(("&", re.escape(_HTML_NAMES[c] + ";")))
+    if c == " ":
+        forms.append(("+", ""))
+    if c in _JSON_SHORT:
+        forms.append(("\\", re.escape(_JSON_SHORT[c])))
+    units = [code] if code < 0x10000 else [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+    forms.append(("\\", r"\\".join("u" + _any_case(f"{u:04x}") for u in units)))
+    return forms
+
+
+def _cases(c: str) -> list[str]:
+    """`c` and its other-case forms that are single characters."""
+    return sorted({v for v in (c, c.lower(), c.upper(), c.swapcase()) if len(v) == 1})
+
+
+def _any_case(literal: str) -> str:
+    """A regex matching `literal` with its ASCII letters in either case (hex digits, mostly)."""
+    return "".join(f"[{ch.lower()}{ch.upper()}]" if ch.isascii() and ch.isalpha() else re.escape(ch)
+                   for ch in literal)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, with the raw bytes of undecodable environment values (surrogate escapes) kept."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _map_strings(obj: Any, fn: Any) -> Any:

@@ -157,8 +157,8 @@ def _analyse(statement: str, dialect: str) -> dict[str, Any]:
     flat = " ".join(statement.lower().split())
     try:
         tree = sqlglot.parse_one(statement, read=dialect)
-    except sqlglot.errors.ParseError as exc:
-        err = exc.errors[0] if exc.errors else {}
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as exc:  # e.g. an unclosed quote
+        err = exc.errors[0] if getattr(exc, "errors", None) else {}
         where = f" at line {err.get('line')}, column {err.get('col')}" if err.get("line") else ""
         # The engine is the authority on its own syntax: its dry run reports the error, or runs
         # what sqlglot does not know. The analysis falls back to the words.
