@@ -147,6 +147,28 @@ def test_into_outfile_creates_no_file(dbs):
     assert probe.returncode != 0 and not Path(target).exists()
 
 
+def test_table_files_cannot_be_put_in_a_server_folder(dbs, tmp_path):
+    """DATA/INDEX DIRECTORY would have the server write the agent's rows into any folder it can
+    write, without the FILE privilege: refused by the text, and ignored by the agent session's
+    sql_mode past the text check."""
+    names, url, root = dbs
+    target = tmp_path / "server-folder"
+    target.mkdir()
+    target.chmod(0o777)
+    create = (f"CREATE TABLE planted (line CHAR(40) NOT NULL) ENGINE=MyISAM DATA DIRECTORY='{target}' "
+              f"INDEX DIRECTORY='{target}'")
+    result = _run(root, url, create, policy="default")
+    assert not result.ok and result.status == "denied"
+    engine = MysqlEngine(url)
+    try:  # the engine's own run, no statement check: the session ignores the directories (and says so)
+        with pytest.raises(goex.ActionFailed, match="DATA DIRECTORY"):
+            engine.stage([create.replace("planted", "planted2"), "INSERT INTO planted2 VALUES ('agent bytes')"],
+                         None, [{"kind": "create", "parsed": True}, {"kind": "insert", "parsed": True}], {})
+    finally:
+        engine.close()
+    assert list(target.iterdir()) == []
+
+
 def test_writes_to_another_database_have_no_effect(dbs):
     names, url, root = dbs
     other = names["other"]
@@ -242,6 +264,11 @@ def test_forgotten_password_is_set_again(dbs, monkeypatch, tmp_path):
 # -- session state -------------------------------------------------------------------------------
 
 
+#: the agent session's sql_mode is the server's plus NO_DIR_IN_CREATE (the server orders the names)
+_AGENT_MODE = ("REPLACE(CONCAT(',', @@session.sql_mode, ','), ',NO_DIR_IN_CREATE,', ',') = "
+               "CONCAT(',', @@global.sql_mode, ',') AND FIND_IN_SET('NO_DIR_IN_CREATE', @@session.sql_mode) > 0")
+
+
 def test_session_state_does_not_carry_over_between_actions(dbs):
     names, url, root = dbs
     with goex.Runtime(root, policy="permissive", databases={"my": url}) as rt:
@@ -249,7 +276,7 @@ def test_session_state_does_not_carry_over_between_actions(dbs):
         first = s.execute({"type": "sql.execute", "db": "my", "sql": "SELECT @leak := 42 AS x, @@session.sql_mode"})
         assert first.ok, first.error
         second = s.execute({"type": "sql.execute", "db": "my",
-                            "sql": "SELECT @leak AS x, @@session.sql_mode = @@global.sql_mode AS same"})
+                            "sql": "SELECT @leak AS x, " + _AGENT_MODE + " AS same"})
         assert second.ok, second.error
         assert second.output["rows"] == [[None, 1]]
         # a write between them, then undo: the undo runs on a clean session too
@@ -273,7 +300,7 @@ def test_session_settings_and_temp_tables_are_reset_on_the_kept_connection(dbs):
             cur.execute("SET SESSION foreign_key_checks = 0, sql_mode = '', @x = 5")
             with pytest.raises(pymysql.err.OperationalError):  # no CREATE TEMPORARY TABLES privilege
                 cur.execute("CREATE TEMPORARY TABLE t (id INT)")
-        staged = engine.stage(["SELECT @x, @@foreign_key_checks, @@session.sql_mode = @@global.sql_mode"], None,
+        staged = engine.stage(["SELECT @x, @@foreign_key_checks, " + _AGENT_MODE], None,
                               [{"kind": "select", "parsed": True}], {})
         staged.abort()
         assert staged.output["rows"] == [[None, 1, 1]]

@@ -556,15 +556,18 @@ class MysqlEngine:
     def _reset(self, conn: Any) -> None:
         """COM_RESET_CONNECTION (user variables, session settings, temporary tables, prepared
         statements, locks, roles all gone), then one statement that fails unless the session is
-        clean and turns autocommit off (the reset turns it on)."""
+        clean, turns autocommit off (the reset turns it on) and adds NO_DIR_IN_CREATE to sql_mode."""
         conn._execute_command(_COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
         while True:
             same = " AND ".join(f"@@session.{v} <=> @@global.{v}" for v in self._clean)
             try:
                 with conn.cursor() as cur:
+                    # NO_DIR_IN_CREATE: the server ignores DATA/INDEX DIRECTORY, which would put table
+                    # files in any server folder without the FILE privilege
                     cur.execute(f"SET autocommit = IF({same} AND CURRENT_ROLE() IS NULL AND @@in_transaction = 0 "
-                                "AND @@character_set_client = 'utf8mb4', 0, NULL)")
+                                "AND @@character_set_client = 'utf8mb4', 0, NULL), "
+                                "sql_mode = CONCAT_WS(',', NULLIF(@@global.sql_mode, ''), 'NO_DIR_IN_CREATE')")
                 return
             except pymysql.err.OperationalError as exc:
                 unknown = re.search(r"Unknown system variable '(\w+)'", str(exc))
@@ -774,6 +777,9 @@ class MysqlEngine:
             if obj not in _CREATABLE:
                 raise SqlRefused(f"{first.upper()} {obj.upper() or '...'} is not allowed: goex undoes tables, "
                                  "indexes, views and triggers only")
+        if re.search(r"\b(data|index) directory\b", flat):  # the agent session's sql_mode also ignores them
+            raise SqlRefused("DATA/INDEX DIRECTORY is not allowed: it puts a table's files in a server folder "
+                             "outside the database; create the table without it")
         if re.search(r"\binto (outfile|dumpfile)\b", flat):
             raise SqlRefused("SELECT ... INTO OUTFILE/DUMPFILE is not allowed: it writes files outside the "
                              "database; select the rows and write them with a file action")
