@@ -261,3 +261,86 @@ def test_role_setup_is_safe_when_many_engines_start_at_once(url):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# -- undo evaluates agent-written expressions with the agent's rights only -------------------------
+
+
+def _hidden(inner: str) -> str:
+    """`inner` run by query_to_xml from base64 text: no statement check can read it."""
+    import base64
+    text = base64.b64encode(inner.encode()).decode()
+    return f"query_to_xml(convert_from(decode('{text}', 'base64'), 'UTF8'), true, false, '')"
+
+
+def _when_able(inner: str, what: str = "write") -> str:
+    """A CHECK that holds for everyone and runs `inner` whenever the role evaluating it may reach
+    server files (a superuser may)."""
+    able = f"pg_has_role(current_user, 'pg_{what}_server_files', 'USAGE')"
+    if what == "write":
+        return f"CHECK (CASE WHEN {able} THEN {_hidden(inner)} IS NOT NULL ELSE true END)"
+    return f"CHECK (CASE WHEN {able} THEN ({_hidden(inner)}::text)::int > 0 ELSE true END)"
+
+
+def _out_path() -> Path:
+    return Path(f"/tmp/goex_sec_pg_{secrets.token_hex(8)}")  # the postgres OS user may write /tmp
+
+
+def _undo_text(s: goex.Session) -> str:
+    try:
+        return repr(s.undo(steps=1))
+    except goex.GoexError as exc:
+        return f"error: {exc}"
+
+
+def test_row_undo_runs_agent_check_constraints_without_superuser(rt, url):
+    out = _out_path()
+    s = rt.session()
+    write = f"SELECT lo_export(lo_from_bytea(0, 'written by the server'::bytea), '{out}') AS w"
+    read = "SELECT pg_read_file('/etc/passwd', 0, 200) AS f"
+    for text in [f"CREATE TABLE w (id int PRIMARY KEY, {_when_able(write)})",
+                 f"CREATE TABLE r (id int PRIMARY KEY, {_when_able(read, 'read')})",
+                 "INSERT INTO w VALUES (1), (2), (3)", "INSERT INTO r VALUES (1), (2)",
+                 "DELETE FROM w WHERE id = 1"]:
+        assert _sql(s, text).ok
+    seen = _undo_text(s)
+    assert _sql(s, "DELETE FROM r WHERE id = 1").ok
+    seen += _undo_text(s)
+    assert not out.exists(), "undo evaluated the agent's CHECK as a superuser: a server file was written"
+    assert "root:" not in seen
+    assert _count(url, "SELECT count(*) FROM w") == 3 and _count(url, "SELECT count(*) FROM r") == 2
+
+
+def test_row_undo_expression_cannot_switch_role_back(rt, url):
+    out = _out_path()
+    s = rt.session()
+    escape = (f"SELECT set_config('role', 'postgres', true), set_config('session_replication_role', 'origin', false), "
+              f"lo_export(lo_from_bytea(0, 'x'::bytea), '{out}')")
+    check = f"CHECK (CASE WHEN current_user <> 'goex_agent' THEN {_hidden(escape)} IS NOT NULL ELSE true END)"
+    for text in [f"CREATE TABLE w (id int PRIMARY KEY, {check})", "INSERT INTO w VALUES (1), (2)",
+                 "DELETE FROM w WHERE id = 2"]:
+        assert _sql(s, text).ok
+    seen = _undo_text(s)
+    assert not out.exists()
+    assert seen.startswith("error:") and "permission denied" in seen
+    assert _count(url, "SELECT count(*) FROM w") == 1  # the failed undo applied nothing
+    assert _count(url, "SELECT count(*) FROM small") == 3
+
+
+def test_ddl_undo_restores_rows_through_agent_checks_without_superuser(rt, url):
+    out = _out_path()
+    s = rt.session()
+    write = f"SELECT lo_export(lo_from_bytea(0, 'written by the server'::bytea), '{out}') AS w"
+    read = "SELECT pg_read_file('/etc/passwd', 0, 200) AS f"
+    for text in [f"CREATE TABLE w (id int PRIMARY KEY, {_when_able(write)})",
+                 f"CREATE TABLE r (id int PRIMARY KEY, {_when_able(read, 'read')})",
+                 "INSERT INTO w VALUES (1), (2), (3)", "INSERT INTO r VALUES (1), (2)"]:
+        assert _sql(s, text).ok
+    start = dump(url)
+    result = _sql(s, "ALTER TABLE w ADD COLUMN note text; ALTER TABLE r ADD COLUMN note text; DELETE FROM w")
+    assert result.ok, result.error
+    seen = _undo_text(s) + _seen(result)
+    assert not out.exists(), "the dump restore evaluated the agent's CHECK as a superuser: a server file was written"
+    assert "root:" not in seen
+    assert dump(url) == start, seen
+    assert _count(url, "SELECT count(*) FROM w") == 3 and _count(url, "SELECT count(*) FROM r") == 2

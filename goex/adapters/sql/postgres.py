@@ -452,6 +452,7 @@ def _emptied(conn: psycopg.Connection, before: dict[str, int], after: dict[str, 
 # -- the agent role --------------------------------------------------------------------------------
 
 DEFAULT_ROLE = "goex_agent"
+UNDO_ROLE = "goex_undo"  # for a role the user names: NAME_undo
 _ROLE_PARAMS = ("goex_role", "goex_role_password")
 # built-in roles whose members reach server files, programs or every table
 _DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
@@ -530,6 +531,42 @@ def _ensure_role(conn: psycopg.Connection, role: str, named: bool) -> None:
                            "agent SQL must run without them: remove them, or name another role with ?goex_role=NAME")
 
 
+def _ensure_undo_role(conn: psycopg.Connection, agent: str, undo: str) -> bool:
+    """The role row undo, conflict checks and recovery log in as: a member of the agent role (its
+    owner rights, inherited) that may also set `session_replication_role`, and nothing else, so
+    an expression the agent wrote (a CHECK, a domain, an index expression) that undo evaluates
+    runs with the agent's privileges. False when the URL's user is not a superuser: undo then
+    runs as that user, which has no superuser right to lose."""
+    if not _one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        return False
+    ident = pgsql.Identifier(undo)
+    for attempt in range(3):  # several processes may set it up at once: a lost race is retried
+        try:
+            if _dangerous(conn, undo) is None:
+                conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                                       "NOBYPASSRLS INHERIT").format(ident))
+                verifier = _one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+                if verifier and verifier.startswith("SCRAM-SHA-256$"):  # the URL's password logs it in
+                    conn.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, pgsql.Literal(verifier)))
+            if _dangerous(conn, undo):
+                _repair_role(conn, undo)
+            if not _one(conn, "SELECT rolinherit FROM pg_roles WHERE rolname = %s", (undo,)):
+                conn.execute(pgsql.SQL("ALTER ROLE {} INHERIT").format(ident))
+            if not _one(conn, "SELECT pg_has_role(%s, %s, 'USAGE')", (undo, agent)):
+                conn.execute(pgsql.SQL("GRANT {} TO {}").format(pgsql.Identifier(agent), ident))
+            if not _one(conn, "SELECT has_parameter_privilege(%s, 'session_replication_role', 'SET')", (undo,)):
+                conn.execute(pgsql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(ident))
+            break
+        except psycopg.Error:
+            if attempt == 2:
+                raise
+    dangerous = _dangerous(conn, undo) or []
+    if dangerous:
+        raise ActionFailed(f"undo on PostgreSQL: the undo role {undo!r} holds {', '.join(dangerous)}; "
+                           "remove them, goex evaluates the agent's expressions as that role")
+    return True
+
+
 def _repair_role(conn: psycopg.Connection, role: str) -> None:
     ident = pgsql.Identifier(role)
     conn.execute(pgsql.SQL("ALTER ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(ident))
@@ -590,6 +627,8 @@ class PostgresEngine:
         self._agent_url = psycopg.conninfo.make_conninfo(
             self.url, user=self.role, **({"password": password} if password is not None else {}))
         self._named = self.role != DEFAULT_ROLE  # a role the user gave: goex checks it, never changes it
+        self.undo_role = f"{self.role}_undo" if self._named else UNDO_ROLE
+        self._undo_url: str | None = None  # set up with the roles: None when undo runs as the URL's user
         self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._ready = False
@@ -620,8 +659,25 @@ class PostgresEngine:
                                f"{str(exc).strip()}; allow it in pg_hba.conf, or name a role goex may use with "
                                "?goex_role=NAME&goex_role_password=PASSWORD on the database URL") from None
 
+    def _undo(self) -> psycopg.Connection:
+        """A connection for row undo, conflict checks and recovery: logged in as the undo role, so
+        nothing the agent wrote that they evaluate can regain a superuser's rights."""
+        if not self._ready:
+            self._connect().close()
+        if self._undo_url is None:
+            return self._connect()
+        try:
+            conn = psycopg.connect(self._undo_url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            raise ActionFailed(f"undo: cannot log in to {self.name!r} as the undo role {self.undo_role!r}: "
+                               f"{str(exc).strip()}; allow it in pg_hba.conf like the agent role") from None
+        conn.execute(f"SET search_path = {_PATH}")
+        return conn
+
     def _setup(self, conn: psycopg.Connection) -> None:
         _ensure_role(conn, self.role, self._named)
+        if _ensure_undo_role(conn, self.role, self.undo_role):
+            self._undo_url = psycopg.conninfo.make_conninfo(self.url, user=self.undo_role)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7306007145)")
             row = conn.execute(f"SELECT to_regprocedure('goex.outside_{VERSION}()') IS NOT NULL"
@@ -686,6 +742,7 @@ class PostgresEngine:
                     "detail": f"cannot connect to {self.name}: {str(exc).strip()}"}
         try:
             dangerous = _dangerous(conn, self.role)
+            undo = _dangerous(conn, self.undo_role)
         finally:
             conn.close()
         if dangerous is None:
@@ -695,7 +752,11 @@ class PostgresEngine:
                   "RLS bypass, replication, server file or program access")
         if dangerous:
             detail = f"agent SQL on {self.name} runs as role {self.role!r}, which holds: {', '.join(dangerous)}"
-        return {"runs_as": self.role, "safe": not dangerous, "dangerous": dangerous, "detail": detail}
+        if undo is not None:
+            detail += (f"; undo evaluates agent expressions as {self.undo_role!r}"
+                       + (f", which holds: {', '.join(undo)}" if undo else " (a member of the agent role only)"))
+        return {"runs_as": self.role, "safe": not dangerous and not undo, "dangerous": dangerous + [f"undo role: {d}" for d in undo or []],
+                "detail": detail, "undo_runs_as": self.undo_role if undo is not None else None}
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -874,13 +935,15 @@ class PostgresEngine:
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             snapshot = _one(conn, "SELECT pg_export_snapshot()")
-            script = _pg_dump(self.url, snapshot)
+            script, rows = _pg_dumps(self.url, snapshot)
             fingerprint = _fingerprint(_objects(conn))
         finally:
             _rollback(conn)
             conn.close()
         chunks = [put_blob(script[i:i + CHUNK]) for i in range(0, len(script), CHUNK)]
+        rows_chunks = [put_blob(rows[i:i + CHUNK]) for i in range(0, len(rows), CHUNK)]
         return {"mode": "dump", "chunks": chunks, "size": len(script), "sha": hashlib.sha256(script).hexdigest(),
+                "rows": {"chunks": rows_chunks, "size": len(rows), "sha": hashlib.sha256(rows).hexdigest()},
                 "fingerprint": _digest(fingerprint)}
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
@@ -974,7 +1037,9 @@ class PostgresEngine:
     # -- undoing ---------------------------------------------------------------------------------
 
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]:
-        conn = self._connect()
+        # rows are read back through their types (domain checks): as the undo role; the catalog
+        # and row text of the dump mode evaluate nothing the agent wrote
+        conn = self._connect() if captured.get("mode") == "dump" else self._undo()
         try:
             conn.execute("BEGIN")
             if captured.get("mode") == "dump":
@@ -997,10 +1062,12 @@ class PostgresEngine:
                force: bool) -> None:
         if captured is None:  # never committed: PostgreSQL rolled it back
             return
-        conn = self._connect()
+        dump_mode = captured.get("mode") == "dump" or before.get("mode") == "dump"
+        # the dump's objects need the URL's user; whatever evaluates agent SQL runs as the agent or undo role
+        conn = self._connect() if dump_mode else self._undo()
         try:
             conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
-            if captured.get("mode") == "dump" or before.get("mode") == "dump":
+            if dump_mode:
                 now = _fingerprint(_objects(conn))
                 if _digest(now) == before.get("fingerprint"):
                     return  # already undone
@@ -1008,11 +1075,14 @@ class PostgresEngine:
                 if differences and not force:
                     raise ActionFailed(f"undo on {self.name} stopped, the database changed since the action: "
                                        + "; ".join(f"{t}: {w}" for t, w in differences[:20]))
-                script = b"".join(get_blob(c) for c in before["chunks"])
-                if hashlib.sha256(script).hexdigest() != before["sha"]:
-                    raise ActionFailed(f"undo on {self.name}: the stored dump does not match its checksum")
+                script = _stored(before, get_blob, self.name)
+                rows = _stored(before["rows"], get_blob, self.name) if "rows" in before else None
                 _drop_user_objects(conn)
-                conn.execute(_runnable(script))
+                if rows is None:  # a dump of one piece (older goex): all of it as the agent role
+                    _as_role(conn, self.role, _runnable(script))
+                else:  # objects as the owner (nothing is evaluated), then what evaluates agent SQL as the agent
+                    conn.execute(_runnable(script))
+                    _as_role(conn, self.role, _runnable(rows))
                 conn.execute("COMMIT")
                 return
             tables = _tables(captured, get_blob)
@@ -1050,7 +1120,7 @@ class PostgresEngine:
             conn.close()
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
-        conn = self._connect()
+        conn = self._connect() if captured.get("mode") == "dump" else self._undo()
         try:
             status = None
             try:
@@ -1232,10 +1302,22 @@ def _reset_sequences(conn: psycopg.Connection, then: dict[str, Any], left: dict[
 # -- dump mode helpers -----------------------------------------------------------------------------
 
 
-def _pg_dump(url: str, snapshot: str | None = None) -> bytes:
+def _pg_dump(url: str, snapshot: str | None = None, section: str = "all") -> bytes:
+    """A plain pg_dump script. `section` "schema": the objects (pre-data, with DROP ... IF EXISTS
+    first), restored as the URL's user; "rows": rows, sequence positions, indexes, constraints,
+    triggers and rules (data and post-data), restored as the agent role, since restoring them
+    evaluates expressions the agent wrote (CHECK, index expressions, generated columns)."""
     binary = os.environ.get("GOEX_PG_DUMP") or shutil.which("pg_dump") or "/usr/bin/pg_dump"
-    args = [binary, "--format=plain", "--clean", "--if-exists", "--inserts", "--rows-per-insert=1000",
-            "--exclude-schema=goex", "--no-subscriptions", "--quote-all-identifiers", f"--dbname={url}"]
+    args = [binary, "--format=plain", "--inserts", "--rows-per-insert=1000", "--exclude-schema=goex",
+            "--no-subscriptions", "--quote-all-identifiers", f"--dbname={url}"]
+    if section == "schema":
+        args += ["--section=pre-data", "--clean", "--if-exists"]
+    elif section == "rows":
+        # owners and default privileges stay as they are (the schema part sets owners)
+        args += ["--section=data", "--section=post-data", "--no-owner", "--no-privileges", "--no-publications",
+                 "--no-security-labels"]
+    else:
+        args += ["--clean", "--if-exists"]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
     done = subprocess.run(args, capture_output=True)
@@ -1245,9 +1327,45 @@ def _pg_dump(url: str, snapshot: str | None = None) -> bytes:
     return done.stdout
 
 
+def _pg_dumps(url: str, snapshot: str) -> tuple[bytes, bytes]:
+    """The schema and rows parts of one snapshot, dumped side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        schema = pool.submit(_pg_dump, url, snapshot, "schema")
+        rows = pool.submit(_pg_dump, url, snapshot, "rows")
+        return schema.result(), rows.result()
+
+
 def _runnable(script: bytes) -> bytes:
-    """A pg_dump script as plain SQL: psql meta-commands (\\restrict) removed."""
-    return b"\n".join(line for line in script.split(b"\n") if not line.startswith(b"\\"))
+    """A pg_dump script as plain SQL: its psql meta-commands (`\\restrict KEY` after the header
+    comment, `\\unrestrict KEY` at the end) removed. Only those two lines: a line inside a quoted
+    name or literal is never touched."""
+    lines = script.split(b"\n")
+    first = next((i for i, line in enumerate(lines) if line and not line.startswith(b"--")), None)
+    if first is None or not lines[first].startswith(b"\\restrict "):
+        return script
+    end = b"\\unrestrict " + lines[first][len(b"\\restrict "):]
+    last = max((i for i, line in enumerate(lines) if line == end), default=None)
+    return b"\n".join(line for i, line in enumerate(lines) if i not in (first, last))
+
+
+def _as_role(conn: psycopg.Connection, role: str, script: bytes) -> None:
+    """Run `script` in the open transaction of a superuser connection, as `role`, with no way back:
+    inside a SECURITY DEFINER function PostgreSQL refuses SET ROLE, SET SESSION AUTHORIZATION and
+    superuser-only settings. The function is temporary and created in this transaction, so no other
+    session can see or change it; it is dropped before the commit."""
+    conn.execute("CREATE FUNCTION pg_temp.goex_as_role(script text) RETURNS void LANGUAGE plpgsql "
+                 "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$ BEGIN EXECUTE script; END $goex$")
+    conn.execute(pgsql.SQL("ALTER FUNCTION pg_temp.goex_as_role(text) OWNER TO {}").format(pgsql.Identifier(role)))
+    conn.execute("SELECT pg_temp.goex_as_role(%s)", (script.decode(conn.info.encoding, errors="strict"),))
+    conn.execute("DROP FUNCTION pg_temp.goex_as_role(text)")
+
+
+def _stored(part: dict[str, Any], get_blob: GetBlob, db: str) -> bytes:
+    script = b"".join(get_blob(c) for c in part["chunks"])
+    if hashlib.sha256(script).hexdigest() != part["sha"]:
+        raise ActionFailed(f"undo on {db}: the stored dump does not match its checksum")
+    return script
 
 
 def _drop_user_objects(conn: psycopg.Connection) -> None:
