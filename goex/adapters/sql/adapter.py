@@ -147,6 +147,7 @@ class SqlAdapter:
 
     def prepare(self, action: SqlExecute) -> Prepared:
         engine = self.engine(action.db)
+        engine.begin()
         db = self.databases[action.db]
         statements = engine.split(action.sql)
         if action.params is not None and len(statements) > 1:

@@ -3,6 +3,7 @@ and result formatting.
 
 An engine (SQLite, PostgreSQL, MySQL/MariaDB) runs an action in four steps the adapter drives:
 
+0. `begin()`: a new action starts (the engine forgets what it checked for the previous one).
 1. `dry_run(statements, params)`: the statements' effect, by running them in a transaction that
    is rolled back: `rows` they would change (cascades and triggers included where the engine can
    tell), `all_rows` (the tables of at least 2 rows whose every row they change, whatever the
@@ -77,6 +78,8 @@ class Engine(Protocol):
     dialect: str  # sqlglot dialect
 
     def split(self, sql: str) -> list[str]: ...
+
+    def begin(self) -> None: ...
 
     def check(self, statement: str, analysis: dict[str, Any]) -> None: ...
 

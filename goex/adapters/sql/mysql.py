@@ -744,6 +744,9 @@ class MysqlEngine:
                 _close(conn)
         return self._databases
 
+    def begin(self) -> None:
+        """Nothing is kept from one action to the next but the session, reset before each use."""
+
     def check(self, statement: str, analysis: dict[str, Any]) -> None:
         _refuse_executable(statement)
         words = _words(statement)

@@ -763,6 +763,9 @@ class PostgresEngine:
     def split(self, sql: str) -> list[str]:
         return split_tokens(sql, "postgres")
 
+    def begin(self) -> None:
+        """Nothing is kept from one action to the next but the session, reset before each use."""
+
     def check(self, statement: str, analysis: dict[str, Any]) -> None:
         words = _strip_comments(statement).lower().split()
         first = words[0].strip("(;") if words else ""
@@ -897,12 +900,12 @@ class PostgresEngine:
                     raise _error(self.name, exc, "nothing was applied", n, len(statements)) from None
                 counted += max(cur.rowcount, 0)
             try:
-                conn.execute(_PIN)  # what the statements set must not steer goex's own queries
                 plain = started.get("plain")
                 target, net = _plain_target(statements, counted) if plain else (None, 0)
-                log, seqs_after, all_rows = conn.execute(
-                    f"SELECT goex.logged_{VERSION}(), goex.sequences_{VERSION}(), "
-                    f"goex.all_rows_{VERSION}(to_regclass(%s)::oid, %s, %s)", (target, net, counted)).fetchone()
+                # pinned first, in the same round trip: what the statements set must not steer goex's queries
+                log, seqs_after, all_rows = _after_pin(conn, pgsql.SQL(
+                    "SELECT goex.logged_{v}(), goex.sequences_{v}(), goex.all_rows_{v}(to_regclass({})::oid, {}, {})"
+                ).format(pgsql.Literal(target), pgsql.Literal(net), pgsql.Literal(counted), v=pgsql.SQL(VERSION)))
                 changed = counted if plain else log["count"]
                 creates_trigger = False
                 if not rows_mode:
@@ -995,10 +998,9 @@ class PostgresEngine:
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             try:
-                conn.execute(_PIN)  # what the statements set must not steer goex's own queries
-                if rows_mode:
-                    done = _one(conn, pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(
-                        pgsql.SQL(VERSION), pgsql.Literal(state["rels"])))
+                if rows_mode:  # pinned first, in the same round trip: the statements' settings must not steer it
+                    done = _after_pin(conn, pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(
+                        pgsql.SQL(VERSION), pgsql.Literal(state["rels"])))[0]
                     state["seqs_after"] = done["seqs"]
                     tables = done["tables"]
                     body = json.dumps(tables, separators=(",", ":"), sort_keys=True).encode()
@@ -1012,6 +1014,7 @@ class PostgresEngine:
                                     "shapes": {t["table"]: t["shape"] for t in tables},
                                     "sequences": {k: v[1] for k, v in out["sequences"].items()}}
                     return out
+                conn.execute(_PIN)  # what the statements set must not steer goex's own queries
                 conn.execute(f"SELECT goex.outside_{VERSION}()")
                 xid = _one(conn, "SELECT pg_current_xact_id()::text")
                 objects = _fingerprint(_objects(conn))
@@ -1521,6 +1524,15 @@ def dump(url: str) -> str:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+
+
+def _after_pin(conn: psycopg.Connection, query: pgsql.Composable) -> tuple[Any, ...]:
+    """The row of `query`, run right after the search path is pinned, in one round trip."""
+    cur = conn.execute(pgsql.SQL("{}; {}").format(pgsql.SQL(_PIN), query))
+    cur.nextset()
+    row = cur.fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:

@@ -178,6 +178,7 @@ class SqliteEngine:
         self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
+        self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -211,6 +212,18 @@ class SqliteEngine:
             raise SqlRefused("TEMP tables, views and triggers are not allowed: they would outlive the action on "
                              "goex's connection, outside undo; create a regular table")
 
+    def begin(self) -> None:
+        """A new action: what the last one's dry run checked is not trusted for this one."""
+        self._found = None
+
+    def _file_of_action(self) -> tuple[_File, os.stat_result | None, bool]:
+        """The file as this action's dry run checked it moments ago (the runtime holds the journal's
+        lock across an action, so no other action ran since), or checked now; and whether it was
+        the dry run's (then the work connection was checked too)."""
+        if self._found is not None:
+            return *self._found, True
+        return *self._file(), False
+
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
         """What the statements would do, by running them in a transaction that is rolled back:
         `rows` they change (cascades, triggers, dropped and created tables included), `all_rows`
@@ -238,8 +251,10 @@ class SqliteEngine:
             after = _row_counts(conn) if ddl else {}
             moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
                         if t not in counts or t not in after)  # tables dropped or created whole
-            return {"rows": changed + moved, "all_rows": touched.every_row(conn),
-                    "creates_trigger": authorizer.creates_trigger}
+            effect = {"rows": changed + moved, "all_rows": touched.every_row(conn),
+                      "creates_trigger": authorizer.creates_trigger}
+            self._found = (file, st)
+            return effect
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
         finally:
@@ -268,7 +283,7 @@ class SqliteEngine:
     # -- doing -----------------------------------------------------------------------------------
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
-        file, st = self._file()
+        file, st, _ = self._file_of_action()
         if st is None:
             return {"mode": "image", "absent": True}
         if all(a.get("parsed") and not a.get("ddl") for a in analyses):
@@ -280,8 +295,9 @@ class SqliteEngine:
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
-        file, st = self._file()
-        conn = self._work_connection(file, st)
+        file, st, checked = self._file_of_action()
+        self._found = None  # used once: what follows (undo, the next action) checks again
+        conn = self._work_connection(file, st, checked)
         session = None
         try:
             writes = any(a["kind"] != "select" for a in analyses)
@@ -435,7 +451,7 @@ class SqliteEngine:
         for held in (self._undo, self._work):
             if held is not None:
                 held[0].close()
-        self._undo = self._work = None
+        self._undo = self._work = self._found = None
         self._sidecars = {}
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
@@ -506,12 +522,14 @@ class SqliteEngine:
                 marker.unlink(missing_ok=True)
         return conn, (now.st_dev, now.st_ino)
 
-    def _work_connection(self, file: _File, st: os.stat_result | None) -> apsw.Connection:
+    def _work_connection(self, file: _File, st: os.stat_result | None, checked: bool = False) -> apsw.Connection:
         """The connection actions run on, kept open between them (opening one and reading the
         schema again costs more than a small statement). Reopened when the file was replaced, or
-        if it holds a TEMP object (the authorizer refuses them: this is the second line)."""
+        if it holds a TEMP object (the authorizer refuses them: this is the second line; `checked`:
+        this action's dry run found none on it)."""
         key = _identity(st)
-        if self._work is not None and (key is None or self._work[1] != key or not _temp_empty(self._work[0])):
+        if self._work is not None and (key is None or self._work[1] != key
+                                       or (not checked and not _temp_empty(self._work[0]))):
             self._drop_work()
         if self._work is None:
             self._work = self._open(file, st)
