@@ -53,7 +53,7 @@ from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
-VERSION = "v2"
+VERSION = "v3"
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
 _USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
@@ -144,8 +144,10 @@ BEGIN
   IF stray IS NOT NULL THEN
     RAISE EXCEPTION 'goex session: temporary objects left by an action: %', stray;
   END IF;
-  CREATE TEMP TABLE IF NOT EXISTS goex_log (rel oid, old text, new text);
-  CREATE TEMP TABLE IF NOT EXISTS goex_txn (xid xid8, done boolean);
+  IF to_regclass('pg_temp.goex_txn') IS NULL THEN  -- (IF NOT EXISTS would send a notice every action)
+    CREATE TEMP TABLE goex_log (rel oid, old text, new text);
+    CREATE TEMP TABLE goex_txn (xid xid8, done boolean);
+  END IF;
   DELETE FROM pg_temp.goex_txn WHERE xid <> pg_current_xact_id();
   IF EXISTS (SELECT 1 FROM pg_temp.goex_txn) THEN
     RAISE EXCEPTION 'goex: capture already started in this transaction';
