@@ -27,6 +27,7 @@ from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, an
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
 SAMPLE_ROWS = 5
+_READS_ONLY = {"rows": 0, "all_rows": [], "creates_trigger": False}  # the effect of statements that only read
 
 __all__ = ["SqlAdapter", "SqlRefused", "SqlIrreversible", "Database", "parse_databases", "engine_for"]
 
@@ -96,12 +97,6 @@ def _inside(path: Path, root: Path) -> str | None:
     return None if rel == ".." or rel.startswith("../") else rel
 
 
-def _creates_trigger(statement: str) -> bool:
-    """The words say CREATE [TEMP] TRIGGER (engines that watch their own parser say more)."""
-    words = re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL).lower().split()[:6]
-    return len(words) > 1 and words[0] == "create" and "trigger" in words
-
-
 def engine_for(db: Database, workspace: Workspace | None = None) -> Engine:
     """The engine of `db`. A SQLite file inside the workspace is opened through `workspace`'s
     confined resolver (one made for its root when none is given)."""
@@ -161,7 +156,7 @@ class SqlAdapter:
         kinds = [a["kind"] for a in analysed]
         writes = any(k != "select" for k in kinds)
         try:
-            effect = engine.dry_run(statements, action.params) if writes else 0
+            effect = engine.dry_run(statements, action.params) if writes else _READS_ONLY
         except ActionFailed as exc:
             unread = [a["parse_error"] for a in analysed if not a["parsed"]]
             if unread:  # the engine's message, and where sqlglot lost track of the text
@@ -174,11 +169,9 @@ class SqlAdapter:
             "where_missing": any(a["kind"] in ("update", "delete") and not a["where"] for a in analysed),
             "drops": any(a["kind"] in ("drop", "truncate") for a in analysed),
             "drop_column": any(a["drop_column"] for a in analysed),
-            "rows": effect if isinstance(effect, int) else effect["rows"], "writes": writes,
+            "rows": effect["rows"], "writes": writes,
             # from the dry run's effect, not the syntax: `WHERE 1`, upserts and triggers count too
-            "all_rows": [] if isinstance(effect, int) else sorted(set(effect.get("all_rows", []))),
-            "creates_trigger": (not isinstance(effect, int) and bool(effect.get("creates_trigger")))
-            or any(_creates_trigger(s) for s in statements),
+            "all_rows": sorted(set(effect["all_rows"])), "creates_trigger": bool(effect["creates_trigger"]),
         }
         state = {"db": db, "statements": statements, "analysed": analysed}
         prepared = Prepared(action, action.targets(), preview, writes, state)

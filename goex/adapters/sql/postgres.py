@@ -652,29 +652,28 @@ class PostgresEngine:
     def _agent(self) -> psycopg.Connection:
         """A connection logged in as the agent role: the session user itself holds no dangerous
         privilege, so no SET ROLE / set_config('role') inside an action can regain one."""
-        if not self._ready:
-            self._connect().close()
-        try:
-            return psycopg.connect(self._agent_url, autocommit=True, prepare_threshold=None)
-        except psycopg.Error as exc:
-            raise ActionFailed(f"sql.execute: cannot log in to {self.name!r} as the agent role {self.role!r}: "
-                               f"{str(exc).strip()}; allow it in pg_hba.conf, or name a role goex may use with "
-                               "?goex_role=NAME&goex_role_password=PASSWORD on the database URL") from None
+        return self._login(self._agent_url, f"sql.execute: cannot log in to {self.name!r} as the agent role "
+                           f"{self.role!r}", "allow it in pg_hba.conf, or name a role goex may use with "
+                           "?goex_role=NAME&goex_role_password=PASSWORD on the database URL")
 
     def _undo(self) -> psycopg.Connection:
         """A connection for row undo, conflict checks and recovery: logged in as the undo role, so
         nothing the agent wrote that they evaluate can regain a superuser's rights."""
-        if not self._ready:
-            self._connect().close()
         if self._undo_url is None:
             return self._connect()
-        try:
-            conn = psycopg.connect(self._undo_url, autocommit=True, prepare_threshold=None)
-        except psycopg.Error as exc:
-            raise ActionFailed(f"undo: cannot log in to {self.name!r} as the undo role {self.undo_role!r}: "
-                               f"{str(exc).strip()}; allow it in pg_hba.conf like the agent role") from None
+        conn = self._login(self._undo_url, f"undo: cannot log in to {self.name!r} as the undo role "
+                           f"{self.undo_role!r}", "allow it in pg_hba.conf like the agent role")
         conn.execute(f"SET search_path = {_PATH}")
         return conn
+
+    def _login(self, url: str, failure: str, hint: str) -> psycopg.Connection:
+        """A connection as one of goex's roles (set up first, by the URL's user, if not yet)."""
+        if not self._ready:
+            self._connect().close()
+        try:
+            return psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            raise ActionFailed(f"{failure}: {str(exc).strip()}; {hint}") from None
 
     def _setup(self, conn: psycopg.Connection) -> None:
         _ensure_role(conn, self.role, self._named)
