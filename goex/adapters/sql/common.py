@@ -102,16 +102,33 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+_CACHED_TEXT = 8192  # longer texts (bulk inserts) are tokenized each time rather than kept
+
+
+def tokens(sql: str, dialect: str) -> tuple[Any, ...]:
+    """sqlglot's tokens of `sql` in `dialect`; short texts are cached, since an action's text is
+    read several times (split, checks, placeholders) and agents repeat the same statements.
+    Raises sqlglot's TokenError."""
+    if len(sql) > _CACHED_TEXT:
+        return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+    return _tokens(sql, dialect)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tokens(sql: str, dialect: str) -> tuple[Any, ...]:
+    return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+
+
 def split_tokens(sql: str, dialect: str) -> list[str]:
     """Statements of `sql` split on top-level semicolons by sqlglot's tokenizer for `dialect`
     (quotes, comments and dollar quoting respected); each is the original text."""
     try:
-        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(sql)
+        found = tokens(sql, dialect)
     except sqlglot.errors.TokenError as exc:
         raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
     out, start = [], None
     end = 0
-    for tok in tokens:
+    for tok in found:
         if tok.token_type == TokenType.SEMICOLON:
             if start is not None:
                 out.append(sql[start:end + 1].strip())

@@ -49,7 +49,8 @@ from sqlglot.tokens import TokenType
 
 from ...errors import ActionFailed
 from ...journal.store import CHUNK
-from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name, split_tokens
+from .common import (GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name, split_tokens,
+                     tokens as sql_tokens)
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
@@ -340,7 +341,7 @@ def convert_params(statement: str, params: Any, dialect: str = "postgres") -> tu
     if params is None:
         return statement, None
     try:
-        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(statement)
+        tokens = sql_tokens(statement, dialect)
     except sqlglot.errors.TokenError as exc:
         raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
     pieces: list[str] = []
@@ -796,7 +797,7 @@ class PostgresEngine:
             raise SqlRefused("CONCURRENTLY is not allowed: it cannot run inside the action's transaction; "
                              "leave out CONCURRENTLY")
         try:
-            tokens = sqlglot.Dialect.get_or_raise("postgres").tokenize(statement)
+            tokens = sql_tokens(statement, "postgres")
         except sqlglot.errors.TokenError as exc:
             raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
         for i, tok in enumerate(tokens):
@@ -906,7 +907,8 @@ class PostgresEngine:
                 # pinned first, in the same round trip: what the statements set must not steer goex's queries
                 log, seqs_after, all_rows = _after_pin(conn, pgsql.SQL(
                     "SELECT goex.logged_{v}(), goex.sequences_{v}(), goex.all_rows_{v}(to_regclass({})::oid, {}, {})"
-                ).format(pgsql.Literal(target), pgsql.Literal(net), pgsql.Literal(counted), v=pgsql.SQL(VERSION)))
+                ).format(pgsql.Literal(target), pgsql.Literal(net), pgsql.Literal(counted), v=pgsql.SQL(VERSION)),
+                    "ROLLBACK" if rows_mode else "")  # nothing else to read: the dry run ends in the same trip
                 changed = counted if plain else log["count"]
                 creates_trigger = False
                 if not rows_mode:
@@ -1527,9 +1529,10 @@ def dump(url: str) -> str:
 # -- small helpers ---------------------------------------------------------------------------------
 
 
-def _after_pin(conn: psycopg.Connection, query: pgsql.Composable) -> tuple[Any, ...]:
-    """The row of `query`, run right after the search path is pinned, in one round trip."""
-    cur = conn.execute(pgsql.SQL("{}; {}").format(pgsql.SQL(_PIN), query))
+def _after_pin(conn: psycopg.Connection, query: pgsql.Composable, then: str = "") -> tuple[Any, ...]:
+    """The row of `query`, run right after the search path is pinned (and followed by `then`,
+    e.g. ROLLBACK), in one round trip."""
+    cur = conn.execute(pgsql.SQL("{}; {}{}").format(pgsql.SQL(_PIN), query, pgsql.SQL(f"; {then}" if then else "")))
     cur.nextset()
     row = cur.fetchone()
     assert row is not None
