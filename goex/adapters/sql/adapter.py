@@ -155,7 +155,11 @@ class SqlAdapter:
             engine.check(statement, analysis)
         kinds = [a["kind"] for a in analysed]
         writes = any(k != "select" for k in kinds)
+        output = None
         try:
+            if not writes:  # run now, read-only: a query that writes after all (nextval, a function
+                output = engine.read(statements, action.params, analysed)  # changing rows) is a write
+                writes = output is None
             effect = engine.dry_run(statements, action.params) if writes else _READS_ONLY
         except ActionFailed as exc:
             unread = [a["parse_error"] for a in analysed if not a["parsed"]]
@@ -173,7 +177,7 @@ class SqlAdapter:
             # from the dry run's effect, not the syntax: `WHERE 1`, upserts and triggers count too
             "all_rows": sorted(set(effect["all_rows"])), "creates_trigger": bool(effect["creates_trigger"]),
         }
-        state = {"db": db, "statements": statements, "analysed": analysed}
+        state = {"db": db, "statements": statements, "analysed": analysed, "output": output}
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file
         return prepared
@@ -243,10 +247,8 @@ class SqlAdapter:
                                           prepared.state.get("before", {}))
 
     def apply(self, prepared: Prepared) -> Applied:
-        """Reads: run, and roll back (a query changes nothing)."""
-        staged = self.stage(prepared)
-        staged.abort()
-        return Applied(staged.output, {})
+        """Reads: their output, from the read-only run in `prepare`."""
+        return Applied(prepared.state["output"], {})
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         assert self.get_blob is not None, "SqlAdapter needs the journal's get_blob"

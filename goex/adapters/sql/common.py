@@ -87,6 +87,10 @@ class Engine(Protocol):
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]: ...
 
+    def read(self, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Run statements that only read; their output, or None when they write after all (they
+        then run as a write)."""
+
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged: ...
 

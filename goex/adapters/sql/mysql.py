@@ -893,6 +893,12 @@ class MysqlEngine:
             _rollback(conn)
             _close(conn)
 
+    def read(self, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The output of statements that only read: run, and rolled back."""
+        staged = self.stage(statements, params, analyses, {})
+        staged.abort()
+        return staged.output
+
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
         conn = self._take()

@@ -54,7 +54,7 @@ from .common import (GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, forma
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
-VERSION = "v3"
+VERSION = "v4"
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
 _USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
@@ -273,8 +273,9 @@ BEGIN
   LOOP
     counts := NULL;
     IF rec.key IS NULL THEN
-      EXECUTE format('SELECT jsonb_object_agg(j, c) FROM (SELECT x::text AS j, count(*) AS c FROM ONLY %s x '
-                     'WHERE x::text = ANY($1) GROUP BY 1) s', rec.rel::regclass) INTO counts USING rec.vals;
+      EXECUTE format('SELECT jsonb_object_agg(s.j, s.c) FROM (SELECT ROW(x.*)::text AS j, count(*) AS c '
+                     'FROM ONLY %s x WHERE ROW(x.*)::text = ANY($1) GROUP BY 1) s', rec.rel::regclass)
+        INTO counts USING rec.vals;
       counts := coalesce(counts, '{{}}');
     END IF;
     tables := tables || jsonb_build_array(jsonb_build_object(
@@ -427,6 +428,10 @@ _TRIGGERS = ("SELECT coalesce(array_agg(oid ORDER BY oid), '{}') FROM pg_catalog
 
 class _Dirty(Exception):
     """A kept connection's session is not as goex left it: it is closed, not repaired in place."""
+
+
+class _WritesInRead(Exception):
+    """Statements run as a read wrote (or tried to): the server refused them in READ ONLY mode."""
 
 
 class _Privilege(Exception):
@@ -821,16 +826,17 @@ class PostgresEngine:
         return all(_plan(s)[0] for s in statements)
 
     def _begin(self, conn: psycopg.Connection, statements: list[str], everything: bool,
-               install: bool) -> dict[str, Any]:
+               install: bool, read_only: bool = False) -> dict[str, Any]:
         """Reset what an earlier action may have left in the session, open the transaction and
-        start capture; raises _Dirty when the session is not as goex left it."""
+        start capture; raises _Dirty when the session is not as goex left it. `read_only`: the
+        statements then run in a READ ONLY transaction (goex's own set-up done first)."""
         tables = sorted({t for s in statements for t in _plan(s)[1]})
         funcs = sorted({f for s in statements for f in _plan(s)[2]})
         # explicit modes: the transaction must not take the defaults an earlier action set
         query = pgsql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; "
-                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path'))").format(
+                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path')){}").format(
             pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
-            pgsql.Literal(install))
+            pgsql.Literal(install), pgsql.SQL("; SET TRANSACTION READ ONLY" if read_only else ""))
         try:
             cur = conn.execute(query)
         except psycopg.Error as exc:
@@ -848,16 +854,16 @@ class PostgresEngine:
         return row[0]
 
     def _start(self, conn: psycopg.Connection, statements: list[str], everything: bool,
-               install: bool = True) -> tuple[psycopg.Connection, dict[str, Any]]:
+               install: bool = True, read_only: bool = False) -> tuple[psycopg.Connection, dict[str, Any]]:
         """`_begin` on `conn`, or, when its session is not clean, on a fresh connection (the dirty
         one is closed, never reused)."""
         try:
-            return conn, self._begin(conn, statements, everything, install)
+            return conn, self._begin(conn, statements, everything, install, read_only)
         except _Dirty:
             conn.close()
         conn = self._agent()
         try:
-            return conn, self._begin(conn, statements, everything, install)
+            return conn, self._begin(conn, statements, everything, install, read_only)
         except _Dirty as exc:
             conn.close()
             raise ActionFailed(f"sql.execute on {self.name}: a new session is not clean ({exc}); nothing was "
@@ -952,11 +958,22 @@ class PostgresEngine:
                 "rows": {"chunks": rows_chunks, "size": len(rows), "sha": hashlib.sha256(rows).hexdigest()},
                 "fingerprint": _digest(fingerprint)}
 
+    def read(self, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The output of statements that only read, run in a READ ONLY transaction that is rolled
+        back; None when the server says they write after all (a volatile function such as nextval
+        or setval, a function that changes rows, a locking read): they must then run as a write."""
+        try:
+            staged = self.stage(statements, params, analyses, {}, read_only=True)
+        except _WritesInRead:
+            return None
+        staged.abort()
+        return staged.output
+
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
-              before: dict[str, Any]) -> Staged:
+              before: dict[str, Any], read_only: bool = False) -> Staged:
         mode = before.get("mode") or ("rows" if self._rows_mode(statements) else "dump")
-        reads = all(a.get("kind") in ("select", "union", "intersect", "except", "values") for a in analyses) \
-            and all(_plan(s)[0] for s in statements)
+        # without a `before` (goex's capture for a write) the statements only read: read-only
+        reads = read_only or not before
         rows_mode = mode == "rows"
         conn = self._take() if rows_mode else self._agent()
         state: dict[str, Any] = {"seqs": {}, "seqs_after": None, "rels": []}
@@ -969,7 +986,8 @@ class PostgresEngine:
         try:
             try:
                 capture = rows_mode and not reads
-                conn, started = self._start(conn, statements if capture else [], False, install=capture)
+                conn, started = self._start(conn, statements if capture else [], False, install=capture,
+                                            read_only=reads)
                 state["rels"] = started["rels"]
                 state["seqs"] = started["seqs"]
                 if mode == "dump" and "fingerprint" in before:  # a write: its dump must still be current
@@ -988,6 +1006,8 @@ class PostgresEngine:
                 try:
                     cur = conn.execute(text, values)
                 except psycopg.Error as exc:
+                    if reads and exc.sqlstate == "25006":  # read_only_sql_transaction: it writes
+                        raise _WritesInRead() from None
                     raise _error(self.name, exc, "nothing of it was applied", n, len(statements)) from None
                 if cur.description is not None:
                     output = format_rows([d.name for d in cur.description], cur)
@@ -1193,11 +1213,11 @@ def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tup
     values = [r[0] for r in rows]
     if table.get("key"):
         key = table["key"]
-        mine = pgsql.SQL(", ").join(pgsql.SQL("(r::{}).{}").format(name, pgsql.Identifier(k)) for k in key)
+        mine = _key_of(name, key)
         theirs = pgsql.SQL(", ").join(pgsql.SQL("x.{}").format(pgsql.Identifier(k)) for k in key)
         query = pgsql.SQL(
-            "SELECT r, row({mine})::text, cur.v FROM unnest(%s::text[]) AS r LEFT JOIN LATERAL "
-            "(SELECT x::text AS v FROM ONLY {name} x WHERE ({theirs}) = ({mine}) {lock}) cur ON true").format(
+            "SELECT u.r, row({mine})::text, cur.v FROM unnest(%s::text[]) AS u(r) LEFT JOIN LATERAL "
+            "(SELECT ROW(x.*)::text AS v FROM ONLY {name} x WHERE ({theirs}) = ({mine}) {lock}) cur ON true").format(
             mine=mine, theirs=theirs, name=name, lock=pgsql.SQL("FOR UPDATE OF x" if lock else ""))
         found = conn.execute(query, (values,)).fetchall()
         keys = {r: k for r, k, _ in found}
@@ -1222,7 +1242,8 @@ def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tup
                 out.append(f"row {k} is {_short(current.get(k))}, the action left {_short(v)}")
         return "conflict", out[:20]
     counts_after = table.get("counts") or {}
-    query = pgsql.SQL("SELECT x::text, count(*) FROM ONLY {} x WHERE x::text = ANY(%s) GROUP BY 1").format(name)
+    query = pgsql.SQL("SELECT ROW(x.*)::text, count(*) FROM ONLY {} x WHERE ROW(x.*)::text = ANY(%s) "
+                      "GROUP BY 1").format(name)
     current = {v: int(c) for v, c in conn.execute(query, (values,)).fetchall()}
     if all(current.get(v, 0) == counts_after.get(v, 0) for v, _ in rows):
         return "after", []
@@ -1231,6 +1252,12 @@ def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tup
     out = [f"row {_short(v)} occurs {current.get(v, 0)} times, the action left {counts_after.get(v, 0)}"
            for v, _ in rows if current.get(v, 0) != counts_after.get(v, 0)]
     return "conflict", out[:20]
+
+
+def _key_of(name: pgsql.Composable, key: list[str]) -> pgsql.Composable:
+    """The key columns of the row text `u.r` read as a row of table `name` (every name qualified:
+    no column of the user's table can stand in for goex's aliases)."""
+    return pgsql.SQL(", ").join(pgsql.SQL("(u.r::{}).{}").format(name, pgsql.Identifier(k)) for k in key)
 
 
 def _short(value: str | None) -> str:
@@ -1243,12 +1270,12 @@ def _delete_added(conn: psycopg.Connection, table: dict[str, Any], force: bool) 
     name = _ident(table["table"])
     if table.get("key"):
         key = table["key"]
-        mine = pgsql.SQL(", ").join(pgsql.SQL("(r::{}).{}").format(name, pgsql.Identifier(k)) for k in key)
+        mine = _key_of(name, key)
         theirs = pgsql.SQL(", ").join(pgsql.SQL("x.{}").format(pgsql.Identifier(k)) for k in key)
         # every key the action touched is cleared: the rows it added, and (forced) whatever sits there now
         values = [v for v, n in table["rows"] if n > 0 or force]
         if values:
-            conn.execute(pgsql.SQL("DELETE FROM ONLY {name} x USING unnest(%s::text[]) AS r "
+            conn.execute(pgsql.SQL("DELETE FROM ONLY {name} x USING unnest(%s::text[]) AS u(r) "
                                    "WHERE ({theirs}) = ({mine})").format(name=name, theirs=theirs, mine=mine),
                          (values,))
         return
@@ -1256,8 +1283,9 @@ def _delete_added(conn: psycopg.Connection, table: dict[str, Any], force: bool) 
     counts = [n for v, n in table["rows"] if n > 0]
     if values:
         conn.execute(pgsql.SQL(
-            "DELETE FROM ONLY {name} WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM (SELECT x.ctid, x::text AS j, "
-            "row_number() OVER (PARTITION BY x::text) AS rn FROM ONLY {name} x WHERE x::text = ANY(%s)) s "
+            "DELETE FROM ONLY {name} WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM (SELECT x.ctid, ROW(x.*)::text AS j, "
+            "row_number() OVER (PARTITION BY ROW(x.*)::text) AS rn FROM ONLY {name} x "
+            "WHERE ROW(x.*)::text = ANY(%s)) s "
             "JOIN unnest(%s::text[], %s::int[]) AS d(j, n) ON d.j = s.j WHERE s.rn <= d.n))").format(name=name),
             (values, values, counts))
 
@@ -1270,7 +1298,7 @@ def _insert_removed(conn: psycopg.Connection, table: dict[str, Any]) -> None:
     cols = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in table["columns"])
     picks = pgsql.SQL(", ").join(pgsql.SQL("(s.v).{}").format(pgsql.Identifier(c)) for c in table["columns"])
     conn.execute(pgsql.SQL("INSERT INTO {name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {picks} FROM "
-                           "(SELECT r::{name} AS v FROM unnest(%s::text[]) AS r OFFSET 0) s").format(
+                           "(SELECT u.r::{name} AS v FROM unnest(%s::text[]) AS u(r) OFFSET 0) s").format(
         name=name, cols=cols, picks=picks), (values,))
 
 
@@ -1495,7 +1523,7 @@ def _objects(conn: psycopg.Connection) -> dict[str, str]:
             populated = kind == "r" or _one(conn, "SELECT relispopulated FROM pg_class WHERE oid = %s", (oid,))
             if populated:
                 rows = [r[0] for r in conn.execute(
-                    pgsql.SQL("SELECT x::text FROM ONLY {} x").format(_ident(name))).fetchall()]
+                    pgsql.SQL("SELECT ROW(x.*)::text FROM ONLY {} x").format(_ident(name))).fetchall()]
                 body += ["  row " + r for r in sorted(rows)]
         out[f"{words} {name}"] = "\n".join(body)
     for name, text in conn.execute(

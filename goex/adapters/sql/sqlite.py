@@ -293,6 +293,12 @@ class SqliteEngine:
         return {"mode": "image", "absent": False, "size": len(image), "sha": hashlib.sha256(image).hexdigest(),
                 "chunks": chunks, "checksums": _checksums(file)}
 
+    def read(self, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The output of statements that only read: run, and rolled back."""
+        staged = self.stage(statements, params, analyses, {})
+        staged.abort()
+        return staged.output
+
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
         file, st, checked = self._file_of_action()
