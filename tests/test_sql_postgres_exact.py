@@ -209,3 +209,52 @@ def test_plain_select_stays_a_read(tmp_path, url):
         result = run(sess, "SELECT count(*) FROM t")
         assert result.output["rows"] == [[2]]
         assert sess.rollback() == []  # nothing to undo: it wrote nothing
+
+
+# -- referential integrity -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["NO ACTION", "CASCADE", "SET NULL"])
+def test_undo_never_orphans_or_cascades_into_other_clients_rows(tmp_path, url, action):
+    raw(url, f"CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, "
+             f"pid int REFERENCES parent(id) ON DELETE {action})")
+    with runtime(tmp_path, url) as rt:
+        s = rt.session()
+        run(s, "INSERT INTO parent VALUES (7)")
+        raw(url, "INSERT INTO child VALUES (1, 7)")  # another client references the agent's row
+        with pytest.raises(UndoConflict) as caught:
+            s.undo()
+        assert "child" in str(caught.value)
+        with pytest.raises(UndoConflict):
+            s.undo(force=True)  # force never breaks another client's reference either
+    assert raw(url, "SELECT id FROM parent") == [(7,)]
+    assert raw(url, "SELECT id, pid FROM child") == [(1, 7)]
+
+
+def test_undo_of_own_parent_and_child_is_exact(tmp_path, url):
+    raw(url, "CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, "
+             "pid int REFERENCES parent(id) ON DELETE CASCADE); INSERT INTO parent VALUES (1); "
+             "INSERT INTO child VALUES (1, 1)")
+    start = pg_dump(url)
+    with runtime(tmp_path, url) as rt:
+        s = rt.session()
+        run(s, "INSERT INTO parent VALUES (7)")
+        run(s, "INSERT INTO child VALUES (2, 7)")
+        run(s, "DELETE FROM parent WHERE id = 1")  # cascades into the child row 1
+        raw(url, "INSERT INTO parent VALUES (8)")  # unrelated work by another client
+        s.rollback()
+    assert raw(url, "SELECT id FROM parent ORDER BY id") == [(1,), (8,)]
+    raw(url, "DELETE FROM parent WHERE id = 8")
+    assert pg_dump(url) == start
+
+
+def test_undo_does_not_put_back_a_row_whose_parent_was_removed(tmp_path, url):
+    raw(url, "CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, "
+             "pid int REFERENCES parent(id)); INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (5, 2)")
+    with runtime(tmp_path, url) as rt:
+        s = rt.session()
+        run(s, "DELETE FROM child WHERE id = 5")
+        raw(url, "DELETE FROM parent WHERE id = 2")  # another client removes the parent meanwhile
+        with pytest.raises(UndoConflict):
+            s.undo()
+    assert raw(url, "SELECT count(*) FROM child") == [(0,)]

@@ -1071,10 +1071,17 @@ class PostgresEngine:
             if captured.get("mode") == "dump":
                 return _object_differences(captured["after"]["objects"], _fingerprint(_objects(conn)), self.name)
             found: list[tuple[str, str]] = []
+            plans = []
             for table in _tables(captured, get_blob):
                 state, problems = _examine(conn, table, lock=False)
                 if state == "conflict":
                     found += [(f"{self.name}.{table['table']}", p) for p in problems]
+                plans.append((table, state))
+            links = _links(conn, [t for t, state in plans if state != "before"])
+            if links and not found:  # a trial undo, rolled back: would it orphan or cascade into other rows?
+                conn.execute("SET LOCAL session_replication_role = replica")
+                _undo_rows(conn, plans, force=False)
+                found += [(f"{self.name}.{t}", p) for t, p in _dangling(conn, plans, links)]
             for name, (_, after) in (captured.get("sequences") or {}).items():
                 now = _sequence(conn, name)
                 if now is not None and now != after:
@@ -1127,12 +1134,14 @@ class PostgresEngine:
             if problems:
                 raise ActionFailed(f"undo on {self.name} stopped, the data changed since the action: "
                                    f"{'; '.join(problems)}")
-            for table, state in plans:
-                if state != "before":
-                    _delete_added(conn, table, force)
-            for table, state in plans:
-                if state != "before":
-                    _insert_removed(conn, table)
+            _undo_rows(conn, plans, force)
+            links = _links(conn, [t for t, state in plans if state != "before"])
+            dangling = _dangling(conn, plans, links) if links else []
+            if dangling:  # under force too: undo never leaves a reference dangling
+                from ..http.adapter import CompensationFailed  # the runtime's "undo refused, nothing changed"
+
+                raise CompensationFailed(f"undo on {self.name} stopped, nothing of it was applied: "
+                                         + "; ".join(f"{t}: {w}" for t, w in dangling), conflict=True)
             for name, (then, after) in sequences.items():
                 if _sequence(conn, name) is not None:
                     conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
@@ -1252,6 +1261,72 @@ def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tup
     out = [f"row {_short(v)} occurs {current.get(v, 0)} times, the action left {counts_after.get(v, 0)}"
            for v, _ in rows if current.get(v, 0) != counts_after.get(v, 0)]
     return "conflict", out[:20]
+
+
+def _undo_rows(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]], force: bool) -> None:
+    """The rows of every table not yet back in its state before the action, set back (with
+    session_replication_role = replica: no trigger and no foreign-key action fires)."""
+    for table, state in plans:
+        if state != "before":
+            _delete_added(conn, table, force)
+    for table, state in plans:
+        if state != "before":
+            _insert_removed(conn, table)
+
+
+_LINKS = """
+SELECT format('%%I.%%I', cn.nspname, cc.relname), format('%%I.%%I', pn.nspname, pc.relname),
+  (SELECT array_agg(a.attname::text ORDER BY k.o) FROM unnest(c.conkey) WITH ORDINALITY AS k(num, o)
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num),
+  (SELECT array_agg(a.attname::text ORDER BY k.o) FROM unnest(c.confkey) WITH ORDINALITY AS k(num, o)
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num)
+FROM pg_catalog.pg_constraint c
+  JOIN pg_catalog.pg_class cc ON cc.oid = c.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+  JOIN pg_catalog.pg_class pc ON pc.oid = c.confrelid JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+WHERE c.contype = 'f'
+  AND (c.conrelid = ANY(%(oids)s::regclass[]) OR c.confrelid = ANY(%(oids)s::regclass[]))
+"""
+
+
+def _links(conn: psycopg.Connection, tables: list[dict[str, Any]]) -> list[tuple[str, str, list[str], list[str]]]:
+    """Foreign keys from or to `tables`: (referencing table, referenced table, columns, columns)."""
+    if not tables:
+        return []
+    oids = [t["table"] for t in tables]
+    return [tuple(r) for r in conn.execute(_LINKS, {"oids": oids}).fetchall()]  # type: ignore[misc]
+
+
+def _dangling(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]],
+              links: list[tuple[str, str, list[str], list[str]]]) -> list[tuple[str, str]]:
+    """After an undo's row changes (in its transaction): references they leave dangling. A row
+    another client wrote that points at a key the undo removed (the undo would orphan it, or with
+    ON DELETE CASCADE take it along), and a row the undo puts back whose referenced key is gone."""
+    touched = {t["table"]: t for t, state in plans if state != "before"}
+    out: list[tuple[str, str]] = []
+    for child, parent, cols, refs in links:
+        fk = pgsql.SQL(", ").join(pgsql.SQL("c.{}").format(pgsql.Identifier(n)) for n in cols)
+        ref = pgsql.SQL(", ").join(pgsql.SQL("p.{}").format(pgsql.Identifier(n)) for n in refs)
+        gone = pgsql.SQL("NOT EXISTS (SELECT 1 FROM {parent} p WHERE ({ref}) = ({fk}))").format(
+            parent=_ident(parent), ref=ref, fk=fk)
+        if parent in touched:  # keys the undo removed from the referenced table
+            removed = [v for v, n in touched[parent]["rows"] if n > 0]
+            keys = pgsql.SQL(", ").join(pgsql.SQL("(u.r::{}).{}").format(_ident(parent), pgsql.Identifier(n))
+                                        for n in refs)
+            rows = conn.execute(pgsql.SQL(
+                "SELECT ROW(c.*)::text FROM {child} c WHERE ({fk}) IN (SELECT {keys} FROM unnest(%s::text[]) AS u(r)) "
+                "AND {gone} LIMIT 5").format(child=_ident(child), fk=fk, keys=keys, gone=gone),
+                (removed,)).fetchall()
+            out += [(child, f"row {_short(r[0])} references {parent} ({', '.join(refs)}) that undo would remove; "
+                     "it was written outside this action") for (r,) in rows]
+        if child in touched:  # rows the undo put back into the referencing table
+            restored = [v for v, n in touched[child]["rows"] if n < 0]
+            rows = conn.execute(pgsql.SQL(
+                "SELECT ROW(c.*)::text FROM unnest(%s::text[]) AS u(r), LATERAL (SELECT (u.r::{child}).*) c "
+                "WHERE ({fk}) IS NOT NULL AND {gone} LIMIT 5").format(child=_ident(child), fk=fk, gone=gone),
+                (restored,)).fetchall()
+            out += [(child, f"row {_short(r[0])} would be put back, but the {parent} row it references is gone "
+                     "(removed outside this action)") for (r,) in rows]
+    return out
 
 
 def _key_of(name: pgsql.Composable, key: list[str]) -> pgsql.Composable:
