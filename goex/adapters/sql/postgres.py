@@ -638,6 +638,7 @@ class PostgresEngine:
         self.undo_role = f"{self.role}_undo" if self._named else UNDO_ROLE
         self._undo_url: str | None = None  # set up with the roles: None when undo runs as the URL's user
         self._idle: list[psycopg.Connection] = []
+        self._idle_undo: list[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._ready = False
 
@@ -733,9 +734,36 @@ class PostgresEngine:
                 return
         conn.close()
 
+    def _undoer(self, dump_mode: bool) -> psycopg.Connection:
+        """A connection for conflict checks, undo and recovery: a new one as the URL's user for
+        the dump mode; otherwise a kept undo connection, its session reset first (code of the
+        agent's that undo evaluated there, an index expression or a domain check, may have set
+        something), or a new one."""
+        if dump_mode:
+            return self._connect()
+        with self._lock:
+            conn = self._idle_undo.pop() if self._idle_undo else None
+        if conn is not None and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute(f"RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); SET search_path = {_PATH}")
+                return conn
+            except psycopg.Error:
+                conn.close()
+        return self._undo()
+
+    def _done(self, conn: psycopg.Connection, dump_mode: bool) -> None:
+        """Back to the pool (undo connections) or closed."""
+        _rollback(conn)
+        with self._lock:
+            if not dump_mode and not conn.closed and len(self._idle_undo) < 2:
+                self._idle_undo.append(conn)
+                return
+        conn.close()
+
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle = self._idle + self._idle_undo, []
+            self._idle_undo = []
         for conn in idle:
             conn.close()
 
@@ -1065,10 +1093,11 @@ class PostgresEngine:
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]:
         # rows are read back through their types (domain checks): as the undo role; the catalog
         # and row text of the dump mode evaluate nothing the agent wrote
-        conn = self._connect() if captured.get("mode") == "dump" else self._undo()
+        dump_mode = captured.get("mode") == "dump"
+        conn = self._undoer(dump_mode)
         try:
             conn.execute("BEGIN")
-            if captured.get("mode") == "dump":
+            if dump_mode:
                 return _object_differences(captured["after"]["objects"], _fingerprint(_objects(conn)), self.name)
             found: list[tuple[str, str]] = []
             plans = []
@@ -1081,6 +1110,7 @@ class PostgresEngine:
             if links and not found:  # a trial undo, rolled back: would it orphan or cascade into other rows?
                 conn.execute("SET LOCAL session_replication_role = replica")
                 _undo_rows(conn, plans, force=False)
+                conn.execute(_PIN)
                 found += [(f"{self.name}.{t}", p) for t, p in _dangling(conn, plans, links)]
             for name, (_, after) in (captured.get("sequences") or {}).items():
                 now = _sequence(conn, name)
@@ -1088,8 +1118,7 @@ class PostgresEngine:
                     found.append((f"{self.name}.{name}", f"sequence moved since the action: {after} -> {now}"))
             return found
         finally:
-            _rollback(conn)
-            conn.close()
+            self._done(conn, dump_mode)
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None:
@@ -1097,7 +1126,7 @@ class PostgresEngine:
             return
         dump_mode = captured.get("mode") == "dump" or before.get("mode") == "dump"
         # the dump's objects need the URL's user; whatever evaluates agent SQL runs as the agent or undo role
-        conn = self._connect() if dump_mode else self._undo()
+        conn = self._undoer(dump_mode)
         try:
             conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
             if dump_mode:
@@ -1135,6 +1164,7 @@ class PostgresEngine:
                 raise ActionFailed(f"undo on {self.name} stopped, the data changed since the action: "
                                    f"{'; '.join(problems)}")
             _undo_rows(conn, plans, force)
+            conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
             links = _links(conn, [t for t, state in plans if state != "before"])
             dangling = _dangling(conn, plans, links) if links else []
             if dangling:  # under force too: undo never leaves a reference dangling
@@ -1151,11 +1181,11 @@ class PostgresEngine:
             raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
                                f"{_message(exc)}") from None
         finally:
-            _rollback(conn)
-            conn.close()
+            self._done(conn, dump_mode)
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
-        conn = self._connect() if captured.get("mode") == "dump" else self._undo()
+        dump_mode = captured.get("mode") == "dump"
+        conn = self._undoer(dump_mode)
         try:
             status = None
             try:
@@ -1185,8 +1215,7 @@ class PostgresEngine:
                     return "reverted", ""
             return "review", f"{self.name} matches neither the state before nor the state after the action"
         finally:
-            _rollback(conn)
-            conn.close()
+            self._done(conn, dump_mode)
 
     def dump(self) -> str:
         return dump(self.url)
