@@ -330,10 +330,9 @@ class SqliteEngine:
             output: dict[str, Any] = {}
             start = conn.total_changes()
             for sql in statements:
-                cursor = _run(conn, sql, params)
-                description = _description(cursor)
-                if description is not None:
-                    output = format_rows(description, cursor)
+                columns, cursor = _query(conn, sql, params)
+                if columns:
+                    output = format_rows(columns, cursor)
             conn.authorizer = None
             if not output:
                 output = {"rows_changed": conn.total_changes() - start}
@@ -705,11 +704,23 @@ def _run(conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
     return conn.execute(sql, tuple(params) if params is not None else None)
 
 
-def _description(cursor: apsw.Cursor) -> list[str] | None:
-    try:
-        return [d[0] for d in cursor.get_description()]
-    except apsw.ExecutionCompleteError:
-        return None
+def _query(conn: apsw.Connection, sql: str, params: Any) -> tuple[list[str], apsw.Cursor]:
+    """Run `sql`; its result columns (none for a statement that returns no rows) and the cursor.
+    The columns are read as SQLite prepares the statement: a query that finds no row has
+    finished by the time `execute` returns, and its cursor no longer knows them."""
+    columns: list[str] = []
+
+    def prepared(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        columns[:] = [d[0] for d in cursor.get_description()]
+        return True
+
+    cursor = conn.cursor()
+    cursor.exec_trace = prepared
+    if isinstance(params, dict):
+        cursor.execute(sql, params)
+    else:
+        cursor.execute(sql, tuple(params) if params is not None else None)
+    return columns, cursor
 
 
 def _blob(chunks: list[str], get_blob: GetBlob) -> bytes:
