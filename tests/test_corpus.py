@@ -26,10 +26,19 @@ from goex.adapters.sql.mysql import drop_agent_account
 
 from sqllogic import Record, compared, records, values
 
-#: the scripts: GOEX_SLT_CORPUS, or `shared/corpora/sqllogictest/evidence` beside a folder above this one
-CORPUS = next(iter([Path(os.environ["GOEX_SLT_CORPUS"])]) if os.environ.get("GOEX_SLT_CORPUS") else (
-    found for up in Path(__file__).resolve().parents
-    if (found := up / "shared/corpora/sqllogictest/evidence").is_dir()), Path("shared/corpora/sqllogictest/evidence"))
+
+
+def _corpus() -> Path:
+    """The scripts: GOEX_SLT_CORPUS, or `shared/corpora/sqllogictest/evidence` in a folder above this one."""
+    if os.environ.get("GOEX_SLT_CORPUS"):
+        return Path(os.environ["GOEX_SLT_CORPUS"])
+    for up in Path(__file__).resolve().parents:
+        if (up / "shared/corpora/sqllogictest/evidence").is_dir():
+            return up / "shared/corpora/sqllogictest/evidence"
+    return Path("/work/shared/corpora/sqllogictest/evidence")
+
+
+CORPUS = _corpus()
 SCRIPTS = sorted(CORPUS.glob("*.test"))
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
