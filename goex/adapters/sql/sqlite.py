@@ -39,7 +39,7 @@ from ...errors import ActionFailed, GoexError, PathRefused
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
 from ..http.adapter import CompensationFailed
-from .common import GetBlob, PutBlob, SqlRefused, Staged, format_rows
+from .common import GetBlob, PutBlob, SqlRefused, Staged, analyse, format_rows
 
 # goex owns the transaction and the file: these never run inside an action
 _FORBIDDEN = {"attach", "detach", "vacuum", "begin", "commit", "end", "rollback", "savepoint", "release"}
@@ -253,8 +253,7 @@ class SqliteEngine:
         try:
             conn.execute("BEGIN")
             # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
-            ddl = any(_strip_comments(s).lstrip().split(None, 1)[0].lower() in ("create", "drop", "alter")
-                      for s in statements if s.strip())
+            ddl = any(not (a := analyse(s, self.dialect))["parsed"] or a["ddl"] for s in statements)
             counts = _row_counts(conn) if ddl else {}
             touched = _Touched(self._keyed_tables(conn))
             before = conn.total_changes()
@@ -484,6 +483,8 @@ class SqliteEngine:
                     links.setdefault(child.lower(), set()).add(child)  # it refers to another table
                     links.setdefault(parent.lower(), set()).add(child)  # a table refers to it
             self._linked = (version, links)
+        if not self._linked[1]:  # no foreign key in the database: nothing to read
+            return []
         changed = {change.name.lower() for change in apsw.Changeset.iter(changeset)}
         return sorted({t for name in changed for t in self._linked[1].get(name, ())})
 
