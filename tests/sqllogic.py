@@ -21,7 +21,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -100,7 +100,9 @@ def _real(value: float) -> str:
     """`%.3f` as SQLite's printf writes it: at most 16 significant digits, then zeros."""
     if value != value or value in (float("inf"), float("-inf")):
         return str(value)
-    return format(Decimal(f"{value:.15e}"), ".3f")
+    with localcontext() as context:
+        context.prec = 400  # room for any double's integer digits
+        return str(Decimal(f"{value:.15e}").quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
 
 
 def _integer(value: Any) -> int:

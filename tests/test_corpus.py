@@ -13,6 +13,7 @@ expected results: that checks this runner.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import uuid
@@ -322,6 +323,28 @@ def _cases() -> list[Any]:
             marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
             out.append(pytest.param(engine, script, id=f"{engine}-{script.stem}", marks=marks))
     return out
+
+
+def test_the_runner_reads_the_format(tmp_path: Path):
+    script = tmp_path / "tiny.test"
+    script.write_text("hash-threshold 3\r\n\r\nstatement ok\r\nCREATE TABLE t(a, b)\r\n\r\n"
+                      "onlyif mysql # a comment\nstatement error\nnope\n\n"
+                      "# a comment line\nskipif mysql\nquery IRT rowsort\nSELECT 1\n----\n1\n\n"
+                      "onlyif sqlite\nhalt\n\nquery I nosort\nSELECT 2\n----\n2\n", encoding="utf-8")
+    sqlite = list(records(script, "sqlite"))
+    assert [(r.kind, r.sql, r.line) for r in sqlite] == [("statement", "CREATE TABLE t(a, b)", 3),
+                                                          ("query", "SELECT 1", 10)]
+    assert [(r.kind, r.error, r.sql) for r in records(script, "mysql")] == [
+        ("statement", False, "CREATE TABLE t(a, b)"), ("statement", True, "nope"), ("query", False, "SELECT 2")]
+    query = sqlite[1]
+    assert (query.types, query.sort, query.expected, query.threshold) == ("IRT", "rowsort", ["1"], 3)
+    rows = [[2.9, -9223372036854775808.0, ""], [None, "1.25", b"a\x01"], [True, 0.0005, 7]]
+    assert values(query, rows) == ["1", "0.001", "7", "2", "-9223372036854776000.000", "(empty)",
+                                   "NULL", "1.250", "a@"]
+    digest = hashlib.md5("".join(f"{v}\n" for v in values(query, rows)).encode()).hexdigest()
+    assert compared(query, values(query, rows)) == [f"9 values hashing to {digest}"]
+    query.sort = "valuesort"
+    assert values(query, rows[:1]) == sorted(["2", "-9223372036854776000.000", "(empty)"])
 
 
 def test_the_corpus_is_there():
