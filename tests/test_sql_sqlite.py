@@ -343,3 +343,123 @@ def test_a_failing_sample_does_not_fail_the_action(root: Path, db: Path, monkeyp
         r = sql(rt.session(), "DELETE FROM nopk")
         assert r.ok and r.output == {"rows_changed": 3}
     assert "rows not shown: reading them failed (disk on fire)" in asked[0].summary
+
+
+def schema_of(path: Path) -> list[tuple]:
+    """Every schema object as SQLite records it (sqlite_stat tables included)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_triggers_created_and_dropped_roll_back(db: Path, rt: goex.Runtime):
+    start, start_schema = dump(db), schema_of(db)
+    s = rt.session()
+    r = sql(s, "CREATE TRIGGER named AFTER INSERT ON parent BEGIN INSERT INTO audit VALUES ('new ' || new.name); "
+               "UPDATE parent SET note = 'seen' WHERE id = new.id; END;")
+    assert r.ok, r.error
+    assert rt.session().check({"type": "sql.execute", "db": "main",
+                               "sql": "CREATE TRIGGER t2 UPDATE ON nopk BEGIN SELECT 1; END"})[1]["kinds"] == ["create"]
+    cp = s.checkpoint()
+    assert sql(s, "INSERT INTO parent(name) VALUES ('dee')").ok
+    assert sql(s, "DROP TRIGGER parent_gone").ok
+    assert sql(s, "CREATE TRIGGER parent_gone UPDATE ON nopk BEGIN SELECT 1; END;").ok
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT msg FROM audit").fetchall() == [("new dee",)]
+    assert conn.execute("SELECT note FROM parent WHERE name = 'dee'").fetchall() == [("seen",)]
+    conn.close()
+    s.rollback(to=cp)
+    assert [o for o in schema_of(db) if o[0] == "trigger"] == [
+        ("trigger", "named", "parent", "CREATE TRIGGER named AFTER INSERT ON parent BEGIN INSERT INTO audit VALUES "
+                                       "('new ' || new.name); UPDATE parent SET note = 'seen' WHERE id = new.id; END"),
+        ("trigger", "parent_gone", "parent", [o for o in start_schema if o[1] == "parent_gone"][0][3])]
+    s.rollback()
+    assert schema_of(db) == start_schema and dump(db) == start
+
+
+def test_analyze_statistics_roll_back(db: Path, rt: goex.Runtime):
+    start_schema = schema_of(db)
+    s = rt.session()
+    assert sql(s, "ANALYZE").ok
+    assert "sqlite_stat1" in [o[1] for o in schema_of(db)]
+    s.rollback()
+    assert schema_of(db) == start_schema
+    # statistics kept by the user are restored to theirs
+    conn = sqlite3.connect(db)
+    conn.execute("ANALYZE")
+    conn.commit()
+    stats = conn.execute("SELECT * FROM sqlite_stat1 ORDER BY tbl, idx").fetchall()
+    conn.close()
+    assert sql(s, "CREATE INDEX parent_note ON parent(note); INSERT INTO nopk VALUES (5, 5)").ok
+    assert sql(s, "ANALYZE; ANALYZE parent").ok
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT * FROM sqlite_stat1 ORDER BY tbl, idx").fetchall() != stats
+    conn.close()
+    s.rollback()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT * FROM sqlite_stat1 ORDER BY tbl, idx").fetchall() == stats
+    conn.close()
+
+
+FAMILY = """
+CREATE TABLE kin(id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE ward(id INTEGER PRIMARY KEY, kin INT REFERENCES kin(id) {on_delete});
+INSERT INTO kin VALUES (1, 'one');
+INSERT INTO ward VALUES (1, 1);
+"""
+
+
+@pytest.mark.parametrize("client_fk", [True, False], ids=["client-fk-on", "client-fk-off"])
+@pytest.mark.parametrize("on_delete", ["", "ON DELETE CASCADE", "ON DELETE SET NULL"])
+def test_undo_never_orphans_another_clients_rows(root: Path, client_fk: bool, on_delete: str):
+    path = root / "family.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(FAMILY.format(on_delete=on_delete))
+    conn.close()
+    with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///family.db"}) as rt:
+        s = rt.session()
+        assert sql(s, "UPDATE kin SET name = 'uno' WHERE id = 1").ok
+        assert sql(s, "INSERT INTO kin VALUES (7, 'seven')").ok
+        other = sqlite3.connect(path)
+        if client_fk:
+            other.execute("PRAGMA foreign_keys = ON")
+        other.execute("INSERT INTO ward VALUES (100, 7)")  # another client's row needs kin 7
+        other.commit()
+        other.close()
+        expected = dump(path)
+        for force in (False, True):  # forced or not: kin 7 stays, ward 100 is neither orphaned nor deleted
+            with pytest.raises(goex.UndoConflict) as info:
+                s.rollback(force=force)
+            assert "main.ward: row 100 refers to kin" in str(info.value)
+            assert dump(path) == expected
+        conn = sqlite3.connect(path)
+        conn.execute("DELETE FROM ward WHERE id = 100")  # the client takes its row back: undo may proceed
+        conn.commit()
+        conn.close()
+        s.rollback()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM kin").fetchall() == [(1, "one")]
+    assert conn.execute("SELECT * FROM ward").fetchall() == [(1, 1)]
+    conn.close()
+
+
+def test_undo_never_restores_a_row_whose_parent_is_gone(root: Path):
+    path = root / "family.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(FAMILY.format(on_delete="") + "INSERT INTO kin VALUES (2, 'two'); INSERT INTO ward VALUES (2, 2);")
+    conn.close()
+    with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///family.db"}) as rt:
+        s = rt.session()
+        assert sql(s, "DELETE FROM ward WHERE id = 2").ok
+        other = sqlite3.connect(path)
+        other.execute("DELETE FROM kin WHERE id = 2")  # foreign_keys off: nothing stops it now
+        other.commit()
+        other.close()
+        with pytest.raises(goex.UndoConflict) as info:
+            s.undo()
+        assert "main.ward: row 2 refers to kin" in str(info.value)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM ward").fetchall() == [(1, 1)]
+    conn.close()

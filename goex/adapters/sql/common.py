@@ -188,7 +188,10 @@ def _analyse(statement: str, dialect: str) -> dict[str, Any]:
         # what sqlglot does not know. The analysis falls back to the words.
         return {"kind": flat.split(" ", 1)[0], "tables": [], "where": " where " in f" {flat} ",
                 "drop_column": "drop column" in flat, "parsed": False, "parse_error": f"{err.get('description', exc)}{where}"}
-    kind = kind_of(tree, statement)
+    # one statement the engine keeps whole, read by sqlglot as several: a compound statement
+    # (CREATE TRIGGER ... BEGIN ...; END); its head says what it is
+    head = tree.expressions[0] if isinstance(tree, exp.Block) and tree.expressions else tree
+    kind = kind_of(head, statement)
     drop_column = isinstance(tree, exp.Alter) and any(isinstance(a, exp.Drop) for a in tree.args.get("actions") or [])
     if kind == "alter" and "drop column" in flat:
         drop_column = True

@@ -25,6 +25,7 @@ do not see each other's POSIX locks.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import stat
@@ -37,7 +38,8 @@ import apsw
 from ...errors import ActionFailed, GoexError, PathRefused
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
-from .common import GetBlob, PutBlob, SqlRefused, Staged, format_rows
+from ..http.adapter import CompensationFailed
+from .common import GetBlob, PutBlob, SqlRefused, Staged, analyse, format_rows
 
 # goex owns the transaction and the file: these never run inside an action
 _FORBIDDEN = {"attach", "detach", "vacuum", "begin", "commit", "end", "rollback", "savepoint", "release"}
@@ -79,15 +81,27 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, 
     return apsw.SQLITE_OK
 
 
+# tables SQLite keeps for itself that a session does not record: writing them changes the schema or
+# the planner's statistics, which only the database image restores
+_UNRECORDED = ("sqlite_master", "sqlite_schema", "sqlite_stat")
+
+
 class _Authorizer:
-    """The authorizer, noting whether the statements create a trigger (for the preview)."""
+    """The authorizer, noting whether the statements create a trigger (for the preview) and
+    whether they change anything a session does not record (the schema, ANALYZE's statistics):
+    SQLite's own parser says so, whatever words the statement uses."""
 
     def __init__(self) -> None:
         self.creates_trigger = False
+        self.reshapes = False
 
     def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
         if action == apsw.SQLITE_CREATE_TRIGGER:
             self.creates_trigger = True
+        if action == apsw.SQLITE_ANALYZE or (
+                action in (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE)
+                and (arg1 or "").lower().startswith(_UNRECORDED)):
+            self.reshapes = True
         return _authorize(action, arg1, arg2, db, trigger)
 
 
@@ -176,9 +190,11 @@ class SqliteEngine:
         self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}  # -wal / -shm as they were while goex held the file open
         self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
+        self._linked: tuple[int, dict[str, set[str]]] = (-1, {})  # schema version, tables tied by foreign keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
+        self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -215,6 +231,7 @@ class SqliteEngine:
     def begin(self) -> None:
         """A new action: what the last one's dry run checked is not trusted for this one."""
         self._found = None
+        self._reshapes = None
 
     def _file_of_action(self) -> tuple[_File, os.stat_result | None, bool]:
         """The file as this action's dry run checked it moments ago (the runtime holds the journal's
@@ -236,8 +253,7 @@ class SqliteEngine:
         try:
             conn.execute("BEGIN")
             # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
-            ddl = any(_strip_comments(s).lstrip().split(None, 1)[0].lower() in ("create", "drop", "alter")
-                      for s in statements if s.strip())
+            ddl = any(not (a := analyse(s, self.dialect))["parsed"] or a["ddl"] for s in statements)
             counts = _row_counts(conn) if ddl else {}
             touched = _Touched(self._keyed_tables(conn))
             before = conn.total_changes()
@@ -254,6 +270,7 @@ class SqliteEngine:
             effect = {"rows": changed + moved, "all_rows": touched.every_row(conn),
                       "creates_trigger": authorizer.creates_trigger}
             self._found = (file, st)
+            self._reshapes = authorizer.reshapes
             return effect
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
@@ -286,7 +303,8 @@ class SqliteEngine:
         file, st, _ = self._file_of_action()
         if st is None:
             return {"mode": "image", "absent": True}
-        if all(a.get("parsed") and not a.get("ddl") for a in analyses):
+        # row changes only (sqlglot's reading, and SQLite's own in the dry run): a session records them
+        if not self._reshapes and all(a.get("parsed") and not a.get("ddl") for a in analyses):
             return {"mode": "changeset"}
         image = _image(file)
         chunks = [put_blob(image[i:i + CHUNK]) for i in range(0, len(image), CHUNK)]
@@ -317,10 +335,9 @@ class SqliteEngine:
             output: dict[str, Any] = {}
             start = conn.total_changes()
             for sql in statements:
-                cursor = _run(conn, sql, params)
-                description = _description(cursor)
-                if description is not None:
-                    output = format_rows(description, cursor)
+                columns, cursor = _query(conn, sql, params)
+                if columns:
+                    output = format_rows(columns, cursor)
             conn.authorizer = None
             if not output:
                 output = {"rows_changed": conn.total_changes() - start}
@@ -364,7 +381,8 @@ class SqliteEngine:
             now = _schema(self._undo_connection(), list(then))
             reshaped = [(f"{self.name}.{t}", "dropped since the action" if now[t] is None else
                          "schema changed since the action") for t in then if now[t] != then[t]]
-            return reshaped or self._trial(apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob)))
+            inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
+            return reshaped or self._trial(inverted, self._bound(self._undo_connection(), inverted))
         now = _checksums(file) if st is not None else {}
         return _differences(captured["after"]["checksums"], now, self.name)
 
@@ -397,12 +415,19 @@ class SqliteEngine:
                 problems.append(_describe(reason, change))
                 return apsw.SQLITE_CHANGESET_ABORT
 
+            bound = self._bound(conn, inverted)
+            held = _violations(conn, bound)
             try:
                 apsw.Changeset.apply(inverted, conn, conflict=conflict,
                                      flags=apsw.SQLITE_CHANGESETAPPLY_FKNOACTION | apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT)
             except apsw.AbortError:
                 conn.execute("ROLLBACK")
                 raise ActionFailed(f"undo on {self.name} stopped: {'; '.join(problems)}") from None
+            broken = self._broken(conn, bound, held)
+            if broken:  # forced or not: undo takes back the entry's rows only, never others' that need them
+                conn.execute("ROLLBACK")
+                raise CompensationFailed(f"undo on {self.name} would break foreign keys, nothing was undone: "
+                                         + "; ".join(f"{t}: {why}" for t, why in broken), conflict=True)
             _restore_sequence(conn, captured.get("sequence"))
             conn.execute("COMMIT")
         finally:
@@ -428,8 +453,9 @@ class SqliteEngine:
             return "reverted", ""
         return "review", f"{self.name} matches neither the state before nor the state after the action"
 
-    def _trial(self, changeset: bytes) -> list[tuple[str, str]]:
-        """Apply `changeset` in a transaction that is rolled back; the conflicts it would meet."""
+    def _trial(self, changeset: bytes, bound: list[str] | None = None) -> list[tuple[str, str]]:
+        """Apply `changeset` in a transaction that is rolled back; the conflicts it would meet, and
+        the rows of the tables `bound` whose foreign keys it would break."""
         found: list[tuple[str, str]] = []
 
         def conflict(reason: int, change: apsw.TableChange) -> int:
@@ -439,15 +465,49 @@ class SqliteEngine:
         conn = self._undo_connection()
         try:
             conn.execute("BEGIN")
+            held = _violations(conn, bound or [])
             try:
                 apsw.Changeset.apply(changeset, conn, conflict=conflict,
                                      flags=apsw.SQLITE_CHANGESETAPPLY_FKNOACTION | apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT)
             except apsw.SQLError as exc:  # a table it names is gone or reshaped
                 found.append((self.name, f"schema changed since the action ({exc})"))
+            else:
+                found += self._broken(conn, bound or [], held)
         finally:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
         return found
+
+    def _bound(self, conn: apsw.Connection, changeset: bytes) -> list[str]:
+        """The tables whose foreign keys applying `changeset` could break: those it changes that
+        refer to another table, and those that refer to a table it changes."""
+        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        if self._linked[0] != version:
+            links: dict[str, set[str]] = {}
+            for (child,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for (parent,) in conn.execute('SELECT DISTINCT "table" FROM pragma_foreign_key_list(?)', (child,)):
+                    links.setdefault(child.lower(), set()).add(child)  # it refers to another table
+                    links.setdefault(parent.lower(), set()).add(child)  # a table refers to it
+            self._linked = (version, links)
+        if not self._linked[1]:  # no foreign key in the database: nothing to read
+            return []
+        changed = {change.name.lower() for change in apsw.Changeset.iter(changeset)}
+        return sorted({t for name in changed for t in self._linked[1].get(name, ())})
+
+    def _broken(self, conn: apsw.Connection, bound: list[str],
+                held: collections.Counter[tuple[Any, ...]]) -> list[tuple[str, str]]:
+        """Rows whose foreign key is broken now and was not before (`held`): what undo would orphan."""
+        new = _violations(conn, bound) - held
+        out = []
+        for (table, rowid, parent, fkid), _ in sorted(new.items(), key=repr):
+            action = conn.execute("SELECT on_delete FROM pragma_foreign_key_list(?) WHERE id = ?",
+                                  (table, fkid)).fetchall()
+            reach = f" (its ON DELETE {action[0][0]} would reach a row the entry did not write)" \
+                if action and action[0][0] != "NO ACTION" else ""
+            row = f"row {rowid}" if rowid is not None else "a row"
+            out.append((f"{self.name}.{table}", f"{row} refers to {parent}, which undo would leave without the "
+                                                f"row it needs{reach}; change or delete that row first"))
+        return out
 
     def dump(self) -> str:
         file, st = self._file()
@@ -651,11 +711,23 @@ def _run(conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
     return conn.execute(sql, tuple(params) if params is not None else None)
 
 
-def _description(cursor: apsw.Cursor) -> list[str] | None:
-    try:
-        return [d[0] for d in cursor.get_description()]
-    except apsw.ExecutionCompleteError:
-        return None
+def _query(conn: apsw.Connection, sql: str, params: Any) -> tuple[list[str], apsw.Cursor]:
+    """Run `sql`; its result columns (none for a statement that returns no rows) and the cursor.
+    The columns are read as SQLite prepares the statement: a query that finds no row has
+    finished by the time `execute` returns, and its cursor no longer knows them."""
+    columns: list[str] = []
+
+    def prepared(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        columns[:] = [d[0] for d in cursor.get_description()]
+        return True
+
+    cursor = conn.cursor()
+    cursor.exec_trace = prepared
+    if isinstance(params, dict):
+        cursor.execute(sql, params)
+    else:
+        cursor.execute(sql, tuple(params) if params is not None else None)
+    return columns, cursor
 
 
 def _blob(chunks: list[str], get_blob: GetBlob) -> bytes:
@@ -679,6 +751,13 @@ def _schema(conn: apsw.Connection, tables: list[str]) -> dict[str, str | None]:
         rows = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchall()
         out[table] = rows[0][0] if rows else None
     return out
+
+
+def _violations(conn: apsw.Connection, tables: list[str]) -> collections.Counter[tuple[Any, ...]]:
+    """Foreign-key violations in `tables` (SQLite's own check, whether or not foreign_keys is on):
+    (table, rowid, parent, foreign key id)."""
+    return collections.Counter(tuple(r) for t in tables
+                               for r in conn.execute("SELECT * FROM pragma_foreign_key_check(?)", (t,)))
 
 
 def _sequence(conn: apsw.Connection) -> list[list[Any]] | None:
