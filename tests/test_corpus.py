@@ -61,14 +61,8 @@ def _refused(engine: str, sql: str) -> str | None:
     return next((why for (name, start), why in REFUSED.items() if name == engine and sql.startswith(start)), None)
 
 
-#: (engine, script): why goex does not match the raw client there yet (strict: they fail today)
-_COLUMN_X = ("postgres.py reads rows as `SELECT x::text FROM ONLY <table> x`: the scripts' column `x` shadows that "
-             "alias, so undo compares the column for the row (a false UndoConflict on rollback) and DDL actions "
-             "raise TypeError sorting NULLs")
-KNOWN: dict[tuple[str, str], str] = {("postgresql", name): _COLUMN_X for name in (
-    "in2.test", "slt_lang_aggfunc.test", "slt_lang_createtrigger.test", "slt_lang_createview.test",
-    "slt_lang_dropindex.test", "slt_lang_droptable.test", "slt_lang_droptrigger.test", "slt_lang_dropview.test",
-    "slt_lang_reindex.test", "slt_lang_replace.test", "slt_lang_update.test")}
+#: (engine, script): why goex does not match the raw client there (strict xfail); empty: everything matches
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 # -- the databases --------------------------------------------------------------------------------
