@@ -840,6 +840,11 @@ class MysqlEngine:
                              "with INSERT instead")
         if first == "handler":
             raise SqlRefused("HANDLER is not allowed: use SELECT")
+        if first in _READS | {"with", "values", "table", "("} and analysis.get("kind") in _READS and \
+                re.search(r"\b(nextval|setval|next\s+value\s+for)\b", _uncommented(statement), re.I):
+            raise SqlRefused("a query that takes or sets sequence values (NEXTVAL, SETVAL, NEXT VALUE FOR) changes "
+                             "the sequence, which goex records only for writes: take the value in the INSERT or "
+                             "UPDATE that uses it (VALUES (NEXTVAL(s), ...)), or use LASTVAL to read it")
         if first not in _ALLOWED_FIRST:
             raise SqlRefused(f"{first.upper() or 'this statement'} is not allowed: goex runs SELECT, INSERT, "
                              "REPLACE, UPDATE, DELETE and CREATE/ALTER/DROP/RENAME/TRUNCATE of tables, indexes, "
@@ -889,13 +894,16 @@ class MysqlEngine:
         every: set[str] = set()
         conn = self._take()
         counters: dict[str, int] = {}
+        sequences: dict[str, Any] = {}
         try:
             with conn.cursor() as cur:
                 cur.execute("START TRANSACTION")
                 target = _target(statements[0]) if len(statements) == 1 else None
                 meta = _Meta(cur, self.db, only=target) if target else None
-                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables:
-                    meta = _Meta(cur, self.db)  # cascades or triggers: the whole schema
+                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables or \
+                        _may_use_sequence(statements, meta):
+                    meta = _Meta(cur, self.db)  # cascades, triggers or sequences: the whole schema
+                sequences = self._peek_sequences(meta, statements)
                 total = 0
                 for sql in statements:
                     words = _words(sql)
@@ -910,9 +918,9 @@ class MysqlEngine:
                                     total += cur.fetchone()[0]
                         break  # what follows DDL acts on a schema that does not exist yet
                     tables = sorted(meta.resolve(_names(sql)))
-                    if first in ("insert", "replace"):
-                        for t in tables:
-                            counters.setdefault(t, _auto_increment(cur, t))
+                    for t in tables:
+                        if t in meta.auto and t not in counters:  # an insert or a key update moves it
+                            counters[t] = _auto_increment(cur, t)
                     simple = first in ("update", "delete") and all(not meta.triggers.get(t) for t in tables) and \
                         len(tables) == 1 and not meta.children.get(tables[0])
                     if simple:
@@ -937,6 +945,7 @@ class MysqlEngine:
         finally:
             _rollback(conn)
             self._reset_counters(conn, counters)
+            self._settle_sequences(conn, sequences, statements)
             self._give(conn)
 
     # -- doing -----------------------------------------------------------------------------------
@@ -994,10 +1003,10 @@ class MysqlEngine:
             if not output:
                 output = {"rows_changed": changed}
         except pymysql.Error as exc:
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
             raise _error(self.db, exc) from None
         except BaseException:
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
             raise
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
@@ -1019,7 +1028,9 @@ class MysqlEngine:
                 entry["blob"] = put_blob(json.dumps(diff).encode())
                 entry["before"], entry["after"] = _diff_fp(diff, 1), _diff_fp(diff, 2)
                 tables[table] = entry
-            return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()}}
+            sequences = _sequences_after(cur, plan.get("sequences") or {}, statements)
+            return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()},
+                    **({"sequences": sequences} if sequences else {})}
 
         def commit() -> None:
             try:
@@ -1033,7 +1044,7 @@ class MysqlEngine:
 
         def abort() -> None:
             cur.close()
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
 
         return Staged(output, capture, commit, abort)
 
@@ -1045,10 +1056,11 @@ class MysqlEngine:
         target = _target(statements[0]) if len(statements) == 1 else None
         if target is not None:
             meta = _Meta(cur, self.db, only=target)
-            fast = self._fast(statements, params, meta)
+            fast = None if _may_use_sequence(statements, meta) else self._fast(statements, params, meta)
         if fast is None:
             meta = _Meta(cur, self.db)
-        plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {}}
+        plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {},
+                                "sequences": self._peek_sequences(meta, statements)}
         if fast is not None:
             table, where, args = fast
             select, _, _ = _row_sql(meta, table)
@@ -1110,11 +1122,43 @@ class MysqlEngine:
                 marks += 1
         return None
 
-    def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any]) -> None:
+    def _peek_sequences(self, meta: _Meta, statements: list[str]) -> dict[str, Any]:
+        """The exact state of every sequence the statements may take values from or set (named,
+        in a column's DEFAULT, in a trigger): {name: {"before": [next value, round], "increment"}}."""
+        names = _sequences_of(meta, statements)
+        if not names:
+            return {}
+        with self._own() as own, own.cursor() as cur:
+            out = {}
+            for name in names:
+                state = _seq_peek(cur, name)
+                if state is not None:
+                    (increment,), = _fetch(cur, f"SELECT increment FROM {_q(name)}")
+                    out[name] = {"before": list(state), "increment": int(increment)}
+            return out
+
+    def _settle_sequences(self, conn: Any, sequences: dict[str, Any], statements: list[str]) -> None:
+        """After statements that were rolled back: set each sequence back to where it was, unless
+        another client took values from it meanwhile (they keep theirs; the ones taken here are a gap)."""
+        if not sequences:
+            return
+        with conn.cursor() as cur:
+            last = {name: _fetch(cur, f"SELECT PREVIOUS VALUE FOR {_q(name)}")[0][0] for name in sequences}
+        with self._own() as own, own.cursor() as cur:
+            for name, info in sequences.items():
+                now = _seq_next(cur, name)
+                if now is None:
+                    continue
+                expected = last[name] + info["increment"] if last[name] is not None else info["before"][0]
+                mine = now == expected or _sets_sequence(statements, name)
+                _seq_set(cur, name, info["before"] if mine else [now, 0])
+
+    def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any], statements: list[str]) -> None:
         """Roll back; put back AUTO_INCREMENT positions and whatever DDL committed."""
         _rollback(conn)
         try:
             self._reset_counters(conn, plan.get("counters") or {})
+            self._settle_sequences(conn, plan.get("sequences") or {}, statements)
             if before.get("mode") == "ddl":
                 self._restore_image(before, None, image_blobs=self._recent)
         finally:
@@ -1144,6 +1188,11 @@ class MysqlEngine:
         assert get_blob is not None
         with self._own() as conn, conn.cursor() as cur:
             found = []
+            for name, info in sorted((captured.get("sequences") or {}).items()):
+                state = _seq_peek(cur, name)
+                problem = _seq_problem(name, info, state)
+                if problem:
+                    found.append((f"{self.db}.{name}", problem))
             for table, entry in sorted(captured["tables"].items()):
                 state, detail, _ = _rows_now(cur, table, entry, json.loads(get_blob(entry["blob"])))
                 if state != "after":
@@ -1160,39 +1209,58 @@ class MysqlEngine:
             self._legacy_revert(before, captured, get_blob, force)
             return
         tables = captured["tables"]
-        if not tables:
+        sequences = captured.get("sequences") or {}
+        if not tables and not sequences:
             return
         diffs = {t: json.loads(get_blob(e["blob"])) for t, e in tables.items()}
         with self._own() as conn, conn.cursor() as cur:
-            links = _links(cur, self.db, sorted(tables))
-            # triggers would fire on the restore: dropped for its duration and recreated exactly after
-            # (the recorded ones first, in their order: an undo a crash interrupted after dropping
-            # them finds them recorded; then any added since)
-            recorded: dict[str, list[dict[str, Any]]] = {}
-            for table in sorted(links["triggers"]):
-                current = _trigger_defs(cur, self.db, table)
-                names = {d["name"] for d in tables[table].get("triggers") or []}
-                recorded[table] = list(tables[table].get("triggers") or []) + [d for d in current if d["name"] not in names]
-                for trig in current:
-                    cur.execute(f"DROP TRIGGER IF EXISTS {_q(trig['name'])}")
-            for table, entry in tables.items():  # dropped by a crashed undo, not there now
-                if table not in recorded and entry.get("triggers"):
-                    recorded[table] = list(entry["triggers"])
+            now = {name: _seq_next(cur, name) for name in sequences}  # taken: every path below sets it
+            done = False
             try:
-                counters = self._restore_diffs(cur, tables, diffs, links, force)
-                conn.commit()
+                problems = [_seq_problem(name, info, now[name]) for name, info in sorted(sequences.items())]
+                problems = [p for p in problems if p and not force]
+                if problems:
+                    raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
+                if tables:
+                    self._restore_tables(conn, cur, tables, diffs, force)
+                done = True
             finally:
-                _rollback(conn)
-                existing = {n for (n,) in _fetch(cur, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
-                                                      "WHERE TRIGGER_SCHEMA=%s", (self.db,))}
-                for table in sorted(recorded):
-                    for trig in recorded[table]:
-                        if trig["name"] not in existing:
-                            _create_trigger(cur, trig)
-            for table, entry in sorted(tables.items()):  # counters are state: set back when no one moved them since
-                value, now = entry.get("auto_increment"), counters.get(table)
-                if value is not None and now is not None and now != value and (force or now == entry.get("auto_after")):
-                    cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
+                for name, state in now.items():
+                    if state is not None:
+                        _seq_set(cur, name, sequences[name]["before"] if done else state)
+
+    def _restore_tables(self, conn: Any, cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
+                        force: bool) -> None:
+        """Put back the rows an entry changed, with the tables' triggers dropped meanwhile."""
+        links = _links(cur, self.db, sorted(tables))
+        # triggers would fire on the restore: dropped for its duration and recreated exactly after
+        # (the recorded ones first, in their order: an undo a crash interrupted after dropping
+        # them finds them recorded; then any added since)
+        recorded: dict[str, list[dict[str, Any]]] = {}
+        for table in sorted(links["triggers"]):
+            current = _trigger_defs(cur, self.db, table)
+            names = {d["name"] for d in tables[table].get("triggers") or []}
+            recorded[table] = list(tables[table].get("triggers") or []) + [d for d in current if d["name"] not in names]
+            for trig in current:
+                cur.execute(f"DROP TRIGGER IF EXISTS {_q(trig['name'])}")
+        for table, entry in tables.items():  # dropped by a crashed undo, not there now
+            if table not in recorded and entry.get("triggers"):
+                recorded[table] = list(entry["triggers"])
+        try:
+            counters = self._restore_diffs(cur, tables, diffs, links, force)
+            conn.commit()
+        finally:
+            _rollback(conn)
+            existing = {n for (n,) in _fetch(cur, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                                                  "WHERE TRIGGER_SCHEMA=%s", (self.db,))} if recorded else set()
+            for table in sorted(recorded):
+                for trig in recorded[table]:
+                    if trig["name"] not in existing:
+                        _create_trigger(cur, trig)
+        for table, entry in sorted(tables.items()):  # counters are state: set back when no one moved them since
+            value, now = entry.get("auto_increment"), counters.get(table)
+            if value is not None and now is not None and now != value and (force or now == entry.get("auto_after")):
+                cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
 
     def _restore_diffs(self, cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dict[str, Any],
                        force: bool) -> dict[str, int | None]:
@@ -1690,6 +1758,86 @@ def _orphans(cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dic
                 out.append(f"{n} row(s) of {fk['child']} the undo puts back refer to rows of {fk['parent']} that "
                            f"are gone since (foreign key {fk['name']})")
     return out
+
+
+# -- sequences: not transactional; their state is the next value NEXTVAL gives, and its round ------
+
+_SEQUENCE_CALL = re.compile(r"\b(nextval|setval|lastval|next\s+value\s+for|previous\s+value\s+for)\b", re.I)
+
+
+def _may_use_sequence(statements: list[str], meta: _Meta) -> bool:
+    """Whether statements on a table (a one-table metadata read) may take or set sequence values."""
+    return any(_SEQUENCE_CALL.search(_uncommented(s)) for s in statements) or \
+        any("nextval" in d.lower() for ds in meta.defaults.values() for d in ds)
+
+
+def _sequences_of(meta: _Meta, statements: list[str]) -> list[str]:
+    """The sequences statements name, or that a DEFAULT or a trigger of a table they change names."""
+    if not meta.sequences:
+        return []
+    names: set[str] = set()
+    for statement in statements:
+        names |= _names(statement)
+    for table in meta.resolve(names):
+        for default in meta.defaults.get(table, []):
+            names |= _names(default)
+        for _, body in meta.triggers.get(table, ()):
+            names |= _names(body)
+    return sorted(meta.sequences[n] for n in names if n in meta.sequences)
+
+
+def _sets_sequence(statements: list[str], name: str) -> bool:
+    return any("setval" in _uncommented(s).lower() and name.lower() in _names(s) for s in statements)
+
+
+def _seq_next(cur: Any, name: str) -> list[int] | None:
+    """[next value, round] of a sequence, taking that value; None when it has run out."""
+    try:
+        (value,), = _fetch(cur, f"SELECT NEXTVAL({_q(name)})")
+    except pymysql.Error as exc:
+        if exc.args and exc.args[0] == 4084:  # ER_SEQUENCE_RUN_OUT: nothing was taken
+            return None
+        raise
+    (round_,), = _fetch(cur, f"SELECT cycle_count FROM {_q(name)}")
+    return [int(value), int(round_)]
+
+
+def _seq_set(cur: Any, name: str, state: list[int]) -> None:
+    """Make `state[0]` the value NEXTVAL gives next, in round `state[1]` (RESTART also writes the
+    sequence's cached position through to its table)."""
+    cur.execute(f"ALTER SEQUENCE {_q(name)} RESTART WITH {int(state[0])}")
+    if state[1]:
+        cur.execute(f"SELECT SETVAL({_q(name)}, {int(state[0])}, 0, {int(state[1])})")
+
+
+def _seq_peek(cur: Any, name: str) -> list[int] | None:
+    """[next value, round] of a sequence, without spending it."""
+    state = _seq_next(cur, name)
+    if state is not None:
+        _seq_set(cur, name, state)
+    return state
+
+
+def _sequences_after(cur: Any, sequences: dict[str, Any], statements: list[str]) -> dict[str, Any]:
+    """Inside the action's transaction: where it leaves each sequence it took values from (the
+    last value it took, one step on); unknown (None) for a sequence it set with SETVAL."""
+    out = {}
+    for name, info in sequences.items():
+        if _sets_sequence(statements, name):
+            out[name] = {**info, "after": None}
+            continue
+        (last,), = _fetch(cur, f"SELECT PREVIOUS VALUE FOR {_q(name)}")
+        if last is not None:
+            out[name] = {**info, "after": int(last) + info["increment"]}
+    return out
+
+
+def _seq_problem(name: str, info: dict[str, Any], now: list[int] | None) -> str:
+    """Why undo may not set a sequence back: another client took values from it since."""
+    if now is None or now[0] == info["before"][0] or info.get("after") is None or now[0] == info["after"]:
+        return ""
+    return (f"sequence {name} was used since the action (it would give {now[0]} next; the action left it at "
+            f"{info['after']}): setting it back would hand out those values again")
 
 
 def _where_params(params: Any, skip: int) -> Any:
