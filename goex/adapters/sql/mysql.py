@@ -903,7 +903,7 @@ class MysqlEngine:
                 if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables or \
                         _may_use_sequence(statements, meta):
                     meta = _Meta(cur, self.db)  # cascades, triggers or sequences: the whole schema
-                sequences = self._peek_sequences(meta, statements)
+                sequences = self._peek_sequences(conn, meta, statements)
                 total = 0
                 for sql in statements:
                     words = _words(sql)
@@ -965,10 +965,13 @@ class MysqlEngine:
                     return blob_id
 
                 image = _database_image(cur, self.db, keep)
+                meta = _Meta(cur, self.db)
+            sequences = self._peek_sequences(conn, meta, statements)
             names = set()
             for s in statements:
                 names |= _names(s)
-            return {"mode": "ddl", "image": image, "names": sorted(names)}
+            return {"mode": "ddl", "image": image, "names": sorted(names),
+                    **({"sequences": sequences} if sequences else {})}
         finally:
             _rollback(conn)
             _close(conn)
@@ -1010,8 +1013,9 @@ class MysqlEngine:
             raise
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
+            sequences = _sequences_after(cur, plan.get("sequences") or before.get("sequences") or {}, statements)
             if ddl:
-                return {"mode": "ddl", "after": _state(cur, self.db)}
+                return {"mode": "ddl", "after": _state(cur, self.db), **({"sequences": sequences} if sequences else {})}
             tables: dict[str, Any] = {}
             for table, entry in plan.get("tables", {}).items():
                 before_rows = entry.pop("rows")
@@ -1028,7 +1032,6 @@ class MysqlEngine:
                 entry["blob"] = put_blob(json.dumps(diff).encode())
                 entry["before"], entry["after"] = _diff_fp(diff, 1), _diff_fp(diff, 2)
                 tables[table] = entry
-            sequences = _sequences_after(cur, plan.get("sequences") or {}, statements)
             return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()},
                     **({"sequences": sequences} if sequences else {})}
 
@@ -1060,7 +1063,7 @@ class MysqlEngine:
         if fast is None:
             meta = _Meta(cur, self.db)
         plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {},
-                                "sequences": self._peek_sequences(meta, statements)}
+                                "sequences": self._peek_sequences(cur.connection, meta, statements)}
         if fast is not None:
             table, where, args = fast
             select, _, _ = _row_sql(meta, table)
@@ -1122,12 +1125,15 @@ class MysqlEngine:
                 marks += 1
         return None
 
-    def _peek_sequences(self, meta: _Meta, statements: list[str]) -> dict[str, Any]:
+    def _peek_sequences(self, conn: Any, meta: _Meta, statements: list[str]) -> dict[str, Any]:
         """The exact state of every sequence the statements may take values from or set (named,
-        in a column's DEFAULT, in a trigger): {name: {"before": [next value, round], "increment"}}."""
+        in a column's DEFAULT, in a trigger): {name: {"before": [next value, round], "increment"}}.
+        `conn`'s transaction, which has only read metadata, is ended first: reading a table whose
+        DEFAULT names a sequence locks the sequence's definition until it ends."""
         names = _sequences_of(meta, statements)
         if not names:
             return {}
+        conn.rollback()
         with self._own() as own, own.cursor() as cur:
             out = {}
             for name in names:
@@ -1144,21 +1150,22 @@ class MysqlEngine:
             return
         with conn.cursor() as cur:
             last = {name: _fetch(cur, f"SELECT PREVIOUS VALUE FOR {_q(name)}")[0][0] for name in sequences}
+        conn.rollback()  # reading a sequence locks its definition until the transaction ends
         with self._own() as own, own.cursor() as cur:
             for name, info in sequences.items():
                 now = _seq_next(cur, name)
                 if now is None:
                     continue
                 expected = last[name] + info["increment"] if last[name] is not None else info["before"][0]
-                mine = now == expected or _sets_sequence(statements, name)
-                _seq_set(cur, name, info["before"] if mine else [now, 0])
+                mine = now[0] == expected or _sets_sequence(statements, name)
+                _seq_set(cur, name, info["before"] if mine else now)
 
     def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any], statements: list[str]) -> None:
         """Roll back; put back AUTO_INCREMENT positions and whatever DDL committed."""
         _rollback(conn)
         try:
             self._reset_counters(conn, plan.get("counters") or {})
-            self._settle_sequences(conn, plan.get("sequences") or {}, statements)
+            self._settle_sequences(conn, plan.get("sequences") or before.get("sequences") or {}, statements)
             if before.get("mode") == "ddl":
                 self._restore_image(before, None, image_blobs=self._recent)
         finally:
@@ -1183,16 +1190,17 @@ class MysqlEngine:
 
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any],
                   get_blob: GetBlob | None = None) -> list[tuple[str, str]]:
+        found = []
+        if captured.get("sequences"):
+            with self._own() as conn, conn.cursor() as cur:
+                for name, info in sorted(captured["sequences"].items()):
+                    problem = _seq_problem(name, info, _seq_peek(cur, name))
+                    if problem:
+                        found.append((f"{self.db}.{name}", problem))
         if captured.get("mode") == "ddl" or _legacy(captured):
-            return self._legacy_conflicts(before, captured)
+            return found + self._legacy_conflicts(before, captured)
         assert get_blob is not None
         with self._own() as conn, conn.cursor() as cur:
-            found = []
-            for name, info in sorted((captured.get("sequences") or {}).items()):
-                state = _seq_peek(cur, name)
-                problem = _seq_problem(name, info, state)
-                if problem:
-                    found.append((f"{self.db}.{name}", problem))
             for table, entry in sorted(captured["tables"].items()):
                 state, detail, _ = _rows_now(cur, table, entry, json.loads(get_blob(entry["blob"])))
                 if state != "after":
@@ -1205,12 +1213,12 @@ class MysqlEngine:
             if before.get("mode") == "ddl":
                 self._restore_image(before, None, get_blob=get_blob)
             return
-        if captured.get("mode") == "ddl" or _legacy(captured):
-            self._legacy_revert(before, captured, get_blob, force)
-            return
-        tables = captured["tables"]
+        legacy = captured.get("mode") == "ddl" or _legacy(captured)
+        tables = {} if legacy else captured["tables"]
         sequences = captured.get("sequences") or {}
         if not tables and not sequences:
+            if legacy:
+                self._legacy_revert(before, captured, get_blob, force)
             return
         diffs = {t: json.loads(get_blob(e["blob"])) for t, e in tables.items()}
         with self._own() as conn, conn.cursor() as cur:
@@ -1221,7 +1229,9 @@ class MysqlEngine:
                 problems = [p for p in problems if p and not force]
                 if problems:
                     raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
-                if tables:
+                if legacy:
+                    self._legacy_revert(before, captured, get_blob, force)
+                elif tables:
                     self._restore_tables(conn, cur, tables, diffs, force)
                 done = True
             finally:
