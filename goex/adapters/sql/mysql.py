@@ -7,12 +7,15 @@ a content-addressed blob (unchanged images deduplicate across entries):
 * A single `UPDATE`/`DELETE` on one table with a primary key, no triggers and no foreign keys
   that cascade from it, whose WHERE is a plain deterministic predicate, images only the rows
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
-  Undo deletes those keys and inserts the before-rows.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
   table of a view they name, and every table a trigger on any of those mentions, to a fixpoint.
-  Undo deletes the table's rows and inserts the before-image.
+
+Either way the entry keeps only the rows that differ after the statements (by primary key, or
+as counts of identical rows in a table without one), before and after. Conflicts are per row:
+undo checks and rewrites only those rows, and refuses when a row written since would be left
+referring to a row it removes, or a row it puts back would refer to one that is gone.
 * DDL commits implicitly, also in the middle of an action, so an action with DDL (or SQL
   sqlglot cannot read) images the whole database before it runs: for every table its
   SHOW CREATE TABLE text (AUTO_INCREMENT included) and rows, every view and every trigger.
@@ -24,10 +27,13 @@ duration of the undo and recreated afterwards from their SHOW CREATE TRIGGER tex
 sql_mode, in their original order. While they are dropped (a few milliseconds), writes by
 other clients to that table do not fire them.
 
-AUTO_INCREMENT positions are restored: a rolled-back dry run or failed action, and an undo,
-set the counter back with ALTER TABLE ... AUTO_INCREMENT = n (InnoDB on MariaDB 10.11 lowers
-it to any value above the largest key in the table, which is always true of a recorded
-position); tables rebuilt from their image get it from the CREATE TABLE text.
+AUTO_INCREMENT positions are state, not definition: a rolled-back dry run or failed action, and
+an undo, set the counter back with ALTER TABLE ... AUTO_INCREMENT = n (InnoDB on MariaDB 10.11
+lowers it to any value above the largest key in the table, which is always true of a recorded
+position); undo only when no one moved it since; tables rebuilt from their image get it from
+the CREATE TABLE text. Sequences are not transactional: goex reads a sequence's exact state by
+taking its next value and restarting it there, sets back what a dry run or a failed action took,
+and undo sets it back unless another client took values since (a conflict).
 
 Limits: rows are imaged as SQL literals (QUOTE(), hex for binary and spatial columns, numbers
 for BIT); TIMESTAMP values are read and written in UTC. Non-transactional tables (MyISAM,
