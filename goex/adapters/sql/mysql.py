@@ -7,12 +7,15 @@ a content-addressed blob (unchanged images deduplicate across entries):
 * A single `UPDATE`/`DELETE` on one table with a primary key, no triggers and no foreign keys
   that cascade from it, whose WHERE is a plain deterministic predicate, images only the rows
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
-  Undo deletes those keys and inserts the before-rows.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
   table of a view they name, and every table a trigger on any of those mentions, to a fixpoint.
-  Undo deletes the table's rows and inserts the before-image.
+
+Either way the entry keeps only the rows that differ after the statements (by primary key, or
+as counts of identical rows in a table without one), before and after. Conflicts are per row:
+undo checks and rewrites only those rows, and refuses when a row written since would be left
+referring to a row it removes, or a row it puts back would refer to one that is gone.
 * DDL commits implicitly, also in the middle of an action, so an action with DDL (or SQL
   sqlglot cannot read) images the whole database before it runs: for every table its
   SHOW CREATE TABLE text (AUTO_INCREMENT included) and rows, every view and every trigger.
@@ -24,10 +27,13 @@ duration of the undo and recreated afterwards from their SHOW CREATE TRIGGER tex
 sql_mode, in their original order. While they are dropped (a few milliseconds), writes by
 other clients to that table do not fire them.
 
-AUTO_INCREMENT positions are restored: a rolled-back dry run or failed action, and an undo,
-set the counter back with ALTER TABLE ... AUTO_INCREMENT = n (InnoDB on MariaDB 10.11 lowers
-it to any value above the largest key in the table, which is always true of a recorded
-position); tables rebuilt from their image get it from the CREATE TABLE text.
+AUTO_INCREMENT positions are state, not definition: a rolled-back dry run or failed action, and
+an undo, set the counter back with ALTER TABLE ... AUTO_INCREMENT = n (InnoDB on MariaDB 10.11
+lowers it to any value above the largest key in the table, which is always true of a recorded
+position); undo only when no one moved it since; tables rebuilt from their image get it from
+the CREATE TABLE text. Sequences are not transactional: goex reads a sequence's exact state by
+taking its next value and restarting it there, sets back what a dry run or a failed action took,
+and undo sets it back unless another client took values since (a conflict).
 
 Limits: rows are imaged as SQL literals (QUOTE(), hex for binary and spatial columns, numbers
 for BIT); TIMESTAMP values are read and written in UTC. Non-transactional tables (MyISAM,
@@ -36,6 +42,7 @@ MEMORY) cannot be rolled back if an action fails half-way; goex restores them fr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +63,7 @@ from sqlglot.tokens import TokenType
 
 from ...journal.anchor import state_dir
 from ...errors import ActionFailed
+from ..http.adapter import CompensationFailed
 from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name
 
 __all__ = ["MysqlEngine", "agent_account", "convert_params", "dangerous_grants", "drop_agent_account", "dump",
@@ -402,50 +410,82 @@ def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") 
     return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
 
 
+class UndoRefused(CompensationFailed, ActionFailed):
+    """Undo found a row the action changed that was changed since, or rows written since that
+    its undo would leave referring to nothing: nothing was undone (an `UndoConflict` to the runtime)."""
+
+    def __init__(self, reason: str):
+        CompensationFailed.__init__(self, reason, conflict=True)
+
+
 class _Meta:
-    """The schema of the database, read from information_schema in a few queries."""
+    """The schema of the database, read from information_schema in one query."""
 
     def __init__(self, cur: Any, db: str, only: str | None = None):
-        # `only`: just one table's columns, key, triggers and cascading children (a cheaper read)
+        # `only`: just one table's columns, key, triggers and foreign keys (a cheaper read)
         one = " AND TABLE_NAME=%s" if only else ""
         args: tuple[str, ...] = (db, only) if only else (db,)
-        cur.execute("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s" + one, args)
+        parts = [
+            ("SELECT 'T',TABLE_NAME,TABLE_TYPE,NULL,NULL,NULL,0 FROM information_schema.TABLES "
+             "WHERE TABLE_SCHEMA=%s" + one, args),
+            ("SELECT 'C',TABLE_NAME,COLUMN_NAME,DATA_TYPE,IS_GENERATED,CONCAT(EXTRA,'|',IFNULL(COLUMN_DEFAULT,'')),"
+             "ORDINAL_POSITION FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s" + one, args),
+            ("SELECT 'P',TABLE_NAME,COLUMN_NAME,NULL,NULL,NULL,SEQ_IN_INDEX FROM information_schema.STATISTICS "
+             "WHERE TABLE_SCHEMA=%s AND INDEX_NAME='PRIMARY'" + one, args),
+            ("SELECT 'R',REFERENCED_TABLE_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE,CONSTRAINT_NAME,0 FROM "
+             "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s"
+             + (" AND (REFERENCED_TABLE_NAME=%s OR TABLE_NAME=%s)" if only else ""),
+             (db, db, only, only) if only else (db, db)),
+            ("SELECT 'G',EVENT_OBJECT_TABLE,TRIGGER_NAME,ACTION_STATEMENT,NULL,NULL,0 FROM information_schema.TRIGGERS "
+             "WHERE TRIGGER_SCHEMA=%s" + (" AND EVENT_OBJECT_TABLE=%s" if only else ""), args),
+        ]
+        if not only:
+            parts.append(("SELECT 'V',TABLE_NAME,VIEW_DEFINITION,NULL,NULL,NULL,0 FROM information_schema.VIEWS "
+                          "WHERE TABLE_SCHEMA=%s", (db,)))
+        cur.execute(" UNION ALL ".join(q for q, _ in parts), tuple(a for _, values in parts for a in values))
+        found = cur.fetchall()
         self.tables: dict[str, str] = {}
         self.views: set[str] = set()
-        for name, kind in cur.fetchall():
-            if is_goex_name(name):
-                continue
-            if kind == "VIEW":
-                self.views.add(name)
-            else:
-                self.tables[name.lower()] = name
-        cur.execute("SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_GENERATED FROM information_schema.COLUMNS "
-                    "WHERE TABLE_SCHEMA=%s" + one + " ORDER BY TABLE_NAME, ORDINAL_POSITION", args)
+        self.sequences: dict[str, str] = {}  # lowercased name -> name
         self.columns: dict[str, list[tuple[str, str, bool]]] = {}
-        for table, column, dtype, generated in cur.fetchall():
-            self.columns.setdefault(table, []).append((column, dtype.lower(), generated == "ALWAYS"))
-        cur.execute("SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s "
-                    "AND INDEX_NAME='PRIMARY'" + one + " ORDER BY TABLE_NAME, SEQ_IN_INDEX", args)
+        self.auto: set[str] = set()  # tables with an AUTO_INCREMENT column
+        self.defaults: dict[str, list[str]] = {}  # column DEFAULT texts (a DEFAULT NEXTVAL(seq) names its sequence)
         self.pk: dict[str, list[str]] = {}
-        for table, column in cur.fetchall():
-            self.pk.setdefault(table, []).append(column)
-        cur.execute("SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE FROM "
-                    "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s"
-                    + (" AND REFERENCED_TABLE_NAME=%s" if only else ""), args)
-        self.children: dict[str, set[str]] = {}
-        for child, parent, on_update, on_delete in cur.fetchall():
-            if {on_update, on_delete} - {"RESTRICT", "NO ACTION"}:
-                self.children.setdefault(parent, set()).add(child)
-        cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS "
-                    "WHERE TRIGGER_SCHEMA=%s" + (" AND EVENT_OBJECT_TABLE=%s" if only else ""), args)
+        self.children: dict[str, set[str]] = {}  # parent -> children whose foreign key cascades or sets
+        self.references: dict[str, set[str]] = {}  # parent -> every child table with a foreign key to it
+        self.parents: dict[str, set[str]] = {}  # child -> every parent table
         self.triggers: dict[str, list[tuple[str, str]]] = {}
-        for name, table, body in cur.fetchall():
-            self.triggers.setdefault(table, []).append((name, body))
         self.view_sql: dict[str, str] = {}
-        if not only:
-            cur.execute("SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA=%s",
-                        (db,))
-            self.view_sql = {name: body for name, body in cur.fetchall()}
+        for kind, table, a, b, c, d, order in sorted(found, key=lambda r: (r[0], r[1] or "", int(r[6] or 0))):
+            if kind == "T":
+                if is_goex_name(table):
+                    continue
+                if a == "VIEW":
+                    self.views.add(table)
+                elif a == "SEQUENCE":
+                    self.sequences[table.lower()] = table
+                else:
+                    self.tables[table.lower()] = table
+            elif kind == "C":
+                self.columns.setdefault(table, []).append((a, b.lower(), c == "ALWAYS"))
+                extra, _, default = (d or "").partition("|")
+                if "auto_increment" in extra.lower():
+                    self.auto.add(table)
+                if default:
+                    self.defaults.setdefault(table, []).append(default)
+            elif kind == "P":
+                self.pk.setdefault(table, []).append(a)
+            elif kind == "R":
+                if {b, c} - {"RESTRICT", "NO ACTION"}:
+                    self.children.setdefault(table, set()).add(a)
+                self.references.setdefault(table, set()).add(a)
+                self.parents.setdefault(a, set()).add(table)
+            elif kind == "G":
+                self.triggers.setdefault(table, []).append((a, b))
+            elif kind == "V":
+                self.view_sql[table] = a
+        for table in self.sequences.values():  # a sequence is a table to information_schema.COLUMNS
+            self.columns.pop(table, None)
 
     def resolve(self, names: set[str]) -> set[str]:
         """Base tables among `names` and the views they name, closed over cascading foreign keys
@@ -500,6 +540,20 @@ def _differs(object_: str, then: str | None, now: str | None) -> str:
 # -- the engine --------------------------------------------------------------------------------
 
 
+class _Connection(pymysql.connections.Connection):
+    """PyMySQL's connection with its default TLS context (TLS when the server offers it) built
+    once per process: building one reads the system's CA store, about 20 ms per connection."""
+
+    _preferred: Any = None
+
+    def _create_ssl_ctx(self, sslp: Any) -> Any:
+        if sslp != {}:  # TLS options of the caller's own: as PyMySQL builds them
+            return super()._create_ssl_ctx(sslp)
+        if _Connection._preferred is None:
+            _Connection._preferred = super()._create_ssl_ctx({})
+        return _Connection._preferred
+
+
 class MysqlEngine:
     kind = "mysql"
     dialect = "mysql"
@@ -509,6 +563,7 @@ class MysqlEngine:
         self.args = parse_url(url)
         self.db = self.args["database"]
         self._spare: Any = None
+        self._owner: Any = None  # goex's own connection, kept between uses (see `_own`)
         self._recent: dict[str, bytes] = {}  # blobs of the latest DDL image: a failed stage restores from them
         self._databases: set[str] | None = None
         self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
@@ -520,7 +575,7 @@ class MysqlEngine:
         """A connection as the owner (the URL's account), or as `user`. One statement per call
         (no multi-statements) and no LOCAL INFILE, whatever the text."""
         try:
-            conn = pymysql.connect(host=self.args["host"], port=self.args["port"], user=user or self.args["user"],
+            conn = _Connection(host=self.args["host"], port=self.args["port"], user=user or self.args["user"],
                                    password=self.args["password"] if password is None else password,
                                    database=self.db, charset="utf8mb4", autocommit=False, local_infile=False)
         except pymysql.Error as exc:
@@ -677,13 +732,35 @@ class MysqlEngine:
                 "grants": found["grants"]}
 
     def _admin(self) -> Any:
-        """A connection for goex's own work: no cascades, zero values kept as they are. It keeps the
-        server's default time zone, the one actions' images are read in."""
+        """A new connection for goex's own work (see `_own`)."""
         conn = self._connect()
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION foreign_key_checks=0, sql_mode='NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', "
-                        "lock_wait_timeout=60, innodb_lock_wait_timeout=60")
+        _own_session(conn)
         return conn
+
+    @contextlib.contextmanager
+    def _own(self) -> Iterator[Any]:
+        """goex's own connection, as the URL's account (agent SQL never runs on it): no cascades,
+        zero values kept as they are, the server's default time zone (the one images are read
+        in). Kept between uses and set up again at each; closed on any error."""
+        conn, self._owner = self._owner, None
+        if conn is not None:
+            try:
+                _own_session(conn)
+            except pymysql.Error:  # the server ended it
+                _close(conn)
+                conn = None
+        if conn is None:
+            conn = self._admin()
+        try:
+            yield conn
+        except BaseException:
+            _close(conn)
+            raise
+        _rollback(conn)
+        if conn.open and self._owner is None:
+            self._owner = conn
+        else:
+            _close(conn)
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -769,6 +846,11 @@ class MysqlEngine:
                              "with INSERT instead")
         if first == "handler":
             raise SqlRefused("HANDLER is not allowed: use SELECT")
+        if first in _READS | {"with", "values", "table", "("} and analysis.get("kind") in _READS and \
+                re.search(r"\b(nextval|setval|next\s+value\s+for)\b", _uncommented(statement), re.I):
+            raise SqlRefused("a query that takes or sets sequence values (NEXTVAL, SETVAL, NEXT VALUE FOR) changes "
+                             "the sequence, which goex records only for writes: take the value in the INSERT or "
+                             "UPDATE that uses it (VALUES (NEXTVAL(s), ...)), or use LASTVAL to read it")
         if first not in _ALLOWED_FIRST:
             raise SqlRefused(f"{first.upper() or 'this statement'} is not allowed: goex runs SELECT, INSERT, "
                              "REPLACE, UPDATE, DELETE and CREATE/ALTER/DROP/RENAME/TRUNCATE of tables, indexes, "
@@ -818,13 +900,16 @@ class MysqlEngine:
         every: set[str] = set()
         conn = self._take()
         counters: dict[str, int] = {}
+        sequences: dict[str, Any] = {}
         try:
             with conn.cursor() as cur:
                 cur.execute("START TRANSACTION")
                 target = _target(statements[0]) if len(statements) == 1 else None
                 meta = _Meta(cur, self.db, only=target) if target else None
-                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables:
-                    meta = _Meta(cur, self.db)  # cascades or triggers: the whole schema
+                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables or \
+                        _may_use_sequence(statements, meta):
+                    meta = _Meta(cur, self.db)  # cascades, triggers or sequences: the whole schema
+                sequences = self._peek_sequences(conn, meta, statements)
                 total = 0
                 for sql in statements:
                     words = _words(sql)
@@ -839,9 +924,9 @@ class MysqlEngine:
                                     total += cur.fetchone()[0]
                         break  # what follows DDL acts on a schema that does not exist yet
                     tables = sorted(meta.resolve(_names(sql)))
-                    if first in ("insert", "replace"):
-                        for t in tables:
-                            counters.setdefault(t, _auto_increment(cur, t))
+                    for t in tables:
+                        if t in meta.auto and t not in counters:  # an insert or a key update moves it
+                            counters[t] = _auto_increment(cur, t)
                     simple = first in ("update", "delete") and all(not meta.triggers.get(t) for t in tables) and \
                         len(tables) == 1 and not meta.children.get(tables[0])
                     if simple:
@@ -866,6 +951,7 @@ class MysqlEngine:
         finally:
             _rollback(conn)
             self._reset_counters(conn, counters)
+            self._settle_sequences(conn, sequences, statements)
             self._give(conn)
 
     # -- doing -----------------------------------------------------------------------------------
@@ -885,10 +971,13 @@ class MysqlEngine:
                     return blob_id
 
                 image = _database_image(cur, self.db, keep)
+                meta = _Meta(cur, self.db)
+            sequences = self._peek_sequences(conn, meta, statements)
             names = set()
             for s in statements:
                 names |= _names(s)
-            return {"mode": "ddl", "image": image, "names": sorted(names)}
+            return {"mode": "ddl", "image": image, "names": sorted(names),
+                    **({"sequences": sequences} if sequences else {})}
         finally:
             _rollback(conn)
             _close(conn)
@@ -929,34 +1018,34 @@ class MysqlEngine:
             if not output:
                 output = {"rows_changed": changed}
         except pymysql.Error as exc:
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
             raise _error(self.db, exc) from None
         except BaseException:
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
             raise
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
+            sequences = _sequences_after(cur, plan.get("sequences") or before.get("sequences") or {}, statements)
             if ddl:
-                return {"mode": "ddl", "after": _state(cur, self.db)}
+                return {"mode": "ddl", "after": _state(cur, self.db), **({"sequences": sequences} if sequences else {})}
             tables: dict[str, Any] = {}
             for table, entry in plan.get("tables", {}).items():
-                meta = plan["meta"]
-                if entry["scope"] == "keys":
-                    after_rows = _rows_by_keys(cur, meta, table, entry["keys"]) if entry["keys"] else []
-                    create_after = None
-                else:
-                    after_rows = [r for _, r in _keyed(cur, meta, table)]
-                    create_after = _show_create(cur, table)
-                after = _fp(create_after, after_rows)
-                if after == entry["before"]:
+                before_rows = entry.pop("rows")
+                whole = entry.pop("whole")
+                keys = None if whole else [k for k, _ in before_rows]
+                after_rows = _select_rows(cur, table, entry, keys) if whole or keys else []
+                diff = _diff(before_rows, after_rows, bool(entry["pk"]))
+                if not diff["keyed"] and not diff["counts"]:
                     continue
-                rows = entry.pop("rows")
-                entry["blob"] = put_blob(json.dumps(rows).encode())
-                entry["after"] = after
-                if entry["scope"] == "table":
+                if entry["auto_increment"] is not None:
+                    entry["auto_after"] = _auto_increment(cur, table)
+                if plan["meta"].triggers.get(table):  # undo drops them for its duration: kept here for recovery
                     entry["triggers"] = _trigger_defs(cur, self.db, table)
+                entry["blob"] = put_blob(json.dumps(diff).encode())
+                entry["before"], entry["after"] = _diff_fp(diff, 1), _diff_fp(diff, 2)
                 tables[table] = entry
-            return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()}}
+            return {"mode": "dml", "tables": tables, "after": {t: e["after"] for t, e in tables.items()},
+                    **({"sequences": sequences} if sequences else {})}
 
         def commit() -> None:
             try:
@@ -970,42 +1059,38 @@ class MysqlEngine:
 
         def abort() -> None:
             cur.close()
-            self._fail(conn, before, plan)
+            self._fail(conn, before, plan, statements)
 
         return Staged(output, capture, commit, abort)
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
-        """Take the before-images (locking reads) of what the statements can change."""
+        """Take the before-images (locking reads) of what the statements can change: the rows a
+        plain UPDATE/DELETE's WHERE selects, else whole tables; with each table's definition and
+        AUTO_INCREMENT position."""
         fast = None
         target = _target(statements[0]) if len(statements) == 1 else None
         if target is not None:
             meta = _Meta(cur, self.db, only=target)
-            fast = self._fast(statements, params, meta)
+            fast = None if _may_use_sequence(statements, meta) else self._fast(statements, params, meta)
         if fast is None:
             meta = _Meta(cur, self.db)
-        plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {}}
+        plan: dict[str, Any] = {"meta": meta, "tables": {}, "counters": {},
+                                "sequences": self._peek_sequences(cur.connection, meta, statements)}
         if fast is not None:
             table, where, args = fast
-            select, columns, pk = _row_sql(meta, table)
+            select, _, _ = _row_sql(meta, table)
             head = f"SELECT {select} FROM {_q(table)} "
             cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where} FOR UPDATE", args)
-            found = cur.fetchall()
-            rows = [r for _, r in found]
-            plan["tables"][table] = {"scope": "keys", "columns": columns, "pk": pk, "keys": [k for k, _ in found],
-                                     "rows": rows, "before": _fp(None, rows)}
-            return plan
-        names: set[str] = set()
-        for s in statements:
-            names |= _names(s)
-        for table in sorted(meta.resolve(names)):
-            create = _show_create(cur, table)
-            select, columns, pk = _row_sql(meta, table)
-            cur.execute(f"SELECT {select} FROM {_q(table)} FOR UPDATE")
-            rows = [r for _, r in cur.fetchall()]
-            counter = _AI.search(create)
-            plan["counters"][table] = int(counter.group(1)) if counter else None
-            plan["tables"][table] = {"scope": "table", "columns": columns, "create": create, "rows": rows,
-                                     "auto_increment": plan["counters"][table], "before": _fp(create, rows)}
+            plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=False)
+        else:
+            names: set[str] = set()
+            for s in statements:
+                names |= _names(s)
+            for table in sorted(meta.resolve(names)):
+                select, _, _ = _row_sql(meta, table)
+                cur.execute(f"SELECT {select} FROM {_q(table)} FOR UPDATE")
+                plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=True)
+        plan["counters"] = {t: e["auto_increment"] for t, e in plan["tables"].items()}
         return plan
 
     def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
@@ -1052,11 +1137,47 @@ class MysqlEngine:
                 marks += 1
         return None
 
-    def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any]) -> None:
+    def _peek_sequences(self, conn: Any, meta: _Meta, statements: list[str]) -> dict[str, Any]:
+        """The exact state of every sequence the statements may take values from or set (named,
+        in a column's DEFAULT, in a trigger): {name: {"before": [next value, round], "increment"}}.
+        `conn`'s transaction, which has only read metadata, is ended first: reading a table whose
+        DEFAULT names a sequence locks the sequence's definition until it ends."""
+        names = _sequences_of(meta, statements)
+        if not names:
+            return {}
+        conn.rollback()
+        with self._own() as own, own.cursor() as cur:
+            out = {}
+            for name in names:
+                state = _seq_peek(cur, name)
+                if state is not None:
+                    (increment,), = _fetch(cur, f"SELECT increment FROM {_q(name)}")
+                    out[name] = {"before": list(state), "increment": int(increment)}
+            return out
+
+    def _settle_sequences(self, conn: Any, sequences: dict[str, Any], statements: list[str]) -> None:
+        """After statements that were rolled back: set each sequence back to where it was, unless
+        another client took values from it meanwhile (they keep theirs; the ones taken here are a gap)."""
+        if not sequences:
+            return
+        with conn.cursor() as cur:
+            last = {name: _fetch(cur, f"SELECT PREVIOUS VALUE FOR {_q(name)}")[0][0] for name in sequences}
+        conn.rollback()  # reading a sequence locks its definition until the transaction ends
+        with self._own() as own, own.cursor() as cur:
+            for name, info in sequences.items():
+                now = _seq_next(cur, name)
+                if now is None:
+                    continue
+                expected = last[name] + info["increment"] if last[name] is not None else info["before"][0]
+                mine = now[0] == expected or _sets_sequence(statements, name)
+                _seq_set(cur, name, info["before"] if mine else now)
+
+    def _fail(self, conn: Any, before: dict[str, Any], plan: dict[str, Any], statements: list[str]) -> None:
         """Roll back; put back AUTO_INCREMENT positions and whatever DDL committed."""
         _rollback(conn)
         try:
             self._reset_counters(conn, plan.get("counters") or {})
+            self._settle_sequences(conn, plan.get("sequences") or before.get("sequences") or {}, statements)
             if before.get("mode") == "ddl":
                 self._restore_image(before, None, image_blobs=self._recent)
         finally:
@@ -1072,17 +1193,157 @@ class MysqlEngine:
                     cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
 
     # -- undoing ---------------------------------------------------------------------------------
+    #
+    # An entry of DML records, per table, only the rows the action changed (by primary key, or as
+    # counts of identical rows for a table without one), with their before and after values, the
+    # table's definition (SHOW CREATE TABLE without its AUTO_INCREMENT position) and counters.
+    # Conflicts are per row: a row the action changed that is no longer as it left it; other rows
+    # of the table are never compared, and undo writes only the rows the action changed.
 
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any],
                   get_blob: GetBlob | None = None) -> list[tuple[str, str]]:
-        conn = self._admin()
+        found = []
+        if captured.get("sequences"):
+            with self._own() as conn, conn.cursor() as cur:
+                for name, info in sorted(captured["sequences"].items()):
+                    problem = _seq_problem(name, info, _seq_peek(cur, name))
+                    if problem:
+                        found.append((f"{self.db}.{name}", problem))
+        if captured.get("mode") == "ddl" or _legacy(captured):
+            return found + self._legacy_conflicts(before, captured)
+        assert get_blob is not None
+        with self._own() as conn, conn.cursor() as cur:
+            for table, entry in sorted(captured["tables"].items()):
+                state, detail, _ = _rows_now(cur, table, entry, json.loads(get_blob(entry["blob"])))
+                if state != "after":
+                    found.append((f"{self.db}.{table}", detail))
+            return found
+
+    def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
+               force: bool) -> None:
+        if captured is None:  # never committed: the transaction rolled back; undo DDL that committed
+            if before.get("mode") == "ddl":
+                self._restore_image(before, None, get_blob=get_blob)
+            return
+        legacy = captured.get("mode") == "ddl" or _legacy(captured)
+        tables = {} if legacy else captured["tables"]
+        sequences = captured.get("sequences") or {}
+        if not tables and not sequences:
+            if legacy:
+                self._legacy_revert(before, captured, get_blob, force)
+            return
+        diffs = {t: json.loads(get_blob(e["blob"])) for t, e in tables.items()}
+        with self._own() as conn, conn.cursor() as cur:
+            now = {name: _seq_next(cur, name) for name in sequences}  # taken: every path below sets it
+            done = False
+            try:
+                problems = [_seq_problem(name, info, now[name]) for name, info in sorted(sequences.items())]
+                problems = [p for p in problems if p and not force]
+                if problems:
+                    raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
+                if legacy:
+                    self._legacy_revert(before, captured, get_blob, force)
+                elif tables:
+                    self._restore_tables(conn, cur, tables, diffs, force)
+                done = True
+            finally:
+                for name, state in now.items():
+                    if state is not None:
+                        _seq_set(cur, name, sequences[name]["before"] if done else state)
+
+    def _restore_tables(self, conn: Any, cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
+                        force: bool) -> None:
+        """Put back the rows an entry changed, with the tables' triggers dropped meanwhile."""
+        links = _links(cur, self.db, sorted(tables))
+        # triggers would fire on the restore: dropped for its duration and recreated exactly after
+        # (the recorded ones first, in their order: an undo a crash interrupted after dropping
+        # them finds them recorded; then any added since)
+        recorded: dict[str, list[dict[str, Any]]] = {}
+        for table in sorted(links["triggers"]):
+            current = _trigger_defs(cur, self.db, table)
+            names = {d["name"] for d in tables[table].get("triggers") or []}
+            recorded[table] = list(tables[table].get("triggers") or []) + [d for d in current if d["name"] not in names]
+            for trig in current:
+                cur.execute(f"DROP TRIGGER IF EXISTS {_q(trig['name'])}")
+        for table, entry in tables.items():  # dropped by a crashed undo, not there now
+            if table not in recorded and entry.get("triggers"):
+                recorded[table] = list(entry["triggers"])
         try:
-            with conn.cursor() as cur:
-                cur.execute("START TRANSACTION")
-                now = self._now(cur, before, captured)
+            counters = self._restore_diffs(cur, tables, diffs, links, force)
+            conn.commit()
         finally:
             _rollback(conn)
-            _close(conn)
+            existing = {n for (n,) in _fetch(cur, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                                                  "WHERE TRIGGER_SCHEMA=%s", (self.db,))} if recorded else set()
+            for table in sorted(recorded):
+                for trig in recorded[table]:
+                    if trig["name"] not in existing:
+                        _create_trigger(cur, trig)
+        for table, entry in sorted(tables.items()):  # counters are state: set back when no one moved them since
+            value, now = entry.get("auto_increment"), counters.get(table)
+            if value is not None and now is not None and now != value and (force or now == entry.get("auto_after")):
+                cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
+
+    def _restore_diffs(self, cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dict[str, Any],
+                       force: bool) -> dict[str, int | None]:
+        """In one transaction: lock the rows the entry changed, check they are as it left them,
+        put back their before values, and check that no row the entry did not write is left
+        referring to a row that is gone. Returns the tables' AUTO_INCREMENT positions."""
+        counters: dict[str, int | None] = {}
+        problems = []
+        for table, entry in sorted(tables.items()):
+            state, detail, counter = _rows_now(cur, table, entry, diffs[table], lock=True)
+            counters[table] = counter
+            if state == "before":  # undone already (an undo run again, or recovery finishing one)
+                tables = {t: e for t, e in tables.items() if t != table}
+            elif state == "gone" or (state != "after" and not force):
+                problems.append(detail)
+        if problems:
+            raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
+        referenced = {} if force else _referenced_values(cur, tables, diffs, links)
+        for table, entry in sorted(tables.items()):
+            diff = diffs[table]
+            columns = entry["columns"]
+            if diff["keyed"]:
+                cols = ",".join(_q(c) for c in entry["pk"])
+                keys = [k for k, _, _ in diff["keyed"]]
+                for i in range(0, len(keys), 500):
+                    cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
+                                + ",".join(f"({k})" for k in keys[i:i + 500]) + ")")
+                _insert(cur, table, columns, [b for _, b, _ in diff["keyed"] if b is not None])
+            else:
+                expr = _row_expr(entry)
+                now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]])
+                for row, was, left in diff["counts"]:
+                    cur.execute(f"DELETE FROM {_q(table)} WHERE {expr} = %s", (row,))
+                    keep = max(0, now.get(row, 0) + was - left)  # others' copies of the same row stay
+                    _insert(cur, table, columns, [row] * keep)
+        orphans = [] if force else _orphans(cur, tables, diffs, links, referenced)
+        if orphans:
+            raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(orphans)}")
+        return counters
+
+    def committed(self, before: dict[str, Any], captured: dict[str, Any],
+                  get_blob: GetBlob | None = None) -> tuple[str, str]:
+        if captured.get("mode") == "ddl" or _legacy(captured):
+            return self._legacy_committed(before, captured)
+        assert get_blob is not None
+        with self._own() as conn, conn.cursor() as cur:
+            states = {t: _rows_now(cur, t, e, json.loads(get_blob(e["blob"])))[0]
+                      for t, e in captured["tables"].items()}
+        if all(v == "after" for v in states.values()):
+            return "applied", ""
+        if all(v == "before" for v in states.values()):
+            return "reverted", ""
+        odd = sorted(t for t, v in states.items() if v not in ("after", "before"))
+        return "review", (f"{self.db} matches neither the state before nor the state after the action"
+                          + (f" ({', '.join(odd)})" if odd else " (some tables show one, some the other)"))
+
+    # -- undoing entries of DDL, and of DML recorded before rows were compared one by one -----------
+
+    def _legacy_conflicts(self, before: dict[str, Any], captured: dict[str, Any]) -> list[tuple[str, str]]:
+        with self._own() as conn, conn.cursor() as cur:
+            now = self._now(cur, before, captured)
         changed = self._changed(before, captured)
         return [(f"{self.db}.{obj}", _differs(obj, captured["after"].get(obj), now.get(obj)))
                 for obj in sorted(changed) if now.get(obj) != captured["after"].get(obj)]
@@ -1113,47 +1374,30 @@ class MysqlEngine:
                 out[table] = _fp(_show_create(cur, table), [r for _, r in _keyed(cur, meta, table)])
         return out
 
-    def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
-               force: bool) -> None:
-        if captured is None:  # never committed: the transaction rolled back; undo DDL that committed
-            if before.get("mode") == "ddl":
-                self._restore_image(before, None, get_blob=get_blob)
-            return
+    def _legacy_revert(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob,
+                       force: bool) -> None:
         if not force:
-            conn = self._admin()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("START TRANSACTION")
-                    now = self._now(cur, before, captured)
-            finally:
-                _rollback(conn)
-                _close(conn)
+            with self._own() as conn, conn.cursor() as cur:
+                now = self._now(cur, before, captured)
             then = self._before_fps(before, captured)
             after = captured["after"]
             problems = [_differs(obj, after.get(obj), now.get(obj)) for obj in sorted(self._changed(before, captured))
                         if now.get(obj) not in (after.get(obj), then.get(obj))]
             if problems:
-                raise ActionFailed(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
+                raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
         if captured.get("mode") == "ddl":
             self._restore_image(before, captured, get_blob=get_blob)
         else:
-            self._restore_rows(captured, get_blob)
+            self._restore_legacy(captured, get_blob)
 
     def _before_fps(self, before: dict[str, Any], captured: dict[str, Any]) -> dict[str, str | None]:
         if captured.get("mode") == "ddl":
             return dict(before["image"]["state"])
         return {t: e["before"] for t, e in captured["tables"].items()}
 
-    def committed(self, before: dict[str, Any], captured: dict[str, Any],
-                  get_blob: GetBlob | None = None) -> tuple[str, str]:
-        conn = self._admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("START TRANSACTION")
-                now = self._now(cur, before, captured)
-        finally:
-            _rollback(conn)
-            _close(conn)
+    def _legacy_committed(self, before: dict[str, Any], captured: dict[str, Any]) -> tuple[str, str]:
+        with self._own() as conn, conn.cursor() as cur:
+            now = self._now(cur, before, captured)
         after = captured["after"]
         then = self._before_fps(before, captured)
         keys = self._changed(before, captured)
@@ -1165,7 +1409,7 @@ class MysqlEngine:
         return "review", (f"{self.db} matches neither the state before nor the state after the action"
                           + (f" ({', '.join(odd)})" if odd else " (some objects show one, some the other)"))
 
-    def _restore_rows(self, captured: dict[str, Any], get_blob: GetBlob) -> None:
+    def _restore_legacy(self, captured: dict[str, Any], get_blob: GetBlob) -> None:
         tables = captured["tables"]
         if not tables:
             return
@@ -1330,9 +1574,10 @@ class MysqlEngine:
             _close(conn)
 
     def close(self) -> None:
-        if self._spare is not None:
-            _close(self._spare)
-            self._spare = None
+        for conn in (self._spare, self._owner):
+            if conn is not None:
+                _close(conn)
+        self._spare = self._owner = None
 
 
 # -- module helpers ------------------------------------------------------------------------------
@@ -1342,6 +1587,279 @@ def _target(sql: str) -> str | None:
     """The table a plain single-table UPDATE/DELETE names, from its first words."""
     found = re.match(r"\s*(?:update\s+|delete\s+from\s+)`?([A-Za-z0-9_$]+)`?\s+(?:set|where)\b", sql, re.I)
     return found.group(1) if found else None
+
+
+def _own_session(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION foreign_key_checks=0, sql_mode='NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', "
+                    "lock_wait_timeout=60, innodb_lock_wait_timeout=60")
+
+
+def _fetch(cur: Any, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    cur.execute(sql, args)
+    return list(cur.fetchall())
+
+
+def _legacy(captured: dict[str, Any]) -> bool:
+    """An entry of DML recorded before rows were compared one by one (whole tables, or keys)."""
+    return any(e.get("scope") != "rows" for e in captured.get("tables", {}).values())
+
+
+def _definition(create: str) -> str:
+    """A table's definition, without its AUTO_INCREMENT position (a counter is state, not definition)."""
+    return _sha(_AI.sub("", create))[:24]
+
+
+def _image(cur: Any, meta: _Meta, table: str, rows: list[tuple[str | None, str]], whole: bool) -> dict[str, Any]:
+    create = _show_create(cur, table)
+    counter = _AI.search(create)
+    cols = meta.insertable(table)
+    return {"scope": "rows", "whole": whole, "columns": [c for c, _ in cols], "types": [t for _, t in cols],
+            "pk": meta.pk.get(table), "definition": _definition(create), "rows": rows,
+            "auto_increment": int(counter.group(1)) if counter and table in meta.auto else None}
+
+
+def _row_expr(entry: dict[str, Any]) -> str:
+    return "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in zip(entry["columns"], entry["types"])) + ")"
+
+
+def _key_expr(entry: dict[str, Any]) -> str:
+    types = dict(zip(entry["columns"], entry["types"]))
+    return "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in entry["pk"]) + ")"
+
+
+def _select_rows(cur: Any, table: str, entry: dict[str, Any], keys: list[str] | None,
+                 lock: bool = False) -> list[tuple[str | None, str]]:
+    """(key literal, row literal) of the whole table, or of the rows with these keys."""
+    head = f"SELECT {_key_expr(entry) if entry['pk'] else 'NULL'},{_row_expr(entry)} FROM {_q(table)}"
+    tail = " FOR UPDATE" if lock else ""
+    if keys is None:
+        return _fetch(cur, head + tail)
+    cols = ",".join(_q(c) for c in entry["pk"])
+    out: list[tuple[str | None, str]] = []
+    for i in range(0, len(keys), 500):
+        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + ")" + tail))
+    return out
+
+
+def _counts(cur: Any, table: str, entry: dict[str, Any], rows: list[str], lock: bool = False) -> Counter:
+    """How many rows of a table without a primary key equal each of `rows` (row literals)."""
+    expr = _row_expr(entry).replace("%", "%%")
+    out: Counter = Counter()
+    for i in range(0, len(rows), 200):
+        chunk = rows[i:i + 200]
+        out.update(r for (r,) in _fetch(cur, f"SELECT {expr} FROM {_q(table).replace('%', '%%')} WHERE {expr} IN ("
+                                        + ",".join(["%s"] * len(chunk)) + ")" + (" FOR UPDATE" if lock else ""), chunk))
+    return out
+
+
+def _diff(before: list[tuple[str | None, str]], after: list[tuple[str | None, str]], keyed: bool) -> dict[str, Any]:
+    """The rows that differ: [key, before row or None, after row or None] by primary key; for a
+    table without one, [row, copies before, copies after]."""
+    if keyed:
+        b, a = dict(before), dict(after)
+        return {"keyed": [[k, b.get(k), a.get(k)] for k in sorted(set(b) | set(a)) if b.get(k) != a.get(k)],
+                "counts": []}
+    bc, ac = Counter(r for _, r in before), Counter(r for _, r in after)
+    return {"keyed": [], "counts": [[r, bc[r], ac[r]] for r in sorted(set(bc) | set(ac)) if bc[r] != ac[r]]}
+
+
+def _diff_fp(diff: dict[str, Any], side: int) -> str:
+    items = diff["keyed"] or diff["counts"]
+    return _fp(None, [f"{item[0]}\t{item[side]}" for item in items if item[side]])
+
+
+def _rows_now(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any],
+              lock: bool = False) -> tuple[str, str, int | None]:
+    """Where the rows an entry changed stand now: ("after" | "before" | "changed" | "definition" |
+    "gone", what differs, the table's AUTO_INCREMENT position). `lock`: with locking reads."""
+    try:
+        create = _show_create(cur, table)
+    except pymysql.Error as exc:
+        if exc.args and exc.args[0] == 1146:
+            return "gone", f"{table} is gone", None
+        raise
+    found = _AI.search(create)
+    counter = int(found.group(1)) if found else None
+    if _definition(create) != entry["definition"]:
+        return "definition", f"the definition of {table} changed since the action", counter
+    if diff["keyed"]:
+        now: dict[Any, Any] = dict(_select_rows(cur, table, entry, [k for k, _, _ in diff["keyed"]], lock))
+        differ = [k for k, _, a in diff["keyed"] if now.get(k) != a]
+        if differ and all(now.get(k) == b for k, b, _ in diff["keyed"]):
+            return "before", "", counter
+        shown = ", ".join(f"({k})" for k in differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        what = f"rows of {table} the action changed were changed since (key {shown})"
+    else:
+        now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]], lock)
+        differ = [r for r, _, a in diff["counts"] if now.get(r, 0) != a]
+        if differ and all(now.get(r, 0) == b for r, b, _ in diff["counts"]):
+            return "before", "", counter
+        what = f"rows of {table} the action changed were changed since ({len(differ)} of them)"
+    return ("changed" if differ else "after"), what, counter
+
+
+def _links(cur: Any, db: str, tables: list[str]) -> dict[str, Any]:
+    """Which of `tables` have triggers, and the foreign keys from or to them (columns in order)."""
+    marks = ",".join(["%s"] * len(tables))
+    found = _fetch(cur, "SELECT 'G',EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s "
+                        f"AND EVENT_OBJECT_TABLE IN ({marks}) UNION ALL SELECT 'R',TABLE_NAME FROM "
+                        "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND "
+                        f"UNIQUE_CONSTRAINT_SCHEMA=%s AND (TABLE_NAME IN ({marks}) OR REFERENCED_TABLE_NAME IN ({marks}))",
+                   (db, *tables, db, db, *tables, *tables))
+    triggers = {t for kind, t in found if kind == "G"}
+    children = sorted({t for kind, t in found if kind == "R"})
+    keys: dict[tuple[str, str], dict[str, Any]] = {}
+    if children:
+        for name, child, col, parent, ref in _fetch(
+                cur, "SELECT CONSTRAINT_NAME,TABLE_NAME,COLUMN_NAME,REFERENCED_TABLE_NAME,REFERENCED_COLUMN_NAME "
+                     "FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND TABLE_NAME IN ("
+                     + ",".join(["%s"] * len(children)) + ") AND REFERENCED_TABLE_SCHEMA=%s "
+                     "ORDER BY TABLE_NAME,CONSTRAINT_NAME,ORDINAL_POSITION", (db, *children, db)):
+            fk = keys.setdefault((child, name), {"name": name, "child": child, "parent": parent, "cols": [], "refs": []})
+            fk["cols"].append(col)
+            fk["refs"].append(ref)
+    fks = [fk for fk in keys.values() if fk["child"] in tables or fk["parent"] in tables]
+    return {"triggers": triggers, "fks": fks}
+
+
+def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
+                       links: dict[str, Any]) -> dict[int, list[str]]:
+    """Per foreign key to a table being restored: the values its rows that undo removes or
+    changes are referred to by (read before the restore)."""
+    out: dict[int, list[str]] = {}
+    for i, fk in enumerate(links["fks"]):
+        entry = tables.get(fk["parent"])
+        if entry is None:
+            continue
+        diff = diffs[fk["parent"]]
+        types = dict(zip(entry["columns"], entry["types"]))
+        refs = "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in fk["refs"]) + ")"
+        present = " AND ".join(f"{_q(c)} IS NOT NULL" for c in fk["refs"])
+        if diff["keyed"]:
+            keys = [k for k, _, a in diff["keyed"] if a is not None]
+            cols = ",".join(_q(c) for c in entry["pk"])
+            where = f"({cols}) IN (" + ",".join(f"({k})" for k in keys) + ")" if keys else "FALSE"
+            out[i] = [v for (v,) in _fetch(cur, f"SELECT DISTINCT {refs} FROM {_q(fk['parent'])} WHERE {where} "
+                                                f"AND {present}")]
+        else:
+            rows = [r for r, _, a in diff["counts"] if a]
+            expr = _row_expr(entry)
+            out[i] = [v for (v,) in _fetch(
+                cur, f"SELECT DISTINCT {refs.replace('%', '%%')} FROM {_q(fk['parent']).replace('%', '%%')} WHERE "
+                     f"{expr.replace('%', '%%')} IN (" + ",".join(["%s"] * len(rows)) + f") AND {present.replace('%', '%%')}",
+                rows)] if rows else []
+    return out
+
+
+def _orphans(cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dict[str, Any],
+             referenced: dict[int, list[str]]) -> list[str]:
+    """After the restore, inside its transaction: rows left referring to a row that is gone."""
+    out = []
+    for i, fk in enumerate(links["fks"]):
+        child, parent = _q(fk["child"]), _q(fk["parent"])
+        match = " AND ".join(f"p.{_q(r)} = c.{_q(c)}" for c, r in zip(fk["cols"], fk["refs"]))
+        dangling = f"NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
+        cols = ",".join(f"c.{_q(c)}" for c in fk["cols"])
+        if referenced.get(i):
+            (n,), = _fetch(cur, f"SELECT COUNT(*) FROM {child} c WHERE ({cols}) IN ("
+                                + ",".join(f"({v})" for v in referenced[i]) + f") AND {dangling}")
+            if n:
+                out.append(f"{n} row(s) of {fk['child']} written since refer to rows of {fk['parent']} the undo "
+                           f"removes (foreign key {fk['name']}); undo them first, or delete or change those rows")
+        entry = tables.get(fk["child"])
+        if entry is not None and entry["pk"] and diffs[fk["child"]]["keyed"]:
+            keys = [k for k, b, _ in diffs[fk["child"]]["keyed"] if b is not None]
+            if not keys:
+                continue
+            pk = ",".join(f"c.{_q(c)}" for c in entry["pk"])
+            present = " AND ".join(f"c.{_q(c)} IS NOT NULL" for c in fk["cols"])
+            (n,), = _fetch(cur, f"SELECT COUNT(*) FROM {child} c WHERE ({pk}) IN ("
+                                + ",".join(f"({k})" for k in keys) + f") AND {present} AND {dangling}")
+            if n:
+                out.append(f"{n} row(s) of {fk['child']} the undo puts back refer to rows of {fk['parent']} that "
+                           f"are gone since (foreign key {fk['name']})")
+    return out
+
+
+# -- sequences: not transactional; their state is the next value NEXTVAL gives, and its round ------
+
+_SEQUENCE_CALL = re.compile(r"\b(nextval|setval|lastval|next\s+value\s+for|previous\s+value\s+for)\b", re.I)
+
+
+def _may_use_sequence(statements: list[str], meta: _Meta) -> bool:
+    """Whether statements on a table (a one-table metadata read) may take or set sequence values."""
+    return any(_SEQUENCE_CALL.search(_uncommented(s)) for s in statements) or \
+        any("nextval" in d.lower() for ds in meta.defaults.values() for d in ds)
+
+
+def _sequences_of(meta: _Meta, statements: list[str]) -> list[str]:
+    """The sequences statements name, or that a DEFAULT or a trigger of a table they change names."""
+    if not meta.sequences:
+        return []
+    names: set[str] = set()
+    for statement in statements:
+        names |= _names(statement)
+    for table in meta.resolve(names):
+        for default in meta.defaults.get(table, []):
+            names |= _names(default)
+        for _, body in meta.triggers.get(table, ()):
+            names |= _names(body)
+    return sorted(meta.sequences[n] for n in names if n in meta.sequences)
+
+
+def _sets_sequence(statements: list[str], name: str) -> bool:
+    return any("setval" in _uncommented(s).lower() and name.lower() in _names(s) for s in statements)
+
+
+def _seq_next(cur: Any, name: str) -> list[int] | None:
+    """[next value, round] of a sequence, taking that value; None when it has run out."""
+    try:
+        (value,), = _fetch(cur, f"SELECT NEXTVAL({_q(name)})")
+    except pymysql.Error as exc:
+        if exc.args and exc.args[0] == 4084:  # ER_SEQUENCE_RUN_OUT: nothing was taken
+            return None
+        raise
+    (round_,), = _fetch(cur, f"SELECT cycle_count FROM {_q(name)}")
+    return [int(value), int(round_)]
+
+
+def _seq_set(cur: Any, name: str, state: list[int]) -> None:
+    """Make `state[0]` the value NEXTVAL gives next, in round `state[1]` (RESTART also writes the
+    sequence's cached position through to its table)."""
+    cur.execute(f"ALTER SEQUENCE {_q(name)} RESTART WITH {int(state[0])}")
+    if state[1]:
+        cur.execute(f"SELECT SETVAL({_q(name)}, {int(state[0])}, 0, {int(state[1])})")
+
+
+def _seq_peek(cur: Any, name: str) -> list[int] | None:
+    """[next value, round] of a sequence, without spending it."""
+    state = _seq_next(cur, name)
+    if state is not None:
+        _seq_set(cur, name, state)
+    return state
+
+
+def _sequences_after(cur: Any, sequences: dict[str, Any], statements: list[str]) -> dict[str, Any]:
+    """Inside the action's transaction: where it leaves each sequence it took values from (the
+    last value it took, one step on); unknown (None) for a sequence it set with SETVAL."""
+    out = {}
+    for name, info in sequences.items():
+        if _sets_sequence(statements, name):
+            out[name] = {**info, "after": None}
+            continue
+        (last,), = _fetch(cur, f"SELECT PREVIOUS VALUE FOR {_q(name)}")
+        if last is not None:
+            out[name] = {**info, "after": int(last) + info["increment"]}
+    return out
+
+
+def _seq_problem(name: str, info: dict[str, Any], now: list[int] | None) -> str:
+    """Why undo may not set a sequence back: another client took values from it since."""
+    if now is None or now[0] == info["before"][0] or info.get("after") is None or now[0] == info["after"]:
+        return ""
+    return (f"sequence {name} was used since the action (it would give {now[0]} next; the action left it at "
+            f"{info['after']}): setting it back would hand out those values again")
 
 
 def _where_params(params: Any, skip: int) -> Any:
