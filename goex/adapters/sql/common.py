@@ -33,6 +33,7 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from ...errors import ActionFailed, GoexError
+from ..http.adapter import CompensationFailed
 
 PutBlob = Callable[[bytes], str]
 GetBlob = Callable[[str], bytes]
@@ -57,6 +58,15 @@ class SqlRefused(GoexError):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(f"SQL refused: {reason}")
+
+
+class UndoRefused(CompensationFailed, ActionFailed):
+    """Undo found a row the action changed that was changed since, or rows written since that
+    its undo would leave referring to nothing: nothing was undone (an `UndoConflict` to the
+    runtime, forced or not)."""
+
+    def __init__(self, reason: str):
+        CompensationFailed.__init__(self, reason, conflict=True)
 
 
 class SqlSyntaxError(ActionFailed):

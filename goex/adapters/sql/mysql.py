@@ -63,8 +63,7 @@ from sqlglot.tokens import TokenType
 
 from ...journal.anchor import state_dir
 from ...errors import ActionFailed
-from ..http.adapter import CompensationFailed
-from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name
+from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, UndoRefused, format_rows, is_goex_name
 
 __all__ = ["MysqlEngine", "agent_account", "convert_params", "dangerous_grants", "drop_agent_account", "dump",
            "parse_url"]
@@ -409,13 +408,6 @@ def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") 
     text = f"{args[1]} (error {args[0]})" if len(args) >= 2 else str(exc)
     return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
 
-
-class UndoRefused(CompensationFailed, ActionFailed):
-    """Undo found a row the action changed that was changed since, or rows written since that
-    its undo would leave referring to nothing: nothing was undone (an `UndoConflict` to the runtime)."""
-
-    def __init__(self, reason: str):
-        CompensationFailed.__init__(self, reason, conflict=True)
 
 
 class _Meta:

@@ -49,8 +49,8 @@ from sqlglot.tokens import TokenType
 
 from ...errors import ActionFailed
 from ...journal.store import CHUNK
-from .common import (GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, format_rows, is_goex_name, split_tokens,
-                     tokens as sql_tokens)
+from .common import (GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, UndoRefused, format_rows, is_goex_name,
+                     split_tokens, tokens as sql_tokens)
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
@@ -1135,7 +1135,7 @@ class PostgresEngine:
                     return  # already undone
                 differences = _object_differences(captured["after"]["objects"], now, self.name)
                 if differences and not force:
-                    raise ActionFailed(f"undo on {self.name} stopped, the database changed since the action: "
+                    raise UndoRefused(f"undo on {self.name} stopped, the database changed since the action: "
                                        + "; ".join(f"{t}: {w}" for t, w in differences[:20]))
                 script = _stored(before, get_blob, self.name)
                 rows = _stored(before["rows"], get_blob, self.name) if "rows" in before else None
@@ -1161,17 +1161,15 @@ class PostgresEngine:
                 if now is not None and now not in (after, then) and not force:
                     problems.append(f"{name}: sequence moved since the action: {after} -> {now}")
             if problems:
-                raise ActionFailed(f"undo on {self.name} stopped, the data changed since the action: "
+                raise UndoRefused(f"undo on {self.name} stopped, the data changed since the action: "
                                    f"{'; '.join(problems)}")
             _undo_rows(conn, plans, force)
             conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
             links = _links(conn, [t for t, state in plans if state != "before"])
             dangling = _dangling(conn, plans, links) if links else []
             if dangling:  # under force too: undo never leaves a reference dangling
-                from ..http.adapter import CompensationFailed  # the runtime's "undo refused, nothing changed"
-
-                raise CompensationFailed(f"undo on {self.name} stopped, nothing of it was applied: "
-                                         + "; ".join(f"{t}: {w}" for t, w in dangling), conflict=True)
+                raise UndoRefused(f"undo on {self.name} stopped, nothing of it was applied: "
+                                  + "; ".join(f"{t}: {w}" for t, w in dangling))
             for name, (then, after) in sequences.items():
                 if _sequence(conn, name) is not None:
                     conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(

@@ -38,8 +38,7 @@ import apsw
 from ...errors import ActionFailed, GoexError, PathRefused
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
-from ..http.adapter import CompensationFailed
-from .common import GetBlob, PutBlob, SqlRefused, Staged, analyse, format_rows
+from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows
 
 # goex owns the transaction and the file: these never run inside an action
 _FORBIDDEN = {"attach", "detach", "vacuum", "begin", "commit", "end", "rollback", "savepoint", "release"}
@@ -426,8 +425,8 @@ class SqliteEngine:
             broken = self._broken(conn, bound, held)
             if broken:  # forced or not: undo takes back the entry's rows only, never others' that need them
                 conn.execute("ROLLBACK")
-                raise CompensationFailed(f"undo on {self.name} would break foreign keys, nothing was undone: "
-                                         + "; ".join(f"{t}: {why}" for t, why in broken), conflict=True)
+                raise UndoRefused(f"undo on {self.name} would break foreign keys, nothing was undone: "
+                                         + "; ".join(f"{t}: {why}" for t, why in broken))
             _restore_sequence(conn, captured.get("sequence"))
             conn.execute("COMMIT")
         finally:
