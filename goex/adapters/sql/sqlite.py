@@ -776,7 +776,11 @@ def _restore_sequence(conn: apsw.Connection, rows: list[list[Any]] | None) -> No
 
 def _row_counts(conn: apsw.Connection) -> dict[str, int]:
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names}
+    return {n: conn.execute(f"SELECT count(*) FROM {_quoted(n)}").fetchall()[0][0] for n in names}
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class _Touched:
@@ -927,18 +931,21 @@ def _checksums(file: _File) -> dict[str, str]:
 
 
 def _checksums_conn(conn: apsw.Connection) -> dict[str, str]:
-    """sha256 per schema object: its SQL, and for tables every row in rowid order."""
+    """sha256 per schema object: its SQL, and for tables every row: with its rowid when the table
+    has no primary key (the rowid is then the row's identity, kept by undo), else sorted by value
+    (a hidden rowid behind a declared key is not state: undo of a key update gives a new one)."""
     out = {"pragma:user_version": str(conn.execute("PRAGMA user_version").fetchall()[0][0]),
            "pragma:application_id": str(conn.execute("PRAGMA application_id").fetchall()[0][0])}
     for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall():
         h = hashlib.sha256((sql or "").encode())
         if kind == "table":
-            try:
-                rows = conn.execute(f'SELECT rowid, * FROM "{name}" ORDER BY rowid').fetchall()
-            except apsw.SQLError:  # WITHOUT ROWID
-                rows = conn.execute(f'SELECT * FROM "{name}" ORDER BY 1').fetchall()
+            keyed = any(r[5] for r in conn.execute(f"PRAGMA table_info({_quoted(name)})").fetchall())
+            if keyed:  # (WITHOUT ROWID tables always have one)
+                rows = sorted(repr(tuple(r)) for r in conn.execute(f"SELECT * FROM {_quoted(name)}"))
+            else:
+                rows = [repr(tuple(r)) for r in conn.execute(f"SELECT rowid, * FROM {_quoted(name)} ORDER BY rowid")]
             for row in rows:
-                h.update(repr(row).encode())
+                h.update(row.encode())
         out[f"{kind}:{name}"] = h.hexdigest()
     return out
 
@@ -969,7 +976,7 @@ def _dump(file: _File) -> str:
                 continue
             lines.append(f"{kind} {name} on {table}: {' '.join((sql or '').split())}")
             if kind == "table":
-                rows = sorted(repr(tuple(r)) for r in conn.execute(f'SELECT * FROM "{name}"'))
+                rows = sorted(repr(tuple(r)) for r in conn.execute(f"SELECT * FROM {_quoted(name)}"))
                 lines.extend(f"  {r}" for r in rows)
         return "\n".join(lines) + "\n"
     finally:
