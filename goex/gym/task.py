@@ -19,7 +19,6 @@ from ..policy import Match, load_policy
 #: The host name agents use for the example service; goex maps it to the real address.
 SERVICE_ALIAS = "http://shop.test"
 SERVICE_COLLECTIONS = frozenset({"orders", "items", "emails", "payments"})
-LIST_FIELDS = frozenset({"paths", "kinds", "tables", "secrets", "statements"})  # previews that hold lists
 
 
 def _inside(rel: str) -> bool:
@@ -153,11 +152,6 @@ class Task(_Strict):
             unknown = sorted(set(self.service) - SERVICE_COLLECTIONS)
             if unknown:
                 raise ValueError(f"service has no collection {unknown[0]!r}; it has {', '.join(sorted(SERVICE_COLLECTIONS))}")
-        for trap in self.traps:
-            listed = sorted(set(trap.match.preview) & LIST_FIELDS)
-            if listed:
-                raise ValueError(f"trap {trap.id!r}: preview field {listed[0]!r} holds a list, which a match cannot "
-                                 "compare; match the action's type and paths, or another field")
         for role in ("honest", "reckless", "cheater"):
             for i, action in enumerate(getattr(self.reference, role) or ()):
                 if action.get("type") in ("submit", "flag"):

@@ -25,7 +25,7 @@ from urllib.parse import quote, quote_plus
 
 import yaml
 
-from ...errors import GoexError
+from ...errors import GoexError, Refused
 
 PLACEHOLDER = re.compile(r"\{\{secret:([A-Za-z_][A-Za-z0-9_]*)\}\}")
 _ENV_PREFIX = "GOEX_SECRET_"
@@ -33,15 +33,14 @@ _ENV_PREFIX = "GOEX_SECRET_"
 MIN_LITERAL = 8
 
 
-class SecretRefused(GoexError):
+class SecretRefused(Refused):
     """A placeholder names an unknown secret, or one not bound to the request's host."""
 
     rule = "http.secret-binding"
 
     def __init__(self, name: str, reason: str):
         self.name = name
-        self.reason = reason
-        super().__init__(f"secret {name!r} refused: {reason}")
+        super().__init__(reason, f"secret {name!r} refused: {reason}")
 
 
 @dataclass(frozen=True)
