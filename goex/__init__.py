@@ -26,7 +26,39 @@ _WHERE = {
     "ConfirmationRequest": "runtime", "Result": "runtime", "Runtime": "runtime", "Session": "runtime",
 }
 
-__all__ = sorted(_WHERE) + ["__version__"]
+__all__ = [
+    "Action",
+    "ActionError",
+    "ActionFailed",
+    "Adapter",
+    "CompensationFailed",
+    "Compensations",
+    "ConfirmationRequest",
+    "Decision",
+    "GoexError",
+    "HostRefused",
+    "HttpConfig",
+    "JournalBusy",
+    "JournalCorrupt",
+    "JournalUnavailable",
+    "PathRefused",
+    "Policy",
+    "PolicyDenied",
+    "PolicyError",
+    "PythonRule",
+    "RecoveryNeeded",
+    "Refused",
+    "Result",
+    "Runtime",
+    "SecretRefused",
+    "SecretStore",
+    "Session",
+    "UndoConflict",
+    "action_schema",
+    "load_policy",
+    "parse_action",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -48,7 +80,18 @@ if TYPE_CHECKING:
     from .adapters.http.adapter import CompensationFailed, HostRefused, HttpConfig
     from .adapters.http.compensations import Compensations
     from .adapters.http.secrets import SecretRefused, SecretStore
-    from .errors import (ActionError, ActionFailed, GoexError, JournalBusy, JournalCorrupt, JournalUnavailable,
-                         PathRefused, PolicyDenied, RecoveryNeeded, Refused, UndoConflict)
+    from .errors import (
+        ActionError,
+        ActionFailed,
+        GoexError,
+        JournalBusy,
+        JournalCorrupt,
+        JournalUnavailable,
+        PathRefused,
+        PolicyDenied,
+        RecoveryNeeded,
+        Refused,
+        UndoConflict,
+    )
     from .policy import Decision, Policy, PolicyError, PythonRule, load_policy
     from .runtime import ConfirmationRequest, Result, Runtime, Session

@@ -15,8 +15,21 @@ compiled pack with `Policy.with_rules` and decide the same way. See docs/policy.
 from .engine import Policy, WorkspaceRules
 from .globs import glob_regex
 from .loading import load_policy, parse_pack, shipped_packs
-from .schema import (ALLOW, BUDGETS, Decision, Each, Match, Pack, PolicyError, PythonRule, Rule, RuleMatch, Severity,
-                     Threshold, Verdict)
+from .schema import (
+                     ALLOW,
+                     BUDGETS,
+                     Decision,
+                     Each,
+                     Match,
+                     Pack,
+                     PolicyError,
+                     PythonRule,
+                     Rule,
+                     RuleMatch,
+                     Severity,
+                     Threshold,
+                     Verdict,
+)
 
 __all__ = ["ALLOW", "BUDGETS", "Decision", "Each", "Match", "Pack", "Policy", "PolicyError", "PythonRule", "Rule",
            "RuleMatch", "Severity", "Threshold", "Verdict", "WorkspaceRules", "glob_regex", "load_policy",

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import ActionFailed, GoexError, Refused
+from ...errors import ActionFailed, Refused
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
 from ..fs import tree
 from ..fs.adapter import FileAdapter

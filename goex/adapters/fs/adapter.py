@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import difflib
 import errno
-import itertools
 import hashlib
+import itertools
 import os
 import stat
 from typing import TYPE_CHECKING, Any
