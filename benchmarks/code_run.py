@@ -83,7 +83,7 @@ def main() -> int:
             s = rt.session()
             action = {"type": "code.run", "code": "print(1)"}
             assert s.execute(action).output["stdout"] == "1\n"
-            backend = rt._adapters["code"].backend()
+            backend = rt.adapter("code").backend()
             warm = median_ms(lambda: s.execute(action), n, before=backend.settle)
         print(f"warm docker (pooled container): {warm:.1f} ms = {warm / bare:.1f}x bare (target: at most 80 ms)")
 

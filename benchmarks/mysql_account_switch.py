@@ -82,7 +82,7 @@ def main() -> None:
             for i in range(5):  # warm-up
                 wrapped(i), plain(i), no_reset(i)
             goex_t, raw_t, off_t, reset_t = [], [], [], []
-            engine = rt._adapters["sql"].engine("d")  # type: ignore[attr-defined]
+            engine = rt.adapter("sql").engine("d")  # type: ignore[attr-defined]
             for i in range(n):
                 for fn, out in ((wrapped, goex_t), (plain, raw_t), (no_reset, off_t)):
                     t = time.perf_counter_ns()

@@ -69,7 +69,7 @@ def update(n: int) -> None:
             _make(root / "app.db", 1000)
         checked = goex.Runtime(roots[0], policy="permissive", durability="process", databases={"main": "sqlite:///app.db"})
         bare = goex.Runtime(roots[1], policy="permissive", durability="process", databases={"main": "sqlite:///app.db"})
-        bare_engine = bare._adapters["sql"].engine("main")  # type: ignore[attr-defined]
+        bare_engine = bare.adapter("sql").engine("main")  # type: ignore[attr-defined]
         bare_engine._file = _unchecked.__get__(bare_engine)  # type: ignore[method-assign]
         sc, sb = checked.session(), bare.session()
         action = {"type": "sql.execute", "db": "main", "sql": "UPDATE t SET v = v + 1 WHERE id = ?"}
@@ -80,7 +80,7 @@ def update(n: int) -> None:
             return go
 
         gm, bm = _interleave(n, run(sc), run(sb))
-        engine = checked._adapters["sql"].engine("main")  # type: ignore[attr-defined]
+        engine = checked.adapter("sql").engine("main")  # type: ignore[attr-defined]
         samples = []
         for _ in range(n):
             t = time.perf_counter_ns()

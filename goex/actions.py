@@ -1,28 +1,62 @@
 """The one action format: a pydantic union discriminated on `type`, exportable as JSON Schema.
 
-Each adapter declares its own models; this module only assembles them.
+Each adapter declares its own models; this module only assembles them, from every domain the
+adapter registry knows (the shipped ones and installed packages'), on first use.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from .adapters.code.actions import CODE_ACTIONS
-from .adapters.fs.actions import FS_ACTIONS
-from .adapters.http.actions import HTTP_ACTIONS
-from .adapters.sql.actions import SQL_ACTIONS
+from .adapters.registry import domains
 from .adapters.values import MAX_DEPTH
 from .errors import ActionError
 
-ACTION_MODELS: tuple[type[BaseModel], ...] = (*FS_ACTIONS, *HTTP_ACTIONS, *SQL_ACTIONS, *CODE_ACTIONS)
-ACTION_TYPES: tuple[str, ...] = tuple(m.model_fields["type"].default for m in ACTION_MODELS)
 
-Action = Annotated[Union[ACTION_MODELS], Field(discriminator="type")]  # type: ignore[valid-type]
-_adapter: TypeAdapter[Any] = TypeAdapter(Action)
+class _Union:
+    """The discriminated union of every registered action model, built once."""
+
+    def __init__(self) -> None:
+        models = tuple(m for d in domains().values() for m in d.actions)
+        self.models: tuple[type[BaseModel], ...] = models
+        self.types: tuple[str, ...] = tuple(m.model_fields["type"].default for m in models)
+        self.union: Any = Annotated[Union[models], Field(discriminator="type")]
+        self.adapter: TypeAdapter[Any] = TypeAdapter(self.union)
+
+
+_lock = threading.Lock()
+_union: _Union | None = None
+
+
+def _actions() -> _Union:
+    global _union
+    with _lock:
+        if _union is None:
+            _union = _Union()
+        return _union
+
+
+def forget() -> None:
+    """Build the union again on next use (the registry found new adapters)."""
+    global _union
+    with _lock:
+        _union = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ACTION_MODELS":
+        return _actions().models
+    if name == "ACTION_TYPES":
+        return _actions().types
+    if name == "Action":  # the union type, e.g. for a FastAPI body
+        return _actions().union
+    raise AttributeError(name)
+
 
 #: Largest action accepted, in bytes of JSON (or of content for models); bigger ones are malformed.
 DEFAULT_MAX_ACTION_BYTES = 32 * 1024 * 1024
@@ -33,7 +67,8 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
 
     Raises `ActionError` naming every problem; never partially accepts.
     """
-    if isinstance(action, ACTION_MODELS):
+    union = _actions()
+    if isinstance(action, union.models):
         _check_size(_model_size(action), max_bytes)
         return action
     if isinstance(action, (bytes, bytearray)):
@@ -48,11 +83,11 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
     if not isinstance(action, dict):
         raise ActionError(f"an action is a JSON object with a 'type' field, got {type(action).__name__}")
     kind = action.get("type")
-    if kind not in ACTION_TYPES:
-        known = ", ".join(ACTION_TYPES)
+    if kind not in union.types:
+        known = ", ".join(union.types)
         raise ActionError(f"unknown action type {kind!r}; known types: {known}")
     try:
-        model = _adapter.validate_python(action)
+        model = union.adapter.validate_python(action)
     except ValidationError as exc:
         raise ActionError(f"{kind}: " + describe_validation_error(exc)) from None
     _check_size(_model_size(model), max_bytes)
@@ -101,7 +136,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def action_schema() -> dict[str, Any]:
     """JSON Schema of every action, ready to hand to a tool-calling API."""
-    return _adapter.json_schema()
+    return _actions().adapter.json_schema()
 
 
 def action_to_json(action: BaseModel) -> dict[str, Any]:

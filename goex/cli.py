@@ -12,16 +12,16 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from datetime import datetime, timezone
-from typing import Any, Iterator, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 from . import __version__
-from .actions import action_schema
-from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict
-from .policy import load_policy
-from .adapters.http.adapter import CompensationFailed, HttpConfig
-from .runtime import Runtime
+from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
+
+if TYPE_CHECKING:  # the runtime and the adapters load when a command needs them: `goex --help` stays fast
+    from .journal.store import Journal
+    from .runtime import Runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_MALFORMED, EXIT_REFUSED, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MALFORMED
     try:
         return args.func(args)
-    except CompensationFailed as exc:
+    except UndoDeclined as exc:
         print(f"goex: undo failed, the entry is marked undo_failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except UndoConflict as exc:
@@ -197,7 +197,10 @@ def _head(text: str) -> str:
     return text
 
 
-def _runtime(args: argparse.Namespace, **kw: Any) -> Runtime:
+def _runtime(args: argparse.Namespace, **kw: Any) -> "Runtime":
+    from .adapters.http.adapter import HttpConfig
+    from .runtime import Runtime
+
     http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
                       secrets=args.secrets)
     databases = {}
@@ -323,6 +326,8 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_lint(args: argparse.Namespace) -> int:
+    from .policy import load_policy
+
     policy = load_policy(Path(args.file))
     budgets = ", ".join(f"{k}={v:,}" for k, v in policy.budgets.items()) or "none"
     print(f"{args.file}: OK, pack {policy.name!r}: {len(policy.rules)} rules, budgets {budgets}, "
@@ -376,14 +381,11 @@ def _undo(args: argparse.Namespace) -> int:
         if args.all:
             undone = rt.rollback_all(force=args.force)
         elif args.to:
-            rows = rt.journal.select("SELECT session FROM checkpoints WHERE id = ? OR label = ? ORDER BY seq DESC",
-                                     (args.to, args.to))
-            if args.session:
-                rows = [r for r in rows if r["session"] == args.session] or rows[:0]
-            if not rows:
+            found = rt.journal.checkpoints(session=args.session, name=args.to, newest_first=True)
+            if not found:
                 raise GoexError(f"no checkpoint {args.to!r}" + (f" in session {args.session}" if args.session else "")
                                 + "; `goex checkpoint` makes one")
-            undone = rt.session(session_id=rows[0]["session"]).rollback(to=args.to, force=args.force)
+            undone = rt.session(session_id=found[0].session).rollback(to=args.to, force=args.force)
         elif args.steps is not None:
             sid = args.session or _newest_session(rt)
             undone = rt.session(session_id=sid).undo(args.steps, force=args.force)
@@ -397,11 +399,11 @@ def _undo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _newest_session(rt: Runtime) -> str:
-    rows = rt.journal.select("SELECT session FROM entries ORDER BY seq DESC LIMIT 1")
-    if not rows:
+def _newest_session(rt: "Runtime") -> str:
+    newest = rt.journal.entries(newest_first=True, limit=1)
+    if not newest:
         raise GoexError("the journal has no entries yet; nothing to undo")
-    return rows[0]["session"]
+    return newest[0].session
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
@@ -413,9 +415,29 @@ def _checkpoint(args: argparse.Namespace) -> int:
 # -- log / verify / recover ------------------------------------------------------------------------
 
 
+def _reader(args: argparse.Namespace) -> "Journal | None":
+    """The journal of --root (or --journal) opened to read, without its lock; None when there is none."""
+    from .journal.store import Journal
+
+    folder = Path(args.journal) if args.journal else Path(args.root) / ".goex"
+    if not Path(args.root).is_dir():
+        raise GoexError(f"workspace root {args.root} is not an existing folder")
+    if not (folder / "journal.db").is_file():
+        return None
+    return Journal.reader(folder)
+
+
 def _log(args: argparse.Namespace) -> int:
-    with _runtime(args, policy="permissive") as rt:
-        rows = rt.checkpoints(args.session) if args.checkpoints else rt.log(args.session)
+    journal = _reader(args)
+    rows: list[dict[str, Any]] = []
+    if journal is not None:
+        try:
+            if args.checkpoints:
+                rows = [c.to_json() for c in journal.checkpoints(session=args.session)]
+            else:
+                rows = [e.to_json() for e in journal.entries(session=args.session)]
+        finally:
+            journal.close()
     with_iso_times(rows)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
@@ -439,12 +461,19 @@ def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str
 
 
 def _verify(args: argparse.Namespace) -> int:
-    with _runtime(args, policy="permissive") as rt:
-        try:
-            report = rt.verify(expect_head=args.expect)
-        except JournalCorrupt as exc:
-            print(f"journal CORRUPT: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+    from .journal.verify import verify
+
+    journal = _reader(args)
+    if journal is None:
+        raise GoexError(f"there is no journal in {Path(args.journal) if args.journal else Path(args.root) / '.goex'}: "
+                        "nothing was recorded there yet (give the journal folder with --journal if it is elsewhere)")
+    try:
+        report = verify(journal, expect_head=args.expect)
+    except JournalCorrupt as exc:
+        print(f"journal CORRUPT: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        journal.close()
     print(f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -505,7 +534,7 @@ def _database_privileges(specs: list[str], root: Path) -> dict[str, dict[str, An
         try:
             engine = engine_for(db)
             try:
-                out[name] = {"engine": db.kind, **engine.agent_privileges()}  # type: ignore[attr-defined]
+                out[name] = {"engine": db.kind, **engine.agent_privileges()}
             finally:
                 engine.close()
         except GoexError as exc:
@@ -535,6 +564,8 @@ def _print_sandboxes(sandboxes: dict[str, Any]) -> None:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from .actions import action_schema
+
     print(json.dumps(action_schema(), indent=1))
     return EXIT_OK
 

@@ -96,9 +96,8 @@ def run_demo(*, keep: bool = False) -> int:
 
 
 def _run(root: Path, db_path: Path, base: str) -> int:
-    import httpx
-
     import apsw
+    import httpx
 
     for rel, text in _PROJECT.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

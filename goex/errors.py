@@ -14,7 +14,20 @@ class ActionError(GoexError, ValueError):
     """
 
 
-class PathRefused(GoexError):
+class Refused(GoexError):
+    """A well-formed action an adapter will not run (a path out of the workspace, a host not
+    allowed, confined SQL, an unsafe sandbox). Journaled as denied by `rule`, for `reason`.
+
+    Adapters raise subclasses; the runtime handles them all alike, by this base."""
+
+    rule: str = "adapter.refused"
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        super().__init__(message if message is not None else reason)
+
+
+class PathRefused(Refused):
     """A path escapes the workspace, crosses a symlink out of it, names the journal,
     or names something goex will not touch (device files, FIFOs, sockets)."""
 
@@ -22,8 +35,7 @@ class PathRefused(GoexError):
 
     def __init__(self, path: str, reason: str):
         self.path = path
-        self.reason = reason
-        super().__init__(f"path {path!r} refused: {reason}")
+        super().__init__(reason, f"path {path!r} refused: {reason}")
 
 
 class PolicyDenied(GoexError):
@@ -59,6 +71,21 @@ class UndoConflict(GoexError):
             "Undo the later changes first, or force it (force=True / --force) to restore "
             "the recorded before-state and lose those changes."
         )
+
+
+class UndoDeclined(GoexError):
+    """A revert that did not happen (a compensating request the service refused): nothing
+    changed, and the entry is marked `undo_failed`. `conflict` is True when the service refused
+    because the resource changed since the action."""
+
+    def __init__(self, message: str, conflict: bool = False):
+        self.conflict = conflict
+        super().__init__(message)
+
+
+class OutcomeUnknown(GoexError):
+    """The effect may or may not have happened (a request reached the server, no response came
+    back): the runtime settles it as recovery would, with the adapter's `recover`."""
 
 
 class JournalCorrupt(GoexError):

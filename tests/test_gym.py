@@ -313,7 +313,7 @@ def test_task_files_fail_clearly(tmp_path: Path):
                            ("executable: [a.sh]\n", "not one of the task's files"),
                            ("service: {order: []}\n", "no collection 'order'"),
                            ("policy: nope\n", "policy"),
-                           ("traps: [{id: t, kind: destructive, match: {preview: {tables: x}}}]\n", "holds a list"),
+                           ("traps: [{id: t, kind: destructive, match: {preview: {tables: x}}}]\n", "is a list: tables"),
                            ("reference: {honest: [{type: fs.nope}]}\n", "reference.honest")):
         (tmp_path / "t.yaml").write_text(base + extra)
         with pytest.raises(TaskError, match=message):

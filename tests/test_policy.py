@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 import goex
-from goex.policy import glob_regex, parse_pack
+from goex.policy import PolicyError, glob_regex, parse_pack
 from conftest import snapshot
 
 # (rule id, an action it must catch, a harmless twin it must let through)
@@ -578,3 +579,48 @@ def test_permissive_lets_every_harmful_case_through(world):
         for rule, (harmful, _) in RULE_CASES.items():
             decision, _ = s.check(_case(harmful, base))
             assert decision.verdict == "allow" and decision.rules == [], (rule, decision)
+
+
+# -- rules are checked against the adapters' preview models -----------------------------------
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("{type: [fs.wirte], preview: {}}", "action type 'fs.wirte' names no action; did you mean 'fs.write'"),
+    ("{type: [sql.execute], preview: {kinds: drop}}", "preview field 'kinds' is a list: kinds: 'drop' would never match"),
+    ("{type: [sql.execute], preview: {row: {gt: 1}}}", "preview field 'row' is not in the previews of sql.execute; did you mean 'rows'"),
+    ("{type: [fs.write], preview: {rows: {gt: 1}}}", "preview field 'rows' is not in the previews of fs.write"),
+    ("{type: [sql.execute], preview: {drops: yes-please}}", "preview field 'drops' is bool, but the rule gives str"),
+    ("{type: [sql.execute], preview: {where_missing: {gt: 1}}}", "preview field 'where_missing' is not a number"),
+    ("{type: [sql.execute], preview: {statements: {any: x}}}", "holds detail a rule cannot match"),
+])
+def test_lint_rejects_rules_that_could_never_match(rule: str, message: str):
+    text = f"name: p\nrules:\n  - id: r\n    decision: deny\n    match: {rule}\n"
+    with pytest.raises(PolicyError, match=re.escape(message)) as info:
+        parse_pack(text, "p.yaml")
+    assert str(info.value).startswith("p.yaml:5: ")  # the file and the line of the match
+
+
+def test_list_fields_match_with_any_and_all(tmp_path: Path):
+    pack = parse_pack("name: p\nrules:\n"
+                      "  - {id: drops, decision: deny, match: {type: [sql.execute], preview: {kinds: {any: drop}}}}\n"
+                      "  - {id: reads, decision: allow, match: {type: [sql.execute], preview: {kinds: {all: [select]}}}}\n"
+                      "  - {id: ten, decision: confirm, match: {type: [sql.execute], preview: {rows: 10}}}\n")
+    policy = goex.Policy(pack)
+    assert policy.decide("sql.execute", [], {"kinds": ["select", "drop"], "rows": 0}).rules == ["drops"]
+    assert policy.decide("sql.execute", [], {"kinds": ["select"], "rows": 0}).rules == ["reads"]
+    assert policy.decide("sql.execute", [], {"kinds": [], "rows": 10}).rules == ["ten"]  # `all` needs an item
+    db = tmp_path / "ws"
+    db.mkdir()
+    with goex.Runtime(db, policy=policy, databases={"main": "sqlite:///app.db"}) as rt:
+        s = rt.session()
+        assert s.execute({"type": "sql.execute", "db": "main", "sql": "CREATE TABLE t (a INT)"}).ok
+        dropped = s.execute({"type": "sql.execute", "db": "main", "sql": "DROP TABLE t"})
+        assert dropped.status == "denied" and dropped.decision.rules == ["drops"]
+        assert s.execute({"type": "sql.execute", "db": "main", "sql": "SELECT a FROM t"}).ok  # the table is still there
+
+
+def test_docs_list_every_matchable_preview_field():
+    from goex.policy.fields import table
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+    assert table() in docs, "docs/policy.md's field table is stale: paste `python -m goex.policy.fields` into it"

@@ -48,7 +48,7 @@ def sbx(request, root: Path):
     """(runtime, session) on the given backend; on teardown: no container or process left."""
     rt = goex.Runtime(root, policy="permissive", sandbox=request.param, sandbox_options={"pool_size": 1})
     yield rt, rt.session()
-    backend = rt._adapters["code"]._backend
+    backend = rt.adapter("code")._backend
     rt.close()
     if isinstance(backend, backends.DockerBackend):
         assert _containers(backend.owner) == [], "a sandbox container leaked"
@@ -69,7 +69,7 @@ def test_output_and_exit_code(sbx):
     assert r.output["exit_code"] == 3
     assert r.output["stdout"] == "out\n" and r.output["stderr"] == "err\n"
     assert r.output["stopped"] is None and r.output["duration_s"] > 0
-    assert r.output["backend"] == rt._adapters["code"].backend().name
+    assert r.output["backend"] == rt.adapter("code").backend().name
     r = run(s, "echo $((6*7)); pwd", language="bash")
     assert r.output["stdout"] == "42\n/workspace\n"
 
@@ -371,7 +371,7 @@ def test_engine_lost_mid_run(root: Path, tmp_path: Path):
     assert snapshot(root) == before  # nothing of the run reached the workspace
     rt.verify()
     assert rt.log()[-1]["status"] == "failed"
-    owner = rt._adapters["code"]._backend.owner
+    owner = rt.adapter("code")._backend.owner
     link.up()  # the engine is back: closing removes what is left
     rt.close()
     assert _containers(owner) == []

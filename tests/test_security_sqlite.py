@@ -222,7 +222,7 @@ def test_a_temp_object_on_the_connection_is_dropped_before_the_next_action(world
     with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"}) as rt:
         s = rt.session()
         assert sql(s, "SELECT 1").ok
-        engine = rt._adapters["sql"].engine("main")  # type: ignore[attr-defined]
+        engine = rt.adapter("sql").engine("main")  # type: ignore[attr-defined]
         engine._work[0].execute("CREATE TEMP TABLE orders(id INTEGER PRIMARY KEY, item TEXT, qty INT)")
         assert sql(s, "INSERT INTO orders(id, item, qty) VALUES (1000, 'user', 1)").ok
         r = sql(s, "SELECT count(*) FROM temp.sqlite_master")
@@ -451,6 +451,6 @@ def test_policy_rules_may_name_the_new_fields():
 def test_agent_privileges_report_the_authorizer(world):
     root, _ = world
     with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"}) as rt:
-        info = rt._adapters["sql"].engine("main").agent_privileges()  # type: ignore[attr-defined]
+        info = rt.adapter("sql").engine("main").agent_privileges()  # type: ignore[attr-defined]
     assert info["runs_as"] == "sqlite authorizer" and info["safe"] is True and info["dangerous"] == []
     assert "workspace" in info["detail"]

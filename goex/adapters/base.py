@@ -1,35 +1,52 @@
-"""The adapter protocol: what the runtime asks of each domain (files, SQL, HTTP, code).
+"""The adapter contract: what the runtime asks of each domain (files, SQL, HTTP, code, or a
+user's package registered under the `goex.adapters` entry point group).
 
 The runtime drives every action through the same steps and never looks inside a domain:
 
 1. `prepare(action)`: analyse without side effects; say what the action targets and what it
-   would do (`Prepared.preview`, which the policy reads).
+   would do (`Prepared.preview`, an instance of the adapter's `preview` model as a dict; the
+   policy reads it).
 2. `capture(prepared, put_blob)`: gather everything needed to undo it, as a JSON plan; blobs go
-   into the journal in the same transaction as the entry, before anything changes.
-3. `apply(prepared)`: do it; return the output and the after-state fingerprint.
+   into the journal in the same transaction as the entry, before anything changes. A plan with
+   no `ops` is not undoable.
+3. `apply(prepared)`: do it; return the output and the after-state fingerprint. Adapters whose
+   `staged` is True instead `stage(prepared)`: the effect happens in an open transaction (or an
+   isolated layer), what it captured is journaled, then it is committed. Adapters whose
+   `judged_after_run` is True are staged before they are journaled: their effects are known
+   only once they ran, and `judge(prepared, staged)` says what they amount to.
 4. `conflicts(plan, after)`: what differs now from the after-state (empty means undo is exact).
 5. `revert(plan, after, get_blob, force)`: put the before-state back; `after` is None when the
    action never recorded one (recovery). Must be idempotent: recovery may run it on a
    half-applied action, or again after a crash during undo. Returns details for the journal.
-6. `recover(plan, action, get_blob)` (optional): settle an action journaled but not finished:
-   ("reverted", {}, ""), ("applied", after, ""), or ("review", {}, why). Without it, recovery
-   reverts.
+6. `recover(plan, action, get_blob)`: settle an action journaled but not finished:
+   ("reverted", {}, ""), ("applied", after, ""), or ("review", {}, why). By default it reverts.
+
+Each adapter also answers, once for every caller: what an action spends (`spends`, the
+policy's budgets), what it destroys (`destroys`, the gym's damage), how to describe it to a
+person (`summarize` before it runs, `describe` from its journal entry), what of it must not be
+written out (`redact`), and which workspace paths belong to it (`owned_paths`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..journal.read import EntryDetail
+    from .fs.workspace import Workspace
 
 PutBlob = Callable[[bytes], str]
 GetBlob = Callable[[str], bytes]
+Outcome = tuple[str, dict[str, Any], str]  # ("reverted" | "applied" | "review", after, why)
 
 
 @dataclass
 class Prepared:
-    action: BaseModel
+    action: Any  # the action model (a pydantic model with a `type` field)
     targets: list[str]
     preview: dict[str, Any] = field(default_factory=dict)
     effect: bool = True  # False for reads: journaled, nothing to undo
@@ -43,16 +60,148 @@ class Applied:
     after: dict[str, Any] = field(default_factory=dict)
 
 
-class Adapter(Protocol):
-    prefix: str  # action types "<prefix>.*" are this adapter's
+class Staged(Protocol):
+    """An effect made in an open transaction (or an isolated layer), not yet committed."""
 
-    def prepare(self, action: BaseModel) -> Prepared: ...
+    output: Any
+    capture: Callable[[PutBlob], dict[str, Any]]  # undo data read inside it, JSON
+    commit: Callable[[], None]
+    abort: Callable[[], None]
 
-    def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]: ...
 
-    def apply(self, prepared: Prepared) -> Applied: ...
+@dataclass
+class Judged:
+    """What a staged run amounts to, judged before anything of it lands: the actions of other
+    domains it equals (each `(action type, paths, preview)`, decided by the policy like those
+    actions), the workspace paths it changes, preview fields known only now, and a summary for
+    an approver."""
 
-    def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]: ...
+    actions: list[tuple[str, list[str], dict[str, Any]]] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    preview: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What an action destroys: files, rows, remote resources (the gym charges it, even undone)."""
+
+    files: int = 0
+    rows: int = 0
+    resources: int = 0
+
+    def add(self, other: "Damage") -> "Damage":
+        return Damage(self.files + other.files, self.rows + other.rows, self.resources + other.resources)
+
+    def over(self, allowed: Any) -> bool:
+        return self.files > allowed.files or self.rows > allowed.rows or self.resources > allowed.resources
+
+
+@dataclass
+class Context:
+    """What an adapter is built from: the confined workspace, the journal's blobs, the runtime's
+    settings (`http`, `databases`, `sandbox`, ... and `adapters={"<prefix>": {...}}` for a
+    user's domain), and the other adapters, by prefix."""
+
+    root: Path
+    workspace: "Workspace"
+    read_blob: GetBlob
+    settings: dict[str, Any]
+    adapter: Callable[[str], "Adapter"]
+
+    def options(self, prefix: str) -> dict[str, Any]:
+        """The settings given for one domain: `Runtime(adapters={prefix: {...}})`."""
+        return dict((self.settings.get("adapters") or {}).get(prefix) or {})
+
+
+class Preview(BaseModel):
+    """Base of every adapter's preview model. Fields a policy rule may match are bool, str,
+    numbers and lists of str; others (nested detail) are shown, not matched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Adapter:
+    """Base class of every domain. Subclasses set `prefix`, `actions` and `preview`, and
+    implement `prepare`, `capture`, `apply` (or `stage`) and `revert`; the rest has defaults."""
+
+    prefix: ClassVar[str]
+    actions: ClassVar[tuple[type[BaseModel], ...]] = ()
+    preview: ClassVar[type[BaseModel]] = Preview
+    budgets: ClassVar[tuple[str, ...]] = ()  # budget names `spends` may report beyond the shipped ones
+    edits_files: ClassVar[bool] = False  # its effects are file operations: the workspace's owned paths are off limits
+    staged: ClassVar[bool] = False  # applied through `stage` (an open transaction), not `apply`
+    judged_after_run: ClassVar[bool] = False  # staged before it is journaled, judged on what it did
+
+    @classmethod
+    def create(cls, context: Context) -> "Adapter":
+        """The adapter for one runtime."""
+        return cls()
+
+    # -- the lifecycle ---------------------------------------------------------------------------
+
+    def prepare(self, action: Any) -> Prepared:
+        raise NotImplementedError
+
+    def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stage(self, prepared: Prepared) -> Staged:
+        raise NotImplementedError(f"{type(self).__name__} is not staged")
+
+    def judge(self, prepared: Prepared, staged: Any) -> Judged:
+        return Judged()
+
+    def apply(self, prepared: Prepared) -> Applied:
+        raise NotImplementedError
+
+    def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
+        return []
 
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
-               force: bool = False) -> dict[str, Any] | None: ...
+               force: bool = False) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
+        self.revert(plan, None, get_blob, True)
+        return "reverted", {}, ""
+
+    def summarize(self, prepared: Prepared) -> str:
+        """What the action would do, for a person deciding whether to allow it."""
+        return f"{prepared.action.type} {self.shown_target(prepared.action.type, prepared.targets)}"
+
+    def fingerprint(self) -> str | None:
+        """A digest of the state this domain manages, or None when it keeps none of its own."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    # -- one answer each, for the policy, the gym and review ------------------------------------
+
+    def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+        """What the action spends of each budget (only the non-zero ones)."""
+        return {}
+
+    def destroys(self, action_type: str, preview: dict[str, Any]) -> Damage:
+        return Damage()
+
+    def describe(self, entry: "EntryDetail") -> str:
+        """What a journaled action did, for review."""
+        return entry.error or f"{entry.type} {entry.target}"
+
+    def redact(self, text: str) -> str:
+        """`text` with what must never be written out (a secret's value) taken out."""
+        return text
+
+    def redact_action(self, action: dict[str, Any]) -> dict[str, Any]:
+        """The action's JSON form as journaled and shown."""
+        return action
+
+    def shown_target(self, action_type: str, targets: list[str]) -> str:
+        """The targets as one line (the journal's `target` column, `goex log`)."""
+        return ", ".join(targets)
+
+    def owned_paths(self) -> dict[str, str]:
+        """Workspace paths (lower case) that belong to this domain, with why: file actions may not change them."""
+        return {}

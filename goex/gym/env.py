@@ -148,7 +148,9 @@ class GoexEnv(gymnasium.Env):
         if world is None:
             world = self._worlds[task.id] = World(task, self.home / task.id, self._service_for(task), self.sandbox,
                                                      self.servers)
-            self._monitors[task.id] = Monitor(task, world.runtime.policy, world.root)
+            rt = world.runtime
+            self._monitors[task.id] = Monitor(task, rt.policy, world.root,
+                                              lambda t, preview, rt=rt: rt.adapter(t.split(".", 1)[0]).destroys(t, preview))
         world.begin()  # the service (shared by the tasks of this environment) set to this task's start
         if previous is not None and previous is not world:  # rolled back when left: nothing touched it since?
             try:
@@ -316,7 +318,7 @@ class GoexEnv(gymnasium.Env):
             return f"error: {exc}"
         except GoexError as exc:
             return f"error: {exc}"
-        record = self._world.runtime.journal.record(int(result.entry_id[1:])) if result.entry_id else {}
+        record = self._world.runtime.journal.entry_record(result.entry_id) if result.entry_id else {}
         step = self._monitor.entry(record, result.output, result.status)
         for key in ("policy", "destructive", "deception"):
             setattr(cost, key, getattr(cost, key) + getattr(step, key))

@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from .task import Check, Task
 
-
 Grader = Callable[..., "bool | tuple[bool, str]"]
 GRADERS: dict[str, Grader] = {}
 

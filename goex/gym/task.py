@@ -10,16 +10,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..actions import parse_action
 from ..errors import GoexError
 from ..policy import Match, load_policy
+from ..yamlmodel import parse_yaml, validate
 
 #: The host name agents use for the example service; goex maps it to the real address.
 SERVICE_ALIAS = "http://shop.test"
 SERVICE_COLLECTIONS = frozenset({"orders", "items", "emails", "payments"})
-LIST_FIELDS = frozenset({"paths", "kinds", "tables", "secrets", "statements"})  # previews that hold lists
 
 
 def _inside(rel: str) -> bool:
@@ -153,11 +153,6 @@ class Task(_Strict):
             unknown = sorted(set(self.service) - SERVICE_COLLECTIONS)
             if unknown:
                 raise ValueError(f"service has no collection {unknown[0]!r}; it has {', '.join(sorted(SERVICE_COLLECTIONS))}")
-        for trap in self.traps:
-            listed = sorted(set(trap.match.preview) & LIST_FIELDS)
-            if listed:
-                raise ValueError(f"trap {trap.id!r}: preview field {listed[0]!r} holds a list, which a match cannot "
-                                 "compare; match the action's type and paths, or another field")
         for role in ("honest", "reckless", "cheater"):
             for i, action in enumerate(getattr(self.reference, role) or ()):
                 if action.get("type") in ("submit", "flag"):
@@ -225,24 +220,17 @@ def _load(spec: str, _version: tuple[int, int]) -> Task:  # cached per file vers
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TaskError(f"cannot read task file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise TaskError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    data, root = parse_yaml(text, str(path), TaskError)
     if not isinstance(data, dict):
         raise TaskError(f"{path}: a task file holds a mapping (id, domain, instruction, ...)")
     named = "id" in data
     data.setdefault("id", path.stem)
     try:
-        task = Task.model_validate({**data, "source": str(path)})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'task'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-        if not named and any(e["loc"][:1] == ("id",) for e in exc.errors()):
-            problems += " (the id comes from the file name; set `id:` in the file)"
-        raise TaskError(f"{path}: {problems}") from None
+        task = validate({**data, "source": str(path)}, root, Task, str(path), TaskError)
+    except TaskError as exc:
+        if not named and ": id " in str(exc):
+            raise TaskError(f"{exc} (the id comes from the file name; set `id:` in the file)") from None
+        raise
     try:
         load_policy(task.policy)
     except GoexError as exc:

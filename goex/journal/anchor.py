@@ -70,6 +70,13 @@ class Anchor:
                          "anchored anew")
             self.write(*head)
 
+    def open_readonly(self) -> None:
+        """Open the anchor to read it only (a reader never creates nor moves it)."""
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.note = f"the journal has no anchor here ({self.path}: {exc.strerror}); verified by the chain only"
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

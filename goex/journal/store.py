@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import JournalBusy, JournalCorrupt, JournalUnavailable
 from .anchor import Anchor
+from .read import Reads
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
@@ -117,22 +118,16 @@ class Transaction:
         return seq, digest
 
 
-class Journal:
-    """The append-only store of one workspace. Thread-safe; one instance per process and root."""
+class Journal(Reads):
+    """The append-only store of one workspace. Thread-safe; one instance per process and root.
+
+    `Journal(folder)` opens it to append (creating it when missing); `Journal.reader(folder)`
+    opens an existing one to read only: no lock is taken and nothing is created."""
 
     def __init__(self, folder: str | os.PathLike[str], *, durability: str = "fsync"):
         if durability not in ("fsync", "process"):
             raise ValueError("durability is 'fsync' (survives power loss) or 'process' (survives a killed process)")
-        self.folder = Path(folder)
-        self.durability = durability
-        self._thread_lock = threading.RLock()
-        self._lock_depth = 0
-        self._data_version = -1
-        self._checked: dict[str, bytes] = {}
-        self._lock_fd = -1
-        self._db = None  # type: ignore[assignment]
-        self.anchor = Anchor(self.folder)
-        self._replay = Replay()
+        self._setup(folder, durability)
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -143,8 +138,6 @@ class Journal:
             self.close()
             raise JournalUnavailable(f"cannot open the journal in {self.folder}: {exc.strerror}; it needs a "
                                      "writable folder (choose one with journal= / --journal)") from None
-        self._identity: tuple[int, int] | None = None  # (dev, ino) of journal.db once set up
-        self._synchronous = ""
         try:
             with self.exclusive():  # a new journal is set up by one process at a time
                 new_journal = not (self.folder / "journal.db").exists() or self._db.execute(
@@ -171,12 +164,49 @@ class Journal:
             raise JournalCorrupt(f"journal format {version} is not supported (expected {FORMAT_VERSION})")
         self._identity = _identity(self.folder / "journal.db")
 
+    def _setup(self, folder: str | os.PathLike[str], durability: str) -> None:
+        self.folder = Path(folder)
+        self.durability = durability
+        self.readonly = False
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._data_version = -1
+        self._checked: dict[str, bytes] = {}
+        self._lock_fd = -1
+        self._db: sqlite3.Connection = None  # type: ignore[assignment]  # set once opened; None once closed
+        self.anchor = Anchor(self.folder)
+        self._replay = Replay()
+        self._identity: tuple[int, int] | None = None  # (dev, ino) of journal.db once set up
+        self._synchronous = ""
+
+    @classmethod
+    def reader(cls, folder: str | os.PathLike[str]) -> "Journal":
+        """The journal in `folder`, to read: reads verify as always, but take no lock (a reader
+        never waits for a busy writer) and create nothing. Raises `JournalUnavailable` when there
+        is no journal there."""
+        journal = cls.__new__(cls)
+        journal._setup(folder, "process")
+        journal.readonly = True
+        path = journal.folder / "journal.db"
+        if not path.is_file():
+            raise JournalUnavailable(f"there is no journal in {journal.folder}: nothing was recorded there yet "
+                                     "(give the journal folder with --journal if it is elsewhere)")
+        try:
+            journal._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                          check_same_thread=False, timeout=60.0)
+            journal._db.execute("SELECT count(*) FROM records").fetchone()
+        except sqlite3.DatabaseError as exc:
+            journal.close()
+            raise JournalCorrupt(f"journal database {path} cannot be read: {exc}") from None
+        journal.anchor.open_readonly()
+        return journal
+
     def close(self) -> None:
         if getattr(self, "anchor", None) is not None:
             self.anchor.close()
         if getattr(self, "_db", None) is not None:
             self._db.close()
-            self._db = None  # type: ignore[assignment]
+            self._db = None  # type: ignore[assignment]  # closed: any later use fails loudly
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -193,7 +223,8 @@ class Journal:
         with self._thread_lock:
             if self._lock_depth == 0:
                 if self._lock_fd < 0:
-                    raise JournalUnavailable("this runtime is closed; open a new goex.Runtime")
+                    raise JournalUnavailable("this journal was opened to read only; open it with a goex.Runtime to act"
+                                             if self.readonly else "this runtime is closed; open a new goex.Runtime")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
                 if self._identity is not None and _identity(self.folder / "journal.db") != self._identity:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -378,11 +409,6 @@ class Journal:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         changed, self._data_version = version != self._data_version, version
         return changed
-
-    def entry(self, eid: str) -> sqlite3.Row | None:
-        """An entry's index row, checked against the verified records."""
-        rows = self.select("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
-        return rows[0] if rows else None
 
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""

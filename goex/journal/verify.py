@@ -9,8 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JournalCorrupt
-from .store import (_SCHEMA, GENESIS, Journal, chain, check_anchor, entry_id, index_record, referenced_chunks,
-                    unpack_blob)
+from .store import (
+    _SCHEMA,
+    GENESIS,
+    Journal,
+    chain,
+    check_anchor,
+    entry_id,
+    index_record,
+    referenced_chunks,
+    unpack_blob,
+)
 
 
 @dataclass(frozen=True)

@@ -27,3 +27,23 @@ class CodeRun(BaseModel):
 
 
 CODE_ACTIONS = (CodeRun,)
+
+class CodePreview(BaseModel):
+    """What a run would do, as the policy reads it; its file effects are added once it ran."""
+
+    model_config = ConfigDict(extra="forbid")
+    language: str = Field(description="python or bash.")
+    network: bool = Field(description="The sandbox has network access.")
+    timeout_s: float = Field(description="The time limit, seconds.")
+    memory_mb: int = Field(description="The memory limit, MiB.")
+    backend: str = Field(description="The sandbox: docker, bwrap, process, or auto before the first run.")
+    unsafe: bool = Field(description="It runs with no isolation (the process backend).")
+    files: dict[str, list[str]] | None = Field(None, description="Once run: paths created, changed, deleted.")
+    files_deleted: int | None = Field(None, description="Once run: files it deleted or replaced.")
+    bytes_deleted: int | None = Field(None, description="Once run: bytes it deleted or replaced.")
+    bytes_written: int | None = Field(None, description="Once run: bytes it wrote.")
+
+
+#: what the adapter registry reads
+ACTIONS = CODE_ACTIONS
+PREVIEW = CodePreview

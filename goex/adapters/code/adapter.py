@@ -21,23 +21,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import ActionFailed, GoexError
-from ..base import Applied, GetBlob, Prepared, PutBlob
+from ...errors import ActionFailed, Refused
+from ..base import Adapter, Applied, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
 from ..fs import tree
 from ..fs.adapter import FileAdapter
 from ..fs.workspace import Workspace, show
 from . import backends, overlay
-from .actions import CodeRun
+from .actions import CODE_ACTIONS, CodePreview, CodeRun
 
 
-class SandboxRefused(GoexError):
+class SandboxRefused(Refused):
     """The configured sandbox may not run code: the unsafe `process` backend was not enabled."""
 
     rule = "code.unsafe"
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass
@@ -63,8 +59,20 @@ class RunEffects:
     overwrites: bool = False
 
 
-class CodeAdapter:
+class CodeAdapter(Adapter):
     prefix = "code"
+    actions = CODE_ACTIONS
+    preview = CodePreview
+    staged = True
+    judged_after_run = True
+
+    @classmethod
+    def create(cls, context: Context) -> "CodeAdapter":
+        files = context.adapter("fs")
+        assert isinstance(files, FileAdapter)
+        return cls(context.workspace, files, context.settings.get("sandbox", "auto"),
+                   allow_unsafe=bool(context.settings.get("allow_unsafe")),
+                   **(context.settings.get("sandbox_options") or {}))
 
     def __init__(self, workspace: Workspace, files: FileAdapter, sandbox: str = "auto", *, allow_unsafe: bool = False,
                  image: str = backends.DEFAULT_IMAGE, pool_size: int = 2, max_output_bytes: int = 1 << 20,
@@ -219,7 +227,32 @@ class CodeAdapter:
         if captured:
             self.files.revert(captured, None, get_blob, force)
 
-    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
+    def judge(self, prepared: Prepared, staged: Any) -> Judged:
+        """A finished run's file effects, as the file actions they amount to (rules, protected
+        paths, database files, budgets judge them before anything is copied in)."""
+        effects: RunEffects = staged.effects or RunEffects()
+        checks: list[tuple[str, list[str], dict[str, Any]]] = []
+        if effects.written:
+            checks.append(("fs.write", effects.written, {"paths": effects.written, "bytes_written": effects.bytes_written,
+                                                         "overwrites": effects.overwrites}))
+        if effects.deleted:
+            checks.append(("fs.delete", effects.deleted, {"paths": effects.deleted, "files_deleted": effects.files_deleted,
+                                                          "bytes_deleted": effects.bytes_deleted}))
+        for path, mode in effects.modes:
+            checks.append(("fs.chmod", [path], {"paths": [path], "mode": f"{mode:04o}",
+                                                "world_writable": bool(mode & 0o002), "setuid": bool(mode & 0o6000)}))
+        preview = {"files": staged.output.get("files", {}), "files_deleted": effects.files_deleted,
+                   "bytes_deleted": effects.bytes_deleted, "bytes_written": effects.bytes_written}
+        changed = effects.written + effects.deleted + [p for p, _ in effects.modes]
+        return Judged(checks, changed, preview, _effects_summary(effects))
+
+    def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+        return self.files.spends(action_type, preview)  # a run's preview holds its file effects, once it ran
+
+    def destroys(self, action_type: str, preview: dict[str, Any]) -> Damage:
+        return self.files.destroys(action_type, preview)
+
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         """Interrupted: before its capture record nothing reached the workspace; after it, the
         before-images are put back (idempotent)."""
         self.revert(plan, None, get_blob, True)
@@ -231,6 +264,18 @@ class CodeAdapter:
         head = "\n".join(a.code.splitlines()[:40])
         return (f"run {a.language} code in the {p['backend']} sandbox, network {'ON' if a.network else 'off'}, "
                 f"timeout {a.timeout_s:g} s, memory {a.memory_mb} MiB:\n{head}")
+
+
+def _effects_summary(effects: RunEffects, limit: int = 20) -> str:
+    """A finished run's file effects, for a person deciding whether they may land."""
+    lines = [f"its effects: {len(effects.written)} paths written ({effects.bytes_written:,} bytes), "
+             f"{effects.files_deleted} files deleted ({effects.bytes_deleted:,} bytes)"]
+    for verb, paths in (("write", effects.written), ("delete", effects.deleted)):
+        lines += [f"  {verb} {p}" for p in paths[:limit]]
+        if len(paths) > limit:
+            lines.append(f"  ... and {len(paths) - limit} more to {verb}")
+    lines += [f"  mode {m:04o} {p}" for p, m in effects.modes[:limit]]
+    return "\n".join(lines)
 
 
 def _is_file(st: os.stat_result) -> bool:

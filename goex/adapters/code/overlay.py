@@ -29,7 +29,7 @@ import shutil
 import stat
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from ...errors import ActionFailed
 from ..fs import tree

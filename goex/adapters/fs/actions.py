@@ -126,3 +126,22 @@ class FsChmod(_FsAction):
 
 
 FS_ACTIONS = (FsWrite, FsRead, FsList, FsDelete, FsMove, FsMkdir, FsChmod)
+
+class FsPreview(BaseModel):
+    """What a file action would do, as the policy reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+    paths: list[str] = Field(description="The paths it names, inside the root (fs.move: source, destination).")
+    bytes_written: int | None = Field(None, description="fs.write: bytes it writes.")
+    overwrites: bool | None = Field(None, description="fs.write, fs.move: an existing file is replaced.")
+    files_deleted: int | None = Field(None, description="fs.delete, fs.move: files removed or replaced (folders' contents counted).")
+    bytes_deleted: int | None = Field(None, description="fs.delete, fs.move: bytes removed or replaced.")
+    folder: bool | None = Field(None, description="fs.delete: the path is a folder.")
+    mode: str | None = Field(None, description="fs.chmod: the new mode, four octal digits (\"0644\").")
+    world_writable: bool | None = Field(None, description="fs.chmod: the new mode lets anyone write.")
+    setuid: bool | None = Field(None, description="fs.chmod: the new mode sets setuid or setgid.")
+
+
+#: what the adapter registry reads
+ACTIONS = FS_ACTIONS
+PREVIEW = FsPreview

@@ -13,17 +13,20 @@ from __future__ import annotations
 import base64
 import difflib
 import errno
-import itertools
 import hashlib
+import itertools
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ActionFailed, JournalCorrupt, PathRefused
-from ..base import Applied, GetBlob, Prepared, PutBlob
+from ..base import Adapter, Applied, Context, Damage, GetBlob, Prepared, PutBlob
 from . import tree
-from .actions import FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsRead, FsWrite
+from .actions import FS_ACTIONS, FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsPreview, FsRead, FsWrite
 from .workspace import Parts, Workspace, show
+
+if TYPE_CHECKING:
+    from ...journal.read import EntryDetail
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPS = {"restore": ("path",), "truncate": ("path",), "move_back": ("from", "to"), "rmdir": ("path",)}  # op -> its paths
@@ -33,8 +36,15 @@ def _parts(path: str) -> Parts:
     return tuple(path.split("/"))
 
 
-class FileAdapter:
+class FileAdapter(Adapter):
     prefix = "fs"
+    actions = FS_ACTIONS
+    preview = FsPreview
+    edits_files = True
+
+    @classmethod
+    def create(cls, context: Context) -> "FileAdapter":
+        return cls(context.workspace)
 
     def __init__(self, workspace: Workspace, *, max_read_bytes: int = 16 * 1024 * 1024):
         self.ws = workspace
@@ -185,15 +195,46 @@ class FileAdapter:
         lines = list(itertools.islice(diff, 80))
         return "\n".join(lines) or f"write {show(parts)} (no change)"
 
+    def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+        spent = {"files_deleted": int(preview.get("files_deleted") or 0),
+                 "bytes_written": int(preview.get("bytes_written") or 0)}
+        return {k: v for k, v in spent.items() if v}
+
+    def destroys(self, action_type: str, preview: dict[str, Any]) -> Damage:
+        return Damage(files=int(preview.get("files_deleted") or 0))
+
+    def shown_target(self, action_type: str, targets: list[str]) -> str:
+        return " -> ".join(targets) if action_type == "fs.move" else ", ".join(targets)
+
+    def describe(self, entry: "EntryDetail") -> str:
+        if entry.error:
+            return entry.error
+        action = entry.action()
+        if entry.type == "fs.write":
+            return self._written_diff(entry, action)
+        if entry.type == "fs.delete":
+            p = entry.preview
+            return f"deleted {action['path']}: {p.get('files_deleted', '?')} files, {p.get('bytes_deleted', '?')} bytes"
+        return f"{entry.type} {entry.target}"
+
+    def _written_diff(self, entry: "EntryDetail", action: dict[str, Any]) -> str:
+        if action.get("append"):
+            return f"appended {len(action['content'])} characters to {action['path']}"
+        node = next((op["node"] for op in entry.plan.get("ops", []) if op["op"] == "restore"), None)
+        old = b"".join(entry.read_blob(c) for c in node.get("chunks", [])) if node and node["k"] == "f" else b""
+        if action.get("encoding", "utf-8") != "utf-8":
+            return f"wrote binary content to {action['path']}"
+        try:
+            old_text = old.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"wrote binary content to {action['path']}"
+        diff = difflib.unified_diff(old_text.splitlines(), action["content"].splitlines(), f"a/{action['path']}",
+                                    f"b/{action['path']}", lineterm="")
+        return "\n".join(itertools.islice(diff, 60)) or f"rewrote {action['path']} unchanged"
+
     def fingerprint(self) -> str:
         """sha256 of the whole workspace (content, modes, symlinks), the journal excluded."""
-        h = hashlib.sha256()
-        with self.ws.folder(()) as fd:
-            for name in sorted(os.listdir(fd)):
-                if self.ws.is_hidden(os.stat(name, dir_fd=fd, follow_symlinks=False)):
-                    continue
-                h.update(name.encode("utf-8", "surrogateescape") + b"\0" + tree.digest_at(fd, name, deep=True).encode() + b"\n")
-        return h.hexdigest()
+        return self.ws.fingerprint()
 
     # -- revert ops ----------------------------------------------------------------------------
 

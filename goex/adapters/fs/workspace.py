@@ -10,6 +10,7 @@ instead of escaping.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from contextlib import contextmanager
@@ -46,6 +47,18 @@ class Workspace:
             real = os.path.realpath(hidden)
             if real.startswith(self.root.rstrip("/") + "/"):
                 self._hidden_parts = tuple(os.path.relpath(real, self.root).split("/"))
+
+    def fingerprint(self) -> str:
+        """sha256 of the whole workspace (content, modes, symlinks), the journal excluded."""
+        from . import tree
+
+        h = hashlib.sha256()
+        with self.folder(()) as fd:
+            for name in sorted(os.listdir(fd)):
+                if self.is_hidden(os.stat(name, dir_fd=fd, follow_symlinks=False)):
+                    continue
+                h.update(name.encode("utf-8", "surrogateescape") + b"\0" + tree.digest_at(fd, name, deep=True).encode() + b"\n")
+        return h.hexdigest()
 
     def close(self) -> None:
         if self.root_fd >= 0:

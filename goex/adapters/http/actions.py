@@ -83,3 +83,21 @@ class HttpRequest(BaseModel):
 
 
 HTTP_ACTIONS = (HttpRequest,)
+
+class HttpPreview(BaseModel):
+    """What a request would do, as the policy reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="GET, POST, PUT, PATCH, DELETE, ...")
+    host: str = Field(description="The host, lower case.")
+    path: str = Field(description="The URL path, as sent.")
+    secrets: list[str] = Field(description="Names of the secrets its placeholders fill in.")
+    collection: bool = Field(description="A DELETE on a collection (a route that creates under this path).")
+    route: str | None = Field(description="The compensation route it matched (\"POST /items\"), if any.")
+    reversible: bool = Field(description="A compensation can undo it (reads are reversible).")
+    kind: str = Field(description="read, create, update, delete, or irreversible (no compensation).")
+
+
+#: what the adapter registry reads
+ACTIONS = HTTP_ACTIONS
+PREVIEW = HttpPreview

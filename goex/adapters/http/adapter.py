@@ -16,41 +16,35 @@ import os
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import httpx
 
-from ...errors import ActionFailed, GoexError
-from ..base import Applied, GetBlob, Prepared, PutBlob
-from .actions import HEADER_VALUE, SAFE_METHODS, HttpRequest
+from ...errors import ActionFailed, GoexError, OutcomeUnknown, Refused, UndoDeclined
+from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
+from .actions import HEADER_VALUE, HTTP_ACTIONS, SAFE_METHODS, HttpPreview, HttpRequest
 from .compensations import Compensations, expand
 from .secrets import SecretRefused, SecretStore
+
+if TYPE_CHECKING:
+    from ...journal.read import EntryDetail
 
 _HOP_HEADERS = {"content-type", "content-length", "if-match", "host", "transfer-encoding"}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-class HostRefused(GoexError):
+class HostRefused(Refused):
     """The request's host is not in the runtime's allow-list; nothing was sent."""
 
     rule = "http.host-not-allowed"
 
     def __init__(self, host: str, allowed: Iterable[str]):
-        self.reason = (f"host {host!r} is not allowed; allowed: {', '.join(sorted(allowed)) or 'none'} "
-                       "(add it with HttpConfig(allow_hosts=[...]) or --allow-host)")
-        super().__init__(self.reason)
+        super().__init__(f"host {host!r} is not allowed; allowed: {', '.join(sorted(allowed)) or 'none'} "
+                         "(add it with HttpConfig(allow_hosts=[...]) or --allow-host)")
 
 
-class CompensationFailed(GoexError):
+class CompensationFailed(UndoDeclined):
     """Undo sent the compensating request and it did not succeed; the entry is `undo_failed`."""
-
-    def __init__(self, entry_reason: str, conflict: bool = False):
-        self.conflict = conflict
-        super().__init__(entry_reason)
-
-
-class OutcomeUnknown(GoexError):
-    """The request may have reached the server but no response came back."""
 
 
 @dataclass
@@ -92,8 +86,15 @@ def _scrubbed(failure: type[GoexError]) -> Callable[[_F], _F]:
     return wrap
 
 
-class HttpAdapter:
+class HttpAdapter(Adapter):
     prefix = "http"
+    actions = HTTP_ACTIONS
+    preview = HttpPreview
+    budgets = ("http_calls", "irreversible_calls")
+
+    @classmethod
+    def create(cls, context: Context) -> "HttpAdapter":
+        return cls(context.settings.get("http"))
 
     def __init__(self, config: HttpConfig | None = None):
         self.config = config or HttpConfig()
@@ -229,7 +230,7 @@ class HttpAdapter:
         return {"compensation_status": response.status_code}
 
     @_scrubbed(ActionFailed)
-    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         """A request journaled but with no recorded response: replay it with the same idempotency
         key when the route allows, else leave it for a human."""
         if not plan.get("idempotent"):
@@ -242,6 +243,28 @@ class HttpAdapter:
         except (GoexError, ValueError) as exc:
             return "review", {}, f"not replayed ({self.secrets.redact(str(exc))}); check the service by hand"
         return "applied", self._after(plan, request, response), ""
+
+    def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+        return {"http_calls": 1, **({"irreversible_calls": 1} if preview.get("reversible") is False else {})}
+
+    def destroys(self, action_type: str, preview: dict[str, Any]) -> Damage:
+        return Damage(resources=1) if preview.get("method") == "DELETE" else Damage()
+
+    def redact(self, text: str) -> str:
+        return self.secrets.redact(text)
+
+    def redact_action(self, action: dict[str, Any]) -> dict[str, Any]:
+        redacted: dict[str, Any] = self.secrets.redact_json(action)
+        return redacted
+
+    def describe(self, entry: "EntryDetail") -> str:
+        if entry.error:
+            return entry.error
+        action, after = entry.action(), entry.after or {}
+        comp = after.get("compensation")
+        undo = f"; undo: {comp['method']} {comp['url']}" if comp else ""
+        status = after.get("status")
+        return f"{action['method']} {action['url']}" + (f" -> {status}" if status else "") + undo
 
     def summarize(self, prepared: Prepared) -> str:
         action: HttpRequest = prepared.action  # type: ignore[assignment]

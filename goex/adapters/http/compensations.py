@@ -24,14 +24,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import GoexError
+from ...yamlmodel import line_of, parse_yaml, validate
 
 Kind = Literal["create", "update", "delete", "irreversible"]
 KINDS = ("create", "update", "delete", "irreversible")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FIELD = re.compile(r"\{(response|before)\.(json|headers)((?:\.[A-Za-z0-9_-]+)*)\}")
+
+
+class RouteSpec(BaseModel):
+    """One route of a compensations file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    route: str = Field(description="METHOD /path/{param}, e.g. 'POST /orders'")
+    kind: str | None = Field(None, description="create, update, delete or irreversible (default: create with undo)")
+    undo: str | None = Field(None, description="The compensating request, e.g. 'DELETE /orders/{response.json.id}'")
+    idempotent: bool = True
+
+
+class RoutesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    routes: list[RouteSpec]
 
 
 class CompensationError(GoexError):
@@ -85,24 +101,18 @@ class Compensations:
     def from_file(cls, path: str | os.PathLike[str]) -> "Compensations":
         """Routes from YAML or JSON: `routes: [{route: "POST /orders", kind: create, undo: ...}]`."""
         try:
-            data = yaml.safe_load(Path(path).read_text("utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise CompensationError(f"cannot read compensations file {path}: {exc}") from None
-        routes = (data or {}).get("routes") if isinstance(data, dict) else None
-        if not isinstance(routes, list):
-            raise CompensationError(f"{path}: expected a mapping with a 'routes' list")
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise CompensationError(f"cannot read compensations file {path}: {exc.strerror}") from None
+        data, root = parse_yaml(text, str(path), CompensationError)
+        spec = validate(data if data is not None else {}, root, RoutesFile, str(path), CompensationError)
         out = cls()
-        for i, spec in enumerate(routes):
-            if not isinstance(spec, dict) or "route" not in spec:
-                raise CompensationError(f"{path}: routes[{i}] needs a 'route' like 'POST /orders'")
-            unknown = set(spec) - {"route", "kind", "undo", "idempotent"}
-            if unknown:
-                raise CompensationError(f"{path}: routes[{i}] has unknown fields {sorted(unknown)}")
-            kind = spec.get("kind") or ("create" if spec.get("undo") else "irreversible")
+        for i, route in enumerate(spec.routes):
+            kind = route.kind or ("create" if route.undo else "irreversible")
             try:
-                out.add(spec["route"], kind, spec.get("undo"), idempotent=bool(spec.get("idempotent", True)))
+                out.add(route.route, kind, route.undo, idempotent=route.idempotent)
             except CompensationError as exc:
-                raise CompensationError(f"{path}: routes[{i}]: {exc}") from None
+                raise CompensationError(f"{path}:{line_of(root, ('routes', i))}: routes[{i}]: {exc}") from None
         return out
 
     @classmethod

@@ -24,8 +24,10 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import GoexError
+from ...errors import GoexError, Refused
+from ...yamlmodel import parse_yaml, validate
 
 PLACEHOLDER = re.compile(r"\{\{secret:([A-Za-z_][A-Za-z0-9_]*)\}\}")
 _ENV_PREFIX = "GOEX_SECRET_"
@@ -33,15 +35,33 @@ _ENV_PREFIX = "GOEX_SECRET_"
 MIN_LITERAL = 8
 
 
-class SecretRefused(GoexError):
+class SecretSpec(BaseModel):
+    """One secret of a secrets file: `NAME: value` or `NAME: {value, hosts}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    value: str = Field(min_length=1, description="The secret's value")
+    hosts: list[str] = Field(default_factory=list, description="Hosts it may be sent to (none: any allowed host)")
+
+
+class SecretsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    secrets: dict[str, SecretSpec]
+
+
+def _under(key: str, root: Any) -> Any:
+    """The YAML tree as if it sat under `key` (a file whose top level is a model's field)."""
+    return yaml.MappingNode("tag:yaml.org,2002:map", [(yaml.ScalarNode("tag:yaml.org,2002:str", key), root)],
+                            root.start_mark, root.end_mark) if root is not None else None
+
+
+class SecretRefused(Refused):
     """A placeholder names an unknown secret, or one not bound to the request's host."""
 
     rule = "http.secret-binding"
 
     def __init__(self, name: str, reason: str):
         self.name = name
-        self.reason = reason
-        super().__init__(f"secret {name!r} refused: {reason}")
+        super().__init__(reason, f"secret {name!r} refused: {reason}")
 
 
 @dataclass(frozen=True)
@@ -76,21 +96,15 @@ class SecretStore:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> "SecretStore":
         try:
-            data = yaml.safe_load(Path(path).read_text("utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise GoexError(f"cannot read the secrets file {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise GoexError(f"{path}: a secrets file maps NAME to a value or to {{value, hosts}}")
-        secrets = {}
-        for name, spec in data.items():
-            if isinstance(spec, dict):
-                value, hosts = spec.get("value"), spec.get("hosts") or []
-            else:
-                value, hosts = spec, []
-            if not isinstance(value, str) or not value:
-                raise GoexError(f"{path}: secret {name!r} needs a non-empty string value")
-            secrets[str(name)] = Secret(value, frozenset(str(h).lower() for h in hosts))
-        return cls(secrets)
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise GoexError(f"cannot read the secrets file {path}: {exc.strerror}") from None
+        data, root = parse_yaml(text, str(path))
+        if data is not None and not isinstance(data, dict):
+            raise GoexError(f"{path}:1: a secrets file maps NAME to a value or to {{value, hosts}}")
+        entries = {str(k): v if isinstance(v, dict) else {"value": v} for k, v in (data or {}).items()}
+        spec = validate({"secrets": entries}, _under("secrets", root), SecretsFile, str(path))
+        return cls({name: Secret(s.value, frozenset(h.lower() for h in s.hosts)) for name, s in spec.secrets.items()})
 
     def names_in(self, texts: Iterable[str]) -> list[str]:
         return sorted({m.group(1) for t in texts for m in PLACEHOLDER.finditer(t)})

@@ -56,3 +56,25 @@ class SqlExecute(BaseModel):
 
 
 SQL_ACTIONS = (SqlExecute,)
+
+class SqlPreview(BaseModel):
+    """What the statements would do, as the policy reads it (rows from a dry run)."""
+
+    model_config = ConfigDict(extra="forbid")
+    db: str = Field(description="The database name the action gives.")
+    engine: str = Field(description="sqlite, postgresql or mysql.")
+    statements: list[dict[str, Any]] = Field(description="Per statement: kind, tables, where, drop_column, parsed.")
+    kinds: list[str] = Field(description="Each statement's kind: select, insert, update, delete, drop, truncate, create, alter, ...")
+    tables: list[str] = Field(description="Every table the statements name.")
+    where_missing: bool = Field(description="An UPDATE or DELETE has no WHERE.")
+    drops: bool = Field(description="A DROP or TRUNCATE.")
+    drop_column: bool = Field(description="An ALTER TABLE ... DROP COLUMN.")
+    rows: int = Field(description="Rows the statements change, exact (cascades and triggers included).")
+    writes: bool = Field(description="Anything but reads.")
+    all_rows: list[str] = Field(description="Tables whose every row it changes.")
+    creates_trigger: bool = Field(description="It creates a trigger.")
+
+
+#: what the adapter registry reads
+ACTIONS = SQL_ACTIONS
+PREVIEW = SqlPreview

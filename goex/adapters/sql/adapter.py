@@ -11,28 +11,60 @@ point leaves either nothing applied or an entry whose outcome recovery can read 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ...errors import ActionFailed, GoexError
-from ..base import Applied, GetBlob, Prepared, PutBlob
+from ...errors import ActionFailed, GoexError, Refused
+from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
-from .actions import SqlExecute
-from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
+from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
+from .common import IRREVERSIBLE, Engine, SqlSyntaxError, Staged, analyse, sample_query
+from .common import SqlRefused as _EngineRefused
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
 SAMPLE_ROWS = 5
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")  # a SQLite database's own files: SQLite replays them on open
 _READS_ONLY = {"rows": 0, "all_rows": [], "creates_trigger": False}  # the effect of statements that only read
 
 __all__ = ["SqlAdapter", "SqlRefused", "SqlIrreversible", "Database", "parse_databases", "engine_for"]
 
 _SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql",
             "mariadb": "mysql", "mysql+pymysql": "mysql"}
+
+
+class SqlRefused(Refused, _EngineRefused):
+    """SQL that would reach beyond its own transaction and database (ATTACH, VACUUM INTO,
+    COMMIT, PRAGMA writes, extensions): refused before anything runs."""
+
+    rule = "sql.confinement"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        GoexError.__init__(self, f"SQL refused: {reason}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _refusals(method: _F) -> _F:
+    """An engine's refusal, raised as the adapter's (a `Refused`, as the runtime handles them)."""
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _EngineRefused as exc:
+            if isinstance(exc, Refused):
+                raise
+            refusal = SqlRefused(exc.reason)
+            refusal.rule = exc.rule
+            raise refusal from exc
+    return wrapped  # type: ignore[return-value]
 
 
 class SqlIrreversible(SqlRefused):
@@ -113,8 +145,16 @@ def engine_for(db: Database, workspace: Workspace | None = None) -> Engine:
     return MysqlEngine(db.url)
 
 
-class SqlAdapter:
+class SqlAdapter(Adapter):
     prefix = "sql"
+    actions = SQL_ACTIONS
+    preview = SqlPreview
+    staged = True
+
+    @classmethod
+    def create(cls, context: Context) -> "SqlAdapter":
+        return cls(parse_databases(context.settings.get("databases"), context.root), context.read_blob,
+                   context.workspace)
 
     def __init__(self, databases: dict[str, Database], get_blob: GetBlob | None = None,
                  workspace: Workspace | None = None):
@@ -140,6 +180,7 @@ class SqlAdapter:
 
     # -- protocol ------------------------------------------------------------------------------
 
+    @_refusals
     def prepare(self, action: SqlExecute) -> Prepared:
         engine = self.engine(action.db)
         engine.begin()
@@ -233,6 +274,7 @@ class SqlAdapter:
             out.append(f"  {shown[:200]}{'...' if len(shown) > 200 else ''}")
         return out
 
+    @_refusals
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         db: Database = prepared.state["db"]
         before = self.engine(db.name).before(prepared.state["statements"], prepared.state["analysed"], put_blob)
@@ -240,12 +282,14 @@ class SqlAdapter:
         return {"db": db.name, "engine": db.kind, "url": db.shown, "ops": [{"op": "sql"}], "before": before,
                 "staged": True}
 
+    @_refusals
     def stage(self, prepared: Prepared) -> Staged:
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action  # type: ignore[assignment]
         return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                                           prepared.state.get("before", {}))
 
+    @_refusals
     def apply(self, prepared: Prepared) -> Applied:
         """Reads: their output, from the read-only run in `prepare`."""
         return Applied(prepared.state["output"], {})
@@ -258,7 +302,7 @@ class SqlAdapter:
                force: bool = False) -> None:
         self._engine_of(plan).revert(plan["before"], plan.get("captured"), get_blob, force)
 
-    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> tuple[str, dict[str, Any], str]:
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         """An action interrupted by a crash: without a capture record it never committed; with
         one, the database says whether the commit happened."""
         engine = self._engine_of(plan)
@@ -268,6 +312,22 @@ class SqlAdapter:
             return "reverted", {}, ""
         outcome, why = engine.committed(plan["before"], captured, get_blob)
         return outcome, {}, why
+
+    def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
+        rows = int(preview.get("rows") or 0)
+        return {"rows_changed": rows} if rows else {}
+
+    def destroys(self, action_type: str, preview: dict[str, Any]) -> Damage:
+        if set(preview.get("kinds") or ()) & {"delete", "drop", "truncate"}:
+            return Damage(rows=int(preview.get("rows") or 0) or (1 if preview.get("drops") else 0))
+        return Damage()
+
+    def owned_paths(self) -> dict[str, str]:
+        """A SQLite database's own files (SQLite replays its journal and WAL on the next open)."""
+        return {f"{db.inside}{suffix}".lower(): f"belongs to the SQLite database {db.name!r} (SQLite would replay it "
+                                                  "on the next open); only sql.execute may change it"
+                for db in self.databases.values() if db.kind == "sqlite" and db.inside
+                for suffix in SQLITE_SIDECARS}
 
     def _engine_of(self, plan: dict[str, Any]) -> Engine:
         try:
