@@ -11,21 +11,19 @@ point leaves either nothing applied or an entry whose outcome recovery can read 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ...errors import ActionFailed, GoexError, Refused
+from ...errors import ActionFailed, GoexError
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
 from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
-from .common import IRREVERSIBLE, Engine, SqlSyntaxError, Staged, analyse, sample_query
-from .common import SqlRefused as _EngineRefused
+from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
 SAMPLE_ROWS = 5
@@ -36,35 +34,6 @@ __all__ = ["SqlAdapter", "SqlRefused", "SqlIrreversible", "Database", "parse_dat
 
 _SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql",
             "mariadb": "mysql", "mysql+pymysql": "mysql"}
-
-
-class SqlRefused(Refused, _EngineRefused):
-    """SQL that would reach beyond its own transaction and database (ATTACH, VACUUM INTO,
-    COMMIT, PRAGMA writes, extensions): refused before anything runs."""
-
-    rule = "sql.confinement"
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        GoexError.__init__(self, f"SQL refused: {reason}")
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _refusals(method: _F) -> _F:
-    """An engine's refusal, raised as the adapter's (a `Refused`, as the runtime handles them)."""
-    @functools.wraps(method)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except _EngineRefused as exc:
-            if isinstance(exc, Refused):
-                raise
-            refusal = SqlRefused(exc.reason)
-            refusal.rule = exc.rule
-            raise refusal from exc
-    return wrapped  # type: ignore[return-value]
 
 
 class SqlIrreversible(SqlRefused):
@@ -180,7 +149,6 @@ class SqlAdapter(Adapter):
 
     # -- protocol ------------------------------------------------------------------------------
 
-    @_refusals
     def prepare(self, action: SqlExecute) -> Prepared:
         engine = self.engine(action.db)
         engine.begin()
@@ -274,7 +242,6 @@ class SqlAdapter(Adapter):
             out.append(f"  {shown[:200]}{'...' if len(shown) > 200 else ''}")
         return out
 
-    @_refusals
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         db: Database = prepared.state["db"]
         before = self.engine(db.name).before(prepared.state["statements"], prepared.state["analysed"], put_blob)
@@ -282,14 +249,12 @@ class SqlAdapter(Adapter):
         return {"db": db.name, "engine": db.kind, "url": db.shown, "ops": [{"op": "sql"}], "before": before,
                 "staged": True}
 
-    @_refusals
     def stage(self, prepared: Prepared) -> Staged:
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action  # type: ignore[assignment]
         return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                                           prepared.state.get("before", {}))
 
-    @_refusals
     def apply(self, prepared: Prepared) -> Applied:
         """Reads: their output, from the read-only run in `prepare`."""
         return Applied(prepared.state["output"], {})

@@ -32,8 +32,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from ...errors import ActionFailed, GoexError
-from ..http.adapter import CompensationFailed
+from ...errors import ActionFailed, Refused, UndoDeclined
 
 PutBlob = Callable[[bytes], str]
 GetBlob = Callable[[str], bytes]
@@ -49,24 +48,23 @@ IRREVERSIBLE = {"grant", "revoke", "create_database", "drop_database", "create_u
                 "vacuum_into", "lock", "unlock", "set_password", "flush", "kill", "shutdown", "install", "uninstall"}
 
 
-class SqlRefused(GoexError):
+class SqlRefused(Refused):
     """SQL that would reach beyond its own transaction and database (ATTACH, VACUUM INTO,
     COMMIT, PRAGMA writes, extensions): refused before anything runs."""
 
     rule = "sql.confinement"
 
     def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(f"SQL refused: {reason}")
+        super().__init__(reason, f"SQL refused: {reason}")
 
 
-class UndoRefused(CompensationFailed, ActionFailed):
+class UndoRefused(UndoDeclined, ActionFailed):
     """Undo found a row the action changed that was changed since, or rows written since that
     its undo would leave referring to nothing: nothing was undone (an `UndoConflict` to the
     runtime, forced or not)."""
 
     def __init__(self, reason: str):
-        CompensationFailed.__init__(self, reason, conflict=True)
+        UndoDeclined.__init__(self, reason, conflict=True)
 
 
 class SqlSyntaxError(ActionFailed):
