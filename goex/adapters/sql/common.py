@@ -115,29 +115,76 @@ class Engine(Protocol):
 
 
 _CACHED_TEXT = 8192  # longer texts (bulk inserts) are tokenized each time rather than kept
+#: tokens holding a value, not a word of the statement
+QUOTED = frozenset({TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.RAW_STRING, TokenType.HEREDOC_STRING,
+                    TokenType.BIT_STRING, TokenType.HEX_STRING, TokenType.BYTE_STRING})
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*|\(")
 
 
 def tokens(sql: str, dialect: str) -> tuple[Any, ...]:
-    """sqlglot's tokens of `sql` in `dialect`; short texts are cached, since an action's text is
-    read several times (split, checks, placeholders) and agents repeat the same statements.
-    Raises sqlglot's TokenError."""
+    """sqlglot's tokens of `sql` in `dialect`, also inside statements it reads as commands (it
+    hands their text over as one string token: here it is tokenized too), positions relative to
+    `sql`. Short texts are cached, since an action's text is read several times (split, checks,
+    placeholders) and agents repeat the same statements. Raises sqlglot's TokenError."""
     if len(sql) > _CACHED_TEXT:
-        return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+        return _tokenize(sql, dialect)
     return _tokens(sql, dialect)
 
 
 @functools.lru_cache(maxsize=1024)
 def _tokens(sql: str, dialect: str) -> tuple[Any, ...]:
-    return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+    return _tokenize(sql, dialect)
+
+
+def _tokenize(sql: str, dialect: str) -> tuple[Any, ...]:
+    tokenizer = sqlglot.Dialect.get_or_raise(dialect)
+    found = list(tokenizer.tokenize(sql))
+    commands = tokenizer.tokenizer_class.COMMANDS
+    for i, tok in enumerate(found[:-1]):
+        if tok.token_type in commands and found[i + 1].token_type == TokenType.STRING and \
+                (i == 0 or found[i - 1].token_type == TokenType.SEMICOLON):
+            offset = tok.end + 1
+            rest = _tokenize(sql[offset:], dialect)
+            for inner in rest:
+                inner.start += offset
+                inner.end += offset
+            return tuple(found[:i + 1]) + rest
+    return tuple(found)
+
+
+def uncommented(sql: str, dialect: str, values: bool = True) -> str:
+    """`sql` without its comments, as sqlglot's tokenizer for `dialect` reads it (tokens joined by
+    a space); `values`: string literals kept (else left out). `sql` itself when it cannot be read."""
+    try:
+        found = tokens(sql, dialect)
+    except sqlglot.errors.TokenError:
+        return sql
+    return " ".join(sql[t.start:t.end + 1] for t in found if values or t.token_type not in QUOTED)
+
+
+def words(sql: str, dialect: str) -> list[str]:
+    """The bare words of `sql`, lowercased, and its opening parentheses: comments, literals and
+    quoted names left out."""
+    try:
+        found = tokens(sql, dialect)
+    except sqlglot.errors.TokenError:
+        return _WORD.findall(sql.lower())
+    return [w for t in found if t.token_type not in QUOTED and t.token_type != TokenType.IDENTIFIER
+            for w in _WORD.findall(sql[t.start:t.end + 1].lower())]
+
+
+def read_tokens(sql: str, dialect: str) -> tuple[Any, ...]:
+    """`tokens`, with a tokenizer error as the action's SqlSyntaxError."""
+    try:
+        return tokens(sql, dialect)
+    except sqlglot.errors.TokenError as exc:
+        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
 
 
 def split_tokens(sql: str, dialect: str) -> list[str]:
     """Statements of `sql` split on top-level semicolons by sqlglot's tokenizer for `dialect`
     (quotes, comments and dollar quoting respected); each is the original text."""
-    try:
-        found = tokens(sql, dialect)
-    except sqlglot.errors.TokenError as exc:
-        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+    found = read_tokens(sql, dialect)
     out, start = [], None
     end = 0
     for tok in found:
