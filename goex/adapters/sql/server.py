@@ -274,9 +274,10 @@ class ServerEngine(ABC, Generic[Conn]):
     def _undo_rows(self, conn: Conn, plans: list[Plan], force: bool, evidence: Any) -> None:
         """Set the rows of `plans` back to their state before the action."""
 
-    def _evidence(self, conn: Conn, plans: list[Plan], force: bool) -> Any:
-        """What the integrity check needs read before the rows change."""
-        return None
+    def _evidence(self, conn: Conn, plans: list[Plan], force: bool, context: Any) -> Any:
+        """What the integrity check needs read before the rows change (`context`: what the
+        engine passed to `_revert_rows`)."""
+        return context
 
     @abstractmethod
     def _broken(self, conn: Conn, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
@@ -294,7 +295,8 @@ class ServerEngine(ABC, Generic[Conn]):
             plans.append((table, state))
         return found, plans
 
-    def _revert_rows(self, conn: Conn, tables: list[Any], force: bool, problems: list[str]) -> list[Plan]:
+    def _revert_rows(self, conn: Conn, tables: list[Any], force: bool, problems: list[str],
+                     context: Any = None) -> list[Plan]:
         """The conflicts-then-revert template, inside the caller's transaction: examine the
         tables (locking their rows), refuse when they changed since (`problems`: the engine's own
         found already) unless `force`, undo the rows, refuse when a reference would be left
@@ -309,7 +311,7 @@ class ServerEngine(ABC, Generic[Conn]):
         if problems:
             raise UndoRefused(f"undo on {self.name} stopped, the data changed since the action; nothing was "
                               f"undone: {'; '.join(problems)}")
-        evidence = self._evidence(conn, plans, force)
+        evidence = self._evidence(conn, plans, force, context)
         self._undo_rows(conn, plans, force, evidence)
         broken = self._broken(conn, plans, force, evidence)
         if broken:
