@@ -25,7 +25,6 @@ import base64
 import functools
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import sqlglot
@@ -71,19 +70,26 @@ class SqlSyntaxError(ActionFailed):
     """The SQL does not parse; the message gives line and column."""
 
 
-@dataclass
 class Staged:
-    """Statements run in an open transaction, not yet committed."""
+    """Statements run in an open transaction, not yet committed: the output, `capture` (undo data
+    and {"after": fingerprint}, JSON), `commit` and `abort`."""
 
-    output: dict[str, Any]
-    capture: Callable[[PutBlob], dict[str, Any]]  # undo data + {"after": fingerprint}, JSON
-    commit: Callable[[], None]
-    abort: Callable[[], None]
+    def __init__(self, output: Any, capture: Callable[[PutBlob], dict[str, Any]], commit: Callable[[], None],
+                 abort: Callable[[], None]) -> None:
+        self.output = output
+        self.capture = capture
+        self.commit = commit
+        self.abort = abort
 
 
 class Engine(Protocol):
-    kind: str  # "sqlite" | "postgresql" | "mysql"
-    dialect: str  # sqlglot dialect
+    @property
+    def kind(self) -> str:
+        """One of sqlite, postgresql, mysql."""
+
+    @property
+    def dialect(self) -> str:
+        """sqlglot's dialect"""
 
     def split(self, sql: str) -> list[str]: ...
 
@@ -102,7 +108,8 @@ class Engine(Protocol):
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged: ...
 
-    def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]: ...
+    def conflicts(self, before: dict[str, Any], captured: dict[str, Any],
+                  get_blob: GetBlob) -> list[tuple[str, str]]: ...
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None: ...
@@ -110,6 +117,10 @@ class Engine(Protocol):
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]: ...
 
     def dump(self) -> str: ...
+
+    def agent_privileges(self) -> dict[str, Any]:
+        """Who agent SQL runs as ("runs_as") and whether that is safe ("safe", "dangerous": what
+        it holds beyond the database, "detail"): for `goex doctor`."""
 
     def close(self) -> None: ...
 
@@ -237,16 +248,17 @@ def _analyse(statement: str, dialect: str) -> dict[str, Any]:
     try:
         tree = sqlglot.parse_one(statement, read=dialect)
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as exc:  # e.g. an unclosed quote
-        err = exc.errors[0] if getattr(exc, "errors", None) else {}
+        err = exc.errors[0] if isinstance(exc, sqlglot.errors.ParseError) and exc.errors else {}
         where = f" at line {err.get('line')}, column {err.get('col')}" if err.get("line") else ""
         # The engine is the authority on its own syntax: its dry run reports the error, or runs
         # what sqlglot does not know. The analysis falls back to the words.
         return {"kind": flat.split(" ", 1)[0], "tables": [], "where": " where " in f" {flat} ",
-                "drop_column": "drop column" in flat, "parsed": False, "parse_error": f"{err.get('description', exc)}{where}"}
+                "drop_column": "drop column" in flat, "parsed": False,
+                "parse_error": f"{err.get('description', exc)}{where}"}
     # one statement the engine keeps whole, read by sqlglot as several: a compound statement
     # (CREATE TRIGGER ... BEGIN ...; END); its head says what it is
     head = tree.expressions[0] if isinstance(tree, exp.Block) and tree.expressions else tree
-    kind = kind_of(head, statement)
+    kind = kind_of(head, statement) if isinstance(head, exp.Expression) else "command"
     drop_column = isinstance(tree, exp.Alter) and any(isinstance(a, exp.Drop) for a in tree.args.get("actions") or [])
     if kind == "alter" and "drop column" in flat:
         drop_column = True
@@ -282,7 +294,8 @@ def sample_query(statement: str, params: Any, dialect: str, limit: int) -> tuple
     where = tree.args.get("where")
     if where is not None and any(not isinstance(node, _PLAIN_WHERE) for node in where.walk()):
         raise ValueError("its WHERE calls functions or holds subqueries")
-    before = [n for e in (tree.expressions if isinstance(tree, exp.Update) else []) for n in e.find_all(exp.Placeholder)]
+    before = [n for e in (tree.expressions if isinstance(tree, exp.Update) else [])
+              for n in e.find_all(exp.Placeholder)]
     marks = [n for n in where.find_all(exp.Placeholder, bfs=False)] if where is not None else []
     values: list[Any] = []
     for mark in marks:
@@ -305,7 +318,7 @@ def sample_query(statement: str, params: Any, dialect: str, limit: int) -> tuple
 
 def format_rows(columns: list[str], cursor_rows: Any) -> dict[str, Any]:
     """Query output: columns and at most MAX_ROWS rows (bytes as {"$base64": ...}), with a marker when cut."""
-    rows = []
+    rows: list[list[Any]] = []
     truncated = False
     for row in cursor_rows:
         if len(rows) == MAX_ROWS:

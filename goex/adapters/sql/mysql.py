@@ -129,7 +129,7 @@ def parse_url(url: str) -> dict[str, Any]:
                            "goex_password=PASSWORD (the least-privilege account agent SQL runs as)")
     return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
             "user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
-            "database": database, "account": (query.get("goex_account") or [None])[-1],
+            "database": database, "account": (query.get("goex_account") or [""])[-1] or None,
             "account_password": (query.get("goex_password") or [""])[-1]}
 
 
@@ -355,7 +355,7 @@ class _Meta:
         self.parents: dict[str, set[str]] = {}  # child -> every parent table
         self.triggers: dict[str, list[tuple[str, str]]] = {}
         self.view_sql: dict[str, str] = {}
-        for kind, table, a, b, c, d, order in sorted(found, key=lambda r: (r[0], r[1] or "", int(r[6] or 0))):
+        for kind, table, a, b, c, d, _order in sorted(found, key=lambda r: (r[0], r[1] or "", int(r[6] or 0))):
             if kind == "T":
                 if is_goex_name(table):
                     continue
@@ -515,7 +515,7 @@ class MysqlEngine(ServerEngine[Any]):
         self._idle = [conn] if conn is not None else []
 
     def _describe(self, exc: Exception) -> tuple[str, str | None, bool]:
-        args = getattr(exc, "args", ())
+        args = exc.args
         return (f"{args[1]} (error {args[0]})" if len(args) >= 2 else str(exc)), None, False
 
     def _own_connect(self, fresh: bool) -> Any:
@@ -767,14 +767,15 @@ class MysqlEngine(ServerEngine[Any]):
         (of at least 2) they change or, for UPDATE, match; `creates_trigger`."""
         every: set[str] = set()
         conn = self._take()
-        counters: dict[str, int] = {}
+        counters: dict[str, int | None] = {}
         sequences: dict[str, Any] = {}
         try:
             with conn.cursor() as cur:
                 cur.execute("START TRANSACTION")
                 target = _target(statements[0]) if len(statements) == 1 else None
                 meta = _Meta(cur, self.db, only=target) if target else None
-                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables or \
+                if meta is None or target is None or meta.triggers or meta.children or \
+                        target.lower() not in meta.tables or \
                         _may_use_sequence(statements, meta):
                     meta = _Meta(cur, self.db)  # cascades, triggers or sequences: the whole schema
                 sequences = self._peek_sequences(conn, meta, statements)
@@ -868,9 +869,9 @@ class MysqlEngine(ServerEngine[Any]):
             if ddl:
                 now = _state(cur, self.db)
                 if now != before["image"]["state"]:
-                    changed = sorted(k for k in set(now) | set(before["image"]["state"])
-                                     if now.get(k) != before["image"]["state"].get(k))
-                    raise ActionFailed(f"sql.execute on {self.db}: {', '.join(changed)} changed between the preview "
+                    moved = sorted(k for k in set(now) | set(before["image"]["state"])
+                                   if now.get(k) != before["image"]["state"].get(k))
+                    raise ActionFailed(f"sql.execute on {self.db}: {', '.join(moved)} changed between the preview "
                                        "and the run; nothing was applied; run the action again")
             elif not reads:
                 plan = self._plan(cur, statements, params, analyses)
@@ -1369,7 +1370,11 @@ class MysqlEngine(ServerEngine[Any]):
                     cur.execute(info["create"])
                     rows: list[str] = []
                     for blob in info["blobs"]:
-                        data = image_blobs[blob] if image_blobs and blob in image_blobs else get(blob)  # type: ignore[misc]
+                        if image_blobs and blob in image_blobs:
+                            data = image_blobs[blob]
+                        else:
+                            assert get is not None, "an image's blobs come from the stage or the journal"
+                            data = get(blob)
                         rows.extend(json.loads(data))
                     cur.execute("START TRANSACTION")
                     _insert(cur, t, info["columns"], rows)
@@ -1469,11 +1474,11 @@ def _image(cur: Any, meta: _Meta, table: str, rows: list[tuple[str | None, str]]
 
 
 def _row_expr(entry: dict[str, Any]) -> str:
-    return "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in zip(entry["columns"], entry["types"])) + ")"
+    return "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in zip(entry["columns"], entry["types"], strict=False)) + ")"
 
 
 def _key_expr(entry: dict[str, Any]) -> str:
-    types = dict(zip(entry["columns"], entry["types"]))
+    types = dict(zip(entry["columns"], entry["types"], strict=False))
     return "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in entry["pk"]) + ")"
 
 
@@ -1487,7 +1492,8 @@ def _select_rows(cur: Any, table: str, entry: dict[str, Any], keys: list[str] | 
     cols = ",".join(_q(c) for c in entry["pk"])
     out: list[tuple[str | None, str]] = []
     for i in range(0, len(keys), 500):
-        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + ")" + tail))
+        marks = ",".join(f"({k})" for k in keys[i:i + 500])
+        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN ({marks}){tail}"))
     return out
 
 
@@ -1507,7 +1513,7 @@ def _diff(before: list[tuple[str | None, str]], after: list[tuple[str | None, st
     table without one, [row, copies before, copies after]."""
     if keyed:
         b, a = dict(before), dict(after)
-        return {"keyed": [[k, b.get(k), a.get(k)] for k in sorted(set(b) | set(a)) if b.get(k) != a.get(k)],
+        return {"keyed": [[k, b.get(k), a.get(k)] for k in sorted(set(b) | set(a), key=str) if b.get(k) != a.get(k)],
                 "counts": []}
     bc, ac = Counter(r for _, r in before), Counter(r for _, r in after)
     return {"keyed": [], "counts": [[r, bc[r], ac[r]] for r in sorted(set(bc) | set(ac)) if bc[r] != ac[r]]}
@@ -1554,7 +1560,8 @@ def _links(cur: Any, db: str, tables: list[str]) -> dict[str, Any]:
     found = _fetch(cur, "SELECT 'G',EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s "
                         f"AND EVENT_OBJECT_TABLE IN ({marks}) UNION ALL SELECT 'R',TABLE_NAME FROM "
                         "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND "
-                        f"UNIQUE_CONSTRAINT_SCHEMA=%s AND (TABLE_NAME IN ({marks}) OR REFERENCED_TABLE_NAME IN ({marks}))",
+                        f"UNIQUE_CONSTRAINT_SCHEMA=%s AND (TABLE_NAME IN ({marks}) OR "
+                        f"REFERENCED_TABLE_NAME IN ({marks}))",
                    (db, *tables, db, db, *tables, *tables))
     triggers = {t for kind, t in found if kind == "G"}
     children = sorted({t for kind, t in found if kind == "R"})
@@ -1565,7 +1572,8 @@ def _links(cur: Any, db: str, tables: list[str]) -> dict[str, Any]:
                      "FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND TABLE_NAME IN ("
                      + ",".join(["%s"] * len(children)) + ") AND REFERENCED_TABLE_SCHEMA=%s "
                      "ORDER BY TABLE_NAME,CONSTRAINT_NAME,ORDINAL_POSITION", (db, *children, db)):
-            fk = keys.setdefault((child, name), {"name": name, "child": child, "parent": parent, "cols": [], "refs": []})
+            fk = keys.setdefault((child, name),
+                                 {"name": name, "child": child, "parent": parent, "cols": [], "refs": []})
             fk["cols"].append(col)
             fk["refs"].append(ref)
     fks = [fk for fk in keys.values() if fk["child"] in tables or fk["parent"] in tables]
@@ -1611,7 +1619,7 @@ def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
         if entry is None:
             continue
         diff = diffs[fk["parent"]]
-        types = dict(zip(entry["columns"], entry["types"]))
+        types = dict(zip(entry["columns"], entry["types"], strict=False))
         refs = "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in fk["refs"]) + ")"
         present = " AND ".join(f"{_q(c)} IS NOT NULL" for c in fk["refs"])
         if diff["keyed"]:
@@ -1625,7 +1633,8 @@ def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
             expr = _row_expr(entry)
             out[i] = [v for (v,) in _fetch(
                 cur, f"SELECT DISTINCT {refs.replace('%', '%%')} FROM {_q(fk['parent']).replace('%', '%%')} WHERE "
-                     f"{expr.replace('%', '%%')} IN (" + ",".join(["%s"] * len(rows)) + f") AND {present.replace('%', '%%')}",
+                     f"{expr.replace('%', '%%')} IN (" + ",".join(["%s"] * len(rows))
+                     + f") AND {present.replace('%', '%%')}",
                 rows)] if rows else []
     return out
 
@@ -1636,7 +1645,7 @@ def _orphans(cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dic
     out = []
     for i, fk in enumerate(links["fks"]):
         child, parent = _q(fk["child"]), _q(fk["parent"])
-        match = " AND ".join(f"p.{_q(r)} = c.{_q(c)}" for c, r in zip(fk["cols"], fk["refs"]))
+        match = " AND ".join(f"p.{_q(r)} = c.{_q(c)}" for c, r in zip(fk["cols"], fk["refs"], strict=False))
         dangling = f"NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
         cols = ",".join(f"c.{_q(c)}" for c in fk["cols"])
         if referenced.get(i):
@@ -1749,7 +1758,7 @@ def _where_params(params: Any, skip: int) -> Any:
 def _close(conn: Any) -> None:
     try:
         conn.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 -- closing a connection that is gone already: nothing is left to do
         pass
 
 
@@ -1784,7 +1793,7 @@ def _rows_by_keys(cur: Any, meta: _Meta, table: str, keys: list[str]) -> list[st
     select, _, pk = _row_sql(meta, table)
     assert pk
     cols = ",".join(_q(c) for c in pk)
-    out = []
+    out: list[str] = []
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
         cur.execute(f"SELECT {select} FROM {_q(table)} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in chunk) + ")")

@@ -359,7 +359,7 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
         tree = sqlglot.parse_one(statement, read="postgres")
     except sqlglot.errors.SqlglotError:
         return False, (), (), "", False, None
-    if tree is None:
+    if not isinstance(tree, exp.Expression):
         return False, (), (), "", False, None
     kind = kind_of(tree, statement)
     rows = kind in ROW_KINDS and not isinstance(tree, exp.Command) and tree.find(exp.Into) is None
@@ -369,17 +369,13 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
         if not parts or not all(isinstance(p, exp.Identifier) for p in parts):
             continue
         tables.add(".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts))
-    funcs = set()
-    for func in tree.find_all(exp.Anonymous):
-        name = func.name
-        if name:
-            funcs.add(name.lower())
+    funcs = {func.name.lower() for func in tree.find_all(exp.Anonymous) if func.name}
     writes = list(tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge))
     # upserts and MERGE may change rows a count does not attribute: they run with capture
     simple = rows and len(writes) == 1 and (kind in ("update", "delete") or (
         kind == "insert" and tree.args.get("conflict") is None))
     target = tree.args.get("this") if kind in ("update", "delete") else None
-    name = None
+    name: str | None = None
     if isinstance(target, exp.Table) and isinstance(target.this, exp.Identifier):
         parts = [p for p in (target.args.get("db"), target.this) if isinstance(p, exp.Identifier)]
         name = ".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts)
@@ -459,7 +455,7 @@ def _dangerous(conn: psycopg.Connection, role: str) -> list[str] | None:
                        "FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
         return None
-    out = [word for word, held in zip(_ATTRIBUTES.values(), row[1:]) if held]
+    out = [word for word, held in zip(_ATTRIBUTES.values(), row[1:], strict=False) if held]
     for name, sup, *attrs in conn.execute(
             "WITH RECURSIVE m(id) AS (SELECT roleid FROM pg_auth_members WHERE member = %s "
             "UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.id) "
@@ -489,7 +485,8 @@ def _ensure_role(conn: psycopg.Connection, role: str, named: bool) -> None:
         try:  # several processes may get here at once: the first one creates it
             conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                                    "NOBYPASSRLS NOINHERIT").format(ident))
-            verifier = _one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user") if superuser else None
+            verifier = (_one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+                        if superuser else None)
             if verifier and verifier.startswith("SCRAM-SHA-256$"):  # the URL's password logs the role in
                 conn.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, pgsql.Literal(verifier)))
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
@@ -579,7 +576,8 @@ def _adopt(conn: psycopg.Connection, role: str) -> None:
         word = "DOMAIN" if kind == "d" else "TYPE"
         conn.execute(pgsql.SQL("ALTER {} {} OWNER TO {}").format(pgsql.SQL(word), _ident(name), ident))
     for (nsp,) in conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {_USER_NS} AND NOT "
-                               "(has_schema_privilege(%s, n.oid, 'USAGE') AND has_schema_privilege(%s, n.oid, 'CREATE'))", (role, role)).fetchall():
+                               "(has_schema_privilege(%s, n.oid, 'USAGE') AND "
+                               "has_schema_privilege(%s, n.oid, 'CREATE'))", (role, role)).fetchall():
         conn.execute(pgsql.SQL("GRANT USAGE, CREATE ON SCHEMA {s} TO {r}; "
                                "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON TABLES TO {r}; "
                                "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON SEQUENCES TO {r}").format(
@@ -732,7 +730,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         if undo is not None:
             detail += (f"; undo evaluates agent expressions as {self.undo_role!r}"
                        + (f", which holds: {', '.join(undo)}" if undo else " (a member of the agent role only)"))
-        return {"runs_as": self.role, "safe": not dangerous and not undo, "dangerous": dangerous + [f"undo role: {d}" for d in undo or []],
+        return {"runs_as": self.role, "safe": not dangerous and not undo,
+                "dangerous": dangerous + [f"undo role: {d}" for d in undo or []],
                 "detail": detail, "undo_runs_as": self.undo_role if undo is not None else None}
 
     # -- analysis --------------------------------------------------------------------------------
@@ -759,7 +758,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         funcs = sorted({f for s in statements for f in _plan(s)[2]})
         # explicit modes: the transaction must not take the defaults an earlier action set
         query = pgsql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; "
-                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path')){}").format(
+                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], "
+                          "{}::text[], {}, {}, current_setting('search_path')){}").format(
             pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
             pgsql.Literal(install), pgsql.SQL("; SET TRANSACTION READ ONLY" if read_only else ""))
         try:
@@ -910,8 +910,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
         try:
             try:
-                capture = rows_mode and not reads
-                conn, started = self._start(conn, statements if capture else [], False, install=capture,
+                capturing = rows_mode and not reads
+                conn, started = self._start(conn, statements if capturing else [], False, install=capturing,
                                             read_only=reads)
                 state["rels"] = started["rels"]
                 state["seqs"] = started["seqs"]
@@ -1209,7 +1209,7 @@ def _links(conn: psycopg.Connection, tables: list[dict[str, Any]]) -> list[tuple
     if not tables:
         return []
     oids = [t["table"] for t in tables]
-    return [tuple(r) for r in conn.execute(_LINKS, {"oids": oids}).fetchall()]  # type: ignore[misc]
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(_LINKS, {"oids": oids}).fetchall()]
 
 
 def _dangling(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]],

@@ -245,10 +245,9 @@ class ServerEngine(ABC, Generic[Conn]):
             if is_goex_name(text) or text == self.GOEX_SCHEMA:
                 raise SqlRefused(self.GOEX_OBJECTS.format(name=tok.text))
             nxt = found[i + 1] if i + 1 < len(found) else None
-            if nxt is not None and nxt.token_type == TokenType.L_PAREN:
-                why = self._refused_call(text)
-                if why:
-                    raise SqlRefused(why.format(name=text))
+            refused = self._refused_call(text) if nxt is not None and nxt.token_type == TokenType.L_PAREN else None
+            if refused:
+                raise SqlRefused(refused.format(name=text))
             self._check_token(found, i, analysis)
 
     def _screen(self, statement: str) -> None:
