@@ -64,7 +64,8 @@ class SqlPreview(BaseModel):
     db: str = Field(description="The database name the action gives.")
     engine: str = Field(description="sqlite, postgresql or mysql.")
     statements: list[dict[str, Any]] = Field(description="Per statement: kind, tables, where, drop_column, parsed.")
-    kinds: list[str] = Field(description="Each statement's kind: select, insert, update, delete, drop, truncate, create, alter, ...")
+    kinds: list[str] = Field(description="Each statement's kind: select, insert, update, delete, drop, truncate, "
+                                         "create, alter, ...")
     tables: list[str] = Field(description="Every table the statements name.")
     where_missing: bool = Field(description="An UPDATE or DELETE has no WHERE.")
     drops: bool = Field(description="A DROP or TRUNCATE.")

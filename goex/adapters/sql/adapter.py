@@ -28,7 +28,8 @@ from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, an
 #: rows of an UPDATE or DELETE shown when asking for confirmation
 SAMPLE_ROWS = 5
 SQLITE_SIDECARS = ("-journal", "-wal", "-shm")  # a SQLite database's own files: SQLite replays them on open
-_READS_ONLY = {"rows": 0, "all_rows": [], "creates_trigger": False}  # the effect of statements that only read
+# the effect of statements that only read
+_READS_ONLY: dict[str, Any] = {"rows": 0, "all_rows": [], "creates_trigger": False}
 
 __all__ = ["SqlAdapter", "SqlRefused", "SqlIrreversible", "Database", "parse_databases", "engine_for"]
 
@@ -157,7 +158,7 @@ class SqlAdapter(Adapter):
         if action.params is not None and len(statements) > 1:
             raise ActionFailed(f"sql.execute: params go with a single statement; this has {len(statements)}")
         analysed = [analyse(s, engine.dialect) for s in statements]
-        for statement, analysis in zip(statements, analysed):
+        for statement, analysis in zip(statements, analysed, strict=False):
             if analysis["kind"] in IRREVERSIBLE:
                 raise SqlIrreversible(f"{analysis['kind'].replace('_', ' ').upper()} cannot be undone; goex does not "
                                       "run it. Run it outside goex, by hand, if it must happen")
@@ -196,14 +197,14 @@ class SqlAdapter(Adapter):
         statement its kind, tables and WHERE, and for a single-table UPDATE or DELETE the first
         rows it would change, read with its own WHERE in a transaction that is rolled back."""
         p = prepared.preview
-        action: SqlExecute = prepared.action  # type: ignore[assignment]
+        action: SqlExecute = prepared.action
         statements, analysed = prepared.state["statements"], prepared.state["analysed"]
         count = f"{len(statements)} statements" if len(statements) > 1 else "1 statement"
         lines = [f"sql.execute on {p['db']} ({p['engine']}), {count}: "
                  + (f"{p['rows']:,} rows change in all (exact, cascades and triggers included)" if p["writes"]
                     else "reads only")]
         earlier_write = False
-        for n, (statement, a) in enumerate(zip(statements, analysed), 1):
+        for n, (statement, a) in enumerate(zip(statements, analysed, strict=False), 1):
             where = ""
             if a["kind"] in ("update", "delete"):
                 where = ", with WHERE" if a["where"] else ", NO WHERE (every row)"
@@ -238,7 +239,7 @@ class SqlAdapter(Adapter):
                 else f"rows of {table} it would change (all {len(rows)}):")
         out = [head]
         for row in rows[:SAMPLE_ROWS]:
-            shown = json.dumps(dict(zip(columns, row)), ensure_ascii=False, default=str)
+            shown = json.dumps(dict(zip(columns, row, strict=False)), ensure_ascii=False, default=str)
             out.append(f"  {shown[:200]}{'...' if len(shown) > 200 else ''}")
         return out
 
@@ -251,7 +252,7 @@ class SqlAdapter(Adapter):
 
     def stage(self, prepared: Prepared) -> Staged:
         db: Database = prepared.state["db"]
-        action: SqlExecute = prepared.action  # type: ignore[assignment]
+        action: SqlExecute = prepared.action
         return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                                           prepared.state.get("before", {}))
 

@@ -25,7 +25,6 @@ import base64
 import functools
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import sqlglot
@@ -71,19 +70,26 @@ class SqlSyntaxError(ActionFailed):
     """The SQL does not parse; the message gives line and column."""
 
 
-@dataclass
 class Staged:
-    """Statements run in an open transaction, not yet committed."""
+    """Statements run in an open transaction, not yet committed: the output, `capture` (undo data
+    and {"after": fingerprint}, JSON), `commit` and `abort`."""
 
-    output: dict[str, Any]
-    capture: Callable[[PutBlob], dict[str, Any]]  # undo data + {"after": fingerprint}, JSON
-    commit: Callable[[], None]
-    abort: Callable[[], None]
+    def __init__(self, output: Any, capture: Callable[[PutBlob], dict[str, Any]], commit: Callable[[], None],
+                 abort: Callable[[], None]) -> None:
+        self.output = output
+        self.capture = capture
+        self.commit = commit
+        self.abort = abort
 
 
 class Engine(Protocol):
-    kind: str  # "sqlite" | "postgresql" | "mysql"
-    dialect: str  # sqlglot dialect
+    @property
+    def kind(self) -> str:
+        """One of sqlite, postgresql, mysql."""
+
+    @property
+    def dialect(self) -> str:
+        """sqlglot's dialect"""
 
     def split(self, sql: str) -> list[str]: ...
 
@@ -102,7 +108,8 @@ class Engine(Protocol):
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged: ...
 
-    def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]: ...
+    def conflicts(self, before: dict[str, Any], captured: dict[str, Any],
+                  get_blob: GetBlob) -> list[tuple[str, str]]: ...
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None: ...
@@ -111,33 +118,84 @@ class Engine(Protocol):
 
     def dump(self) -> str: ...
 
+    def agent_privileges(self) -> dict[str, Any]:
+        """Who agent SQL runs as ("runs_as") and whether that is safe ("safe", "dangerous": what
+        it holds beyond the database, "detail"): for `goex doctor`."""
+
     def close(self) -> None: ...
 
 
 _CACHED_TEXT = 8192  # longer texts (bulk inserts) are tokenized each time rather than kept
+#: tokens holding a value, not a word of the statement
+QUOTED = frozenset({TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.RAW_STRING, TokenType.HEREDOC_STRING,
+                    TokenType.BIT_STRING, TokenType.HEX_STRING, TokenType.BYTE_STRING})
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*|\(")
 
 
 def tokens(sql: str, dialect: str) -> tuple[Any, ...]:
-    """sqlglot's tokens of `sql` in `dialect`; short texts are cached, since an action's text is
-    read several times (split, checks, placeholders) and agents repeat the same statements.
-    Raises sqlglot's TokenError."""
+    """sqlglot's tokens of `sql` in `dialect`, also inside statements it reads as commands (it
+    hands their text over as one string token: here it is tokenized too), positions relative to
+    `sql`. Short texts are cached, since an action's text is read several times (split, checks,
+    placeholders) and agents repeat the same statements. Raises sqlglot's TokenError."""
     if len(sql) > _CACHED_TEXT:
-        return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+        return _tokenize(sql, dialect)
     return _tokens(sql, dialect)
 
 
 @functools.lru_cache(maxsize=1024)
 def _tokens(sql: str, dialect: str) -> tuple[Any, ...]:
-    return tuple(sqlglot.Dialect.get_or_raise(dialect).tokenize(sql))
+    return _tokenize(sql, dialect)
+
+
+def _tokenize(sql: str, dialect: str) -> tuple[Any, ...]:
+    tokenizer = sqlglot.Dialect.get_or_raise(dialect)
+    found = list(tokenizer.tokenize(sql))
+    commands = tokenizer.tokenizer_class.COMMANDS
+    for i, tok in enumerate(found[:-1]):
+        if tok.token_type in commands and found[i + 1].token_type == TokenType.STRING and \
+                (i == 0 or found[i - 1].token_type == TokenType.SEMICOLON):
+            offset = tok.end + 1
+            rest = _tokenize(sql[offset:], dialect)
+            for inner in rest:
+                inner.start += offset
+                inner.end += offset
+            return tuple(found[:i + 1]) + rest
+    return tuple(found)
+
+
+def uncommented(sql: str, dialect: str, values: bool = True) -> str:
+    """`sql` without its comments, as sqlglot's tokenizer for `dialect` reads it (tokens joined by
+    a space); `values`: string literals kept (else left out). `sql` itself when it cannot be read."""
+    try:
+        found = tokens(sql, dialect)
+    except sqlglot.errors.TokenError:
+        return sql
+    return " ".join(sql[t.start:t.end + 1] for t in found if values or t.token_type not in QUOTED)
+
+
+def words(sql: str, dialect: str) -> list[str]:
+    """The bare words of `sql`, lowercased, and its opening parentheses: comments, literals and
+    quoted names left out."""
+    try:
+        found = tokens(sql, dialect)
+    except sqlglot.errors.TokenError:
+        return _WORD.findall(sql.lower())
+    return [w for t in found if t.token_type not in QUOTED and t.token_type != TokenType.IDENTIFIER
+            for w in _WORD.findall(sql[t.start:t.end + 1].lower())]
+
+
+def read_tokens(sql: str, dialect: str) -> tuple[Any, ...]:
+    """`tokens`, with a tokenizer error as the action's SqlSyntaxError."""
+    try:
+        return tokens(sql, dialect)
+    except sqlglot.errors.TokenError as exc:
+        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
 
 
 def split_tokens(sql: str, dialect: str) -> list[str]:
     """Statements of `sql` split on top-level semicolons by sqlglot's tokenizer for `dialect`
     (quotes, comments and dollar quoting respected); each is the original text."""
-    try:
-        found = tokens(sql, dialect)
-    except sqlglot.errors.TokenError as exc:
-        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+    found = read_tokens(sql, dialect)
     out, start = [], None
     end = 0
     for tok in found:
@@ -190,16 +248,17 @@ def _analyse(statement: str, dialect: str) -> dict[str, Any]:
     try:
         tree = sqlglot.parse_one(statement, read=dialect)
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as exc:  # e.g. an unclosed quote
-        err = exc.errors[0] if getattr(exc, "errors", None) else {}
+        err = exc.errors[0] if isinstance(exc, sqlglot.errors.ParseError) and exc.errors else {}
         where = f" at line {err.get('line')}, column {err.get('col')}" if err.get("line") else ""
         # The engine is the authority on its own syntax: its dry run reports the error, or runs
         # what sqlglot does not know. The analysis falls back to the words.
         return {"kind": flat.split(" ", 1)[0], "tables": [], "where": " where " in f" {flat} ",
-                "drop_column": "drop column" in flat, "parsed": False, "parse_error": f"{err.get('description', exc)}{where}"}
+                "drop_column": "drop column" in flat, "parsed": False,
+                "parse_error": f"{err.get('description', exc)}{where}"}
     # one statement the engine keeps whole, read by sqlglot as several: a compound statement
     # (CREATE TRIGGER ... BEGIN ...; END); its head says what it is
     head = tree.expressions[0] if isinstance(tree, exp.Block) and tree.expressions else tree
-    kind = kind_of(head, statement)
+    kind = kind_of(head, statement) if isinstance(head, exp.Expression) else "command"
     drop_column = isinstance(tree, exp.Alter) and any(isinstance(a, exp.Drop) for a in tree.args.get("actions") or [])
     if kind == "alter" and "drop column" in flat:
         drop_column = True
@@ -235,7 +294,8 @@ def sample_query(statement: str, params: Any, dialect: str, limit: int) -> tuple
     where = tree.args.get("where")
     if where is not None and any(not isinstance(node, _PLAIN_WHERE) for node in where.walk()):
         raise ValueError("its WHERE calls functions or holds subqueries")
-    before = [n for e in (tree.expressions if isinstance(tree, exp.Update) else []) for n in e.find_all(exp.Placeholder)]
+    before = [n for e in (tree.expressions if isinstance(tree, exp.Update) else [])
+              for n in e.find_all(exp.Placeholder)]
     marks = [n for n in where.find_all(exp.Placeholder, bfs=False)] if where is not None else []
     values: list[Any] = []
     for mark in marks:
@@ -258,7 +318,7 @@ def sample_query(statement: str, params: Any, dialect: str, limit: int) -> tuple
 
 def format_rows(columns: list[str], cursor_rows: Any) -> dict[str, Any]:
     """Query output: columns and at most MAX_ROWS rows (bytes as {"$base64": ...}), with a marker when cut."""
-    rows = []
+    rows: list[list[Any]] = []
     truncated = False
     for row in cursor_rows:
         if len(rows) == MAX_ROWS:

@@ -42,7 +42,6 @@ MEMORY) cannot be rolled back if an action fails half-way; goex restores them fr
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -51,19 +50,34 @@ import secrets
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
-
-from pymysql.constants import CLIENT
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import sqlglot
+from pymysql.constants import CLIENT
 from sqlglot import exp
+from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from ...journal.anchor import state_dir
 from ...errors import ActionFailed
-from .common import GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, UndoRefused, format_rows, is_goex_name
+from ...journal.anchor import state_dir
+from .common import (
+    QUOTED,
+    GetBlob,
+    PutBlob,
+    SqlRefused,
+    Staged,
+    UndoRefused,
+    format_rows,
+    is_goex_name,
+    read_tokens,
+    tokens,
+    uncommented,
+    words,
+)
+from .server import Plan, ServerEngine
+from .server import convert_params as _convert
 
 __all__ = ["MysqlEngine", "agent_account", "convert_params", "dangerous_grants", "drop_agent_account", "dump",
            "parse_url"]
@@ -74,8 +88,6 @@ _ALLOWED_FIRST = {"select", "with", "insert", "replace", "update", "delete", "cr
                   "truncate", "show", "describe", "desc", "explain", "values", "table", "("}
 _TXN = {"begin", "start", "commit", "rollback", "savepoint", "release", "xa", "end"}
 _CREATABLE = {"table", "index", "view", "trigger"}
-_QUOTED = {TokenType.STRING, TokenType.IDENTIFIER, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
-           TokenType.BIT_STRING, TokenType.BYTE_STRING}
 _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry", "point", "linestring",
            "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection"}
 _SAFE_WHERE = (exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT,
@@ -117,59 +129,13 @@ def parse_url(url: str) -> dict[str, Any]:
                            "goex_password=PASSWORD (the least-privilege account agent SQL runs as)")
     return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 3306,
             "user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
-            "database": database, "account": (query.get("goex_account") or [None])[-1],
+            "database": database, "account": (query.get("goex_account") or [""])[-1] or None,
             "account_password": (query.get("goex_password") or [""])[-1]}
 
 
 def convert_params(statement: str, params: Any, dialect: str = "mysql") -> tuple[str, Any]:
-    """`statement` with `?` / `:name` placeholders turned into PyMySQL's `%s` / `%(name)s` (and a
-    literal `%` doubled), found by sqlglot's tokenizer so text inside strings is left alone.
-    Returns (sql, args); args is None when `params` is None."""
-    if params is None:
-        return statement, None
-    try:
-        tokens = _tokenize(statement) if dialect == "mysql" else list(
-            sqlglot.Dialect.get_or_raise(dialect).tokenize(statement))
-    except sqlglot.errors.TokenError as exc:
-        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
-    pieces: list[str] = []
-    last = 0
-    positional = named = 0
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        start = end = None
-        if tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
-            start, end, repl = tok.start, tok.end, "%s"
-            positional += 1
-        elif tok.token_type == TokenType.PLACEHOLDER and tok.text.startswith(":") and len(tok.text) > 1:
-            start, end, repl = tok.start, tok.end, f"%({tok.text[1:]})s"
-            named += 1
-        elif (tok.token_type == TokenType.COLON and i + 1 < len(tokens) and tokens[i + 1].start == tok.end + 1
-              and tokens[i + 1].token_type not in _QUOTED and re.fullmatch(r"\w+", tokens[i + 1].text)
-              and not (i > 0 and tokens[i - 1].token_type == TokenType.COLON and tokens[i - 1].end + 1 == tok.start)):
-            start, end, repl = tok.start, tokens[i + 1].end, f"%({tokens[i + 1].text})s"
-            named += 1
-            i += 1
-        if start is not None:
-            pieces.append(statement[last:start].replace("%", "%%"))
-            pieces.append(repl)
-            last = end + 1
-        i += 1
-    pieces.append(statement[last:].replace("%", "%%"))
-    sql = "".join(pieces)
-    if isinstance(params, dict):
-        if positional:
-            raise ActionFailed("sql.execute: 'params' is a mapping but the SQL uses '?' placeholders; use :name")
-        return sql, dict(params)
-    if isinstance(params, (list, tuple)):
-        if named:
-            raise ActionFailed("sql.execute: 'params' is a list but the SQL uses :name placeholders; use '?'")
-        if positional != len(params):
-            raise ActionFailed(f"sql.execute: the SQL has {positional} '?' placeholders but 'params' has "
-                               f"{len(params)} values; nothing was applied")
-        return sql, tuple(params)
-    raise ActionFailed("sql.execute: 'params' must be a list (for '?') or a mapping (for :name)")
+    """`statement` and `params` in PyMySQL's style (see `server.convert_params`)."""
+    return _convert(statement, params, dialect, MysqlEngine.PARAM_NAME)
 
 
 def dump(url: str) -> str:
@@ -299,58 +265,29 @@ def _lit(column: str, dtype: str) -> str:
     return f"CONVERT(QUOTE({q}) USING utf8mb4)"
 
 
-def _lex(sql: str, escapes: tuple[bool, bool] = (True, True)) -> Iterator[tuple[str, int, int]]:
-    """(kind, start, end) pieces of `sql` the way the server's lexer reads them: kind is "code",
-    "quoted" ('...', "...", `...`), "comment" (`#`, `-- `, `/* */`) or "executable" (`/*!`,
-    `/*M!`, which the server runs). `escapes`: whether a backslash escapes in '...' and "..."
-    strings (off under sql_mode NO_BACKSLASH_ESCAPES; "..." is an identifier under ANSI_QUOTES)."""
-    i, n, start = 0, len(sql), 0
-    while i < n:
-        c = sql[i]
-        if c in "'\"`":
-            if start < i:
-                yield "code", start, i
-            j = i + 1
-            escaped = c != "`" and escapes[c == '"']
-            while j < n:
-                if escaped and sql[j] == "\\":
-                    j += 2
-                    continue
-                if sql[j] == c:
-                    if j + 1 < n and sql[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            end = min(j + 1, n)
-            yield "quoted", i, end
-            i = start = end
-            continue
-        end = None
-        kind = "comment"
-        if c == "#" or (sql.startswith("--", i) and (i + 2 >= n or sql[i + 2].isspace() or ord(sql[i + 2]) < 32)):
-            line = sql.find("\n", i)
-            end = n if line < 0 else line + 1
-        elif sql.startswith("/*", i):
-            if sql.startswith(("/*!", "/*M!"), i):
-                kind = "executable"
-            close = sql.find("*/", i + 2)
-            end = n if close < 0 else close + 2
-        if end is None:
-            i += 1
-            continue
-        if start < i:
-            yield "code", start, i
-        yield kind, i, end
-        i = start = end
-    if start < n:
-        yield "code", start, n
+class _NoBackslashEscapes(MySQL.Tokenizer):  # sql_mode NO_BACKSLASH_ESCAPES
+    STRING_ESCAPES = ["'", '"']
+
+
+class _AnsiQuotes(MySQL.Tokenizer):  # sql_mode ANSI_QUOTES: "..." is a name
+    QUOTES = ["'"]
+    IDENTIFIERS = ["`", '"']
 
 
 def _executable_comment(sql: str) -> bool:
-    """Whether the server would run an executable comment in `sql`, under any sql_mode's quoting."""
-    return any(kind == "executable" for escapes in ((True, True), (False, False), (True, False))
-               for kind, _, _ in _lex(sql, escapes))
+    """Whether the server would run an executable comment (`/*! ... */`, `/*M! ... */`) in `sql`,
+    under any sql_mode's quoting, as sqlglot's MySQL tokenizer reads it in each. Text that one of
+    them cannot read counts as holding one (the server could read it another way)."""
+    if "/*!" not in sql and "/*M!" not in sql:
+        return False
+    for tokenizer in (MySQL.Tokenizer, _NoBackslashEscapes, _AnsiQuotes):
+        try:
+            found = tokenizer().tokenize(sql)
+        except sqlglot.errors.TokenError:
+            return True
+        if any(c.startswith(("!", "M!")) for tok in found for c in tok.comments):
+            return True
+    return False
 
 
 def _refuse_executable(sql: str) -> None:
@@ -360,54 +297,24 @@ def _refuse_executable(sql: str) -> None:
 
 
 def _uncommented(sql: str) -> str:
-    """`sql` with its comments (as the server reads them) replaced by a space."""
-    return "".join(" " if kind != "code" and kind != "quoted" else sql[a:b] for kind, a, b in _lex(sql))
+    """`sql` without its comments, as sqlglot's MySQL tokenizer reads them."""
+    return uncommented(sql, "mysql")
 
 
 def _words(statement: str) -> list[str]:
-    return re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\(", _uncommented(statement).lower())
+    return words(statement, "mysql")
 
 
-def _tokenize(sql: str) -> list[Any]:
-    """sqlglot's MySQL tokens of `sql`, also inside statements it reads as commands (REPLACE,
-    RENAME, ...: it hands their text over as one string token), positions relative to `sql`."""
-    dialect = sqlglot.Dialect.get_or_raise("mysql")
-    tokens = list(dialect.tokenize(sql))
-    commands = dialect.tokenizer_class.COMMANDS
-    for i, tok in enumerate(tokens[:-1]):
-        if tok.token_type in commands and tokens[i + 1].token_type == TokenType.STRING and \
-                (i == 0 or tokens[i - 1].token_type == TokenType.SEMICOLON):
-            offset = tok.end + 1
-            rest = _tokenize(sql[offset:])
-            for inner in rest:
-                inner.start += offset
-                inner.end += offset
-            return tokens[:i + 1] + rest
-    return tokens
-
-
-def _tokens(statement: str) -> list[Any]:
+def _tokens(statement: str) -> tuple[Any, ...]:
     try:
-        return _tokenize(statement)
+        return tokens(statement, "mysql")
     except sqlglot.errors.TokenError:
-        return []
+        return ()
 
 
 def _names(statement: str) -> set[str]:
     """Every identifier the statement mentions, lowercased (over-approximates the tables it names)."""
-    out = set()
-    for tok in _tokens(statement):
-        if tok.token_type not in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
-                                  TokenType.BIT_STRING, TokenType.BYTE_STRING):
-            out.add(tok.text.lower())
-    return out | set(_words(statement))
-
-
-def _error(db: str, exc: Exception, applied: str = "nothing of it was applied") -> ActionFailed:
-    args = getattr(exc, "args", ())
-    text = f"{args[1]} (error {args[0]})" if len(args) >= 2 else str(exc)
-    return ActionFailed(f"sql.execute on {db}: {text}; {applied}")
-
+    return {tok.text.lower() for tok in _tokens(statement) if tok.token_type not in QUOTED} | set(_words(statement))
 
 
 class _Meta:
@@ -448,7 +355,7 @@ class _Meta:
         self.parents: dict[str, set[str]] = {}  # child -> every parent table
         self.triggers: dict[str, list[tuple[str, str]]] = {}
         self.view_sql: dict[str, str] = {}
-        for kind, table, a, b, c, d, order in sorted(found, key=lambda r: (r[0], r[1] or "", int(r[6] or 0))):
+        for kind, table, a, b, c, d, _order in sorted(found, key=lambda r: (r[0], r[1] or "", int(r[6] or 0))):
             if kind == "T":
                 if is_goex_name(table):
                     continue
@@ -546,16 +453,37 @@ class _Connection(pymysql.connections.Connection):
         return _Connection._preferred
 
 
-class MysqlEngine:
+_TXN_REFUSED = "{word} is not allowed: goex runs each action as one transaction and ends it itself; send the " \
+    "statements without transaction control"
+
+
+class MysqlEngine(ServerEngine[Any]):
     kind = "mysql"
     dialect = "mysql"
+    PARAM_NAME = r"\w+"
+    REFUSED_FIRST = {
+        **dict.fromkeys(_TXN, _TXN_REFUSED),
+        "set": "SET is not allowed: session and global variables (autocommit, foreign_key_checks, sql_log_bin, "
+               "...) change how statements behave outside what goex can undo; write the statements without it",
+        "use": "USE is not allowed: an action acts on the database it names; name another database as its own "
+               "entry in the runtime's databases",
+        **dict.fromkeys(("lock", "unlock"), "LOCK/UNLOCK TABLES is not allowed: goex's transaction takes the locks "
+                        "it needs"),
+        "load": "LOAD DATA/XML is not allowed: it reads files outside the database; insert the rows with INSERT "
+                "instead",
+        "handler": "HANDLER is not allowed: use SELECT",
+    }
+    REFUSED_CALLS = dict.fromkeys(("load_file", "get_lock", "release_lock", "release_all_locks", "sys_exec",
+                                   "sys_eval"),
+                                  "{name}() is not allowed: it reaches outside the action's transaction (files or "
+                                  "session locks)")
+    DRIVER_ERROR = pymysql.Error
 
     def __init__(self, url: str):
+        super().__init__()
         self.url = url
         self.args = parse_url(url)
-        self.db = self.args["database"]
-        self._spare: Any = None
-        self._owner: Any = None  # goex's own connection, kept between uses (see `_own`)
+        self.db = self.name = self.args["database"]
         self._recent: dict[str, bytes] = {}  # blobs of the latest DDL image: a failed stage restores from them
         self._databases: set[str] | None = None
         self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
@@ -577,28 +505,33 @@ class MysqlEngine:
         assert not conn.client_flag & CLIENT.MULTI_STATEMENTS
         return conn
 
-    def _take(self) -> Any:
-        """The agent's connection, its session reset to the server's defaults and checked."""
-        conn, self._spare = self._spare, None
-        if conn is not None:
-            try:
-                self._reset(conn)
-                return conn
-            except (pymysql.Error, ActionFailed):  # gone, or not clean: a new session is
-                _close(conn)
-        conn = self._agent_connect()
-        try:
-            self._reset(conn)
-        except BaseException:
-            _close(conn)
-            raise
-        return conn
+    @property
+    def _spare(self) -> Any:
+        """The agent connection kept for the next action."""
+        return self._idle[-1] if self._idle else None
 
-    def _give(self, conn: Any) -> None:
-        if self._spare is None and conn.open:
-            self._spare = conn
-        else:
-            _close(conn)
+    @_spare.setter
+    def _spare(self, conn: Any) -> None:
+        self._idle = [conn] if conn is not None else []
+
+    def _describe(self, exc: Exception) -> tuple[str, str | None, bool]:
+        args = exc.args
+        return (f"{args[1]} (error {args[0]})" if len(args) >= 2 else str(exc)), None, False
+
+    def _own_connect(self, fresh: bool) -> Any:
+        return self._admin()
+
+    def _reset_own(self, conn: Any) -> None:
+        _own_session(conn)
+
+    def _is_open(self, conn: Any) -> bool:
+        return bool(conn.open)
+
+    def _rollback(self, conn: Any) -> None:
+        _rollback(conn)
+
+    def _close(self, conn: Any) -> None:
+        _close(conn)
 
     def _reset(self, conn: Any) -> None:
         """COM_RESET_CONNECTION (user variables, session settings, temporary tables, prepared
@@ -729,41 +662,13 @@ class MysqlEngine:
         _own_session(conn)
         return conn
 
-    @contextlib.contextmanager
-    def _own(self) -> Iterator[Any]:
-        """goex's own connection, as the URL's account (agent SQL never runs on it): no cascades,
-        zero values kept as they are, the server's default time zone (the one images are read
-        in). Kept between uses and set up again at each; closed on any error."""
-        conn, self._owner = self._owner, None
-        if conn is not None:
-            try:
-                _own_session(conn)
-            except pymysql.Error:  # the server ended it
-                _close(conn)
-                conn = None
-        if conn is None:
-            conn = self._admin()
-        try:
-            yield conn
-        except BaseException:
-            _close(conn)
-            raise
-        _rollback(conn)
-        if conn.open and self._owner is None:
-            self._owner = conn
-        else:
-            _close(conn)
-
     # -- analysis --------------------------------------------------------------------------------
 
     def split(self, sql: str) -> list[str]:
         """Statements split on top-level semicolons; CREATE TRIGGER/PROCEDURE/FUNCTION/EVENT bodies
         (BEGIN ... END, with IF/CASE/LOOP/WHILE/REPEAT blocks inside) stay whole."""
         _refuse_executable(sql)
-        try:
-            tokens = _tokenize(sql)
-        except sqlglot.errors.TokenError as exc:
-            raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
+        tokens = read_tokens(sql, "mysql")
         out: list[str] = []
         start = None
         end = 0
@@ -773,7 +678,7 @@ class MysqlEngine:
         prev = ";"
         skip = -1
         for i, tok in enumerate(tokens):
-            word = tok.text.upper() if tok.token_type not in _QUOTED else ""
+            word = tok.text.upper() if tok.token_type not in QUOTED and tok.token_type != TokenType.IDENTIFIER else ""
             if tok.token_type == TokenType.SEMICOLON and depth == 0:
                 if start is not None:
                     out.append(sql[start:end + 1].strip())
@@ -813,31 +718,12 @@ class MysqlEngine:
                 _close(conn)
         return self._databases
 
-    def begin(self) -> None:
-        """Nothing is kept from one action to the next but the session, reset before each use."""
-
-    def check(self, statement: str, analysis: dict[str, Any]) -> None:
+    def _screen(self, statement: str) -> None:
         _refuse_executable(statement)
-        words = _words(statement)
-        first = words[0] if words else ""
-        flat = " ".join(words)
-        if first in _TXN:
-            raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction and ends it "
-                             "itself; send the statements without transaction control")
-        if first == "set":
-            raise SqlRefused("SET is not allowed: session and global variables (autocommit, foreign_key_checks, "
-                             "sql_log_bin, ...) change how statements behave outside what goex can undo; write "
-                             "the statements without it")
-        if first == "use":
-            raise SqlRefused("USE is not allowed: an action acts on the database it names; name another database "
-                             "as its own entry in the runtime's databases")
-        if first in ("lock", "unlock"):
-            raise SqlRefused("LOCK/UNLOCK TABLES is not allowed: goex's transaction takes the locks it needs")
-        if first == "load":
-            raise SqlRefused("LOAD DATA/XML is not allowed: it reads files outside the database; insert the rows "
-                             "with INSERT instead")
-        if first == "handler":
-            raise SqlRefused("HANDLER is not allowed: use SELECT")
+
+    def _check_words(self, statement: str, said: list[str], analysis: dict[str, Any]) -> None:
+        first = said[0] if said else ""
+        flat = " ".join(said)
         if first in _READS | {"with", "values", "table", "("} and analysis.get("kind") in _READS and \
                 re.search(r"\b(nextval|setval|next\s+value\s+for)\b", _uncommented(statement), re.I):
             raise SqlRefused("a query that takes or sets sequence values (NEXTVAL, SETVAL, NEXT VALUE FOR) changes "
@@ -848,9 +734,9 @@ class MysqlEngine:
                              "REPLACE, UPDATE, DELETE and CREATE/ALTER/DROP/RENAME/TRUNCATE of tables, indexes, "
                              "views and triggers")
         if first in ("create", "drop", "alter"):
-            obj = next((w for w in words[1:8] if w in _CREATABLE | {"event", "sequence", "server", "tablespace",
-                                                                      "procedure", "function", "database", "schema",
-                                                                      "user", "role", "package", "logfile"}), "")
+            obj = next((w for w in said[1:8] if w in _CREATABLE | {"event", "sequence", "server", "tablespace",
+                                                                     "procedure", "function", "database", "schema",
+                                                                     "user", "role", "package", "logfile"}), "")
             if obj not in _CREATABLE:
                 raise SqlRefused(f"{first.upper()} {obj.upper() or '...'} is not allowed: goex undoes tables, "
                                  "indexes, views and triggers only")
@@ -860,27 +746,17 @@ class MysqlEngine:
         if re.search(r"\binto (outfile|dumpfile)\b", flat):
             raise SqlRefused("SELECT ... INTO OUTFILE/DUMPFILE is not allowed: it writes files outside the "
                              "database; select the rows and write them with a file action")
-        text = _uncommented(statement).lower()
-        for fn in ("load_file", "get_lock", "release_lock", "release_all_locks", "sys_exec", "sys_eval"):
-            if re.search(rf"\b{fn}\s*\(", text):
-                raise SqlRefused(f"{fn.upper()}() is not allowed: it reaches outside the action's transaction "
-                                 "(files or session locks)")
-        tokens = _tokens(statement)
-        others = self._other_databases()
-        for i, tok in enumerate(tokens):
-            if tok.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.HEX_STRING,
-                                  TokenType.BIT_STRING, TokenType.BYTE_STRING):
-                continue
-            name = tok.text.lower()
-            if is_goex_name(name):
-                raise SqlRefused(f"{tok.text} is goex's own object: actions may not read or change it")
-            follows_dot = i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.DOT
-            after_dot = i > 0 and tokens[i - 1].token_type == TokenType.DOT
-            if follows_dot and not after_dot and name in others:
-                if name == "information_schema" and analysis.get("kind") in _READS:
-                    continue
-                raise SqlRefused(f"{tok.text}.… names another database: an action acts only on the database it "
-                                 f"targets ({self.db}); add the other database to the runtime and act on it there")
+
+    def _check_token(self, found: tuple[Any, ...], i: int, analysis: dict[str, Any]) -> None:
+        tok = found[i]
+        name = tok.text.lower()
+        follows_dot = i + 1 < len(found) and found[i + 1].token_type == TokenType.DOT
+        after_dot = i > 0 and found[i - 1].token_type == TokenType.DOT
+        if follows_dot and not after_dot and name in self._other_databases():
+            if name == "information_schema" and analysis.get("kind") in _READS:
+                return
+            raise SqlRefused(f"{tok.text}.… names another database: an action acts only on the database it "
+                             f"targets ({self.db}); add the other database to the runtime and act on it there")
 
     # -- dry run ---------------------------------------------------------------------------------
 
@@ -891,14 +767,15 @@ class MysqlEngine:
         (of at least 2) they change or, for UPDATE, match; `creates_trigger`."""
         every: set[str] = set()
         conn = self._take()
-        counters: dict[str, int] = {}
+        counters: dict[str, int | None] = {}
         sequences: dict[str, Any] = {}
         try:
             with conn.cursor() as cur:
                 cur.execute("START TRANSACTION")
                 target = _target(statements[0]) if len(statements) == 1 else None
                 meta = _Meta(cur, self.db, only=target) if target else None
-                if meta is None or meta.triggers or meta.children or target.lower() not in meta.tables or \
+                if meta is None or target is None or meta.triggers or meta.children or \
+                        target.lower() not in meta.tables or \
                         _may_use_sequence(statements, meta):
                     meta = _Meta(cur, self.db)  # cascades, triggers or sequences: the whole schema
                 sequences = self._peek_sequences(conn, meta, statements)
@@ -939,7 +816,7 @@ class MysqlEngine:
                 return {"rows": total, "all_rows": sorted(every),
                         "creates_trigger": any(_creates_trigger(s) for s in statements)}
         except pymysql.Error as exc:
-            raise _error(self.db, exc, "nothing was applied") from None
+            raise self._failed(exc, "nothing was applied") from None
         finally:
             _rollback(conn)
             self._reset_counters(conn, counters)
@@ -992,9 +869,9 @@ class MysqlEngine:
             if ddl:
                 now = _state(cur, self.db)
                 if now != before["image"]["state"]:
-                    changed = sorted(k for k in set(now) | set(before["image"]["state"])
-                                     if now.get(k) != before["image"]["state"].get(k))
-                    raise ActionFailed(f"sql.execute on {self.db}: {', '.join(changed)} changed between the preview "
+                    moved = sorted(k for k in set(now) | set(before["image"]["state"])
+                                   if now.get(k) != before["image"]["state"].get(k))
+                    raise ActionFailed(f"sql.execute on {self.db}: {', '.join(moved)} changed between the preview "
                                        "and the run; nothing was applied; run the action again")
             elif not reads:
                 plan = self._plan(cur, statements, params, analyses)
@@ -1011,7 +888,7 @@ class MysqlEngine:
                 output = {"rows_changed": changed}
         except pymysql.Error as exc:
             self._fail(conn, before, plan, statements)
-            raise _error(self.db, exc) from None
+            raise self._failed(exc) from None
         except BaseException:
             self._fail(conn, before, plan, statements)
             raise
@@ -1044,7 +921,7 @@ class MysqlEngine:
                 conn.commit()
             except pymysql.Error as exc:
                 _close(conn)
-                raise _error(self.db, exc, "the commit failed") from None
+                raise self._failed(exc, "the commit failed") from None
             cur.close()
             self._recent = {}
             self._give(conn)
@@ -1204,12 +1081,8 @@ class MysqlEngine:
         if captured.get("mode") == "ddl" or _legacy(captured):
             return found + self._legacy_conflicts(before, captured)
         assert get_blob is not None
-        with self._own() as conn, conn.cursor() as cur:
-            for table, entry in sorted(captured["tables"].items()):
-                state, detail, _ = _rows_now(cur, table, entry, json.loads(get_blob(entry["blob"])))
-                if state != "after":
-                    found.append((f"{self.db}.{table}", detail))
-            return found
+        with self._own() as conn:
+            return found + self._row_conflicts(conn, _items(captured["tables"], get_blob))[0]
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None:
@@ -1224,7 +1097,6 @@ class MysqlEngine:
             if legacy:
                 self._legacy_revert(before, captured, get_blob, force)
             return
-        diffs = {t: json.loads(get_blob(e["blob"])) for t, e in tables.items()}
         with self._own() as conn, conn.cursor() as cur:
             now = {name: _seq_next(cur, name) for name in sequences}  # taken: every path below sets it
             done = False
@@ -1236,16 +1108,16 @@ class MysqlEngine:
                 if legacy:
                     self._legacy_revert(before, captured, get_blob, force)
                 elif tables:
-                    self._restore_tables(conn, cur, tables, diffs, force)
+                    self._restore_tables(conn, cur, _items(tables, get_blob), force)
                 done = True
             finally:
                 for name, state in now.items():
                     if state is not None:
                         _seq_set(cur, name, sequences[name]["before"] if done else state)
 
-    def _restore_tables(self, conn: Any, cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
-                        force: bool) -> None:
+    def _restore_tables(self, conn: Any, cur: Any, items: list[dict[str, Any]], force: bool) -> None:
         """Put back the rows an entry changed, with the tables' triggers dropped meanwhile."""
+        tables = {item["table"]: item["entry"] for item in items}
         links = _links(cur, self.db, sorted(tables))
         # triggers would fire on the restore: dropped for its duration and recreated exactly after
         # (the recorded ones first, in their order: an undo a crash interrupted after dropping
@@ -1261,7 +1133,7 @@ class MysqlEngine:
             if table not in recorded and entry.get("triggers"):
                 recorded[table] = list(entry["triggers"])
         try:
-            counters = self._restore_diffs(cur, tables, diffs, links, force)
+            self._revert_rows(conn, items, force, [], links)
             conn.commit()
         finally:
             _rollback(conn)
@@ -1271,49 +1143,40 @@ class MysqlEngine:
                 for trig in recorded[table]:
                     if trig["name"] not in existing:
                         _create_trigger(cur, trig)
+        counters = {item["table"]: item["counter"] for item in items}
         for table, entry in sorted(tables.items()):  # counters are state: set back when no one moved them since
             value, now = entry.get("auto_increment"), counters.get(table)
             if value is not None and now is not None and now != value and (force or now == entry.get("auto_after")):
                 cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(value)}")
 
-    def _restore_diffs(self, cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dict[str, Any],
-                       force: bool) -> dict[str, int | None]:
-        """In one transaction: lock the rows the entry changed, check they are as it left them,
-        put back their before values, and check that no row the entry did not write is left
-        referring to a row that is gone. Returns the tables' AUTO_INCREMENT positions."""
-        counters: dict[str, int | None] = {}
-        problems = []
-        for table, entry in sorted(tables.items()):
-            state, detail, counter = _rows_now(cur, table, entry, diffs[table], lock=True)
-            counters[table] = counter
-            if state == "before":  # undone already (an undo run again, or recovery finishing one)
-                tables = {t: e for t, e in tables.items() if t != table}
-            elif state == "gone" or (state != "after" and not force):
-                problems.append(detail)
-        if problems:
-            raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
-        referenced = {} if force else _referenced_values(cur, tables, diffs, links)
-        for table, entry in sorted(tables.items()):
-            diff = diffs[table]
-            columns = entry["columns"]
-            if diff["keyed"]:
-                cols = ",".join(_q(c) for c in entry["pk"])
-                keys = [k for k, _, _ in diff["keyed"]]
-                for i in range(0, len(keys), 500):
-                    cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
-                                + ",".join(f"({k})" for k in keys[i:i + 500]) + ")")
-                _insert(cur, table, columns, [b for _, b, _ in diff["keyed"] if b is not None])
-            else:
-                expr = _row_expr(entry)
-                now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]])
-                for row, was, left in diff["counts"]:
-                    cur.execute(f"DELETE FROM {_q(table)} WHERE {expr} = %s", (row,))
-                    keep = max(0, now.get(row, 0) + was - left)  # others' copies of the same row stay
-                    _insert(cur, table, columns, [row] * keep)
-        orphans = [] if force else _orphans(cur, tables, diffs, links, referenced)
-        if orphans:
-            raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(orphans)}")
-        return counters
+    # the template's steps (see ServerEngine._revert_rows); a table is {"table", "entry", "diff", "counter"}
+
+    def _examine(self, conn: Any, table: Any, lock: bool) -> tuple[str, str, list[str]]:
+        with conn.cursor() as cur:
+            state, detail, table["counter"] = _rows_now(cur, table["table"], table["entry"], table["diff"], lock)
+        if state in ("changed", "definition"):
+            state = "conflict"
+        return state, table["table"], [detail or "the rows the action changed are as they were before it"]
+
+    def _evidence(self, conn: Any, plans: list[Plan], force: bool, context: Any) -> Any:
+        """The values rows of other tables refer to in the rows undo removes or changes (read
+        before the restore), with the links (see `_links`)."""
+        tables, diffs = _tables_of(plans)
+        with conn.cursor() as cur:
+            return context, {} if force else _referenced_values(cur, tables, diffs, context)
+
+    def _undo_rows(self, conn: Any, plans: list[Plan], force: bool, evidence: Any) -> None:
+        with conn.cursor() as cur:
+            for table, _ in sorted(plans, key=lambda p: p[0]["table"]):
+                _put_back(cur, table["table"], table["entry"], table["diff"])
+
+    def _broken(self, conn: Any, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
+        """Rows left referring to a row that is gone (not checked when forced)."""
+        if force:
+            return []
+        tables, diffs = _tables_of(plans)
+        with conn.cursor() as cur:
+            return _orphans(cur, tables, diffs, evidence[0], evidence[1])
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any],
                   get_blob: GetBlob | None = None) -> tuple[str, str]:
@@ -1507,7 +1370,11 @@ class MysqlEngine:
                     cur.execute(info["create"])
                     rows: list[str] = []
                     for blob in info["blobs"]:
-                        data = image_blobs[blob] if image_blobs and blob in image_blobs else get(blob)  # type: ignore[misc]
+                        if image_blobs and blob in image_blobs:
+                            data = image_blobs[blob]
+                        else:
+                            assert get is not None, "an image's blobs come from the stage or the journal"
+                            data = get(blob)
                         rows.extend(json.loads(data))
                     cur.execute("START TRANSACTION")
                     _insert(cur, t, info["columns"], rows)
@@ -1565,11 +1432,6 @@ class MysqlEngine:
             _rollback(conn)
             _close(conn)
 
-    def close(self) -> None:
-        for conn in (self._spare, self._owner):
-            if conn is not None:
-                _close(conn)
-        self._spare = self._owner = None
 
 
 # -- module helpers ------------------------------------------------------------------------------
@@ -1612,11 +1474,11 @@ def _image(cur: Any, meta: _Meta, table: str, rows: list[tuple[str | None, str]]
 
 
 def _row_expr(entry: dict[str, Any]) -> str:
-    return "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in zip(entry["columns"], entry["types"])) + ")"
+    return "CONCAT_WS(','," + ",".join(_lit(c, t) for c, t in zip(entry["columns"], entry["types"], strict=False)) + ")"
 
 
 def _key_expr(entry: dict[str, Any]) -> str:
-    types = dict(zip(entry["columns"], entry["types"]))
+    types = dict(zip(entry["columns"], entry["types"], strict=False))
     return "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in entry["pk"]) + ")"
 
 
@@ -1630,7 +1492,8 @@ def _select_rows(cur: Any, table: str, entry: dict[str, Any], keys: list[str] | 
     cols = ",".join(_q(c) for c in entry["pk"])
     out: list[tuple[str | None, str]] = []
     for i in range(0, len(keys), 500):
-        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + ")" + tail))
+        marks = ",".join(f"({k})" for k in keys[i:i + 500])
+        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN ({marks}){tail}"))
     return out
 
 
@@ -1650,7 +1513,7 @@ def _diff(before: list[tuple[str | None, str]], after: list[tuple[str | None, st
     table without one, [row, copies before, copies after]."""
     if keyed:
         b, a = dict(before), dict(after)
-        return {"keyed": [[k, b.get(k), a.get(k)] for k in sorted(set(b) | set(a)) if b.get(k) != a.get(k)],
+        return {"keyed": [[k, b.get(k), a.get(k)] for k in sorted(set(b) | set(a), key=str) if b.get(k) != a.get(k)],
                 "counts": []}
     bc, ac = Counter(r for _, r in before), Counter(r for _, r in after)
     return {"keyed": [], "counts": [[r, bc[r], ac[r]] for r in sorted(set(bc) | set(ac)) if bc[r] != ac[r]]}
@@ -1697,7 +1560,8 @@ def _links(cur: Any, db: str, tables: list[str]) -> dict[str, Any]:
     found = _fetch(cur, "SELECT 'G',EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s "
                         f"AND EVENT_OBJECT_TABLE IN ({marks}) UNION ALL SELECT 'R',TABLE_NAME FROM "
                         "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND "
-                        f"UNIQUE_CONSTRAINT_SCHEMA=%s AND (TABLE_NAME IN ({marks}) OR REFERENCED_TABLE_NAME IN ({marks}))",
+                        f"UNIQUE_CONSTRAINT_SCHEMA=%s AND (TABLE_NAME IN ({marks}) OR "
+                        f"REFERENCED_TABLE_NAME IN ({marks}))",
                    (db, *tables, db, db, *tables, *tables))
     triggers = {t for kind, t in found if kind == "G"}
     children = sorted({t for kind, t in found if kind == "R"})
@@ -1708,11 +1572,41 @@ def _links(cur: Any, db: str, tables: list[str]) -> dict[str, Any]:
                      "FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND TABLE_NAME IN ("
                      + ",".join(["%s"] * len(children)) + ") AND REFERENCED_TABLE_SCHEMA=%s "
                      "ORDER BY TABLE_NAME,CONSTRAINT_NAME,ORDINAL_POSITION", (db, *children, db)):
-            fk = keys.setdefault((child, name), {"name": name, "child": child, "parent": parent, "cols": [], "refs": []})
+            fk = keys.setdefault((child, name),
+                                 {"name": name, "child": child, "parent": parent, "cols": [], "refs": []})
             fk["cols"].append(col)
             fk["refs"].append(ref)
     fks = [fk for fk in keys.values() if fk["child"] in tables or fk["parent"] in tables]
     return {"triggers": triggers, "fks": fks}
+
+
+def _items(tables: dict[str, Any], get_blob: GetBlob) -> list[dict[str, Any]]:
+    """The tables of an entry, as undo's template takes them."""
+    return [{"table": t, "entry": e, "diff": json.loads(get_blob(e["blob"])), "counter": None}
+            for t, e in sorted(tables.items())]
+
+
+def _tables_of(plans: list[Plan]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {t["table"]: t["entry"] for t, _ in plans}, {t["table"]: t["diff"] for t, _ in plans}
+
+
+def _put_back(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any]) -> None:
+    """The rows of `table` an entry changed, set back to their values before it."""
+    columns = entry["columns"]
+    if diff["keyed"]:
+        cols = ",".join(_q(c) for c in entry["pk"])
+        keys = [k for k, _, _ in diff["keyed"]]
+        for i in range(0, len(keys), 500):
+            cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
+                        + ",".join(f"({k})" for k in keys[i:i + 500]) + ")")
+        _insert(cur, table, columns, [b for _, b, _ in diff["keyed"] if b is not None])
+        return
+    expr = _row_expr(entry)
+    now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]])
+    for row, was, left in diff["counts"]:
+        cur.execute(f"DELETE FROM {_q(table)} WHERE {expr} = %s", (row,))
+        keep = max(0, now.get(row, 0) + was - left)  # others' copies of the same row stay
+        _insert(cur, table, columns, [row] * keep)
 
 
 def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
@@ -1725,7 +1619,7 @@ def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
         if entry is None:
             continue
         diff = diffs[fk["parent"]]
-        types = dict(zip(entry["columns"], entry["types"]))
+        types = dict(zip(entry["columns"], entry["types"], strict=False))
         refs = "CONCAT_WS(','," + ",".join(_lit(c, types.get(c, "")) for c in fk["refs"]) + ")"
         present = " AND ".join(f"{_q(c)} IS NOT NULL" for c in fk["refs"])
         if diff["keyed"]:
@@ -1739,7 +1633,8 @@ def _referenced_values(cur: Any, tables: dict[str, Any], diffs: dict[str, Any],
             expr = _row_expr(entry)
             out[i] = [v for (v,) in _fetch(
                 cur, f"SELECT DISTINCT {refs.replace('%', '%%')} FROM {_q(fk['parent']).replace('%', '%%')} WHERE "
-                     f"{expr.replace('%', '%%')} IN (" + ",".join(["%s"] * len(rows)) + f") AND {present.replace('%', '%%')}",
+                     f"{expr.replace('%', '%%')} IN (" + ",".join(["%s"] * len(rows))
+                     + f") AND {present.replace('%', '%%')}",
                 rows)] if rows else []
     return out
 
@@ -1750,7 +1645,7 @@ def _orphans(cur: Any, tables: dict[str, Any], diffs: dict[str, Any], links: dic
     out = []
     for i, fk in enumerate(links["fks"]):
         child, parent = _q(fk["child"]), _q(fk["parent"])
-        match = " AND ".join(f"p.{_q(r)} = c.{_q(c)}" for c, r in zip(fk["cols"], fk["refs"]))
+        match = " AND ".join(f"p.{_q(r)} = c.{_q(c)}" for c, r in zip(fk["cols"], fk["refs"], strict=False))
         dangling = f"NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
         cols = ",".join(f"c.{_q(c)}" for c in fk["cols"])
         if referenced.get(i):
@@ -1863,7 +1758,7 @@ def _where_params(params: Any, skip: int) -> Any:
 def _close(conn: Any) -> None:
     try:
         conn.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 -- closing a connection that is gone already: nothing is left to do
         pass
 
 
@@ -1898,7 +1793,7 @@ def _rows_by_keys(cur: Any, meta: _Meta, table: str, keys: list[str]) -> list[st
     select, _, pk = _row_sql(meta, table)
     assert pk
     cols = ",".join(_q(c) for c in pk)
-    out = []
+    out: list[str] = []
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
         cur.execute(f"SELECT {select} FROM {_q(table)} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in chunk) + ")")

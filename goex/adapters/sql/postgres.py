@@ -32,10 +32,8 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import threading
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -45,12 +43,12 @@ import psycopg.errors
 import sqlglot
 from psycopg import sql as pgsql
 from sqlglot import exp
-from sqlglot.tokens import TokenType
 
 from ...errors import ActionFailed
 from ...journal.store import CHUNK
-from .common import (GetBlob, PutBlob, SqlRefused, SqlSyntaxError, Staged, UndoRefused, format_rows, is_goex_name,
-                     split_tokens, tokens as sql_tokens)
+from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, format_rows, kind_of
+from .server import Dirty, Plan, ServerEngine
+from .server import convert_params as _convert
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
@@ -60,25 +58,35 @@ ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersec
 _USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
             "AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'")
 
-# Transaction control, session state, and work that cannot run inside a transaction.
+# Transaction control, session state, and work that cannot run inside a transaction: refused by
+# their first word ({word}), and why.
+_TXN = "{word} is not allowed: goex runs each action as one transaction and commits it itself; send the " \
+    "statements without transaction control"
+_OUTSIDE = "{word} is not allowed: it cannot run inside the action's transaction or reaches beyond it; run " \
+    "maintenance outside goex"
+_PREPARED = "is not allowed: prepared statements outlive the action and hide what runs; send the statement itself"
 _REFUSED_FIRST = {
-    "begin": "transaction control", "start": "transaction control", "commit": "transaction control",
-    "rollback": "transaction control", "savepoint": "transaction control", "release": "transaction control",
-    "end": "transaction control", "abort": "transaction control",
-    "prepare": "PREPARE (and PREPARE TRANSACTION)", "execute": "EXECUTE of a prepared statement",
-    "deallocate": "DEALLOCATE", "set": "SET", "reset": "RESET", "discard": "DISCARD", "load": "LOAD",
-    "copy": "COPY", "vacuum": "VACUUM", "cluster": "CLUSTER", "reindex": "REINDEX", "checkpoint": "CHECKPOINT",
-    "unlisten": None, "listen": None, "notify": None,
+    **dict.fromkeys(("begin", "start", "commit", "rollback", "savepoint", "release", "end", "abort"), _TXN),
+    **dict.fromkeys(("set", "reset"), "{word} is not allowed: session settings (session_replication_role, "
+                    "search_path, roles, ...) can switch off or bypass undo capture; qualify names in the "
+                    "statements instead"),
+    **dict.fromkeys(("vacuum", "cluster", "reindex", "checkpoint", "discard", "load"), _OUTSIDE),
+    "copy": "COPY is not allowed: it reads or writes server files, programs or the client stream outside the "
+            "action; use INSERT ... VALUES / INSERT ... SELECT or SELECT",
+    "prepare": f"PREPARE (and PREPARE TRANSACTION) {_PREPARED}",
+    "execute": f"EXECUTE of a prepared statement {_PREPARED}",
+    "deallocate": f"DEALLOCATE {_PREPARED}",
 }
 # Objects outside the database, or that act on every session: goex cannot take them back.
-_REFUSED_PHRASES = {
+_REFUSED_PHRASES = dict.fromkeys((
     "alter role", "alter user", "alter group", "create group", "drop group", "create tablespace", "drop tablespace",
     "alter tablespace", "create subscription", "alter subscription", "drop subscription", "create event trigger",
     "alter event trigger", "drop event trigger", "alter default privileges", "reassign owned", "drop owned",
     "security label", "create server", "alter server", "drop server", "create user mapping", "alter user mapping",
     "drop user mapping", "create foreign data wrapper", "alter foreign data wrapper", "drop foreign data wrapper",
     "import foreign schema", "alter large object", "create publication", "alter publication", "drop publication",
-}
+), "{words} is not allowed: it changes roles, servers, replication or defaults beyond this database's schemas, "
+   "which goex cannot take back; run it outside goex")
 _REFUSED_FUNCS = {
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
     "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_file_write", "pg_file_rename", "pg_file_unlink",
@@ -335,43 +343,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA goex FROM PUBLIC;
 
 
 def convert_params(statement: str, params: Any, dialect: str = "postgres") -> tuple[str, Any]:
-    """`statement` and `params` in psycopg's style: `?` becomes `%s` (params a list), `:name`
-    becomes `%(name)s` (params a mapping), literal `%` becomes `%%`. Placeholders are found with
-    sqlglot's tokenizer, so a `?` or `:x` inside a string or comment stays as it is. Without
-    params the statement is returned unchanged."""
-    if params is None:
-        return statement, None
-    try:
-        tokens = sql_tokens(statement, dialect)
-    except sqlglot.errors.TokenError as exc:
-        raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
-    pieces: list[str] = []
-    pos = 0
-    positional = named = 0
-    for i, tok in enumerate(tokens):
-        if tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
-            pieces += [statement[pos:tok.start].replace("%", "%%"), "%s"]
-            pos = tok.end + 1
-            positional += 1
-        elif tok.token_type == TokenType.COLON and i + 1 < len(tokens) and tokens[i + 1].start == tok.end + 1:
-            nxt = tokens[i + 1]
-            name = statement[nxt.start:nxt.end + 1]
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                continue
-            pieces += [statement[pos:tok.start].replace("%", "%%"), f"%({name})s"]
-            pos = nxt.end + 1
-            named += 1
-    pieces.append(statement[pos:].replace("%", "%%"))
-    text = "".join(pieces)
-    if isinstance(params, dict):
-        if positional:
-            raise ActionFailed("sql.execute: params is a mapping but the SQL uses '?'; use :name placeholders")
-        return text, dict(params)
-    if isinstance(params, (list, tuple)):
-        if named:
-            raise ActionFailed("sql.execute: params is a list but the SQL uses :name; use '?' placeholders")
-        return text, tuple(params)
-    raise ActionFailed("sql.execute: params must be a list (for '?') or a mapping (for :name)")
+    """`statement` and `params` in psycopg's style (see `server.convert_params`)."""
+    return _convert(statement, params, dialect, PostgresEngine.PARAM_NAME)
 
 
 # -- statement plans -------------------------------------------------------------------------------
@@ -382,12 +355,11 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
     """(row capture suffices, tables named (quoted, qualified), function names, kind, whether it is
     a single plain INSERT/UPDATE/DELETE whose row count is what it changes in the tables it names,
     the table a plain UPDATE/DELETE writes)."""
-    from .common import kind_of
     try:
         tree = sqlglot.parse_one(statement, read="postgres")
     except sqlglot.errors.SqlglotError:
         return False, (), (), "", False, None
-    if tree is None:
+    if not isinstance(tree, exp.Expression):
         return False, (), (), "", False, None
     kind = kind_of(tree, statement)
     rows = kind in ROW_KINDS and not isinstance(tree, exp.Command) and tree.find(exp.Into) is None
@@ -397,25 +369,17 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
         if not parts or not all(isinstance(p, exp.Identifier) for p in parts):
             continue
         tables.add(".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts))
-    funcs = set()
-    for func in tree.find_all(exp.Anonymous):
-        name = func.name
-        if name:
-            funcs.add(name.lower())
+    funcs = {func.name.lower() for func in tree.find_all(exp.Anonymous) if func.name}
     writes = list(tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge))
     # upserts and MERGE may change rows a count does not attribute: they run with capture
     simple = rows and len(writes) == 1 and (kind in ("update", "delete") or (
         kind == "insert" and tree.args.get("conflict") is None))
     target = tree.args.get("this") if kind in ("update", "delete") else None
-    name = None
+    name: str | None = None
     if isinstance(target, exp.Table) and isinstance(target.this, exp.Identifier):
         parts = [p for p in (target.args.get("db"), target.this) if isinstance(p, exp.Identifier)]
         name = ".".join('"' + (p.name if p.quoted else p.name.lower()).replace('"', '""') + '"' for p in parts)
     return rows, tuple(sorted(tables)), tuple(sorted(funcs)), kind, simple, name
-
-
-def _strip_comments(statement: str) -> str:
-    return re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
 
 
 # goex's own queries resolve names the same way on every connection, whatever an action set:
@@ -424,10 +388,6 @@ _PATH = "public, pg_temp"
 _PIN = f"SELECT pg_catalog.set_config('search_path', '{_PATH}', true)"
 _TRIGGERS = ("SELECT coalesce(array_agg(oid ORDER BY oid), '{}') FROM pg_catalog.pg_trigger "
              "WHERE NOT tgisinternal AND tgname <> 'goex_capture'")
-
-
-class _Dirty(Exception):
-    """A kept connection's session is not as goex left it: it is closed, not repaired in place."""
 
 
 class _WritesInRead(Exception):
@@ -495,7 +455,7 @@ def _dangerous(conn: psycopg.Connection, role: str) -> list[str] | None:
                        "FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
         return None
-    out = [word for word, held in zip(_ATTRIBUTES.values(), row[1:]) if held]
+    out = [word for word, held in zip(_ATTRIBUTES.values(), row[1:], strict=False) if held]
     for name, sup, *attrs in conn.execute(
             "WITH RECURSIVE m(id) AS (SELECT roleid FROM pg_auth_members WHERE member = %s "
             "UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.id) "
@@ -525,7 +485,8 @@ def _ensure_role(conn: psycopg.Connection, role: str, named: bool) -> None:
         try:  # several processes may get here at once: the first one creates it
             conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                                    "NOBYPASSRLS NOINHERIT").format(ident))
-            verifier = _one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user") if superuser else None
+            verifier = (_one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+                        if superuser else None)
             if verifier and verifier.startswith("SCRAM-SHA-256$"):  # the URL's password logs the role in
                 conn.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, pgsql.Literal(verifier)))
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
@@ -615,7 +576,8 @@ def _adopt(conn: psycopg.Connection, role: str) -> None:
         word = "DOMAIN" if kind == "d" else "TYPE"
         conn.execute(pgsql.SQL("ALTER {} {} OWNER TO {}").format(pgsql.SQL(word), _ident(name), ident))
     for (nsp,) in conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {_USER_NS} AND NOT "
-                               "(has_schema_privilege(%s, n.oid, 'USAGE') AND has_schema_privilege(%s, n.oid, 'CREATE'))", (role, role)).fetchall():
+                               "(has_schema_privilege(%s, n.oid, 'USAGE') AND "
+                               "has_schema_privilege(%s, n.oid, 'CREATE'))", (role, role)).fetchall():
         conn.execute(pgsql.SQL("GRANT USAGE, CREATE ON SCHEMA {s} TO {r}; "
                                "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON TABLES TO {r}; "
                                "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON SEQUENCES TO {r}").format(
@@ -625,11 +587,22 @@ def _adopt(conn: psycopg.Connection, role: str) -> None:
 # -- the engine ------------------------------------------------------------------------------------
 
 
-class PostgresEngine:
+class PostgresEngine(ServerEngine[psycopg.Connection]):
     kind = "postgresql"
     dialect = "postgres"
+    REFUSED_FIRST = _REFUSED_FIRST
+    REFUSED_PHRASES = _REFUSED_PHRASES
+    REFUSED_CALLS = dict.fromkeys(_REFUSED_FUNCS, "{name}() is not allowed: it reaches server files, other sessions, "
+                                  "other databases or session settings, outside the action's transaction and undo")
+    GOEX_OBJECTS = "{name!r} names goex's own objects (schema goex holds its undo support); they are not for actions"
+    GOEX_SCHEMA = "goex"
+    AGENT_POOL = 4
+    OWN_POOL = 2
+    SETTLED = frozenset({"after", "before"})
+    DRIVER_ERROR = psycopg.Error
 
     def __init__(self, url: str):
+        super().__init__()
         self.url, self.role, password = split_url(url)
         self.name = unquote(urlsplit(self.url).path.lstrip("/")) or "postgres"
         self._agent_url = psycopg.conninfo.make_conninfo(
@@ -637,9 +610,6 @@ class PostgresEngine:
         self._named = self.role != DEFAULT_ROLE  # a role the user gave: goex checks it, never changes it
         self.undo_role = f"{self.role}_undo" if self._named else UNDO_ROLE
         self._undo_url: str | None = None  # set up with the roles: None when undo runs as the URL's user
-        self._idle: list[psycopg.Connection] = []
-        self._idle_undo: list[psycopg.Connection] = []
-        self._lock = threading.Lock()
         self._ready = False
 
     # -- connections -----------------------------------------------------------------------------
@@ -656,12 +626,38 @@ class PostgresEngine:
             self._setup(conn)
         return conn
 
-    def _agent(self) -> psycopg.Connection:
+    def _agent_connect(self) -> psycopg.Connection:
         """A connection logged in as the agent role: the session user itself holds no dangerous
         privilege, so no SET ROLE / set_config('role') inside an action can regain one."""
         return self._login(self._agent_url, f"sql.execute: cannot log in to {self.name!r} as the agent role "
                            f"{self.role!r}", "allow it in pg_hba.conf, or name a role goex may use with "
                            "?goex_role=NAME&goex_role_password=PASSWORD on the database URL")
+
+    _agent = _agent_connect
+
+    def _own_connect(self, fresh: bool) -> psycopg.Connection:
+        """The dump mode's work needs the URL's user (`fresh`); the rest runs as the undo role."""
+        return self._connect() if fresh else self._undo()
+
+    def _reset(self, conn: psycopg.Connection) -> None:
+        """An agent session is reset when its action's transaction begins (see `_begin`)."""
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            raise Dirty("the connection is closed or inside a transaction")
+
+    def _reset_own(self, conn: psycopg.Connection) -> None:
+        """Code of the agent's that undo evaluated here (an index expression, a domain check) may
+        have set something: reset."""
+        self._reset(conn)
+        conn.execute(f"RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); SET search_path = {_PATH}")
+
+    def _is_open(self, conn: psycopg.Connection) -> bool:
+        return not conn.closed
+
+    def _rollback(self, conn: psycopg.Connection) -> None:
+        _rollback(conn)
+
+    def _close(self, conn: psycopg.Connection) -> None:
+        conn.close()
 
     def _undo(self) -> psycopg.Connection:
         """A connection for row undo, conflict checks and recovery: logged in as the undo role, so
@@ -711,62 +707,6 @@ class PostgresEngine:
         finally:
             conn.close()
 
-    def _take(self) -> psycopg.Connection:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                    return conn
-                conn.close()
-        return self._agent()
-
-    def _give(self, conn: psycopg.Connection, reuse: bool = True) -> None:
-        if conn.closed:
-            return
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            try:
-                conn.execute("ROLLBACK")
-            except psycopg.Error:
-                reuse = False
-        with self._lock:
-            if reuse and len(self._idle) < 4:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _undoer(self, dump_mode: bool) -> psycopg.Connection:
-        """A connection for conflict checks, undo and recovery: a new one as the URL's user for
-        the dump mode; otherwise a kept undo connection, its session reset first (code of the
-        agent's that undo evaluated there, an index expression or a domain check, may have set
-        something), or a new one."""
-        if dump_mode:
-            return self._connect()
-        with self._lock:
-            conn = self._idle_undo.pop() if self._idle_undo else None
-        if conn is not None and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            try:
-                conn.execute(f"RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); SET search_path = {_PATH}")
-                return conn
-            except psycopg.Error:
-                conn.close()
-        return self._undo()
-
-    def _done(self, conn: psycopg.Connection, dump_mode: bool) -> None:
-        """Back to the pool (undo connections) or closed."""
-        _rollback(conn)
-        with self._lock:
-            if not dump_mode and not conn.closed and len(self._idle_undo) < 2:
-                self._idle_undo.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle + self._idle_undo, []
-            self._idle_undo = []
-        for conn in idle:
-            conn.close()
-
     def agent_privileges(self) -> dict[str, Any]:
         """The role agent SQL runs as, and the dangerous attributes, memberships and functions it
         holds (none when safe)."""
@@ -790,63 +730,19 @@ class PostgresEngine:
         if undo is not None:
             detail += (f"; undo evaluates agent expressions as {self.undo_role!r}"
                        + (f", which holds: {', '.join(undo)}" if undo else " (a member of the agent role only)"))
-        return {"runs_as": self.role, "safe": not dangerous and not undo, "dangerous": dangerous + [f"undo role: {d}" for d in undo or []],
+        return {"runs_as": self.role, "safe": not dangerous and not undo,
+                "dangerous": dangerous + [f"undo role: {d}" for d in undo or []],
                 "detail": detail, "undo_runs_as": self.undo_role if undo is not None else None}
 
     # -- analysis --------------------------------------------------------------------------------
 
-    def split(self, sql: str) -> list[str]:
-        return split_tokens(sql, "postgres")
-
-    def begin(self) -> None:
-        """Nothing is kept from one action to the next but the session, reset before each use."""
-
-    def check(self, statement: str, analysis: dict[str, Any]) -> None:
-        words = _strip_comments(statement).lower().split()
-        first = words[0].strip("(;") if words else ""
-        if first in _REFUSED_FIRST and _REFUSED_FIRST[first] is not None:
-            what = _REFUSED_FIRST[first]
-            if what == "transaction control":
-                raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction and "
-                                 "commits it itself; send the statements without transaction control")
-            if first in ("set", "reset"):
-                raise SqlRefused(f"{what} is not allowed: session settings (session_replication_role, search_path, "
-                                 "roles, ...) can switch off or bypass undo capture; qualify names in the "
-                                 "statements instead")
-            if first in ("vacuum", "cluster", "reindex", "checkpoint", "discard", "load"):
-                raise SqlRefused(f"{what} is not allowed: it cannot run inside the action's transaction or "
-                                 "reaches beyond it; run maintenance outside goex")
-            if first == "copy":
-                raise SqlRefused("COPY is not allowed: it reads or writes server files, programs or the client "
-                                 "stream outside the action; use INSERT ... VALUES / INSERT ... SELECT or SELECT")
-            raise SqlRefused(f"{what} is not allowed: prepared statements outlive the action and hide what runs; "
-                             "send the statement itself")
-        for phrase in _REFUSED_PHRASES:
-            if " ".join(words[:len(phrase.split())]) == phrase:
-                raise SqlRefused(f"{phrase.upper()} is not allowed: it changes roles, servers, replication or "
-                                 "defaults beyond this database's schemas, which goex cannot take back; run it "
-                                 "outside goex")
-        if "concurrently" in words:
+    def _check_words(self, statement: str, said: list[str], analysis: dict[str, Any]) -> None:
+        if "concurrently" in said:
             raise SqlRefused("CONCURRENTLY is not allowed: it cannot run inside the action's transaction; "
                              "leave out CONCURRENTLY")
-        try:
-            tokens = sql_tokens(statement, "postgres")
-        except sqlglot.errors.TokenError as exc:
-            raise SqlSyntaxError(f"sql.execute: cannot read the SQL: {exc}") from None
-        for i, tok in enumerate(tokens):
-            if tok.token_type in (TokenType.STRING, TokenType.NATIONAL_STRING, TokenType.RAW_STRING,
-                                  TokenType.HEREDOC_STRING, TokenType.BIT_STRING, TokenType.HEX_STRING,
-                                  TokenType.BYTE_STRING, TokenType.NUMBER):
-                continue
-            text = tok.text.lower()
-            if text == "goex" or is_goex_name(text):
-                raise SqlRefused(f"{tok.text!r} names goex's own objects (schema goex holds its undo support); "
-                                 "they are not for actions")
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-            if nxt is not None and nxt.token_type == TokenType.L_PAREN and (
-                    text in _REFUSED_FUNCS or text.startswith("dblink")):
-                raise SqlRefused(f"{text}() is not allowed: it reaches server files, other sessions, other "
-                                 "databases or session settings, outside the action's transaction and undo")
+
+    def _refused_call(self, name: str) -> str | None:
+        return self.REFUSED_CALLS["pg_read_file"] if name.startswith("dblink") else self.REFUSED_CALLS.get(name)
 
     # -- dry run ---------------------------------------------------------------------------------
 
@@ -856,26 +752,27 @@ class PostgresEngine:
     def _begin(self, conn: psycopg.Connection, statements: list[str], everything: bool,
                install: bool, read_only: bool = False) -> dict[str, Any]:
         """Reset what an earlier action may have left in the session, open the transaction and
-        start capture; raises _Dirty when the session is not as goex left it. `read_only`: the
+        start capture; raises Dirty when the session is not as goex left it. `read_only`: the
         statements then run in a READ ONLY transaction (goex's own set-up done first)."""
         tables = sorted({t for s in statements for t in _plan(s)[1]})
         funcs = sorted({f for s in statements for f in _plan(s)[2]})
         # explicit modes: the transaction must not take the defaults an earlier action set
         query = pgsql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; "
-                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], {}::text[], {}, {}, current_setting('search_path')){}").format(
+                          "SELECT pg_advisory_unlock_all(), session_user; SELECT goex.start_{}({}::text[], "
+                          "{}::text[], {}, {}, current_setting('search_path')){}").format(
             pgsql.SQL(VERSION), pgsql.Literal(tables), pgsql.Literal(funcs), pgsql.Literal(everything),
             pgsql.Literal(install), pgsql.SQL("; SET TRANSACTION READ ONLY" if read_only else ""))
         try:
             cur = conn.execute(query)
         except psycopg.Error as exc:
             if (exc.diag.message_primary or "").startswith("goex session:"):
-                raise _Dirty(_message(exc)) from None
+                raise Dirty(_message(exc)) from None
             raise
         cur.nextset()
         cur.nextset()
         who = cur.fetchone()
         if who is None or who[1] != self.role:
-            raise _Dirty(f"the session user is {who[1] if who else None!r}, not the agent role {self.role!r}")
+            raise Dirty(f"the session user is {who[1] if who else None!r}, not the agent role {self.role!r}")
         cur.nextset()
         row = cur.fetchone()
         assert row is not None
@@ -887,12 +784,12 @@ class PostgresEngine:
         one is closed, never reused)."""
         try:
             return conn, self._begin(conn, statements, everything, install, read_only)
-        except _Dirty:
+        except Dirty:
             conn.close()
-        conn = self._agent()
+        conn = self._agent_connect()
         try:
             return conn, self._begin(conn, statements, everything, install, read_only)
-        except _Dirty as exc:
+        except Dirty as exc:
             conn.close()
             raise ActionFailed(f"sql.execute on {self.name}: a new session is not clean ({exc}); nothing was "
                                "applied") from None
@@ -913,7 +810,7 @@ class PostgresEngine:
 
     def _effect(self, statements: list[str], params: Any) -> dict[str, Any]:
         rows_mode = self._rows_mode(statements)
-        conn = self._take() if rows_mode else self._agent()
+        conn = self._take() if rows_mode else self._agent_connect()
         seqs_before: dict[str, Any] = {}
         seqs_after: dict[str, Any] | None = None
         try:
@@ -921,7 +818,7 @@ class PostgresEngine:
             try:
                 conn, started = self._start(conn, statements, not rows_mode, install=not simple)
             except psycopg.Error as exc:
-                raise _error(self.name, exc, "nothing was applied") from None
+                raise self._failed(exc, "nothing was applied") from None
             seqs_before = started["seqs"]
             triggers_before = [] if rows_mode else _one(conn, _TRIGGERS)
             counts_before = {} if rows_mode else _one(conn, f"SELECT goex.counts_{VERSION}()")
@@ -933,7 +830,7 @@ class PostgresEngine:
                 except psycopg.Error as exc:
                     if exc.sqlstate == "42501":
                         raise _Privilege(_message(exc)) from None
-                    raise _error(self.name, exc, "nothing was applied", n, len(statements)) from None
+                    raise self._failed(exc, "nothing was applied", n, len(statements)) from None
                 counted += max(cur.rowcount, 0)
             try:
                 plain = started.get("plain")
@@ -958,7 +855,7 @@ class PostgresEngine:
                             changed += abs(counts_after[rel] - counts_before[rel] - net_by_rel.get(rel, 0))
                     all_rows = all_rows + _emptied(conn, counts_before, counts_after)
             except psycopg.Error as exc:
-                raise _error(self.name, exc, "nothing was applied") from None
+                raise self._failed(exc, "nothing was applied") from None
             return {"rows": int(changed), "all_rows": sorted(set(all_rows)), "creates_trigger": creates_trigger}
         finally:
             _rollback(conn)
@@ -1003,7 +900,7 @@ class PostgresEngine:
         # without a `before` (goex's capture for a write) the statements only read: read-only
         reads = read_only or not before
         rows_mode = mode == "rows"
-        conn = self._take() if rows_mode else self._agent()
+        conn = self._take() if rows_mode else self._agent_connect()
         state: dict[str, Any] = {"seqs": {}, "seqs_after": None, "rels": []}
 
         def fail() -> None:
@@ -1013,8 +910,8 @@ class PostgresEngine:
 
         try:
             try:
-                capture = rows_mode and not reads
-                conn, started = self._start(conn, statements if capture else [], False, install=capture,
+                capturing = rows_mode and not reads
+                conn, started = self._start(conn, statements if capturing else [], False, install=capturing,
                                             read_only=reads)
                 state["rels"] = started["rels"]
                 state["seqs"] = started["seqs"]
@@ -1026,7 +923,7 @@ class PostgresEngine:
                                            "goex took for undo and the start of the action; nothing was applied; "
                                            "run the action again")
             except psycopg.Error as exc:
-                raise _error(self.name, exc) from None
+                raise self._failed(exc) from None
             output: dict[str, Any] = {}
             changed = 0
             for n, statement in enumerate(statements):
@@ -1036,7 +933,7 @@ class PostgresEngine:
                 except psycopg.Error as exc:
                     if reads and exc.sqlstate == "25006":  # read_only_sql_transaction: it writes
                         raise _WritesInRead() from None
-                    raise _error(self.name, exc, "nothing of it was applied", n, len(statements)) from None
+                    raise self._failed(exc, "nothing of it was applied", n, len(statements)) from None
                 if cur.description is not None:
                     output = format_rows([d.name for d in cur.description], cur)
                 elif cur.rowcount and cur.rowcount > 0:
@@ -1073,14 +970,14 @@ class PostgresEngine:
                 return {"mode": "dump", "xid": xid, "after": {"xid": xid, "objects": objects}}
             except psycopg.Error as exc:
                 fail()
-                raise _error(self.name, exc) from None
+                raise self._failed(exc) from None
 
         def commit() -> None:
             try:
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 fail()
-                raise _error(self.name, exc, "the commit failed; nothing of it was applied") from None
+                raise self._failed(exc, "the commit failed; nothing of it was applied") from None
             self._give(conn, rows_mode)
 
         def abort() -> None:
@@ -1094,31 +991,22 @@ class PostgresEngine:
         # rows are read back through their types (domain checks): as the undo role; the catalog
         # and row text of the dump mode evaluate nothing the agent wrote
         dump_mode = captured.get("mode") == "dump"
-        conn = self._undoer(dump_mode)
-        try:
+        with self._own(fresh=dump_mode) as conn:
             conn.execute("BEGIN")
             if dump_mode:
                 return _object_differences(captured["after"]["objects"], _fingerprint(_objects(conn)), self.name)
-            found: list[tuple[str, str]] = []
-            plans = []
-            for table in _tables(captured, get_blob):
-                state, problems = _examine(conn, table, lock=False)
-                if state == "conflict":
-                    found += [(f"{self.name}.{table['table']}", p) for p in problems]
-                plans.append((table, state))
-            links = _links(conn, [t for t, state in plans if state != "before"])
-            if links and not found:  # a trial undo, rolled back: would it orphan or cascade into other rows?
+            found, plans = self._row_conflicts(conn, _tables(captured, get_blob))
+            plans = [(t, state) for t, state in plans if state != "before"]
+            if not found and _links(conn, [t for t, _ in plans]):
+                # a trial undo, rolled back: would it orphan or cascade into other rows?
                 conn.execute("SET LOCAL session_replication_role = replica")
-                _undo_rows(conn, plans, force=False)
-                conn.execute(_PIN)
-                found += [(f"{self.name}.{t}", p) for t, p in _dangling(conn, plans, links)]
+                self._undo_rows(conn, plans, False, None)
+                found += [(f"{self.name}.{t}", w) for t, w in self._dangling(conn, plans)]
             for name, (_, after) in (captured.get("sequences") or {}).items():
                 now = _sequence(conn, name)
                 if now is not None and now != after:
                     found.append((f"{self.name}.{name}", f"sequence moved since the action: {after} -> {now}"))
             return found
-        finally:
-            self._done(conn, dump_mode)
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None:
@@ -1126,65 +1014,74 @@ class PostgresEngine:
             return
         dump_mode = captured.get("mode") == "dump" or before.get("mode") == "dump"
         # the dump's objects need the URL's user; whatever evaluates agent SQL runs as the agent or undo role
-        conn = self._undoer(dump_mode)
-        try:
-            conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
-            if dump_mode:
-                now = _fingerprint(_objects(conn))
-                if _digest(now) == before.get("fingerprint"):
-                    return  # already undone
-                differences = _object_differences(captured["after"]["objects"], now, self.name)
-                if differences and not force:
-                    raise UndoRefused(f"undo on {self.name} stopped, the database changed since the action: "
-                                       + "; ".join(f"{t}: {w}" for t, w in differences[:20]))
-                script = _stored(before, get_blob, self.name)
-                rows = _stored(before["rows"], get_blob, self.name) if "rows" in before else None
-                _drop_user_objects(conn)
-                if rows is None:  # a dump of one piece (older goex): all of it as the agent role
-                    _as_role(conn, self.role, _runnable(script))
-                else:  # objects as the owner (nothing is evaluated), then what evaluates agent SQL as the agent
-                    conn.execute(_runnable(script))
-                    _as_role(conn, self.role, _runnable(rows))
+        with self._own(fresh=dump_mode) as conn:
+            try:
+                conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
+                if dump_mode:
+                    self._restore_dump(conn, before, captured, get_blob, force)
+                    return
+                sequences = captured.get("sequences") or {}
+                problems = []
+                for name, (then, after) in sequences.items():
+                    now = _sequence(conn, name)
+                    if now is not None and now not in (after, then) and not force:
+                        problems.append(f"{name}: sequence moved since the action: {after} -> {now}")
+                self._revert_rows(conn, _tables(captured, get_blob), force, problems)
+                for name, (then, _) in sequences.items():
+                    if _sequence(conn, name) is not None:
+                        conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                            pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
                 conn.execute("COMMIT")
-                return
-            tables = _tables(captured, get_blob)
-            plans = []
-            problems: list[str] = []
-            for table in tables:
-                state, found = _examine(conn, table, lock=True)
-                if state == "conflict" and not force:
-                    problems += [f"{table['table']}: {p}" for p in found]
-                plans.append((table, state))
-            sequences = captured.get("sequences") or {}
-            for name, (then, after) in sequences.items():
-                now = _sequence(conn, name)
-                if now is not None and now not in (after, then) and not force:
-                    problems.append(f"{name}: sequence moved since the action: {after} -> {now}")
-            if problems:
-                raise UndoRefused(f"undo on {self.name} stopped, the data changed since the action: "
-                                   f"{'; '.join(problems)}")
-            _undo_rows(conn, plans, force)
-            conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
-            links = _links(conn, [t for t, state in plans if state != "before"])
-            dangling = _dangling(conn, plans, links) if links else []
-            if dangling:  # under force too: undo never leaves a reference dangling
-                raise UndoRefused(f"undo on {self.name} stopped, nothing of it was applied: "
-                                  + "; ".join(f"{t}: {w}" for t, w in dangling))
-            for name, (then, after) in sequences.items():
-                if _sequence(conn, name) is not None:
-                    conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
-                        pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
-            conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
-                               f"{_message(exc)}") from None
-        finally:
-            self._done(conn, dump_mode)
+            except psycopg.Error as exc:
+                raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
+                                   f"{_message(exc)}") from None
+
+    def _restore_dump(self, conn: psycopg.Connection, before: dict[str, Any], captured: dict[str, Any],
+                      get_blob: GetBlob, force: bool) -> None:
+        """The user schemas put back from the dump taken before the action."""
+        now = _fingerprint(_objects(conn))
+        if _digest(now) == before.get("fingerprint"):
+            return  # already undone
+        differences = _object_differences(captured["after"]["objects"], now, self.name)
+        if differences and not force:
+            raise UndoRefused(f"undo on {self.name} stopped, the database changed since the action: "
+                              + "; ".join(f"{t}: {w}" for t, w in differences[:20]))
+        script = _stored(before, get_blob, self.name)
+        rows = _stored(before["rows"], get_blob, self.name) if "rows" in before else None
+        _drop_user_objects(conn)
+        if rows is None:  # a dump of one piece (older goex): all of it as the agent role
+            _as_role(conn, self.role, _runnable(script))
+        else:  # objects as the owner (nothing is evaluated), then what evaluates agent SQL as the agent
+            conn.execute(_runnable(script))
+            _as_role(conn, self.role, _runnable(rows))
+        conn.execute("COMMIT")
+
+    # the template's steps (see ServerEngine._revert_rows)
+
+    def _examine(self, conn: psycopg.Connection, table: Any, lock: bool) -> tuple[str, str, list[str]]:
+        state, problems = _examine(conn, table, lock)
+        return state, table["table"], problems
+
+    def _undo_rows(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> None:
+        """The rows of every table not yet back in its state before the action, set back (with
+        session_replication_role = replica: no trigger and no foreign-key action fires)."""
+        for table, _ in plans:
+            _delete_added(conn, table, force)
+        for table, _ in plans:
+            _insert_removed(conn, table)
+
+    def _broken(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
+        """Under force too: undo never leaves a reference dangling."""
+        return [f"{t}: {w}" for t, w in self._dangling(conn, plans)]
+
+    def _dangling(self, conn: psycopg.Connection, plans: list[Plan]) -> list[tuple[str, str]]:
+        conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
+        links = _links(conn, [t for t, _ in plans])
+        return _dangling(conn, plans, links) if links else []
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
         dump_mode = captured.get("mode") == "dump"
-        conn = self._undoer(dump_mode)
-        try:
+        with self._own(fresh=dump_mode) as conn:
             status = None
             try:
                 status = _one(conn, pgsql.SQL("SELECT pg_xact_status({}::xid8)").format(
@@ -1212,11 +1109,14 @@ class PostgresEngine:
                 if states == {"before"}:
                     return "reverted", ""
             return "review", f"{self.name} matches neither the state before nor the state after the action"
-        finally:
-            self._done(conn, dump_mode)
 
     def dump(self) -> str:
         return dump(self.url)
+
+    def _describe(self, exc: Exception) -> tuple[str, str | None, bool]:
+        assert isinstance(exc, psycopg.Error)
+        position = exc.diag.statement_position
+        return _message(exc), f"character {position}" if position else None, (exc.sqlstate or "").startswith("42601")
 
 
 # -- row capture helpers ---------------------------------------------------------------------------
@@ -1290,17 +1190,6 @@ def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tup
     return "conflict", out[:20]
 
 
-def _undo_rows(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]], force: bool) -> None:
-    """The rows of every table not yet back in its state before the action, set back (with
-    session_replication_role = replica: no trigger and no foreign-key action fires)."""
-    for table, state in plans:
-        if state != "before":
-            _delete_added(conn, table, force)
-    for table, state in plans:
-        if state != "before":
-            _insert_removed(conn, table)
-
-
 _LINKS = """
 SELECT format('%%I.%%I', cn.nspname, cc.relname), format('%%I.%%I', pn.nspname, pc.relname),
   (SELECT array_agg(a.attname::text ORDER BY k.o) FROM unnest(c.conkey) WITH ORDINALITY AS k(num, o)
@@ -1320,7 +1209,7 @@ def _links(conn: psycopg.Connection, tables: list[dict[str, Any]]) -> list[tuple
     if not tables:
         return []
     oids = [t["table"] for t in tables]
-    return [tuple(r) for r in conn.execute(_LINKS, {"oids": oids}).fetchall()]  # type: ignore[misc]
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(_LINKS, {"oids": oids}).fetchall()]
 
 
 def _dangling(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]],
@@ -1690,17 +1579,3 @@ def _message(exc: psycopg.Error) -> str:
     if diag.message_detail:
         text += f" ({diag.message_detail})"
     return text
-
-
-def _error(db: str, exc: psycopg.Error, applied: str = "nothing of it was applied", index: int | None = None,
-           count: int = 1) -> ActionFailed:
-    text = _message(exc)
-    where = []
-    if index is not None and count > 1:
-        where.append(f"statement {index + 1}")
-    if exc.diag.statement_position:
-        where.append(f"character {exc.diag.statement_position}")
-    if where:
-        text += " at " + ", ".join(where)
-    cls = SqlSyntaxError if (exc.sqlstate or "").startswith("42601") else ActionFailed
-    return cls(f"sql.execute on {db}: {text}; {applied}")

@@ -38,7 +38,7 @@ import apsw
 from ...errors import ActionFailed, GoexError, PathRefused
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
-from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows
+from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows, words
 
 # goex owns the transaction and the file: these never run inside an action
 _FORBIDDEN = {"attach", "detach", "vacuum", "begin", "commit", "end", "rollback", "savepoint", "release"}
@@ -58,6 +58,7 @@ _DENIED = {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH, apsw.SQLITE_TRANSACTION, apsw
 _TEMP_READS = {apsw.SQLITE_READ, apsw.SQLITE_SELECT, apsw.SQLITE_FUNCTION, apsw.SQLITE_PRAGMA, apsw.SQLITE_RECURSIVE}
 # the sidecar files SQLite keeps beside a database: they belong to it
 SIDECARS = ("-journal", "-wal", "-shm")
+_APPLY_FLAGS = apsw.SQLITE_CHANGESETAPPLY_FKNOACTION | apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT  # no cascades
 _PENDING_BYTE = 0x40000000  # SQLite's lock bytes: PENDING, then RESERVED (a write transaction is open)
 
 
@@ -213,17 +214,17 @@ class SqliteEngine:
         return out
 
     def check(self, statement: str, analysis: dict[str, Any]) -> None:
-        words = _strip_comments(statement).lower().split()
-        first = words[0].strip("(;") if words else ""
+        said = words(statement, "sqlite")  # the authorizer is the hard guarantee behind these
+        first = said[0] if said else ""
         if first in _FORBIDDEN:
             raise SqlRefused(f"{first.upper()} is not allowed: goex runs each action as one transaction on "
                              "its own database (VACUUM and ATTACH reach other files; COMMIT and friends would "
                              "end the transaction undo relies on)")
         if first == "pragma" and "=" in statement:
             raise SqlRefused("PRAGMA assignments are not allowed: they change the database outside undo")
-        if "load_extension" in " ".join(words):
+        if "load_extension" in said:
             raise SqlRefused("load_extension is not allowed")
-        if first == "create" and len(words) > 1 and words[1] in ("temp", "temporary"):
+        if first == "create" and len(said) > 1 and said[1] in ("temp", "temporary"):
             raise SqlRefused("TEMP tables, views and triggers are not allowed: they would outlive the action on "
                              "goex's connection, outside undo; create a regular table")
 
@@ -351,7 +352,8 @@ class SqliteEngine:
             out: dict[str, Any] = {"sequence": sequence}
             if session is not None:
                 changeset = session.changeset()
-                out["changeset"] = {"chunks": [put_blob(changeset[i:i + CHUNK]) for i in range(0, len(changeset), CHUNK)]}
+                out["changeset"] = {"chunks": [put_blob(changeset[i:i + CHUNK])
+                                               for i in range(0, len(changeset), CHUNK)]}
                 tables = sorted({change.name for change in apsw.Changeset.iter(changeset)})
                 out["after"] = {"changeset": hashlib.sha256(changeset).hexdigest(), "schema": _schema(conn, tables)}
             else:
@@ -382,8 +384,7 @@ class SqliteEngine:
                          "schema changed since the action") for t in then if now[t] != then[t]]
             inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
             return reshaped or self._trial(inverted, self._bound(self._undo_connection(), inverted))
-        now = _checksums(file) if st is not None else {}
-        return _differences(captured["after"]["checksums"], now, self.name)
+        return _differences(captured["after"]["checksums"], _checksums(file) if st is not None else {}, self.name)
 
     def revert(self, before: dict[str, Any], captured: dict[str, Any] | None, get_blob: GetBlob,
                force: bool) -> None:
@@ -418,7 +419,7 @@ class SqliteEngine:
             held = _violations(conn, bound)
             try:
                 apsw.Changeset.apply(inverted, conn, conflict=conflict,
-                                     flags=apsw.SQLITE_CHANGESETAPPLY_FKNOACTION | apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT)
+                                     flags=_APPLY_FLAGS)
             except apsw.AbortError:
                 conn.execute("ROLLBACK")
                 raise ActionFailed(f"undo on {self.name} stopped: {'; '.join(problems)}") from None
@@ -467,7 +468,7 @@ class SqliteEngine:
             held = _violations(conn, bound or [])
             try:
                 apsw.Changeset.apply(changeset, conn, conflict=conflict,
-                                     flags=apsw.SQLITE_CHANGESETAPPLY_FKNOACTION | apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT)
+                                     flags=_APPLY_FLAGS)
             except apsw.SQLError as exc:  # a table it names is gone or reshaped
                 found.append((self.name, f"schema changed since the action ({exc})"))
             else:
@@ -480,11 +481,11 @@ class SqliteEngine:
     def _bound(self, conn: apsw.Connection, changeset: bytes) -> list[str]:
         """The tables whose foreign keys applying `changeset` could break: those it changes that
         refer to another table, and those that refer to a table it changes."""
-        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        version = _fetch(conn, "PRAGMA schema_version")[0][0]
         if self._linked[0] != version:
             links: dict[str, set[str]] = {}
-            for (child,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-                for (parent,) in conn.execute('SELECT DISTINCT "table" FROM pragma_foreign_key_list(?)', (child,)):
+            for (child,) in _fetch(conn, "SELECT name FROM sqlite_master WHERE type = 'table'"):
+                for (parent,) in _fetch(conn, 'SELECT DISTINCT "table" FROM pragma_foreign_key_list(?)', (child,)):
                     links.setdefault(child.lower(), set()).add(child)  # it refers to another table
                     links.setdefault(parent.lower(), set()).add(child)  # a table refers to it
             self._linked = (version, links)
@@ -551,12 +552,14 @@ class SqliteEngine:
         journal = found["-journal"]
         if (journal is not None and journal.st_size > 0 and file.head("-journal", 1) != b"\0"
                 and not _writer_active(st) and not self._left_by_dead_goex(file)):
-            raise self._stray("-journal", "is a hot journal goex did not write: SQLite would replay it into the database")
+            raise self._stray("-journal", "is a hot journal goex did not write: SQLite would replay it into the "
+                              "database")
         if found["-wal"] is None and found["-shm"] is None:
             return
         if st is None or file.head("", 20)[18:20] != b"\x02\x02":  # header bytes 18-19: 2 in WAL mode
             suffix = "-wal" if found["-wal"] is not None else "-shm"
-            raise self._stray(suffix, "lies beside a database not in WAL mode: SQLite would read it as part of the database")
+            raise self._stray(suffix, "lies beside a database not in WAL mode: SQLite would read it as part of the "
+                              "database")
         for suffix in ("-wal", "-shm"):
             then = self._sidecars.get(suffix)
             if then is not None and found[suffix] is not None and _identity(found[suffix]) != then:
@@ -656,7 +659,7 @@ class SqliteEngine:
     def _keyed_tables(self, conn: apsw.Connection) -> dict[str, list[int]]:
         """WITHOUT ROWID tables and their primary-key columns (rows are told apart by them),
         read again only when the schema changed."""
-        version = conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        version = _fetch(conn, "PRAGMA schema_version")[0][0]
         if self._keyed[0] != version:
             names = [r[0] for r in conn.execute("SELECT name FROM pragma_table_list WHERE schema = 'main' AND wr")]
             self._keyed = (version, {n: [r[0] for r in conn.execute(
@@ -699,9 +702,9 @@ class SqliteEngine:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _strip_comments(statement: str) -> str:
-    import re
-    return re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", statement, flags=re.DOTALL)
+def _fetch(conn: apsw.Connection, sql: str, params: Any = None) -> list[Any]:
+    """The rows of a query of goex's own (catalog values: their types are known)."""
+    return list(conn.execute(sql, params).fetchall())
 
 
 def _run(conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
@@ -747,7 +750,7 @@ def _describe(reason: int, change: Any) -> str:
 def _schema(conn: apsw.Connection, tables: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for table in tables:
-        rows = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchall()
+        rows = _fetch(conn, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
         out[table] = rows[0][0] if rows else None
     return out
 
@@ -776,7 +779,7 @@ def _restore_sequence(conn: apsw.Connection, rows: list[list[Any]] | None) -> No
 
 def _row_counts(conn: apsw.Connection) -> dict[str, int]:
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {n: conn.execute(f"SELECT count(*) FROM {_quoted(n)}").fetchall()[0][0] for n in names}
+    return {n: _fetch(conn, f"SELECT count(*) FROM {_quoted(n)}")[0][0] for n in names}
 
 
 def _quoted(name: str) -> str:
@@ -833,7 +836,7 @@ class _Touched:
             if len(keys) < 2:
                 continue
             try:
-                now = conn.execute(f'SELECT count(*) FROM "{table.replace(chr(34), chr(34) * 2)}"').fetchall()[0][0]
+                now = _fetch(conn, f'SELECT count(*) FROM "{table.replace(chr(34), chr(34) * 2)}"')[0][0]
             except apsw.SQLError:  # dropped by the action: `drops` says so
                 continue
             held = now - self.net.get(table, 0)
@@ -936,7 +939,7 @@ def _checksums_conn(conn: apsw.Connection) -> dict[str, str]:
     (a hidden rowid behind a declared key is not state: undo of a key update gives a new one)."""
     out = {"pragma:user_version": str(conn.execute("PRAGMA user_version").fetchall()[0][0]),
            "pragma:application_id": str(conn.execute("PRAGMA application_id").fetchall()[0][0])}
-    for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall():
+    for kind, name, sql in _fetch(conn, "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"):
         h = hashlib.sha256((sql or "").encode())
         if kind == "table":
             keyed = any(r[5] for r in conn.execute(f"PRAGMA table_info({_quoted(name)})").fetchall())
@@ -969,8 +972,8 @@ def _dump(file: _File) -> str:
     try:
         lines = [f"user_version {conn.execute('PRAGMA user_version').fetchall()[0][0]}",
                  f"application_id {conn.execute('PRAGMA application_id').fetchall()[0][0]}"]
-        objects = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
-                               "WHERE name NOT LIKE 'sqlite_autoindex%' ORDER BY type, name").fetchall()
+        objects = _fetch(conn, "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                               "WHERE name NOT LIKE 'sqlite_autoindex%' ORDER BY type, name")
         for kind, name, table, sql in objects:
             if name.lower().startswith("goex_"):
                 continue
