@@ -353,7 +353,9 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
     out = _Output(spec.max_output)
     stopped = None
     deadline = time.monotonic() + spec.timeout_s
-    fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}  # type: ignore[union-attr]
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both piped above
+    fds = {stdout.fileno(): 1, stderr.fileno(): 2}
     try:
         while fds:
             left = deadline - time.monotonic()
@@ -376,8 +378,8 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
                 stopped = "timeout"
     finally:
         _kill_tree(proc, cg)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        stdout.close()
+        stderr.close()
     code = proc.returncode
     if stopped is None and cg.oom_killed():
         stopped = "memory"
@@ -427,7 +429,8 @@ class BwrapBackend(Backend):
         code_path = os.path.join(layer.dir, "code")
         cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + (("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()):
+        extra_caps = ("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + extra_caps:
             cmd += ["--cap-add", cap]
         if not spec.network:
             cmd.append("--unshare-net")
@@ -935,7 +938,8 @@ def measure(backend: Backend) -> dict[str, dict[str, Any]]:
             try:
                 seen = json.loads(result.stdout.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
-                raise ActionFailed(f"the {backend.name} probe failed: {result.stderr.decode(errors='replace')[-300:]}")
+                raise ActionFailed(f"the {backend.name} probe failed: "
+                                   f"{result.stderr.decode(errors='replace')[-300:]}") from None
             out.update(_judge_probe(seen, diff, result))
             result, _ = _probe(backend, ws, MEMORY_PROBE, memory_mb=64, cpus=1.0)
             out["memory"] = _judge_memory(result)
