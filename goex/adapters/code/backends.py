@@ -543,7 +543,7 @@ class DockerBackend(Backend):
             return str(exc)
         try:
             client.images.get(self.image)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any Docker failure means the image cannot be used: said, not raised
             return f"the sandbox image {self.image} is missing ({_short(exc)}); build it with sandbox/build.sh"
         return None
 
@@ -618,14 +618,14 @@ class DockerBackend(Backend):
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the sandbox image {self.image} is missing; build it with sandbox/build.sh "
                                "(`./dev test` builds it)") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the Docker engine could not start a sandbox container ({_short(exc)})") from None
         try:
             container.reload()
             pid = container.attrs["State"]["Pid"]
             pidfd = os.pidfd_open(pid)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             self._dead.append(_Container(container.id, d, -1, spec.network, spec.memory_mb, spec.caps))
             raise ActionFailed(f"the sandbox container did not start ({_short(exc)})") from None
         return _Container(container.id, d, pidfd, spec.network, spec.memory_mb, spec.caps)
@@ -667,7 +667,7 @@ class DockerBackend(Backend):
             eid = api.exec_create(c.id, cmd, stdout=True, stderr=True, stdin=False, tty=False, user="0:0",
                                   workdir="/workspace", environment=ENV)["Id"]
             sock = api.exec_start(eid, socket=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             raise ActionFailed(f"the Docker engine failed to run the code ({_short(exc)})") from None
         raw = getattr(sock, "_sock", sock)
         deadline = time.monotonic() + spec.timeout_s
@@ -701,13 +701,13 @@ class DockerBackend(Backend):
         finally:
             try:
                 sock.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing a broken socket: nothing more to do
                 pass
         exit_code: int | None = 137
         if stopped is None:
             try:
                 info = api.exec_inspect(eid)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
                 raise ActionFailed(f"the Docker engine went away mid-run ({_short(exc)})") from None
             exit_code = info.get("ExitCode")
             if info.get("Running") or exit_code is None:
@@ -782,7 +782,7 @@ class DockerBackend(Backend):
     def _remove(self, c: _Container) -> bool:
         try:
             self.client().api.remove_container(c.id, force=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure: reported by the return
             if "No such container" not in str(exc):
                 return False
         if c.pidfd >= 0:
