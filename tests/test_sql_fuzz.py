@@ -89,6 +89,8 @@ def literal(engine: str, sqltype: str, value: Any) -> str:
         if engine == "postgresql":
             return f"'{value!r}'::float8" if value == value and abs(value) != float("inf") else \
                 f"'{'NaN' if value != value else ('Infinity' if value > 0 else '-Infinity')}'::float8"
+        if abs(value) == float("inf"):  # SQLite has no infinity literal: it reads an overflowing one as one
+            return "9e999" if value > 0 else "-9e999"
         return repr(value)
     if isinstance(value, int):
         return str(value)
