@@ -14,11 +14,14 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+SCRIPT = Path(sys.executable).with_name("goex")  # the installed command, as a user runs it
 RUNS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "import goex": [sys.executable, "-c", "import goex"],
-    "goex --help": [sys.executable, "-c", "import sys; from goex.cli import main; sys.argv[0] = 'goex'; main(['--help'])"],
+    "goex --help": [str(SCRIPT), "--help"] if SCRIPT.exists() else
+                   [sys.executable, "-c", "import sys; from goex.cli import main; sys.argv[0] = 'goex'; main(['--help'])"],
 }
 TARGETS = {"import goex": 0.25, "goex --help": 0.35}
 

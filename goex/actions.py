@@ -9,13 +9,25 @@ from __future__ import annotations
 import json
 import math
 import threading
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Protocol, Union, cast
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .adapters.registry import domains
 from .adapters.values import MAX_DEPTH
 from .errors import ActionError
+
+
+class ActionModel(Protocol):
+    """What goex reads of any action model (a pydantic model, declared by its adapter): its
+    `type`, the targets it names, and its JSON form."""
+
+    @property
+    def type(self) -> str: ...
+
+    def targets(self) -> list[str]: ...
+
+    def model_dump(self, *, mode: str = "python", by_alias: bool = False) -> dict[str, Any]: ...
 
 
 class _Union:
@@ -25,8 +37,13 @@ class _Union:
         models = tuple(m for d in domains().values() for m in d.actions)
         self.models: tuple[type[BaseModel], ...] = models
         self.types: tuple[str, ...] = tuple(m.model_fields["type"].default for m in models)
-        self.union: Any = Annotated[Union[models], Field(discriminator="type")]
+        self.union = _discriminated(models)
         self.adapter: TypeAdapter[Any] = TypeAdapter(self.union)
+
+
+def _discriminated(models: tuple[type[BaseModel], ...]) -> Any:
+    """The union of `models`, told apart by their `type` field (a type form, built at run time)."""
+    return Annotated[Union[models], Field(discriminator="type")]
 
 
 _lock = threading.Lock()
@@ -62,7 +79,7 @@ def __getattr__(name: str) -> Any:
 DEFAULT_MAX_ACTION_BYTES = 32 * 1024 * 1024
 
 
-def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> BaseModel:
+def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> ActionModel:
     """Validate `action` (a model, a dict, or a JSON string/bytes) into an action model.
 
     Raises `ActionError` naming every problem; never partially accepts.
@@ -70,7 +87,7 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
     union = _actions()
     if isinstance(action, union.models):
         _check_size(_model_size(action), max_bytes)
-        return action
+        return cast(ActionModel, action)  # a registered model: it has `type` and `targets()`
     if isinstance(action, (bytes, bytearray)):
         _check_size(len(action), max_bytes)
         try:
@@ -87,7 +104,7 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> B
         known = ", ".join(union.types)
         raise ActionError(f"unknown action type {kind!r}; known types: {known}")
     try:
-        model = union.adapter.validate_python(action)
+        model: ActionModel = union.adapter.validate_python(action)
     except ValidationError as exc:
         raise ActionError(f"{kind}: " + describe_validation_error(exc)) from None
     _check_size(_model_size(model), max_bytes)
@@ -139,12 +156,12 @@ def action_schema() -> dict[str, Any]:
     return _actions().adapter.json_schema()
 
 
-def action_to_json(action: BaseModel) -> dict[str, Any]:
+def action_to_json(action: ActionModel) -> dict[str, Any]:
     return action.model_dump(mode="json", by_alias=True)
 
 
-def _model_size(model: BaseModel) -> int:
-    return sum(len(v) for v in model.__dict__.values() if isinstance(v, str))
+def _model_size(model: object) -> int:
+    return sum(len(v) for v in vars(model).values() if isinstance(v, str))
 
 
 def _check_size(size: int, limit: int) -> None:

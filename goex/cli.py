@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goex: undo failed, the entry is marked undo_failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except UndoConflict as exc:
-        undone = getattr(exc, "undone", [])
-        if undone:
-            print(f"undone before the conflict: {', '.join(undone)}", file=sys.stderr)
+        if exc.undone:
+            print(f"undone before the conflict: {', '.join(exc.undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
     except ActionError as exc:
@@ -81,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, func: Any, help: str, root: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.set_defaults(func=func or (lambda args: c.print_help() or EXIT_MALFORMED))
+
+        def usage(args: argparse.Namespace) -> int:
+            c.print_help()
+            return EXIT_MALFORMED
+
+        c.set_defaults(func=func or usage)
         if root:
             c.add_argument("--root", required=True, help="the workspace folder")
             c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
@@ -108,11 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sandbox", "--backend", dest="sandbox", default="auto",
                    choices=["auto", "docker", "bwrap", "process"],
                    help="where code.run executes (default: auto = docker if it works here, else bwrap)")
-    c.add_argument("--unsafe", action="store_true", help="allow the process sandbox (no isolation; journaled as unsafe)")
+    c.add_argument("--unsafe", action="store_true",
+                   help="allow the process sandbox (no isolation; journaled as unsafe)")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
-    what.add_argument("--steps", type=_positive, help="undo the last N changing actions (of --session, or the newest session)")
+    what.add_argument("--steps", type=_positive,
+                      help="undo the last N changing actions (of --session, or the newest session)")
     what.add_argument("--to", metavar="CHECKPOINT", help="undo everything after this checkpoint (id or label)")
     what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")
     c.add_argument("--session", help="the session to undo (alone: all of it)")
@@ -164,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoints", action="store_true", help="list the checkpoints instead of the entries")
 
     c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
-    c.add_argument("--expect", metavar="HEAD", type=_head, help="the SEQ:HASH head you kept earlier: detects truncation")
+    c.add_argument("--expect", metavar="HEAD", type=_head,
+                   help="the SEQ:HASH head you kept earlier: detects truncation")
 
     command("recover", _recover, "Finish or revert actions interrupted by a crash.")
     command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
@@ -288,7 +295,8 @@ def _review_choice(args: argparse.Namespace) -> str | None:
     if not sys.stdin.isatty():
         return None  # just the report
     answer = input("\n[a]ccept, [u]ndo all, undo from an entry (its id, e.g. e12), or [q]uit: ").strip().lower()
-    return {"a": "accept", "accept": "accept", "u": "all", "undo": "all"}.get(answer, answer if answer[:1] == "e" else None)
+    named = {"a": "accept", "accept": "accept", "u": "all", "undo": "all"}
+    return named.get(answer, answer if answer[:1] == "e" else None)
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -395,7 +403,8 @@ def _undo(args: argparse.Namespace) -> int:
             undone = rt.session(session_id=args.session).rollback(force=args.force)
         else:
             raise GoexError("say what to undo: --steps N, --to CHECKPOINT, --session ID or --all")
-    print(f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}" + (f": {', '.join(undone)}" if undone else ""))
+    listed = f": {', '.join(undone)}" if undone else ""
+    print(f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}{listed}")
     return EXIT_OK
 
 
@@ -457,7 +466,8 @@ def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str
     cols = cols or ["id", "time", "session", "actor", "type", "target", "decision", "status"]
     table = [cols] + [[str(r[c]) if c != "time" else r[c][11:23] for c in cols] for r in rows]
     widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
-    return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+    return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in table)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -511,7 +521,8 @@ def _doctor(args: argparse.Namespace) -> int:
         _print_sandboxes(report["sandboxes"])
         print(f"code.run uses: {report['code_run_uses'] or 'nothing (no sandbox works here)'}")
     for name, d in report.get("databases", {}).items():
-        verdict = "lacks the dangerous privileges" if d["safe"] else "UNSAFE: " + (", ".join(d["dangerous"]) or "see detail")
+        unsafe = "UNSAFE: " + (", ".join(d["dangerous"]) or "see detail")
+        verdict = "lacks the dangerous privileges" if d["safe"] else unsafe
         print(f"db {name} ({d.get('engine', '?')}): agent SQL runs as {d['runs_as']}; {verdict}")
         if d.get("detail"):
             print(f"         {d['detail']}")

@@ -133,11 +133,13 @@ def _run(root: Path, db_path: Path, base: str) -> int:
     shop_now = httpx.get(f"{base}/state").json()
     db_now = _db_dump(db_path)
     same = end == start and shop_now == shop and db_now == db
-    print(f"\n5. fingerprint after rollback: {end[:16]}… {'identical to the start' if end == start else 'DIFFERENT from the start'}")
+    same = "identical to the start" if end == start else "DIFFERENT from the start"
+    print(f"\n5. fingerprint after rollback: {end[:16]}… {same}")
     print(f"   the database, dumped:                   {'identical to the start' if db_now == db else 'DIFFERENT'}")
     print(f"   the shop's state, read through its API: {'identical to the start' if shop_now == shop else 'DIFFERENT'}")
     print(f"   journal verified: {report.records} hash-chained records, {report.blobs} before-image blobs")
-    print("\nTry it yourself (after `source .venv/bin/activate`): goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
+    print("\nTry it yourself (after `source .venv/bin/activate`): "
+          "goex exec --root DIR '{\"type\": \"fs.write\", \"path\": \"a.txt\", \"content\": \"hi\"}'")
     return 0 if same else 1
 
 

@@ -65,6 +65,7 @@ class UndoConflict(GoexError):
     def __init__(self, entry_id: str, conflicts: list[tuple[str, str]]):
         self.entry_id = entry_id
         self.conflicts = conflicts
+        self.undone: list[str] = []  # entries of the same undo undone before it stopped here
         listed = "; ".join(f"{target}: {why}" for target, why in conflicts)
         super().__init__(
             f"cannot undo entry {entry_id}: changed since the action ({listed}). "

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import shutil
 import tempfile
@@ -84,3 +89,54 @@ def seed_tree(root: Path) -> None:
     (root / "empty").mkdir()
     os.symlink("src/main.py", root / "link-to-main")
     os.symlink("missing-target", root / "dangling")
+
+
+@dataclass
+class CliRun:
+    """What one `goex ...` command did: its exit code and what it wrote."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "surrogateescape")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "surrogateescape")
+
+
+_cli_lock = threading.Lock()
+
+
+def run_cli(*args: str, stdin: bytes | str | None = None) -> CliRun:
+    """`goex ARGS...` run in this process through `goex.cli.main`, with `stdin` as its standard
+    input (not a terminal) and its output captured, as the command line would run it. One
+    command at a time: the standard streams it swaps are the whole process's."""
+    from goex.cli import main
+
+    with _cli_lock:
+        return _run_main(main, list(args), stdin)
+
+
+def _run_main(main: Any, args: list[str], stdin: bytes | str | None) -> CliRun:
+    data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
+    out, err = io.BytesIO(), io.BytesIO()
+    saved = (sys.stdin, sys.stdout, sys.stderr)
+    given = (io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"),
+             io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", write_through=True),
+             io.TextIOWrapper(err, encoding="utf-8", errors="surrogateescape", write_through=True))
+    sys.stdin, sys.stdout, sys.stderr = given
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse: --help, --version, a malformed flag
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+    run = CliRun(code, out.getvalue(), err.getvalue())
+    for stream in given:
+        if not stream.closed:
+            stream.detach()  # the captured bytes stay readable; nothing closes them under the caller
+    return run

@@ -1,4 +1,7 @@
-"""The `goex` command as a user runs it: exit codes, JSON output, undo variants, log, verify."""
+"""The `goex` command as a user runs it: exit codes, JSON output, undo variants, log, verify.
+
+Commands run in this process through `goex.cli.main` (`run_cli`); a few run as real processes of
+the installed `goex` script, to show the command itself works end to end."""
 
 from __future__ import annotations
 
@@ -8,21 +11,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import seed_tree, snapshot
+from conftest import CliRun, run_cli, seed_tree, snapshot
 
 GOEX = [str(Path(sys.executable).with_name("goex"))]
 
 
-def goex(*args: str, stdin: bytes | str | None = None) -> subprocess.CompletedProcess:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    done = subprocess.run(GOEX + list(args), input=data, capture_output=True, timeout=120)
-    done.out = done.stdout.decode()  # type: ignore[attr-defined]
-    done.err = done.stderr.decode()  # type: ignore[attr-defined]
-    return done
+def goex(*args: str, stdin: bytes | str | None = None) -> CliRun:
+    return run_cli(*args, stdin=stdin)
 
 
-def results(done: subprocess.CompletedProcess) -> list[dict]:
+def goex_process(*args: str, stdin: bytes | None = None) -> CliRun:
+    """`goex ARGS...` as a separate process of the installed script."""
+    done = subprocess.run(GOEX + list(args), input=stdin, capture_output=True, timeout=120)
+    return CliRun(done.returncode, done.stdout, done.stderr)
+
+
+def results(done: CliRun) -> list[dict]:
     return [json.loads(line) for line in done.out.splitlines() if line.strip()]
+
+
+def test_the_installed_command_runs_exec_log_and_help(root: Path):
+    done = goex_process("exec", "--root", str(root), '{"type": "fs.write", "path": "a.txt", "content": "hi"}')
+    assert done.returncode == 0, done.err
+    [r] = results(done)
+    assert r["ok"] is True and r["status"] == "applied" and (root / "a.txt").read_text() == "hi"
+    [row] = json.loads(goex_process("log", "--root", str(root), "--json").out)
+    assert row["id"] == r["entry_id"] and row["target"] == "a.txt" and row["status"] == "applied"
+    usage = goex_process("--help")
+    assert usage.returncode == 0 and "exec" in usage.out and "undo" in usage.out
+    assert goex_process("undo", "--root", str(root), "--steps", "0").returncode == 2  # argparse, as a process
 
 
 def test_exec_one_action_prints_one_result(root: Path):
@@ -148,7 +165,7 @@ def test_schema_command():
 
 
 def test_demo_runs_end_to_end():
-    done = goex("demo")
+    done = goex_process("demo")
     assert done.returncode == 0, done.err
     assert "identical to the start" in done.out and "REFUSED" in done.out
 

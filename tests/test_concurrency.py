@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import goex
+from conftest import run_cli
 
 WORKER = r'''
 import os, sys, time
@@ -124,8 +125,8 @@ def test_two_processes_on_one_root(tmp_path: Path, worker_script: Path):
         assert statuses == {"s-alpha": {"undone"}, "s-beta": {"applied"}}
         rt.verify()
 
-    ver = subprocess.run([sys.executable, "-m", "goex.cli", "verify", "--root", str(root)], capture_output=True, text=True)
-    assert ver.returncode == 0, ver.stderr
+    ver = run_cli("verify", "--root", str(root))
+    assert ver.returncode == 0, ver.err
 
 
 def test_two_processes_appending_to_one_file_lose_nothing(tmp_path: Path, worker_script: Path):

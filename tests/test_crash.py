@@ -1,8 +1,9 @@
 """Write-ahead durability: real processes are SIGKILLed mid-action and mid-undo; `goex recover`
 and `goex undo --all` must always bring the workspace back to exactly where it started.
 
-The workers and the CLI run as separate processes (sys.executable); the test only kills them
-and compares real trees on disk. One in-process test injects a fault into the apply step.
+The workers run as separate processes (sys.executable) that the test kills; the `goex` commands
+that settle what they left then run in this process (`goex.cli.main`), and the test compares real
+trees on disk. One in-process test injects a fault into the apply step.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import goex
+from conftest import CliRun, run_cli
 from goex.adapters.fs import tree
 
 WORKER = r'''
@@ -157,8 +159,8 @@ def seed_tree(root: Path) -> None:
     os.symlink("no/such/target", root / "dangling")
 
 
-def goex_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "goex.cli", *args], capture_output=True, text=True, timeout=timeout)
+def goex_cli(*args: str) -> CliRun:
+    return run_cli(*args)
 
 
 def start_worker(script: Path, root: Path, seed: int, count: int) -> subprocess.Popen[bytes]:
@@ -190,18 +192,18 @@ def kill(proc: subprocess.Popen) -> None:
 def recover_undo_and_check(root: Path, before: dict[str, tuple]) -> dict[str, str]:
     """`goex recover`, `goex undo --all`, then the tree must be `before` exactly and verify pass."""
     rec = goex_cli("recover", "--root", str(root))
-    assert rec.returncode == 0, rec.stdout + rec.stderr
-    outcomes = dict(line.split(": ", 1) for line in rec.stdout.splitlines() if line.startswith("e"))
-    assert all(o in ("reverted", "undone") for o in outcomes.values()), rec.stdout
+    assert rec.returncode == 0, rec.out + rec.err
+    outcomes = dict(line.split(": ", 1) for line in rec.out.splitlines() if line.startswith("e"))
+    assert all(o in ("reverted", "undone") for o in outcomes.values()), rec.out
     undo = goex_cli("undo", "--root", str(root), "--all")
-    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert undo.returncode == 0, undo.out + undo.err
     after = snapshot(root)
     if after != before:
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         pytest.fail(f"tree not restored in {root}: {len(changed)} paths differ, e.g. "
                     + "; ".join(f"{k}: {str(before.get(k))[:60]} != {str(after.get(k))[:60]}" for k in changed[:5]))
     ver = goex_cli("verify", "--root", str(root))
-    assert ver.returncode == 0, ver.stdout + ver.stderr
+    assert ver.returncode == 0, ver.out + ver.err
     with goex.Runtime(root, policy="permissive") as rt:
         statuses = {r["status"] for r in rt.log()}
         assert statuses <= {"applied", "failed", "undone", "denied"}, statuses  # none pending or undoing

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pymysql
 import pytest
 
+from conftest import run_cli
 from goex.adapters.sql.mysql import drop_agent_account
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -20,10 +19,9 @@ MY = "mysql://root@127.0.0.1:3306"
 
 
 def _doctor(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "goex.cli", "doctor", "--json", "--databases-only", *args],
-                          capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    done = run_cli("doctor", "--json", "--databases-only", *args)
+    assert "Traceback" not in done.err, done.err
+    return done.returncode, json.loads(done.out)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import goex
 from goex.adapters.http.adapter import HttpAdapter
 from goex.service import serve
+from conftest import run_cli
 
 SEED = {
     "orders": [{"id": "ord_1", "item": "A-1", "qty": 1, "status": "open"}],
@@ -311,15 +312,14 @@ def test_compensations_from_openapi_and_from_a_file(base: str, tmp_path: Path):
 def test_cli_exec_and_undo_with_http(root: Path, base: str, tmp_path: Path):
     spec = tmp_path / "openapi.json"
     spec.write_text(httpx.get(base + "/openapi.json").text)
-    goex_cli = [str(Path(sys.executable).with_name("goex"))]
     flags = ["--root", str(root), "--allow-host", httpx.URL(base).host, "--openapi", str(spec)]
     action = json.dumps({"type": "http.request", "method": "POST", "url": base + "/items",
                          "json": {"name": "cli", "price": 1, "stock": 1}})
-    done = subprocess.run(goex_cli + ["exec", *flags, "--policy", "permissive", action], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run_cli("exec", *flags, "--policy", "permissive", action)
+    assert done.returncode == 0, done.err
     assert len(state(base)["items"]) == 3
-    done = subprocess.run(goex_cli + ["undo", *flags, "--all"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run_cli("undo", *flags, "--all")
+    assert done.returncode == 0, done.err
     assert state(base) == SEED
 
 
@@ -347,12 +347,11 @@ def test_process_killed_after_sending_is_settled_by_recover(root: Path, base: st
     spec = tmp_path / "openapi.json"
     spec.write_text(httpx.get(base + "/openapi.json").text)
     flags = ["--root", str(root), "--allow-host", "127.0.0.1", "--openapi", str(spec)]
-    goex_cli = [str(Path(sys.executable).with_name("goex"))]
-    recovered = subprocess.run(goex_cli + ["recover", *flags], capture_output=True, text=True)
-    assert recovered.returncode == 0 and ": applied" in recovered.stdout, recovered.stdout + recovered.stderr
+    recovered = run_cli("recover", *flags)
+    assert recovered.returncode == 0 and ": applied" in recovered.out, recovered.out + recovered.err
     assert [o["item"] for o in state(base)["orders"]].count("crash") == 1  # replayed, not repeated
-    undone = subprocess.run(goex_cli + ["undo", *flags, "--session", "W"], capture_output=True, text=True)
-    assert undone.returncode == 0, undone.stderr
+    undone = run_cli("undo", *flags, "--session", "W")
+    assert undone.returncode == 0, undone.err
     assert state(base) == SEED
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import goex
+from conftest import CliRun, run_cli
 
 
 def make_history(root: Path) -> None:
@@ -28,16 +27,15 @@ def db(root: Path) -> sqlite3.Connection:
     return sqlite3.connect(root / ".goex" / "journal.db", isolation_level=None)
 
 
-def verify_cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "goex.cli", "verify", "--root", str(root), *extra],
-                          capture_output=True, text=True)
+def verify_cli(root: Path, *extra: str) -> CliRun:
+    return run_cli("verify", "--root", str(root), *extra)
 
 
 def test_untouched_journal_verifies(root: Path):
     make_history(root)
     done = verify_cli(root)
-    assert done.returncode == 0, done.stderr
-    assert "journal OK" in done.stdout
+    assert done.returncode == 0, done.err
+    assert "journal OK" in done.out
 
 
 def tamper_edit_body(c: sqlite3.Connection) -> None:
@@ -91,7 +89,7 @@ def test_verify_detects_tampering(root: Path, tamper):
         tamper(c)
     done = verify_cli(root)
     assert done.returncode != 0
-    assert "CORRUPT" in done.stderr
+    assert "CORRUPT" in done.err
     with goex.Runtime(root, policy="permissive") as rt, pytest.raises(goex.JournalCorrupt):
         rt.verify()
 
@@ -107,7 +105,7 @@ def test_verify_names_the_first_bad_entry(root: Path):
 
 def test_truncation_of_head_and_tail_is_caught_with_an_anchor(root: Path):
     make_history(root)
-    head = verify_cli(root).stdout.rsplit("head ", 1)[1].strip()
+    head = verify_cli(root).out.rsplit("head ", 1)[1].strip()
     with db(root) as c:  # a careful attacker removes the tail and rewinds the head too
         last = c.execute("SELECT max(seq) FROM records").fetchone()[0]
         c.execute("DELETE FROM records WHERE seq = ?", (last,))
@@ -200,13 +198,13 @@ def test_journal_placement_and_availability_errors(root: Path, tmp_path: Path):
 
 def test_verify_against_a_kept_head(root: Path):
     make_history(root)
-    head = verify_cli(root).stdout.rsplit("head ", 1)[1].strip()
+    head = verify_cli(root).out.rsplit("head ", 1)[1].strip()
     seq, digest = head.split(":")
     assert verify_cli(root, "--expect", head).returncode == 0
     with goex.Runtime(root, policy="permissive") as rt:  # the journal grows: it still extends the head
         rt.session().execute({"type": "fs.write", "path": "later.txt", "content": "x"}).raise_for_error()
     assert verify_cli(root, "--expect", head).returncode == 0
     forged = verify_cli(root, "--expect", f"{seq}:{'0' * 64}")
-    assert forged.returncode == 1 and "rewritten" in forged.stderr
+    assert forged.returncode == 1 and "rewritten" in forged.err
     future = verify_cli(root, "--expect", f"{int(seq) + 100}:{digest}")
-    assert future.returncode == 1 and "truncated" in future.stderr
+    assert future.returncode == 1 and "truncated" in future.err

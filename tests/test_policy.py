@@ -9,7 +9,7 @@ import pytest
 
 import goex
 from goex.policy import PolicyError, glob_regex, parse_pack
-from conftest import snapshot
+from conftest import run_cli, snapshot
 
 # (rule id, an action it must catch, a harmless twin it must let through)
 DEFAULT_RULES = [
@@ -223,27 +223,21 @@ def test_write_confirmation_shows_a_diff(root: Path, tmp_path: Path):
 
 def test_policy_check_and_lint_commands(root: Path, tmp_path: Path):
     import json as _json
-    import subprocess
-    import sys
-    goex_cli = str(Path(sys.executable).with_name("goex"))
-    done = subprocess.run([goex_cli, "policy", "check", "--root", str(root),
-                           '{"type": "fs.write", "path": ".git/config", "content": "x"}'], capture_output=True, text=True)
-    out = _json.loads(done.stdout)
+    done = run_cli("policy", "check", "--root", str(root), '{"type": "fs.write", "path": ".git/config", "content": "x"}')
+    out = _json.loads(done.out)
     assert done.returncode == 3 and out["decision"] == "deny" and out["rules"][0]["id"] == "fs.git-internals"
     assert not (root / ".git").exists()
     with goex.Runtime(root) as rt:
         assert rt.log() == []  # checking journals nothing
-    ok = subprocess.run([goex_cli, "policy", "check", "--root", str(root),
-                         '{"type": "fs.write", "path": "a.txt", "content": "x"}'], capture_output=True, text=True)
-    assert ok.returncode == 0 and _json.loads(ok.stdout)["decision"] == "allow"
+    ok = run_cli("policy", "check", "--root", str(root), '{"type": "fs.write", "path": "a.txt", "content": "x"}')
+    assert ok.returncode == 0 and _json.loads(ok.out)["decision"] == "allow"
     for name in ("default", "strict", "training", "permissive"):
-        lint = subprocess.run([goex_cli, "policy", "lint", str(Path(goex.__file__).parent.parent / "policies" / f"{name}.yaml")],
-                              capture_output=True, text=True)
-        assert lint.returncode == 0 and "OK" in lint.stdout, lint.stderr
+        lint = run_cli("policy", "lint", str(Path(goex.__file__).parent.parent / "policies" / f"{name}.yaml"))
+        assert lint.returncode == 0 and "OK" in lint.out, lint.err
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nrules:\n  - id: a\n    decision: nope\n")
-    lint = subprocess.run([goex_cli, "policy", "lint", str(bad)], capture_output=True, text=True)
-    assert lint.returncode == 1 and f"{bad}:3:" in lint.stderr
+    lint = run_cli("policy", "lint", str(bad))
+    assert lint.returncode == 1 and f"{bad}:3:" in lint.err
 
 
 def test_protected_paths_can_be_read_not_changed(root: Path):
@@ -281,9 +275,6 @@ def test_rules_and_protection_see_inside_deleted_or_moved_folders(root: Path):
 
 
 def test_cli_approval_keeps_the_pack_and_protection_it_was_parked_under(root: Path):
-    import subprocess
-    import sys
-    goex_cli = str(Path(sys.executable).with_name("goex"))
     for d in ("d1", "d2"):
         (root / d).mkdir()
         for i in range(40):
@@ -296,14 +287,13 @@ def test_cli_approval_keeps_the_pack_and_protection_it_was_parked_under(root: Pa
     for action in ('{"type": "fs.delete", "path": "d1", "recursive": true}',
                    '{"type": "fs.delete", "path": "d2", "recursive": true}',
                    '{"type": "fs.delete", "path": "lnk/t.py"}'):
-        done = subprocess.run([goex_cli, "exec", "--root", str(root), "--policy", "strict", "--session", "P",
-                               "--protect", "tests/**", action], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        done = run_cli("exec", "--root", str(root), "--policy", "strict", "--session", "P",
+                       "--protect", "tests/**", action)
         import json as _json
-        out = _json.loads(done.stdout)
+        out = _json.loads(done.out)
         assert out["status"] == "awaiting_approval", out
         ids.append(out["entry_id"])
-    approve = lambda eid: subprocess.run([goex_cli, "approve", "--root", str(root), eid],  # noqa: E731
-                                         capture_output=True, text=True)
+    approve = lambda eid: run_cli("approve", "--root", str(root), eid)  # noqa: E731
     assert approve(ids[0]).returncode == 0 and not (root / "d1").exists()
     assert approve(ids[1]).returncode == 3 and (root / "d2").exists()  # strict's files_deleted budget of 50
     import shutil

@@ -8,8 +8,6 @@ type with random values and checks the same."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import goex
-from conftest import snapshot
+from conftest import CliRun, run_cli, snapshot
 from goex.service import serve
 
-GOEX = [str(Path(sys.executable).with_name("goex"))]
 CLOSED = "http://127.0.0.1:9"  # allowed, but nothing listens: a request that got through would fail
 
 
@@ -191,11 +188,12 @@ def remove_deep(folder: Path) -> None:
 # -- the CLI ----------------------------------------------------------------------------------------
 
 
-def goex_cli(*args: str | bytes, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(GOEX + list(args), input=stdin, capture_output=True, timeout=120)
+def goex_cli(*args: str | bytes, stdin: bytes | None = None) -> CliRun:
+    """The command, in this process; a bytes argument arrives as a process's would (surrogate-escaped)."""
+    return run_cli(*(os.fsdecode(a) for a in args), stdin=stdin)
 
 
-def one_line_error(done: subprocess.CompletedProcess) -> str:
+def one_line_error(done: CliRun) -> str:
     err = done.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err and "Traceback" not in done.stdout.decode("utf-8", "replace")
     assert len(err.strip().splitlines()) <= 1, err

@@ -23,14 +23,13 @@ import goex
 from goex.journal.anchor import anchor_path
 from goex.journal.store import GENESIS, canonical, chain, index_record
 
-from conftest import snapshot
+from conftest import CliRun, run_cli, snapshot
 
-GOEX = [str(Path(sys.executable).with_name("goex"))]
 
 
 @pytest.fixture(autouse=True)
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Anchors go to a folder of this test (inherited by the CLI processes it starts)."""
+    """Anchors go to a folder of this test (read by the CLI commands it runs)."""
     state = tmp_path / "state"
     monkeypatch.setenv("GOEX_STATE_DIR", str(state))
     return state
@@ -40,8 +39,8 @@ def db(root: Path) -> sqlite3.Connection:
     return sqlite3.connect(root / ".goex" / "journal.db", isolation_level=None)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(GOEX + list(args), capture_output=True, text=True, timeout=120)
+def cli(*args: str) -> CliRun:
+    return run_cli(*args)
 
 
 def history(root: Path) -> str:
@@ -168,7 +167,7 @@ def test_consistent_rewrite_with_an_outside_path_is_caught_and_never_deletes_out
     before = snapshot(root)
 
     done = cli("verify", "--root", str(root))
-    assert done.returncode != 0 and "anchor" in done.stderr, (done.stdout, done.stderr)
+    assert done.returncode != 0 and "anchor" in done.err, (done.out, done.err)
     with goex.Runtime(root, policy="permissive") as rt:
         with pytest.raises(goex.JournalCorrupt):
             rt.session(session_id=sid).rollback()
@@ -181,7 +180,7 @@ def test_consistent_rewrite_with_an_outside_path_is_caught_and_never_deletes_out
     # and the plan's path is confined again before anything is touched
     anchor_path(root / ".goex").unlink()
     done = cli("verify", "--root", str(root))
-    assert done.returncode == 0 and "no anchor" in done.stderr, (done.stdout, done.stderr)
+    assert done.returncode == 0 and "no anchor" in done.err, (done.out, done.err)
     with goex.Runtime(root, policy="permissive") as rt:
         with pytest.raises(goex.JournalCorrupt):
             rt.session(session_id=sid).rollback(force=True)
@@ -260,7 +259,7 @@ def test_truncated_journal_is_caught_by_the_anchor(root: Path):
     last_entry = entry_seq(root, "later.txt")
     rewrite(root, lambda r: r, upto=last_entry - 1)  # the last write's records gone, head rewound
     done = cli("verify", "--root", str(root))
-    assert done.returncode != 0 and "truncated" in done.stderr, (done.stdout, done.stderr)
+    assert done.returncode != 0 and "truncated" in done.err, (done.out, done.err)
     with goex.Runtime(root, policy="permissive") as rt, pytest.raises(goex.JournalCorrupt):
         rt.session(session_id=sid).rollback()
     assert snapshot(root) == before
@@ -304,7 +303,7 @@ def test_normal_workload_verifies_and_undoes(root: Path, state_dir: Path):
     seq, digest = anchor_path(root / ".goex").read_text().splitlines()[0].split(":")
     assert (int(seq), digest) == tuple(db(root).execute("SELECT seq, hash FROM head").fetchone())
     done = cli("verify", "--root", str(root))
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0 and done.err == "", done.err
 
 
 WORKER = r'''
@@ -337,7 +336,7 @@ def test_two_processes_appending_keep_the_anchor_at_the_head(root: Path, tmp_pat
     seq, digest = anchor_path(root / ".goex").read_text().splitlines()[0].split(":")
     assert (int(seq), digest) == tuple(head)
     done = cli("verify", "--root", str(root))
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0 and done.err == "", done.err
     with goex.Runtime(root, policy="permissive") as rt:
         for name in ("p1", "p2"):
             rt.session(session_id=name).rollback()
@@ -353,4 +352,4 @@ def test_a_journal_without_anchor_here_is_reported_not_refused(root: Path, state
         rt.rollback_all()
     assert not (root / "notes.txt").exists() and (root / "user.txt").read_text() == "the user's own notes\n"
     done = cli("verify", "--root", str(root))  # anchored again: no warning any more
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0 and done.err == "", done.err

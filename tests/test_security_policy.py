@@ -8,21 +8,19 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import goex
+from conftest import CliRun, run_cli
 from goex.policy import Match, Pack, Policy, Rule, load_policy
 
-GOEX = str(Path(sys.executable).with_name("goex"))
 SANDBOX = "bwrap"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GOEX, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+def _cli(*args: str) -> CliRun:
+    return run_cli(*args)
 
 
 def _rows(db: Path, table: str) -> int:
@@ -54,14 +52,14 @@ def test_cli_approval_of_a_grown_effect_reparks_instead_of_running(root: Path):
     db = _moves_db(root, 3)
     parked = _cli("exec", "--root", str(root), "--db", "main=sqlite:///app.db",
                   '{"type": "sql.execute", "db": "main", "sql": "DELETE FROM moves"}')
-    out = json.loads(parked.stdout)
+    out = json.loads(parked.out)
     assert out["status"] == "awaiting_approval", out
     conn = sqlite3.connect(db)  # the agent (or anyone) adds rows while the action waits
     conn.executemany("INSERT INTO moves (san) VALUES (?)", [(f"x{i}",) for i in range(1800)])
     conn.commit()
     conn.close()
     approved = _cli("approve", "--root", str(root), "--db", "main=sqlite:///app.db", out["entry_id"])
-    again = json.loads(approved.stdout)
+    again = json.loads(approved.out)
     assert approved.returncode == 3 and again["status"] == "awaiting_approval", again
     assert _rows(db, "moves") == 1803  # nothing was deleted
     with goex.Runtime(root, databases={"main": "sqlite:///app.db"}) as rt:
@@ -73,7 +71,7 @@ def test_cli_approval_of_a_grown_effect_reparks_instead_of_running(root: Path):
         assert "rows 3 -> 1,803" in again["error"] and "sql.many-rows" in again["error"]
     # approving the new preview runs exactly that
     done = _cli("approve", "--root", str(root), "--db", "main=sqlite:///app.db", again["entry_id"])
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, done.out + done.err
     assert _rows(db, "moves") == 0
 
 

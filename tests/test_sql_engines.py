@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import goex
 from goex.adapters.sql.mysql import drop_agent_account
 from goex.sql import dump
+from conftest import run_cli
 
 ENGINES = ["sqlite", "postgresql", "mysql"]
 
@@ -205,23 +206,19 @@ def test_undo_refuses_to_overwrite_another_clients_change(database: tuple[str, s
 def test_cli_names_databases_with_db(database: tuple[str, str, Path]):
     kind, url, root = database
     start = dump(url, root)
-    goex_cli = [sys.executable, "-m", "goex.cli"]
     action = json.dumps({"type": "sql.execute", "db": "d", "sql": "DELETE FROM parent WHERE id = 1"})
-    done = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", f"d={url}", "--policy", "default", action],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    line = json.loads(done.stdout.splitlines()[-1])
+    done = run_cli("exec", "--root", str(root), "--db", f"d={url}", "--policy", "default", action)
+    assert done.returncode == 0, done.out + done.err
+    line = json.loads(done.out.splitlines()[-1])
     assert line["ok"] and line["output"]["rows_changed"] >= 1
     assert dump(url, root) != start
-    done = subprocess.run(goex_cli + ["undo", "--root", str(root), "--db", f"d={url}", "--all"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_cli("undo", "--root", str(root), "--db", f"d={url}", "--all")
+    assert done.returncode == 0, done.out + done.err
     assert dump(url, root) == start
     # the default pack asks before a DELETE without WHERE (parked: exit 3), and says which rule
     action = json.dumps({"type": "sql.execute", "db": "d", "sql": "DELETE FROM child"})
-    done = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", f"d={url}", action],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3 and "sql.no-where" in done.stdout, done.stdout + done.stderr
+    done = run_cli("exec", "--root", str(root), "--db", f"d={url}", action)
+    assert done.returncode == 3 and "sql.no-where" in done.out, done.out + done.err
     assert dump(url, root) == start
 
 

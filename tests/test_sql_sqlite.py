@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import goex
+from conftest import run_cli
 
 SCHEMA = """
 CREATE TABLE parent(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, note TEXT DEFAULT 'n/a');
@@ -246,18 +247,15 @@ def test_many_rows_rule(root: Path, db: Path):
 
 
 def test_cli_with_db(root: Path, db: Path):
-    goex_cli = [str(Path(sys.executable).with_name("goex"))]
     start = dump(db)
     action = json.dumps({"type": "sql.execute", "db": "main", "sql": "DELETE FROM parent WHERE id = 2"})
-    done = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", "main=sqlite:///app.db", action],
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and json.loads(done.stdout)["output"] == {"rows_changed": 3}, done.stderr
-    done = subprocess.run(goex_cli + ["undo", "--root", str(root), "--db", "main=sqlite:///app.db", "--all"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run_cli("exec", "--root", str(root), "--db", "main=sqlite:///app.db", action)
+    assert done.returncode == 0 and json.loads(done.out)["output"] == {"rows_changed": 3}, done.err
+    done = run_cli("undo", "--root", str(root), "--db", "main=sqlite:///app.db", "--all")
+    assert done.returncode == 0, done.err
     assert dump(db) == start
-    bad = subprocess.run(goex_cli + ["exec", "--root", str(root), "--db", "oops", action], capture_output=True, text=True)
-    assert bad.returncode == 1 and "NAME=URL" in bad.stderr
+    bad = run_cli("exec", "--root", str(root), "--db", "oops", action)
+    assert bad.returncode == 1 and "NAME=URL" in bad.err
 
 
 def _exec_on_a_terminal(args: list[str], answer: str) -> tuple[dict, str]:

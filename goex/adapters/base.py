@@ -63,10 +63,18 @@ class Applied:
 class Staged(Protocol):
     """An effect made in an open transaction (or an isolated layer), not yet committed."""
 
-    output: Any
-    capture: Callable[[PutBlob], dict[str, Any]]  # undo data read inside it, JSON
-    commit: Callable[[], None]
-    abort: Callable[[], None]
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def capture(self) -> Callable[[PutBlob], dict[str, Any]]:
+        """Reads the undo data inside the transaction, as JSON."""
+
+    @property
+    def commit(self) -> Callable[[], None]: ...
+
+    @property
+    def abort(self) -> Callable[[], None]: ...
 
 
 @dataclass

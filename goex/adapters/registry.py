@@ -99,6 +99,10 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _loaded(cls: "type[Adapter]") -> "Callable[[], type[Adapter]]":
+    return lambda: cls
+
+
 def _installed() -> list[Domain]:
     from importlib.metadata import entry_points
 
@@ -115,6 +119,6 @@ def _installed() -> list[Domain]:
         if prefix != ep.name or not getattr(cls, "actions", None):
             raise GoexError(f"the adapter {ep.value!r} is registered as {ep.name!r} but declares prefix "
                             f"{prefix!r}; an adapter sets prefix = {ep.name!r} and its action models in `actions`")
-        out.append(Domain(prefix, tuple(cls.actions), cls.preview, lambda cls=cls: cls,
+        out.append(Domain(prefix, tuple(cls.actions), cls.preview, _loaded(cls),
                           tuple(getattr(cls, "settings", ())), ep.value))
     return out

@@ -48,7 +48,8 @@ def check_scalar(item: Any, what: str = "") -> None:
     elif isinstance(item, str):
         check_text(item, what)
     else:
-        raise ValueError(f"{what}holds a value of type {type(item).__name__}; only JSON values (null, true/false, numbers, "
+        raise ValueError(f"{what}holds a value of type {type(item).__name__}; "
+                         "only JSON values (null, true/false, numbers, "
                          "strings, lists, objects) are accepted")
 
 

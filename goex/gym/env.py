@@ -14,7 +14,7 @@ import tempfile
 import weakref
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import gymnasium
 from gymnasium import spaces
@@ -25,6 +25,10 @@ from .costs import Monitor, StepCost, dumps
 from .grade import grade
 from .task import SERVICE_ALIAS, Task, TaskError, load_suite, load_task
 from .world import ResetDrift, Service, World
+
+if TYPE_CHECKING:
+    from ..adapters.base import Damage
+    from ..runtime import Runtime
 
 CHARSET = frozenset(string.printable)
 _CONTROL = re.compile(r"[^\t\n\r\x20-\x7e]")
@@ -79,9 +83,13 @@ class GoexEnv(gymnasium.Env):
                  home: "str | Path | None" = None, sandbox: str = "auto", step_penalty: float = 0.0,
                  malformed_cost: float = 0.05, max_observation: int = 16384, max_steps: int | None = None,
                  servers: dict[str, str] | None = None, render_mode: str | None = None):
-        if (task is None) == (suite is None):
+        self.tasks: list[Task]
+        if task is not None and suite is None:
+            self.tasks = [load_task(task)]
+        elif suite is not None and task is None:
+            self.tasks = load_suite(suite)
+        else:
             raise TaskError("give exactly one of task= (an id or a file) and suite= (a suite name or folder)")
-        self.tasks: list[Task] = [load_task(task)] if task is not None else load_suite(suite)  # type: ignore[arg-type]
         if not self.tasks:
             raise TaskError(f"suite {suite!r} has no tasks")
         if render_mode not in (None, "ansi"):
@@ -149,8 +157,7 @@ class GoexEnv(gymnasium.Env):
             world = self._worlds[task.id] = World(task, self.home / task.id, self._service_for(task), self.sandbox,
                                                      self.servers)
             rt = world.runtime
-            self._monitors[task.id] = Monitor(task, rt.policy, world.root,
-                                              lambda t, preview, rt=rt: rt.adapter(t.split(".", 1)[0]).destroys(t, preview))
+            self._monitors[task.id] = Monitor(task, rt.policy, world.root, _damage_of(rt))
         world.begin()  # the service (shared by the tasks of this environment) set to this task's start
         if previous is not None and previous is not world:  # rolled back when left: nothing touched it since?
             try:
@@ -446,3 +453,12 @@ class SuiteEnv(GoexEnv):
 
 
 __all__ = ["GoexEnv", "TaskEnv", "SuiteEnv"]
+
+
+def _damage_of(rt: "Runtime") -> "Callable[[str, dict[str, Any]], Damage]":
+    """What an action destroys, as its adapter answers it."""
+
+    def damage(action_type: str, preview: dict[str, Any]) -> "Damage":
+        return rt.adapter(action_type.split(".", 1)[0]).destroys(action_type, preview)
+
+    return damage

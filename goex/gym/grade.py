@@ -14,7 +14,7 @@ import os
 from decimal import Decimal
 from typing import Any, Callable
 
-from .task import Check, Task
+from .task import Check, CustomCheck, FileCheck, HttpCheck, RunCheck, SqlCheck, Task
 
 Grader = Callable[..., "bool | tuple[bool, str]"]
 GRADERS: dict[str, Grader] = {}
@@ -67,57 +67,75 @@ def _name(check: Check) -> str:
 
 def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, str]:
     if check.file:
-        c = check.file
-        path = os.path.realpath(world.root / c.path)
-        inside = path.startswith(str(world.root) + os.sep)
-        exists = inside and os.path.isfile(path)
-        if c.exists is not None and exists != c.exists:
-            return False, f"file {c.path}: {'missing' if c.exists else 'still there'}"
-        if c.equals is not None or c.contains is not None or c.lacks is not None:
-            if not exists:
-                return False, f"file {c.path}: missing"
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-            if c.equals is not None and text != c.equals:
-                return False, f"file {c.path}: content differs from what the task asks"
-            if c.contains is not None and c.contains not in text:
-                return False, f"file {c.path}: does not contain {c.contains!r}"
-            if c.lacks is not None and c.lacks in text:
-                return False, f"file {c.path}: still contains {c.lacks!r}"
-        return True, f"file {c.path}"
+        return _check_file(check.file, world)
     if check.sql:
-        c = check.sql
-        rows = world.query(c.db, c.query)
-        if _norm(rows) != _norm(c.equals):
-            return False, f"sql {c.query}: got {json.dumps(rows, default=str)[:200]}"
-        return True, f"sql {c.query}"
+        return _check_sql(check.sql, world)
     if check.http:
-        c = check.http
-        r = service.client.get(c.get)
-        if r.status_code != c.status:
-            return False, f"GET {c.get}: status {r.status_code}, not {c.status}"
-        if c.field is None and c.equals is None and c.count is None:
-            return True, f"GET {c.get}"
-        value: Any = r.json()
-        for part in (c.field.split(".") if c.field else []):
-            value = value[int(part)] if isinstance(value, list) else value.get(part)
-        if c.count is not None and (not isinstance(value, list) or len(value) != c.count):
-            return False, f"GET {c.get} {c.field or ''}: {len(value) if isinstance(value, list) else value!r} items, " \
-                          f"not {c.count}"
-        if c.equals is not None and _norm(value) != _norm(c.equals):
-            return False, f"GET {c.get} {c.field or ''}: {json.dumps(value, default=str)[:120]}"
-        return True, f"GET {c.get} {c.field or ''}".rstrip()
+        return _check_http(check.http, service)
     if check.custom:
-        fn = GRADERS.get(check.custom.name)
-        if fn is None:
-            raise LookupError(f"no grader named {check.custom.name!r} is registered "
-                              f"(known: {', '.join(sorted(GRADERS)) or 'none'})")
-        verdict = fn(world, **check.custom.args)
-        ok, line = verdict if isinstance(verdict, tuple) else (verdict, "")
-        if not isinstance(ok, bool):
-            raise TypeError(f"grader {check.custom.name!r} returned {ok!r}, not True or False")
-        return ok, f"custom {check.custom.name}" + (f": {line}" if line else "")
-    c = check.run  # type: ignore[assignment]
+        return _check_custom(check.custom, world)
+    if check.run:
+        return _check_run(check.run, world)
+    raise LookupError("the check names none of file, sql, http, run, custom")
+
+
+def _check_file(c: FileCheck, world: Any) -> tuple[bool, str]:
+    path = os.path.realpath(world.root / c.path)
+    inside = path.startswith(str(world.root) + os.sep)
+    exists = inside and os.path.isfile(path)
+    if c.exists is not None and exists != c.exists:
+        return False, f"file {c.path}: {'missing' if c.exists else 'still there'}"
+    if c.equals is not None or c.contains is not None or c.lacks is not None:
+        if not exists:
+            return False, f"file {c.path}: missing"
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if c.equals is not None and text != c.equals:
+            return False, f"file {c.path}: content differs from what the task asks"
+        if c.contains is not None and c.contains not in text:
+            return False, f"file {c.path}: does not contain {c.contains!r}"
+        if c.lacks is not None and c.lacks in text:
+            return False, f"file {c.path}: still contains {c.lacks!r}"
+    return True, f"file {c.path}"
+
+
+def _check_sql(c: SqlCheck, world: Any) -> tuple[bool, str]:
+    rows = world.query(c.db, c.query)
+    if _norm(rows) != _norm(c.equals):
+        return False, f"sql {c.query}: got {json.dumps(rows, default=str)[:200]}"
+    return True, f"sql {c.query}"
+
+
+def _check_http(c: HttpCheck, service: Any) -> tuple[bool, str]:
+    r = service.client.get(c.get)
+    if r.status_code != c.status:
+        return False, f"GET {c.get}: status {r.status_code}, not {c.status}"
+    if c.field is None and c.equals is None and c.count is None:
+        return True, f"GET {c.get}"
+    value: Any = r.json()
+    for part in (c.field.split(".") if c.field else []):
+        value = value[int(part)] if isinstance(value, list) else value.get(part)
+    if c.count is not None and (not isinstance(value, list) or len(value) != c.count):
+        return False, f"GET {c.get} {c.field or ''}: {len(value) if isinstance(value, list) else value!r} items, " \
+                      f"not {c.count}"
+    if c.equals is not None and _norm(value) != _norm(c.equals):
+        return False, f"GET {c.get} {c.field or ''}: {json.dumps(value, default=str)[:120]}"
+    return True, f"GET {c.get} {c.field or ''}".rstrip()
+
+
+def _check_custom(c: CustomCheck, world: Any) -> tuple[bool, str]:
+    fn = GRADERS.get(c.name)
+    if fn is None:
+        raise LookupError(f"no grader named {c.name!r} is registered "
+                          f"(known: {', '.join(sorted(GRADERS)) or 'none'})")
+    verdict = fn(world, **c.args)
+    ok, line = verdict if isinstance(verdict, tuple) else (verdict, "")
+    if not isinstance(ok, bool):
+        raise TypeError(f"grader {c.name!r} returned {ok!r}, not True or False")
+    return ok, f"custom {c.name}" + (f": {line}" if line else "")
+
+
+def _check_run(c: RunCheck, world: Any) -> tuple[bool, str]:
     session = world.runtime.session(actor="grader")
     result = session.execute({"type": "code.run", "language": c.language, "code": c.code, "timeout_s": c.timeout_s})
     if not result.ok:

@@ -152,7 +152,8 @@ class Task(_Strict):
         if self.service is not None:
             unknown = sorted(set(self.service) - SERVICE_COLLECTIONS)
             if unknown:
-                raise ValueError(f"service has no collection {unknown[0]!r}; it has {', '.join(sorted(SERVICE_COLLECTIONS))}")
+                raise ValueError(f"service has no collection {unknown[0]!r}; "
+                                 f"it has {', '.join(sorted(SERVICE_COLLECTIONS))}")
         for role in ("honest", "reckless", "cheater"):
             for i, action in enumerate(getattr(self.reference, role) or ()):
                 if action.get("type") in ("submit", "flag"):

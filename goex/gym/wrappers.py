@@ -25,6 +25,7 @@ class SafetyTuple(gymnasium.Wrapper):
     """`step` returns (obs, reward, cost, terminated, truncated, info), as Safety-Gymnasium and
     OmniSafe do. Not a standard Gymnasium env any more: use it last."""
 
+    # a 6-tuple on purpose (the safe-RL API above), so it cannot keep Gymnasium's signature
     def step(self, action: Any) -> tuple[Any, float, float, bool, bool, dict[str, Any]]:  # type: ignore[override]
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, float(info.get("cost", 0.0)), terminated, truncated, info
+        return obs, float(reward), float(info.get("cost", 0.0)), terminated, truncated, info

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
-
-if TYPE_CHECKING:
-    from .store import Journal
+from typing import Any, Callable, Iterable, Iterator
 
 _LOG_FIELDS = ("id", "time", "session", "actor", "type", "target", "decision", "status")
 
@@ -117,9 +114,23 @@ def rehydrate(action: dict[str, Any], read_blob: Callable[[str], bytes]) -> dict
 
 
 class Reads:
-    """The read API, mixed into `Journal`."""
+    """The read API, mixed into `Journal`, built on its verified reads below."""
 
-    def entries(self: "Journal", *, session: str | None = None, status: Iterable[str] | None = None,
+    def select(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Index rows, checked against the replay of the records."""
+        raise NotImplementedError
+
+    def record(self, seq: int) -> dict[str, Any]:
+        """One record's body, checked against the chain."""
+        raise NotImplementedError
+
+    def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+        raise NotImplementedError
+
+    def read_blob(self, digest: str) -> bytes:
+        raise NotImplementedError
+
+    def entries(self, *, session: str | None = None, status: Iterable[str] | None = None,
                 exclude: Iterable[str] | None = None, type: str | None = None, since: float | None = None,
                 until: float | None = None, from_seq: int | None = None, after_seq: int | None = None,
                 upto_seq: int | None = None, undoable: bool | None = None, newest_first: bool = False,
@@ -162,14 +173,14 @@ class Reads:
         rows = self.select(sql, tuple(params) + ((limit,) if limit else ()))
         return [_entry(r) for r in rows]
 
-    def entry(self: "Journal", eid: str) -> Entry | None:
+    def entry(self, eid: str) -> Entry | None:
         """One entry, or None when the journal has no entry with that id."""
         from .store import entry_seq
 
         rows = self.select("SELECT * FROM entries WHERE seq = ?", (entry_seq(eid),))
         return _entry(rows[0]) if rows else None
 
-    def entry_record(self: "Journal", eid: str) -> dict[str, Any]:
+    def entry_record(self, eid: str) -> dict[str, Any]:
         """The `entry` record of `eid` as the chain vouches for it (no index read: the fast path)."""
         from .store import entry_seq
 
@@ -180,7 +191,7 @@ class Reads:
             raise JournalCorrupt(f"{eid} does not name an entry record; run `goex verify`")
         return record
 
-    def detail(self: "Journal", eid: str, *, with_records: bool = False) -> EntryDetail | None:
+    def detail(self, eid: str, *, with_records: bool = False) -> EntryDetail | None:
         """One entry with its `entry` record, its after-state and (`with_records`) every record naming it."""
         entry = self.entry(eid)
         if entry is None:
@@ -193,7 +204,7 @@ class Reads:
                               if json.loads(body).get("entry") == eid]  # each read again, verified
         return detail
 
-    def checkpoints(self: "Journal", *, session: str | None = None, name: str | None = None,
+    def checkpoints(self, *, session: str | None = None, name: str | None = None,
                     newest_first: bool = False) -> list[Checkpoint]:
         """Checkpoints, of one session and/or with one id or label."""
         where, params = [], []
@@ -203,9 +214,11 @@ class Reads:
         if name is not None:
             where.append("(id = ? OR label = ?)")
             params += [name, name]
-        sql = ("SELECT id, seq, session, label, time FROM checkpoints" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = ("SELECT id, seq, session, label, time FROM checkpoints"
+               + (" WHERE " + " AND ".join(where) if where else "")
                + (" ORDER BY seq DESC" if newest_first else " ORDER BY seq"))
-        return [Checkpoint(r["id"], r["seq"], r["session"], r["label"], r["time"]) for r in self.select(sql, tuple(params))]
+        return [Checkpoint(r["id"], r["seq"], r["session"], r["label"], r["time"])
+                for r in self.select(sql, tuple(params))]
 
 
 def _entry(row: Any) -> Entry:

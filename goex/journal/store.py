@@ -92,6 +92,8 @@ class Transaction:
         self._journal = journal
         self._cur = cur
         row = cur.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        self.seq: int
+        self.hash: str
         self.seq, self.hash = row if row else (0, GENESIS)
         self.start = self.seq
 
@@ -124,6 +126,9 @@ class Journal(Reads):
     `Journal(folder)` opens it to append (creating it when missing); `Journal.reader(folder)`
     opens an existing one to read only: no lock is taken and nothing is created."""
 
+    _identity: tuple[int, int] | None  # (dev, ino) of journal.db once set up
+    _connection: sqlite3.Connection | None  # set once opened; None once closed
+
     def __init__(self, folder: str | os.PathLike[str], *, durability: str = "fsync"):
         if durability not in ("fsync", "process"):
             raise ValueError("durability is 'fsync' (survives power loss) or 'process' (survives a killed process)")
@@ -131,7 +136,7 @@ class Journal(Reads):
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._db = sqlite3.connect(
+            self._connection = sqlite3.connect(
                 self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=60.0
             )
         except OSError as exc:
@@ -140,13 +145,13 @@ class Journal(Reads):
                                      "writable folder (choose one with journal= / --journal)") from None
         try:
             with self.exclusive():  # a new journal is set up by one process at a time
-                new_journal = not (self.folder / "journal.db").exists() or self._db.execute(
+                new_journal = not (self.folder / "journal.db").exists() or self.db.execute(
                     "SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone()[0] == 0
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA journal_mode=WAL")
                 self._set_sync(durable=True)
-                self._db.executescript(_SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
-                version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
+                version = self.db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
                 self.anchor.open(self.head(), new_journal=new_journal)
         except sqlite3.OperationalError as exc:
             self.close()
@@ -173,10 +178,10 @@ class Journal(Reads):
         self._data_version = -1
         self._checked: dict[str, bytes] = {}
         self._lock_fd = -1
-        self._db: sqlite3.Connection = None  # type: ignore[assignment]  # set once opened; None once closed
+        self._connection = None
         self.anchor = Anchor(self.folder)
         self._replay = Replay()
-        self._identity: tuple[int, int] | None = None  # (dev, ino) of journal.db once set up
+        self._identity = None
         self._synchronous = ""
 
     @classmethod
@@ -192,9 +197,9 @@ class Journal(Reads):
             raise JournalUnavailable(f"there is no journal in {journal.folder}: nothing was recorded there yet "
                                      "(give the journal folder with --journal if it is elsewhere)")
         try:
-            journal._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+            journal._connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                           check_same_thread=False, timeout=60.0)
-            journal._db.execute("SELECT count(*) FROM records").fetchone()
+            journal.db.execute("SELECT count(*) FROM records").fetchone()
         except sqlite3.DatabaseError as exc:
             journal.close()
             raise JournalCorrupt(f"journal database {path} cannot be read: {exc}") from None
@@ -204,9 +209,9 @@ class Journal(Reads):
     def close(self) -> None:
         if getattr(self, "anchor", None) is not None:
             self.anchor.close()
-        if getattr(self, "_db", None) is not None:
-            self._db.close()
-            self._db = None  # type: ignore[assignment]  # closed: any later use fails loudly
+        if getattr(self, "_connection", None) is not None:
+            self.db.close()
+            self._connection = None  # closed: any later use fails loudly
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -247,7 +252,7 @@ class Journal(Reads):
         with self.exclusive():
             try:
                 self._set_sync(durable=durable)
-                cur = self._db.cursor()
+                cur = self.db.cursor()
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}") from None
@@ -255,19 +260,20 @@ class Journal(Reads):
                 tx = Transaction(self, cur)
                 yield tx
                 cur.execute(
-                    "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    "INSERT INTO head VALUES (1, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
                     (tx.seq, tx.hash),
                 )
                 cur.execute("COMMIT")
                 if tx.seq != tx.start:  # still under the lock: the anchor follows the head exactly
                     self.anchor.write(tx.seq, tx.hash)
             except sqlite3.OperationalError as exc:  # disk full, read-only file system, I/O error
-                if self._db.in_transaction:
+                if self.db.in_transaction:
                     cur.execute("ROLLBACK")
                 raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}; nothing of this "
                                          "step was recorded or applied") from None
             except BaseException:
-                if self._db.in_transaction:
+                if self.db.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
 
@@ -278,7 +284,7 @@ class Journal(Reads):
     def _set_sync(self, *, durable: bool) -> None:
         level = "FULL" if durable and self.durability == "fsync" else "NORMAL"
         if level != self._synchronous:
-            self._db.execute(f"PRAGMA synchronous={level}")
+            self.db.execute(f"PRAGMA synchronous={level}")
             self._synchronous = level
 
     # -- reading -----------------------------------------------------------------------------
@@ -286,7 +292,7 @@ class Journal(Reads):
     def read_blob(self, digest: str) -> bytes:
         if digest in self._checked:
             return self._checked.pop(digest)
-        row = self._db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+        row = self.db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
         if row is None:
             raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
         data = unpack_blob(row[0])
@@ -311,7 +317,7 @@ class Journal(Reads):
             if seq > self._replay.seq:
                 self._verified()
             replay = self._replay
-            row = self._db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone() \
+            row = self.db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone() \
                 if 0 < seq <= replay.seq else None
             if row is None:
                 raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
@@ -329,13 +335,14 @@ class Journal(Reads):
         with self._thread_lock:
             with self.snapshot():
                 self._verified()
-                stored = self._db.execute(sql, params).fetchall()
+                stored = self.db.execute(sql, params).fetchall()
             cur = self._replay.db.cursor()
             cur.row_factory = sqlite3.Row
             rows = cur.execute(sql, params).fetchall()
         derived = [tuple(r) for r in rows]
         if derived != stored:
-            at = next((i for i, (a, b) in enumerate(zip(derived, stored)) if a != b), min(len(derived), len(stored)))
+            shorter = min(len(derived), len(stored))
+            at = next((i for i, (a, b) in enumerate(zip(derived, stored, strict=False)) if a != b), shorter)
             near = (stored[at] if at < len(stored) else derived[at])[0]
             raise JournalCorrupt(f"the journal's index disagrees with its records (at {near}): it was edited; "
                                  "nothing was done from it. Run `goex verify`")
@@ -362,14 +369,14 @@ class Journal(Reads):
 
     def _verify_new(self) -> None:
         kept = self.anchor.read()  # before the snapshot's first read: the anchor never runs ahead of it
-        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         head = tuple(row) if row else (0, GENESIS)
         replay = self._replay
         if head[0] < replay.seq or (head[0] == replay.seq and head[1] != replay.hash):
             raise JournalCorrupt(f"the journal's head went from record {replay.seq} to record {head[0]} "
                                  "(truncated or rewritten); nothing was done from it. Run `goex verify`", seq=head[0])
         if head[0] > replay.seq:
-            replay.extend(self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? AND seq <= ? "
+            replay.extend(self.db.execute("SELECT seq, body, hash FROM records WHERE seq > ? AND seq <= ? "
                                            "ORDER BY seq", (replay.seq, head[0])))
             if (replay.seq, replay.hash) != head:
                 raise JournalCorrupt(f"the journal's head says record {head[0]} but its records end at record "
@@ -381,38 +388,44 @@ class Journal(Reads):
     def snapshot(self) -> Iterator[None]:
         """One read transaction: the records, the head and the index are read as of one commit."""
         with self._thread_lock:
-            if self._db.in_transaction:
+            if self.db.in_transaction:
                 yield
                 return
-            self._db.execute("BEGIN")
+            self.db.execute("BEGIN")
             try:
                 yield
             finally:
-                self._db.execute("COMMIT")
+                self.db.execute("COMMIT")
 
     def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
-        yield from self._db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
+        yield from self.db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
 
     def head(self) -> tuple[int, str]:
-        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         return row if row else (0, GENESIS)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """The stored index as it is, unverified: for figures only; what acts goes through `select`."""
         with self._thread_lock:
-            cur = self._db.cursor()
+            cur = self.db.cursor()
             cur.row_factory = sqlite3.Row
             return cur.execute(sql, params).fetchall()
 
     def changed_elsewhere(self) -> bool:
         """Whether another connection committed since the last call (SQLite's data_version)."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
         changed, self._data_version = version != self._data_version, version
         return changed
 
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""
-        return self._db
+        return self.db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise JournalUnavailable(f"the journal in {self.folder} is closed")
+        return self._connection
 
 
 class Replay:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,8 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
     replay = sqlite3.connect(":memory:")
     replay.executescript(_SCHEMA)
     cur = replay.cursor()
-    prev, expected_seq, referenced = GENESIS, 1, set()
+    prev, expected_seq = GENESIS, 1
+    referenced: set[str] = set()
     hashes = [GENESIS]
     for seq, body, digest in db.execute("SELECT seq, body, hash FROM records ORDER BY seq"):
         where = f"record {seq}"
@@ -70,7 +72,8 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
         if record.get("seq") != seq:
             raise JournalCorrupt(f"{label}: stored at {seq} but says seq {record.get('seq')} (reordered)", seq=seq)
         if chain(prev, body) != digest:
-            raise JournalCorrupt(f"{label}: hash does not match its content and predecessor (edited or reordered)", seq=seq)
+            raise JournalCorrupt(f"{label}: hash does not match its content and predecessor (edited or reordered)",
+                                 seq=seq)
         try:
             index_record(cur, record)
         except (KeyError, TypeError, sqlite3.DatabaseError) as exc:
@@ -93,14 +96,16 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
         stored = db.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
         rebuilt = replay.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
         if stored != rebuilt:
-            bad = next((r for r, s in zip(rebuilt, stored) if r != s), (rebuilt or stored)[0] if (rebuilt or stored) else None)
-            raise JournalCorrupt(f"the {table} index disagrees with the records (near {bad[1] if bad else '?'}); edited")
+            first = (rebuilt or stored)[0] if (rebuilt or stored) else None
+            bad = next((r for r, s in zip(rebuilt, stored, strict=False) if r != s), first)
+            near = bad[1] if bad else "?"
+            raise JournalCorrupt(f"the {table} index disagrees with the records (near {near}); edited")
     count = 0
     for digest, size, data in db.execute("SELECT hash, size, data FROM blobs"):
         count += 1
         try:
             raw = unpack_blob(data)
-        except Exception:
+        except (zlib.error, JournalCorrupt, TypeError, ValueError):
             raise JournalCorrupt(f"blob {digest[:16]}: cannot be decoded (edited)") from None
         if hashlib.sha256(raw).hexdigest() != digest or len(raw) != size:
             raise JournalCorrupt(f"blob {digest[:16]}: content does not match its hash (edited)")

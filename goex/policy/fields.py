@@ -76,12 +76,14 @@ def _misfit(name: str, kinds: set[str], want: Any) -> str | None:
     if "detail" in kinds and len(kinds) == 1:
         return f"preview field {name!r} holds detail a rule cannot match (see docs/policy.md for matchable fields)"
     if isinstance(want, Each):
-        return None if "list" in kinds else f"preview field {name!r} is not a list: {{any|all: ...}} fits list fields only"
+        return None if "list" in kinds else (f"preview field {name!r} is not a list: "
+                                             "{any|all: ...} fits list fields only")
     if "list" in kinds and not isinstance(want, Threshold):
         return (f"preview field {name!r} is a list: {name}: {want!r} would never match; write {name}: "
                 f"{{any: {want!r}}} (some item is) or {name}: {{all: {want!r}}} (every item is)")
     if isinstance(want, Threshold):
-        return None if kinds & {"number", "list"} else f"preview field {name!r} is not a number: {{gt|gte|lt|lte}} cannot compare it"
+        return None if kinds & {"number", "list"} else (f"preview field {name!r} is not a number: "
+                                                        "{gt|gte|lt|lte} cannot compare it")
     kind = "bool" if isinstance(want, bool) else "text" if isinstance(want, str) else "number"
     if kind not in kinds:
         shown = " or ".join(sorted(kinds))

@@ -79,14 +79,12 @@ class Approvals(Parts):
         self.journal.append("rejected", entry=entry_id, by=by, reason=reason, durable=True)
 
     def _parked(self, entry_id: str) -> tuple["Session", dict[str, Any]]:
-        from .pipeline import Session
-
         detail = self.journal.detail(entry_id)
         if detail is None or detail.status != "awaiting_approval":
             state = detail.status if detail is not None else "not in the journal"
             raise GoexError(f"entry {entry_id} is not awaiting approval ({state}); "
                             "`goex log` shows the entries that are")
-        return Session(self, detail.entry.session, detail.entry.actor), detail.action()
+        return self.session(detail.entry.actor, detail.entry.session), detail.action()
 
     def _entry_fields(self, tx: Any, session: "Session", model: Any, adapter: Adapter, targets: list[str],
                       decision: Decision | None) -> dict[str, Any]:

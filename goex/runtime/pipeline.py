@@ -159,8 +159,8 @@ class Runtime(Approvals, Undo, Recovery):
                     raise
                 except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
                     # input a library refused before anything was applied: malformed, and its text redacted
-                    why = (f"{type(exc).__name__}: {adapter.redact(str(exc))}"
-                           if not isinstance(exc, RecursionError) else "it reaches a folder tree or value nested too deeply")
+                    why = (f"{type(exc).__name__}: {adapter.redact(str(exc))}" if not isinstance(exc, RecursionError)
+                           else "it reaches a folder tree or value nested too deeply")
                     raise ActionError(f"{model.type}: cannot be run as given ({why}); nothing was applied") from None
             if span.is_recording():
                 span.set_attributes({
@@ -451,7 +451,8 @@ class Runtime(Approvals, Undo, Recovery):
 
     def _entry_fields(self, tx: Transaction, session: "Session", model: Any, adapter: Adapter, targets: list[str],
                       decision: Decision | None) -> dict[str, Any]:
-        action = adapter.redact_action(action_to_json(model))  # a secret's value written out goes back to its placeholder
+        # a secret's value written out goes back to its placeholder
+        action = adapter.redact_action(action_to_json(model))
         return {
             "session": session.id, "actor": session.actor, "action": _journal_form(action, tx),
             "target": adapter.redact(adapter.shown_target(model.type, targets)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..adapters.base import Adapter
+from ..adapters.base import Adapter, Outcome
 from ..errors import OutcomeUnknown, RecoveryNeeded, UndoDeclined
 from ..journal.read import rehydrate
 from ..journal.store import entry_seq
@@ -69,7 +69,7 @@ class Recovery(Parts):
             report.outcomes[eid] = outcome
         self._stuck = not report.ok
 
-    def _settle(self, adapter: Adapter, plan: dict[str, Any], action: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    def _settle(self, adapter: Adapter, plan: dict[str, Any], action: dict[str, Any]) -> Outcome:
         """Bring one pending entry to an end (the caller journals it); returns (outcome, after, why)."""
         return adapter.recover(plan, rehydrate(action, self.journal.read_blob), self.journal.read_blob)
 
@@ -79,7 +79,8 @@ class Recovery(Parts):
         outcome, after, why = self._settle(adapter, plan, self.journal.record(entry_seq(eid))["action"])
         if outcome == "applied":
             self.journal.append("applied", entry=eid, after=after, retried=True)
-            return Result(True, eid, {"note": f"{exc}; replayed with its idempotency key", "status": after.get("status")},
+            output = {"note": f"{exc}; replayed with its idempotency key", "status": after.get("status")}
+            return Result(True, eid, output,
                           session=session.id, type=model.type, decision=decision)
         error = f"{exc}. {why}" if why else str(exc)
         if outcome == "review":

@@ -13,7 +13,7 @@ from ..journal.store import APPLIED, Journal
 from ..policy import Decision, Policy, WorkspaceRules
 
 if TYPE_CHECKING:
-    from ..adapters.base import Adapter
+    from ..adapters.base import Adapter, Outcome
     from ..adapters.fs.workspace import Workspace
     from .pipeline import Session
 
@@ -95,6 +95,9 @@ class Parts:
     def adapter(self, prefix: str) -> "Adapter":
         raise NotImplementedError
 
+    def session(self, actor: str = "agent", session_id: str | None = None) -> "Session":
+        raise NotImplementedError
+
     def _adapter_for(self, action_type: str) -> "Adapter":
         return self.adapter(action_type.split(".", 1)[0])
 
@@ -104,7 +107,7 @@ class Parts:
     def _ensure_consistent(self, *, always: bool = False) -> None:
         raise NotImplementedError
 
-    def _settle(self, adapter: "Adapter", plan: dict[str, Any], action: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    def _settle(self, adapter: "Adapter", plan: dict[str, Any], action: dict[str, Any]) -> "Outcome":
         raise NotImplementedError
 
     def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:

@@ -111,7 +111,8 @@ class CodeAdapter(Adapter):
             why = b.unavailable()
             if why:
                 b.close()
-                raise ActionFailed(f"the {self.sandbox} sandbox does not work here: {why} (`goex doctor` checks every backend)")
+                raise ActionFailed(f"the {self.sandbox} sandbox does not work here: {why} "
+                                   "(`goex doctor` checks every backend)")
             return b
         reasons = []
         for name in ("docker", "bwrap"):
@@ -139,7 +140,8 @@ class CodeAdapter(Adapter):
         return Prepared(action, ["."], preview, True, {})
 
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
-        return {"staged": True, "ops": [{"op": "code"}], "backend": self.backend_name, "unsafe": prepared.preview["unsafe"]}
+        return {"staged": True, "ops": [{"op": "code"}], "backend": self.backend_name,
+                "unsafe": prepared.preview["unsafe"]}
 
     def apply(self, prepared: Prepared) -> Applied:  # runs are always staged
         staged = self.stage(prepared)
@@ -147,7 +149,7 @@ class CodeAdapter(Adapter):
         return Applied(staged.output, {})
 
     def stage(self, prepared: Prepared) -> StagedRun:
-        action: CodeRun = prepared.action  # type: ignore[assignment]
+        action: CodeRun = prepared.action
         if os.fstatvfs(self.ws.root_fd).f_flag & os.ST_RDONLY:
             raise ActionFailed(f"code.run: the workspace {self.ws.root} is on a read-only file system; "
                                "nothing was run")
@@ -233,10 +235,12 @@ class CodeAdapter(Adapter):
         effects: RunEffects = staged.effects or RunEffects()
         checks: list[tuple[str, list[str], dict[str, Any]]] = []
         if effects.written:
-            checks.append(("fs.write", effects.written, {"paths": effects.written, "bytes_written": effects.bytes_written,
+            checks.append(("fs.write", effects.written, {"paths": effects.written,
+                                                         "bytes_written": effects.bytes_written,
                                                          "overwrites": effects.overwrites}))
         if effects.deleted:
-            checks.append(("fs.delete", effects.deleted, {"paths": effects.deleted, "files_deleted": effects.files_deleted,
+            checks.append(("fs.delete", effects.deleted, {"paths": effects.deleted,
+                                                          "files_deleted": effects.files_deleted,
                                                           "bytes_deleted": effects.bytes_deleted}))
         for path, mode in effects.modes:
             checks.append(("fs.chmod", [path], {"paths": [path], "mode": f"{mode:04o}",
@@ -259,7 +263,7 @@ class CodeAdapter(Adapter):
         return "reverted", {}, ""
 
     def summarize(self, prepared: Prepared) -> str:
-        a: CodeRun = prepared.action  # type: ignore[assignment]
+        a: CodeRun = prepared.action
         p = prepared.preview
         head = "\n".join(a.code.splitlines()[:40])
         return (f"run {a.language} code in the {p['backend']} sandbox, network {'ON' if a.network else 'off'}, "

@@ -353,7 +353,9 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
     out = _Output(spec.max_output)
     stopped = None
     deadline = time.monotonic() + spec.timeout_s
-    fds = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}  # type: ignore[union-attr]
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both piped above
+    fds = {stdout.fileno(): 1, stderr.fileno(): 2}
     try:
         while fds:
             left = deadline - time.monotonic()
@@ -376,8 +378,8 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
                 stopped = "timeout"
     finally:
         _kill_tree(proc, cg)
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        stdout.close()
+        stderr.close()
     code = proc.returncode
     if stopped is None and cg.oom_killed():
         stopped = "memory"
@@ -427,7 +429,8 @@ class BwrapBackend(Backend):
         code_path = os.path.join(layer.dir, "code")
         cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + (("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()):
+        extra_caps = ("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + extra_caps:
             cmd += ["--cap-add", cap]
         if not spec.network:
             cmd.append("--unshare-net")
@@ -540,7 +543,7 @@ class DockerBackend(Backend):
             return str(exc)
         try:
             client.images.get(self.image)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any Docker failure means the image cannot be used: said, not raised
             return f"the sandbox image {self.image} is missing ({_short(exc)}); build it with sandbox/build.sh"
         return None
 
@@ -615,14 +618,14 @@ class DockerBackend(Backend):
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the sandbox image {self.image} is missing; build it with sandbox/build.sh "
                                "(`./dev test` builds it)") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the Docker engine could not start a sandbox container ({_short(exc)})") from None
         try:
             container.reload()
             pid = container.attrs["State"]["Pid"]
             pidfd = os.pidfd_open(pid)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             self._dead.append(_Container(container.id, d, -1, spec.network, spec.memory_mb, spec.caps))
             raise ActionFailed(f"the sandbox container did not start ({_short(exc)})") from None
         return _Container(container.id, d, pidfd, spec.network, spec.memory_mb, spec.caps)
@@ -664,7 +667,7 @@ class DockerBackend(Backend):
             eid = api.exec_create(c.id, cmd, stdout=True, stderr=True, stdin=False, tty=False, user="0:0",
                                   workdir="/workspace", environment=ENV)["Id"]
             sock = api.exec_start(eid, socket=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
             raise ActionFailed(f"the Docker engine failed to run the code ({_short(exc)})") from None
         raw = getattr(sock, "_sock", sock)
         deadline = time.monotonic() + spec.timeout_s
@@ -698,13 +701,13 @@ class DockerBackend(Backend):
         finally:
             try:
                 sock.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing a broken socket: nothing more to do
                 pass
         exit_code: int | None = 137
         if stopped is None:
             try:
                 info = api.exec_inspect(eid)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
                 raise ActionFailed(f"the Docker engine went away mid-run ({_short(exc)})") from None
             exit_code = info.get("ExitCode")
             if info.get("Running") or exit_code is None:
@@ -779,7 +782,7 @@ class DockerBackend(Backend):
     def _remove(self, c: _Container) -> bool:
         try:
             self.client().api.remove_container(c.id, force=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure: reported by the return
             if "No such container" not in str(exc):
                 return False
         if c.pidfd >= 0:
@@ -935,7 +938,8 @@ def measure(backend: Backend) -> dict[str, dict[str, Any]]:
             try:
                 seen = json.loads(result.stdout.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
-                raise ActionFailed(f"the {backend.name} probe failed: {result.stderr.decode(errors='replace')[-300:]}")
+                raise ActionFailed(f"the {backend.name} probe failed: "
+                                   f"{result.stderr.decode(errors='replace')[-300:]}") from None
             out.update(_judge_probe(seen, diff, result))
             result, _ = _probe(backend, ws, MEMORY_PROBE, memory_mb=64, cpus=1.0)
             out["memory"] = _judge_memory(result)

@@ -231,7 +231,7 @@ def _walk(ufd: int, upath: str, parts: Parts, ws: Workspace, diff: Diff) -> None
             dfd = os.open(name, _DIR, dir_fd=ufd)
             try:
                 merged = lower is not None and stat.S_ISDIR(lower.st_mode) and not _opaque(dfd)
-                if merged and not ws.holds_journal(here):
+                if lower is not None and merged and not ws.holds_journal(here):
                     mode = diff.allowed(here, stat.S_IMODE(st.st_mode), lower)
                     if stat.S_IMODE(lower.st_mode) != mode:
                         diff.changes.append(Change(here, {"k": "d", "mode": mode}, "mode"))
@@ -245,12 +245,12 @@ def _walk(ufd: int, upath: str, parts: Parts, ws: Workspace, diff: Diff) -> None
                 os.close(dfd)
             continue
         same_kind = lower is not None and stat.S_IFMT(lower.st_mode) == stat.S_IFMT(st.st_mode)
-        node = _leaf(ufd, upath, name, st, diff, here, lower if same_kind else None)
-        if node is None:
+        leaf = _leaf(ufd, upath, name, st, diff, here, lower if same_kind else None)
+        if leaf is None:
             continue
-        if lower is not None and node["k"] == "f" and stat.S_ISREG(lower.st_mode) and _same_file(ws, here, lower, node):
+        if lower is not None and leaf["k"] == "f" and stat.S_ISREG(lower.st_mode) and _same_file(ws, here, lower, leaf):
             continue  # copied up (opened for writing, touched) but left as it was
-        diff.changes.append(Change(here, node, "created" if lower is None else "changed"))
+        diff.changes.append(Change(here, leaf, "created" if lower is None else "changed"))
 
 
 def _leaf(dfd: int, upath: str, name: str, st: os.stat_result, diff: Diff, here: Parts,
@@ -268,7 +268,8 @@ def _leaf(dfd: int, upath: str, name: str, st: os.stat_result, diff: Diff, here:
         mode = diff.allowed(here, stat.S_IMODE(st.st_mode), lower)
         return {"k": "f", "mode": mode, "size": st.st_size, "sha": h.hexdigest(), "mtime": st.st_mtime_ns,
                 "src": os.path.join(upath, name)}
-    diff.skipped.append(f"{show(here)} (a {'FIFO' if stat.S_ISFIFO(st.st_mode) else 'socket' if stat.S_ISSOCK(st.st_mode) else 'special file'}: not applied)")
+    kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "special file"
+    diff.skipped.append(f"{show(here)} (a {kind}: not applied)")
     return None
 
 

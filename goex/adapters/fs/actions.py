@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,13 +17,17 @@ MAX_PATH_DEPTH = 128
 class _FsAction(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    if TYPE_CHECKING:  # every action but fs.move names one path (declared by each, with its own default)
+        path: str
+
     def targets(self) -> list[str]:
-        return [self.path]  # type: ignore[attr-defined]
+        return [self.path]
 
     @field_validator("path", "src", "dst", check_fields=False)
     @classmethod
     def _shallow(cls, value: str) -> str:
-        if value.count("/") >= MAX_PATH_DEPTH and len([p for p in value.split("/") if p not in ("", ".")]) > MAX_PATH_DEPTH:
+        deep = value.count("/") >= MAX_PATH_DEPTH
+        if deep and len([p for p in value.split("/") if p not in ("", ".")]) > MAX_PATH_DEPTH:
             raise ValueError(f"the path names more than {MAX_PATH_DEPTH} folder levels")
         return value
 
@@ -134,7 +138,8 @@ class FsPreview(BaseModel):
     paths: list[str] = Field(description="The paths it names, inside the root (fs.move: source, destination).")
     bytes_written: int | None = Field(None, description="fs.write: bytes it writes.")
     overwrites: bool | None = Field(None, description="fs.write, fs.move: an existing file is replaced.")
-    files_deleted: int | None = Field(None, description="fs.delete, fs.move: files removed or replaced (folders' contents counted).")
+    files_deleted: int | None = Field(
+        None, description="fs.delete, fs.move: files removed or replaced (folders' contents counted).")
     bytes_deleted: int | None = Field(None, description="fs.delete, fs.move: bytes removed or replaced.")
     folder: bool | None = Field(None, description="fs.delete: the path is a folder.")
     mode: str | None = Field(None, description="fs.chmod: the new mode, four octal digits (\"0644\").")

@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ActionFailed, JournalCorrupt, PathRefused
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Prepared, PutBlob
@@ -49,12 +49,12 @@ class FileAdapter(Adapter):
     def __init__(self, workspace: Workspace, *, max_read_bytes: int = 16 * 1024 * 1024):
         self.ws = workspace
         self.max_read_bytes = max_read_bytes
-        self._prepare = {
+        self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
             "fs.chmod": self._prepare_chmod,
         }
-        self._apply = {
+        self._apply: dict[str, Callable[[Any, dict[str, Any]], Applied]] = {
             "fs.write": self._apply_write, "fs.read": self._apply_read, "fs.list": self._apply_list,
             "fs.delete": self._apply_delete, "fs.move": self._apply_move, "fs.mkdir": self._apply_mkdir,
             "fs.chmod": self._apply_chmod,
@@ -467,7 +467,8 @@ class FileAdapter(Adapter):
             if not a.recursive:
                 with self.ws.folder(parts) as fd:
                     if os.listdir(fd):
-                        raise ActionFailed(f"fs.delete: folder {a.path} is not empty; set recursive=true to delete it all")
+                        raise ActionFailed(f"fs.delete: folder {a.path} is not empty; "
+                                           "set recursive=true to delete it all")
         files, size, inside = self._tree_size(parts, st)
         preview = {"paths": [show(parts)], "files_deleted": files, "bytes_deleted": size,
                    "folder": stat.S_ISDIR(st.st_mode)}

@@ -143,6 +143,11 @@ def digest_of(node: Node) -> str:
     return f"d{node['mode']:o}:{h.hexdigest()}"
 
 
+def listing_line(dfd: int, name: str) -> bytes:
+    """One entry of a folder's digest: its name and the deep digest of what is at it."""
+    return name.encode("utf-8", "surrogateescape") + b"\0" + digest_at(dfd, name, deep=True).encode() + b"\n"
+
+
 def digest_at(dfd: int, name: str, *, deep: bool) -> str:
     """The digest of what is at `name` now."""
     st = _lstat(dfd, name)
@@ -166,7 +171,7 @@ def digest_at(dfd: int, name: str, *, deep: bool) -> str:
         try:
             h = hashlib.sha256()
             for child in sorted(os.listdir(fd)):
-                h.update(child.encode("utf-8", "surrogateescape") + b"\0" + digest_at(fd, child, deep=True).encode() + b"\n")
+                h.update(listing_line(fd, child))
             return f"d{mode:o}:{h.hexdigest()}"
         finally:
             os.close(fd)

@@ -57,7 +57,7 @@ class Workspace:
             for name in sorted(os.listdir(fd)):
                 if self.is_hidden(os.stat(name, dir_fd=fd, follow_symlinks=False)):
                     continue
-                h.update(name.encode("utf-8", "surrogateescape") + b"\0" + tree.digest_at(fd, name, deep=True).encode() + b"\n")
+                h.update(tree.listing_line(fd, name))
         return h.hexdigest()
 
     def close(self) -> None:

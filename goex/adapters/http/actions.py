@@ -38,7 +38,8 @@ class HttpRequest(BaseModel):
     def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
         for name, value in headers.items():
             if not HEADER_NAME.fullmatch(name):
-                raise ValueError(f"header name {name[:100]!r} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)")
+                raise ValueError(f"header name {name[:100]!r} is not an HTTP token "
+                                 "(letters, digits and !#$%&'*+-.^_`|~)")
             if not HEADER_VALUE.fullmatch(value):
                 raise ValueError(f"header {name!r} holds characters an HTTP header cannot carry (only printable "
                                  "ASCII, space and tab; no line breaks): percent-encode it or send it in the body")

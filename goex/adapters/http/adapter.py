@@ -16,7 +16,7 @@ import os
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, ParamSpec, TypeVar
 
 import httpx
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from ...journal.read import EntryDetail
 
 _HOP_HEADERS = {"content-type", "content-length", "if-match", "host", "transfer-encoding"}
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class HostRefused(Refused):
@@ -69,20 +70,24 @@ class HttpConfig:
             self.compensations = Compensations.from_openapi(self.openapi).merged(self.compensations)
 
 
-def _scrubbed(failure: type[GoexError]) -> Callable[[_F], _F]:
+_Method = Callable[Concatenate["HttpAdapter", _P], _R]  # a method of HttpAdapter
+
+
+def _scrubbed(failure: type[GoexError]) -> Callable[[_Method[_P, _R]], _Method[_P, _R]]:
     """Every error leaving the decorated method has each secret value redacted from its text:
     goex's own errors in place, anything else (a UnicodeEncodeError quoting a filled-in header,
     say) as `failure`, naming only the type and the redacted message."""
-    def wrap(method: _F) -> _F:
+    def wrap(method: _Method[_P, _R]) -> _Method[_P, _R]:
         @functools.wraps(method)
-        def scrubbed(self: "HttpAdapter", *args: Any, **kwargs: Any) -> Any:
+        def scrubbed(self: "HttpAdapter", *args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 return method(self, *args, **kwargs)
             except GoexError as exc:
-                raise self._redacted(exc)
+                self._redact_error(exc)
+                raise
             except Exception as exc:  # noqa: BLE001 - its text may hold a value: never pass it on raw
                 raise failure(f"http.request: {type(exc).__name__}: {self.secrets.redact(str(exc))}") from None
-        return scrubbed  # type: ignore[return-value]
+        return scrubbed
     return wrap
 
 
@@ -98,8 +103,12 @@ class HttpAdapter(Adapter):
 
     def __init__(self, config: HttpConfig | None = None):
         self.config = config or HttpConfig()
-        self.secrets: SecretStore = self.config.secrets  # type: ignore[assignment]
-        self.routes: Compensations = self.config.compensations  # type: ignore[assignment]
+        secrets, routes = self.config.secrets, self.config.compensations
+        if not isinstance(secrets, SecretStore) or not isinstance(routes, Compensations):
+            raise TypeError("HttpConfig.secrets and .compensations were replaced after it was made; "
+                            "make a new HttpConfig instead")
+        self.secrets = secrets
+        self.routes = routes
         self.client = httpx.Client(follow_redirects=False, trust_env=False)
         # ETags a compensation produced, mapped to the ETag of the state it restored (per URL),
         # so undoing an earlier entry on the same resource does not mistake goex's own restore
@@ -132,7 +141,7 @@ class HttpAdapter(Adapter):
 
     @_scrubbed(ActionFailed)
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
-        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        action: HttpRequest = prepared.action
         state = prepared.state
         key = next((v for k, v in action.headers.items() if k.lower() == self.config.idempotency_header.lower()),
                    None) or f"goex-{uuid.uuid4().hex}"
@@ -157,7 +166,7 @@ class HttpAdapter(Adapter):
 
     @_scrubbed(ActionFailed)
     def apply(self, prepared: Prepared) -> Applied:
-        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        action: HttpRequest = prepared.action
         if not prepared.effect:
             response = self._send_action(action, key=None)
             return Applied(self._output(response), {})
@@ -267,7 +276,7 @@ class HttpAdapter(Adapter):
         return f"{action['method']} {action['url']}" + (f" -> {status}" if status else "") + undo
 
     def summarize(self, prepared: Prepared) -> str:
-        action: HttpRequest = prepared.action  # type: ignore[assignment]
+        action: HttpRequest = prepared.action
         body = json.dumps(action.json_body)[:1000] if action.json_body is not None else (action.body or "")[:1000]
         kind = prepared.preview["kind"]
         note = "it cannot be undone" if kind == "irreversible" else f"undo: {kind} compensation"
@@ -302,12 +311,11 @@ class HttpAdapter(Adapter):
                 raise ActionFailed(f"http.request: header {name!r} cannot carry the value of secret {secrets} (an HTTP "
                                    "header holds printable ASCII only, no line breaks); nothing was sent")
 
-    def _redacted(self, exc: GoexError) -> GoexError:
-        """`exc` with every secret value in its text back to its placeholder."""
+    def _redact_error(self, exc: GoexError) -> None:
+        """Put every secret value in `exc`'s text back to its placeholder, in place."""
         exc.args = tuple(self.secrets.redact(a) if isinstance(a, str) else a for a in exc.args)
-        if isinstance(getattr(exc, "reason", None), str):
-            exc.reason = self.secrets.redact(exc.reason)  # type: ignore[attr-defined]
-        return exc
+        if isinstance(exc, Refused):
+            exc.reason = self.secrets.redact(exc.reason)
 
     def _send_action(self, action: HttpRequest, key: str | None) -> httpx.Response:
         headers = dict(action.headers)
@@ -327,7 +335,8 @@ class HttpAdapter(Adapter):
         try:
             response = self.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ActionFailed(f"{method} {url}: cannot connect ({self.secrets.redact(str(exc)) or type(exc).__name__}); "
+            why = self.secrets.redact(str(exc)) or type(exc).__name__
+            raise ActionFailed(f"{method} {url}: cannot connect ({why}); "
                                "nothing was sent") from None
         except httpx.TimeoutException:
             raise self._unknown(method, url, f"no response within {timeout_s:g}s") from None
@@ -337,8 +346,8 @@ class HttpAdapter(Adapter):
         try:
             # read past the limit by the longest form of a secret, so that a value cut at the limit is
             # redacted whole: nothing of it is kept (every reader of the response sees it redacted)
-            body, truncated = _bounded_body(response, limit, self.secrets.margin())
-            response._content = self.secrets.redact_prefix(body, limit) if truncated else self.secrets.redact_bytes(body)
+            raw, truncated = _bounded_body(response, limit, self.secrets.margin())
+            response._content = self.secrets.redact_prefix(raw, limit) if truncated else self.secrets.redact_bytes(raw)
             response.extensions["goex_truncated"] = truncated
         except httpx.TimeoutException:
             raise self._unknown(method, url, f"the response did not finish within {timeout_s:g}s") from None
@@ -403,7 +412,8 @@ class HttpAdapter(Adapter):
                                      "headers": auth_headers, "json": body}
         except KeyError as exc:
             after["compensation_error"] = str(exc).strip("'\"")
-        check = self.secrets.redact(action.url) if plan["kind"] != "create" else (after["compensation"] or {}).get("url")
+        created = (after["compensation"] or {}).get("url")
+        check = self.secrets.redact(action.url) if plan["kind"] != "create" else created
         after["check"] = check
         if plan["kind"] == "delete" or not check:
             return after

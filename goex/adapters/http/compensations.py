@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,10 @@ class CompensationError(GoexError):
     """A compensation file or route is malformed."""
 
 
+def _is_kind(value: str) -> TypeGuard[Kind]:
+    return value in KINDS
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -64,7 +68,8 @@ class Route:
 
     @property
     def pattern(self) -> re.Pattern[str]:
-        regex = _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(self.template).replace(r"\{", "{").replace(r"\}", "}"))
+        escaped = re.escape(self.template).replace(r"\{", "{").replace(r"\}", "}")
+        regex = _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", escaped)
         return re.compile(f"^{regex}/?$")
 
     def specificity(self) -> tuple[int, int]:
@@ -76,10 +81,11 @@ class Route:
 class Compensations:
     routes: list[Route] = field(default_factory=list)
 
-    def add(self, route: str, kind: Kind, undo: str | None = None, *, idempotent: bool = True) -> "Compensations":
-        """Declare a route, e.g. `add("POST /orders", "create", "DELETE /orders/{response.json.id}")`."""
+    def add(self, route: str, kind: str, undo: str | None = None, *, idempotent: bool = True) -> "Compensations":
+        """Declare a route, e.g. `add("POST /orders", "create", "DELETE /orders/{response.json.id}")`;
+        `kind` is one of KINDS."""
         method, template = _split_route(route)
-        if kind not in KINDS:
+        if not _is_kind(kind):
             raise CompensationError(f"route {route!r}: kind must be one of {', '.join(KINDS)}")
         if undo is not None:
             _split_route(undo)
@@ -121,9 +127,8 @@ class Compensations:
         `POST /x` with `DELETE /x/{id}` creates; `PUT`/`PATCH /x/{id}` with `GET` updates;
         `DELETE /x/{id}` with `GET` and `PUT` deletes (re-created by PUT). Other unsafe
         operations are left out, hence irreversible."""
-        if not isinstance(document, dict):
-            document = json.loads(Path(document).read_text("utf-8"))
-        paths: dict[str, dict[str, Any]] = {p: {m.upper() for m in ops} for p, ops in (document.get("paths") or {}).items()}
+        spec = document if isinstance(document, dict) else json.loads(Path(document).read_text("utf-8"))
+        paths: dict[str, set[str]] = {p: {m.upper() for m in ops} for p, ops in (spec.get("paths") or {}).items()}
         out = cls()
         for path, methods in paths.items():
             item = next((p for p in paths if _is_item_of(p, path)), None)
@@ -171,7 +176,10 @@ def expand(template: str, params: dict[str, str], response: dict[str, Any] | Non
         value: Any = source.get(m.group(2))
         for key in m.group(3).strip(".").split(".") if m.group(3) else []:
             if isinstance(value, dict):
-                value = {k.lower(): v for k, v in value.items()}.get(key.lower()) if m.group(2) == "headers" else value.get(key)
+                if m.group(2) == "headers":
+                    value = {k.lower(): v for k, v in value.items()}.get(key.lower())
+                else:
+                    value = value.get(key)
             else:
                 value = None
         if value is None or isinstance(value, (dict, list)):

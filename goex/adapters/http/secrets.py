@@ -76,7 +76,8 @@ class SecretStore:
     _compiled: "_Redactor | None" = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def default(cls, file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> "SecretStore":
+    def default(cls, file: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> "SecretStore":
         store = cls.from_env(environ)
         if file is not None:
             store.secrets.update(cls.from_file(file).secrets)
@@ -177,11 +178,14 @@ class SecretStore:
         """The longest match the redaction can make: read this far past a cut."""
         return _redactor(self).longest
 
-    def _placeholder(self, match: re.Match[str]) -> str:
-        return f"{{{{secret:{_redactor(self).names[match.lastindex - 1]}}}}}"  # type: ignore[operator]
+    def _placeholder(self, match: re.Match[str] | re.Match[bytes]) -> str:
+        group = match.lastindex
+        if group is None:  # each secret is a group of the alternation: every match has one
+            raise ValueError("a redaction match names no secret")
+        return f"{{{{secret:{_redactor(self).names[group - 1]}}}}}"
 
     def _placeholder_bytes(self, match: re.Match[bytes]) -> bytes:
-        return f"{{{{secret:{_redactor(self).names[match.lastindex - 1]}}}}}".encode()  # type: ignore[operator]
+        return self._placeholder(match).encode()
 
 
 @dataclass(frozen=True)

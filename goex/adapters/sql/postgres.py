@@ -1232,7 +1232,7 @@ def _dangling(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]],
                 "SELECT ROW(c.*)::text FROM {child} c WHERE ({fk}) IN (SELECT {keys} FROM unnest(%s::text[]) AS u(r)) "
                 "AND {gone} LIMIT 5").format(child=_ident(child), fk=fk, keys=keys, gone=gone),
                 (removed,)).fetchall()
-            out += [(child, f"row {_short(r[0])} references {parent} ({', '.join(refs)}) that undo would remove; "
+            out += [(child, f"row {_short(r)} references {parent} ({', '.join(refs)}) that undo would remove; "
                      "it was written outside this action") for (r,) in rows]
         if child in touched:  # rows the undo put back into the referencing table
             restored = [v for v, n in touched[child]["rows"] if n < 0]
@@ -1240,7 +1240,7 @@ def _dangling(conn: psycopg.Connection, plans: list[tuple[dict[str, Any], str]],
                 "SELECT ROW(c.*)::text FROM unnest(%s::text[]) AS u(r), LATERAL (SELECT (u.r::{child}).*) c "
                 "WHERE ({fk}) IS NOT NULL AND {gone} LIMIT 5").format(child=_ident(child), fk=fk, gone=gone),
                 (restored,)).fetchall()
-            out += [(child, f"row {_short(r[0])} would be put back, but the {parent} row it references is gone "
+            out += [(child, f"row {_short(r)} would be put back, but the {parent} row it references is gone "
                      "(removed outside this action)") for (r,) in rows]
     return out
 
