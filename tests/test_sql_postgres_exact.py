@@ -224,7 +224,7 @@ def test_undo_never_orphans_or_cascades_into_other_clients_rows(tmp_path, url, a
         raw(url, "INSERT INTO child VALUES (1, 7)")  # another client references the agent's row
         with pytest.raises(UndoConflict) as caught:
             s.undo()
-        assert "child" in str(caught.value)
+        assert "child" in str(caught.value) and "(1,7)" in str(caught.value)  # the row, named whole
         with pytest.raises(UndoConflict):
             s.undo(force=True)  # force never breaks another client's reference either
     assert raw(url, "SELECT id FROM parent") == [(7,)]
