@@ -29,6 +29,7 @@ written out (`redact`), and which workspace paths belong to it (`owned_paths`).
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
@@ -129,7 +130,7 @@ class Preview(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base class of every domain. Subclasses set `prefix`, `actions` and `preview`, and
     implement `prepare`, `capture`, `apply` (or `stage`) and `revert`; the rest has defaults."""
 
@@ -148,11 +149,13 @@ class Adapter:
 
     # -- the lifecycle ---------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def prepare(self, action: Any) -> Prepared:
-        raise NotImplementedError
+        """Required."""
 
+    @abc.abstractmethod
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
-        raise NotImplementedError
+        """Required."""
 
     def stage(self, prepared: Prepared) -> Staged:
         raise NotImplementedError(f"{type(self).__name__} is not staged")
@@ -160,15 +163,17 @@ class Adapter:
     def judge(self, prepared: Prepared, staged: Any) -> Judged:
         return Judged()
 
+    @abc.abstractmethod
     def apply(self, prepared: Prepared) -> Applied:
-        raise NotImplementedError
+        """Required."""
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         return []
 
+    @abc.abstractmethod
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """Required."""
 
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         self.revert(plan, None, get_blob, True)
@@ -182,8 +187,8 @@ class Adapter:
         """A digest of the state this domain manages, or None when it keeps none of its own."""
         return None
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional: most adapters hold nothing to release
+        """Release what the adapter holds (connections, files); nothing by default."""
 
     # -- one answer each, for the policy, the gym and review ------------------------------------
 
