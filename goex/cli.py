@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 from . import __version__
-from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
+from .errors import ActionError, ConfigError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
 
 if TYPE_CHECKING:  # the runtime and the adapters load when a command needs them: `goex --help` stays fast
     from .journal.store import Journal
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"undone before the conflict: {', '.join(exc.undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
-    except ActionError as exc:
+    except (ActionError, ConfigError) as exc:
         print(f"goex: {_one_line(exc)}", file=sys.stderr)
         return EXIT_MALFORMED
     except GoexError as exc:
@@ -210,13 +210,19 @@ def _runtime(args: argparse.Namespace, **kw: Any) -> "Runtime":
 
     http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
                       secrets=args.secrets)
-    databases = {}
-    for spec in getattr(args, "db", []):
+    return Runtime(args.root, journal=args.journal, http=http, databases=_named_databases(getattr(args, "db", [])),
+                   **kw)
+
+
+def _named_databases(specs: list[str]) -> dict[str, str]:
+    """`--db NAME=URL` flags as a mapping."""
+    named = {}
+    for spec in specs:
         name, sep, url = spec.partition("=")
         if not sep or not name or not url:
-            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
-        databases[name] = url
-    return Runtime(args.root, journal=args.journal, http=http, databases=databases, **kw)
+            raise ConfigError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
+        named[name] = url
+    return named
 
 
 # -- exec ------------------------------------------------------------------------------------------
@@ -534,14 +540,8 @@ def _database_privileges(specs: list[str], root: Path) -> dict[str, dict[str, An
     database itself; a database that cannot be reached is reported unsafe, with the reason)."""
     from .adapters.sql.adapter import engine_for, parse_databases
 
-    named = {}
-    for spec in specs:
-        name, sep, url = spec.partition("=")
-        if not sep or not name or not url:
-            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
-        named[name] = url
     out: dict[str, dict[str, Any]] = {}
-    for name, db in parse_databases(named, root.resolve()).items():
+    for name, db in parse_databases(_named_databases(specs), root.resolve()).items():
         try:
             engine = engine_for(db)
             try:
