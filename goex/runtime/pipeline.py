@@ -101,8 +101,10 @@ class Runtime(Approvals, Undo, Recovery):
         self._owned: dict[str, str] | None = None
         self.rules = WorkspaceRules(protected, self._owned_paths)
         given = {name for name, value in settings.items() if value != _DEFAULTS.get(name)}
-        for prefix, domain in domains().items():  # made now when given settings: they are checked, and may own paths
-            if given & set(domain.settings) or prefix in (adapters or {}):
+        # Made now when given settings (they are checked, and may own paths), and every installed
+        # domain (its settings are its own: it may own a workspace path with none given).
+        for prefix, domain in domains().items():
+            if given & set(domain.settings) or prefix in (adapters or {}) or domain.source != "goex":
                 self.adapter(prefix)
 
     # -- adapters ------------------------------------------------------------------------------
