@@ -434,6 +434,7 @@ def test_undo_never_orphans_another_clients_rows(root: Path, client_fk: bool, on
             with pytest.raises(goex.UndoConflict) as info:
                 s.rollback(force=force)
             assert "main.ward: row 100 refers to kin" in str(info.value)
+            assert not info.value.forceable and "--force" not in str(info.value)
             assert dump(path) == expected
         conn = sqlite3.connect(path)
         conn.execute("DELETE FROM ward WHERE id = 100")  # the client takes its row back: undo may proceed

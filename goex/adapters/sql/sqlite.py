@@ -35,7 +35,7 @@ from typing import Any
 
 import apsw
 
-from ...errors import ActionFailed, GoexError, PathRefused
+from ...errors import ActionFailed, GoexError, PathRefused, Unforceable
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
 from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows, words
@@ -427,7 +427,7 @@ class SqliteEngine:
             if broken:  # forced or not: undo takes back the entry's rows only, never others' that need them
                 conn.execute("ROLLBACK")
                 raise UndoRefused(f"undo on {self.name} would break foreign keys, nothing was undone: "
-                                         + "; ".join(f"{t}: {why}" for t, why in broken))
+                                  + "; ".join(f"{t}: {why}" for t, why in broken), forceable=False)
             _restore_sequence(conn, captured.get("sequence"))
             conn.execute("COMMIT")
         finally:
@@ -498,15 +498,16 @@ class SqliteEngine:
                 held: collections.Counter[tuple[Any, ...]]) -> list[tuple[str, str]]:
         """Rows whose foreign key is broken now and was not before (`held`): what undo would orphan."""
         new = _violations(conn, bound) - held
-        out = []
+        out: list[tuple[str, str]] = []
         for (table, rowid, parent, fkid), _ in sorted(new.items(), key=repr):
             action = conn.execute("SELECT on_delete FROM pragma_foreign_key_list(?) WHERE id = ?",
                                   (table, fkid)).fetchall()
             reach = f" (its ON DELETE {action[0][0]} would reach a row the entry did not write)" \
                 if action and action[0][0] != "NO ACTION" else ""
             row = f"row {rowid}" if rowid is not None else "a row"
-            out.append((f"{self.name}.{table}", f"{row} refers to {parent}, which undo would leave without the "
-                                                f"row it needs{reach}; change or delete that row first"))
+            out.append((f"{self.name}.{table}", Unforceable(f"{row} refers to {parent}, which undo would leave "
+                                                            f"without the row it needs{reach}; change or delete that "
+                                                            "row first")))
         return out
 
     def dump(self) -> str:
