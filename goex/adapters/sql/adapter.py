@@ -99,6 +99,24 @@ def _inside(path: Path, root: Path) -> str | None:
     return None if rel == ".." or rel.startswith("../") else rel
 
 
+def operation_name(sql: str, kind: str) -> str | None:
+    """The statement's operation (SELECT, UPDATE, ...); `BATCH <op>` or `BATCH` for several."""
+    import sqlglot
+    from sqlglot.errors import SqlglotError
+
+    try:
+        ops = [e.key.upper() for e in sqlglot.parse(sql, read=_DIALECTS.get(kind)) if e is not None]
+    except SqlglotError:
+        first = re.match(r"\s*([A-Za-z]+)", sql)
+        return first.group(1).upper() if first else None
+    if len(ops) <= 1:
+        return ops[0] if ops else None
+    return f"BATCH {ops[0]}" if len(set(ops)) == 1 else "BATCH"
+
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
+
+
 def engine_for(db: Database, workspace: Workspace | None = None) -> Engine:
     """The engine of `db`. A SQLite file inside the workspace is opened through `workspace`'s
     confined resolver (one made for its root when none is given)."""
@@ -120,6 +138,7 @@ class SqlAdapter(Adapter):
     actions = SQL_ACTIONS
     preview = SqlPreview
     staged = True
+    span_kind = "client"
 
     @classmethod
     def create(cls, context: Context) -> "SqlAdapter":
@@ -132,6 +151,23 @@ class SqlAdapter(Adapter):
         self.get_blob = get_blob  # the journal's blobs: undo data lives there
         self.workspace = workspace  # SQLite files inside the root are opened through it
         self._engines: dict[str, Engine] = {}
+
+    def span_attributes(self, action: SqlExecute, output: Any) -> dict[str, Any]:
+        """`db.*` conventions; the statement text as the agent wrote it, parameters never inlined."""
+        db = self.databases.get(action.db)
+        if db is None:
+            return {}
+        system = "mariadb" if db.kind == "mysql" and db.url.lower().startswith("mariadb") else db.kind
+        namespace = db.inside or db.name if db.kind == "sqlite" else urlsplit(db.url).path.lstrip("/")
+        attrs: dict[str, Any] = {"db.system.name": system, "db.namespace": namespace, "db.query.text": action.sql}
+        operation = operation_name(action.sql, db.kind)
+        if operation:
+            attrs["db.operation.name"] = operation
+        if isinstance(output, dict) and isinstance(output.get("rows"), list):
+            attrs["db.response.returned_rows"] = len(output["rows"])
+        elif isinstance(output, dict) and isinstance(output.get("rows_changed"), int):
+            attrs["goex.sql.rows_changed"] = output["rows_changed"]
+        return attrs
 
     def engine(self, name: str) -> Engine:
         if name not in self._engines:
