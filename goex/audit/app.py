@@ -44,7 +44,7 @@ _HEADERS = {
                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -194,15 +194,19 @@ def create_app(config: ViewerConfig, *, bound_host: str = "127.0.0.1") -> FastAP
         return page(request, "verify.html", report=report, bad=bad, anchor=anchor,
                     anchor_path=str(viewer.journal.anchor.path))
 
+    def timeline_of(eid: str) -> str:
+        found = viewer.journal.entry(eid)
+        return f"/sessions/{quote(found.session)}" if found is not None else f"/entries/{eid}"
+
     @app.post("/entries/{eid}/approve")
     async def approve(request: Request, eid: str) -> Response:
         await _checked_form(request, config)
-        return _settle(viewer, f"/entries/{eid}", lambda: viewer.approve(eid))
+        return _settle(viewer, timeline_of(eid), lambda: viewer.approve(eid))
 
     @app.post("/entries/{eid}/reject")
     async def reject(request: Request, eid: str) -> Response:
         form = await _checked_form(request, config)
-        return _settle(viewer, f"/entries/{eid}", lambda: _reject(viewer, eid, form.get("reason", "")))
+        return _settle(viewer, timeline_of(eid), lambda: _reject(viewer, eid, form.get("reason", "")))
 
     @app.post("/entries/{eid}/undo-from")
     async def undo_from(request: Request, eid: str) -> Response:
