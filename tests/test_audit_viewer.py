@@ -168,6 +168,24 @@ def test_sessions_page_timeline_and_diff(viewer: Viewer, page: object):
     text = page.locator("pre.describe").inner_text()  # type: ignore[attr-defined]
     assert re.search(r"POST \S+/orders -> 201; undo: DELETE \S+/orders/\S+", text), text
     shot(page, "entry-http")
+    page.goto(f"{viewer.url}/entries/{ids['insert']}")  # type: ignore[attr-defined]
+    text = page.locator("pre.describe").inner_text()  # type: ignore[attr-defined]
+    inserted = [json.loads(m) for m in re.findall(r"after: (\{.*\})", text)]
+    assert [r["item"] for r in inserted] == ["pen", "ink"] and "INSERT orders" in text
+    shot(page, "entry-sql")
+
+
+def test_timeline_filters(viewer: Viewer, page: object):
+    sid, ids = agent_session(viewer)
+    page.goto(f"{viewer.url}/sessions/{sid}")  # type: ignore[attr-defined]
+    page.select_option("select[name=type]", "sql.execute")  # type: ignore[attr-defined]
+    page.select_option("select[name=status]", "awaiting_approval")  # type: ignore[attr-defined]
+    page.get_by_role("button", name="filter").click()  # type: ignore[attr-defined]
+    page.wait_for_url("**status=awaiting_approval*")  # type: ignore[attr-defined]
+    assert [r.get_attribute("id") for r in page.locator("tr.entry").all()] == [ids["delete"]]  # type: ignore
+    page.goto(f"{viewer.url}/sessions/{sid}?decision=allow&type=fs.")  # type: ignore[attr-defined]
+    assert [r.get_attribute("id") for r in page.locator("tr.entry").all()] == [ids["write1"], ids["write2"]]  # type: ignore
+    shot(page, "filtered")
 
 
 def test_approve_a_parked_action_from_the_timeline(viewer: Viewer, page: object):

@@ -16,13 +16,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, GoexError
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
 from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
+
+if TYPE_CHECKING:
+    from ...journal.read import EntryDetail
+
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
@@ -97,6 +101,13 @@ def _inside(path: Path, root: Path) -> str | None:
             return rel
     rel = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), path.name), real_root)
     return None if rel == ".." or rel.startswith("../") else rel
+
+
+SHOWN_CHANGES = 50  # row changes an entry's description lists
+
+
+def _shown(value: Any) -> str:
+    return f"<{len(value)} bytes>" if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
 
 
 def operation_name(sql: str, kind: str) -> str | None:
@@ -251,6 +262,33 @@ class SqlAdapter(Adapter):
                 lines += ["   " + line for line in self._sample(prepared.state["db"], statement, action.params,
                                                                earlier_write, ", ".join(a["tables"]))]
             earlier_write = earlier_write or a["kind"] != "select"
+        return "\n".join(lines)
+
+    def describe(self, entry: "EntryDetail") -> str:
+        """The statements and parameters, then the rows before and after each change (SQLite,
+        from the journaled changeset); other engines say how many rows changed."""
+        action, preview = entry.action(), entry.preview
+        lines = [entry.error] if entry.error else []
+        lines.append(f"sql.execute on {preview.get('db', action.get('db'))} ({preview.get('engine', '?')}): "
+                     + (f"{preview.get('rows', 0):,} rows change" if preview.get("writes") else "reads only"))
+        lines += ["  " + line for line in str(action.get("sql", "")).strip().splitlines()]
+        if action.get("params") is not None:
+            lines.append("params: " + json.dumps(action["params"], ensure_ascii=False, default=str)[:500])
+        captured = next((r.get("plan") or {} for r in entry.records if r.get("kind") == "captured"), {})
+        if captured.get("changeset") and self.get_blob is not None:
+            from .sqlite import changed_rows
+
+            rows, total = changed_rows(captured, self.get_blob, SHOWN_CHANGES)
+            more = f" (the first {len(rows)} of {total})" if total > len(rows) else ""
+            lines.append(f"row changes{more}:")
+            for r in rows:
+                lines.append(f"  {r['op']} {r['table']}")
+                for side in ("before", "after"):
+                    if r[side] is not None:
+                        lines.append(f"    {side}: {json.dumps(r[side], ensure_ascii=False, default=_shown)[:300]}")
+        elif captured:
+            lines.append(f"undo data: {(entry.plan.get('before') or {}).get('mode', captured.get('mode', '?'))} "
+                         "(row images are not shown for this engine)")
         return "\n".join(lines)
 
     def _sample(self, db: Database, statement: str, params: Any, earlier_write: bool, table: str) -> list[str]:
