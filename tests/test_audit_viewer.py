@@ -346,3 +346,26 @@ def _chromium_present() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium is not installed: `./dev test` installs Debian's chromium package")
     time.sleep(0)
+
+
+def test_verify_page_names_the_first_bad_record(tmp_path: Path, shop: str, page: object):
+    v = Viewer(tmp_path, shop)
+    with v.runtime() as rt:
+        s = rt.session()
+        s.execute({"type": "fs.write", "path": "a.txt", "content": "one"})
+        eid = s.execute({"type": "fs.write", "path": "b.txt", "content": "two"}).entry_id
+    v.start()
+    try:
+        seq = int(eid[1:])
+        with sqlite3.connect(v.root / ".goex" / "journal.db") as c:
+            (body,) = c.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
+            c.execute("UPDATE records SET body = ? WHERE seq = ?", (body.replace("b.txt", "c.txt"), seq))
+        c.close()
+        page.goto(v.url + "/verify")  # type: ignore[attr-defined]
+        assert "journal CORRUPT" in page.locator("#verify-status").inner_text()  # type: ignore[attr-defined]
+        assert page.locator("dd").first.inner_text() == str(seq)  # type: ignore[attr-defined]
+        shot(page, "verify-corrupt")
+        response = page.goto(v.url + "/")  # type: ignore[attr-defined]
+        assert response.status == 500 and "fails verification" in page.inner_text("body")  # type: ignore
+    finally:
+        v.stop()

@@ -145,6 +145,11 @@ def create_app(config: ViewerConfig, *, bound_host: str = "127.0.0.1") -> FastAP
     async def forbidden(request: Request, exc: _Forbidden) -> Response:
         return PlainTextResponse(str(exc), status_code=403, headers=_HEADERS)
 
+    @app.exception_handler(JournalCorrupt)
+    async def corrupt(request: Request, exc: JournalCorrupt) -> Response:
+        return templates.TemplateResponse(request, "corrupt.html", {"bad": exc, "head": (0, ""), "message": ""},
+                                          status_code=500, headers=_HEADERS)
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         refusal = _refusal(config, bound_host, request)
