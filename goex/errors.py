@@ -14,6 +14,11 @@ class ActionError(GoexError, ValueError):
     """
 
 
+class ConfigError(GoexError, ValueError):
+    """A setting is malformed or names something unusable (a flag's value, a database URL, a
+    file it names). Nothing was run; the CLI exits 2, as for a malformed action."""
+
+
 class Refused(GoexError):
     """A well-formed action an adapter will not run (a path out of the workspace, a host not
     allowed, confined SQL, an unsafe sandbox). Journaled as denied by `rule`, for `reason`.

@@ -255,7 +255,10 @@ def test_cli_with_db(root: Path, db: Path):
     assert done.returncode == 0, done.err
     assert dump(db) == start
     bad = run_cli("exec", "--root", str(root), "--db", "oops", action)
-    assert bad.returncode == 1 and "NAME=URL" in bad.err
+    assert bad.returncode == 2 and "NAME=URL" in bad.err  # a malformed setting, like a malformed action
+    outside = run_cli("exec", "--root", str(root), "--db", "main=sqlite:///../app.db", action)
+    assert outside.returncode == 2 and "leaves the root" in outside.err
+    assert dump(db) == start
 
 
 def _exec_on_a_terminal(args: list[str], answer: str) -> tuple[dict, str]:

@@ -579,7 +579,11 @@ class SqliteEngine:
     def _open(self, file: _File, st: os.stat_result | None) -> tuple[apsw.Connection, tuple[int, int]]:
         """A new connection to the checked file; refused if what it opened is not that file."""
         dead = self._mark(file)
-        conn = _connect(file.path, file.confined)
+        try:
+            conn = _connect(file.path, file.confined)
+        except apsw.CantOpenError:
+            raise GoexError(f"database {self.name}: SQLite cannot open {self.inside or self.path}: does its folder "
+                            "exist? Create the folder first (fs.mkdir), then run the action again") from None
         now = file.lstat()
         if now is None or not stat.S_ISREG(now.st_mode) or (st is not None and _identity(now) != _identity(st)):
             conn.close()
