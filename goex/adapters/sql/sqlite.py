@@ -768,8 +768,8 @@ def changed_rows(captured: dict[str, Any], get_blob: GetBlob, limit: int) -> tup
         if change.name not in names:
             names[change.name] = _columns(schema.get(change.name))
         cols = names[change.name]
-        out.append({"table": change.name, "op": _OPCODES.get(change.opcode, str(change.opcode)), "before": _named(change.old, cols),
-                    "after": _named(change.new, cols)})
+        out.append({"table": change.name, "op": _OPCODES.get(change.opcode, str(change.opcode)),
+                    "before": _named(change.old, cols), "after": _named(change.new, cols)})
     return out, total
 
 
