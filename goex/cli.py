@@ -543,7 +543,7 @@ def _audit_export(args: argparse.Namespace) -> int:
 
     journal = _reader(args)
     if journal is None:
-        raise GoexError(f"there is no journal in {Path(args.journal) if args.journal else Path(args.root) / '.goex'}")
+        raise _no_journal(args)
     try:
         document = export_session(journal, args.session)
     finally:
@@ -560,7 +560,7 @@ def _audit_serve(args: argparse.Namespace) -> int:
     from .audit.app import ViewerConfig, serve
 
     config = ViewerConfig(root=Path(args.root), journal=Path(args.journal) if args.journal else None,
-                          open_runtime=lambda **kw: _runtime(args, **kw), by=args.by, token=args.token)
+                          open_runtime=lambda **kw: _existing(args, **kw), by=args.by, token=args.token)
     return serve(config, host=args.host, port=args.port)
 
 

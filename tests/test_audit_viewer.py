@@ -369,3 +369,25 @@ def test_verify_page_names_the_first_bad_record(tmp_path: Path, shop: str, page:
         assert response.status == 500 and "fails verification" in page.inner_text("body")  # type: ignore
     finally:
         v.stop()
+
+
+def test_names_an_agent_chose_are_shown_as_text(viewer: Viewer, page: object):
+    name = "<img src=x onerror=window.__xss=1>.md"
+    with viewer.runtime() as rt:
+        s = rt.session(actor="<script>window.__xss=2</script>")
+        eid = s.execute({"type": "fs.write", "path": name, "content": "<script>window.__xss=3</script>\n"}).entry_id
+    for path in ("/", f"/sessions/{s.id}", f"/entries/{eid}"):
+        page.goto(viewer.url + path)  # type: ignore[attr-defined]
+        page.wait_for_load_state("load")  # type: ignore[attr-defined]
+        assert page.evaluate("window.__xss") is None, path  # type: ignore[attr-defined]
+    assert name in page.locator("h1").inner_text()  # type: ignore[attr-defined]
+    assert "+<script>window.__xss=3</script>" in page.locator("pre.describe").inner_text()  # type: ignore
+
+
+def test_serve_needs_a_journal(tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = subprocess.run([sys.executable, "-m", "goex.cli", "audit", "serve", "--root", str(empty), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "no journal" in run.stderr
+    assert list(empty.iterdir()) == []
