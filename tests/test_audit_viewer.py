@@ -32,7 +32,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 class Viewer:
     """`goex audit serve` running as a process, with the agent's runtime beside it."""
 
-    def __init__(self, tmp: Path, shop: str):
+    def __init__(self, tmp: Path, shop: str, databases: dict[str, str] | None = None):
         self.root = tmp / "ws"
         self.root.mkdir()
         self.shop = shop
@@ -40,15 +40,15 @@ class Viewer:
         self.openapi.write_text(httpx.get(shop + "/openapi.json").text)
         self.secrets = tmp / "secrets.yaml"
         self.secrets.write_text(f"SHOP_TOKEN: {{value: {SECRET}, hosts: [127.0.0.1]}}\n")
-        self.db = "main=sqlite:///app.db"
-        self.args = ["--root", str(self.root), "--db", self.db, "--allow-host", "127.0.0.1",
-                     "--openapi", str(self.openapi), "--secrets", str(self.secrets)]
+        self.databases = {"main": "sqlite:///app.db", **(databases or {})}
+        self.args = ["--root", str(self.root), *(a for n, u in self.databases.items() for a in ("--db", f"{n}={u}")),
+                     "--allow-host", "127.0.0.1", "--openapi", str(self.openapi), "--secrets", str(self.secrets)]
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.sessions = 0
 
     def runtime(self, **kw) -> goex.Runtime:
-        return goex.Runtime(self.root, databases={"main": "sqlite:///app.db"}, http=goex.HttpConfig(
+        return goex.Runtime(self.root, databases=self.databases, http=goex.HttpConfig(
             allow_hosts=["127.0.0.1"], openapi=str(self.openapi), secrets=str(self.secrets)), sandbox="bwrap", **kw)
 
     def start(self) -> None:
@@ -391,3 +391,45 @@ def test_serve_needs_a_journal(tmp_path: Path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "no journal" in run.stderr
     assert list(empty.iterdir()) == []
+
+
+PG_URL = os.environ.get("GOEX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+MY_URL = os.environ.get("GOEX_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+def test_sql_rows_before_and_after_on_each_server(tmp_path: Path, shop: str, page: object):
+    import psycopg
+    import pymysql
+
+    table = f"audit_rows_{os.getpid()}"
+    with psycopg.connect(PG_URL, autocommit=True) as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, item text)")
+        c.execute(f"INSERT INTO {table} VALUES (1, 'pen'), (2, 'ink'), (3, 'nib')")
+    my = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
+    with my.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, item text)")
+        cur.execute(f"INSERT INTO {table} VALUES (1, 'pen'), (2, 'ink'), (3, 'nib')")
+    v = Viewer(tmp_path, shop, {"pg": PG_URL, "my": MY_URL})
+    sql = f"UPDATE {table} SET item = 'quill' WHERE id = 1; DELETE FROM {table} WHERE id = 2"
+    try:
+        with v.runtime() as rt:
+            s = rt.session()
+            ids = {db: s.execute({"type": "sql.execute", "db": db, "sql": sql}).entry_id for db in ("pg", "my")}
+        v.start()
+        shown = {}
+        for db, eid in ids.items():
+            page.goto(f"{v.url}/entries/{eid}")  # type: ignore[attr-defined]
+            shown[db] = page.locator("pre.describe").inner_text()  # type: ignore[attr-defined]
+            shot(page, f"entry-sql-{db}")
+        befores = {db: re.findall(r"before: (.*)", text) for db, text in shown.items()}
+        afters = {db: re.findall(r"after: (.*)", text) for db, text in shown.items()}
+        assert befores == {"pg": ["(1,pen)", "(2,ink)"], "my": ["'1','pen'", "'2','ink'"]}, shown
+        assert afters == {"pg": ["(1,quill)"], "my": ["'1','quill'"]}, shown
+    finally:
+        v.stop()
+        with psycopg.connect(PG_URL, autocommit=True) as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+        with my.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        my.close()

@@ -318,7 +318,7 @@ def serve(config: ViewerConfig, *, host: str = "127.0.0.1", port: int = 8765) ->
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={quote(config.token)}" if config.token else "")
     print(f"goex audit viewer for {config.root}: {url}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
     try:
         server.run(sockets=[sock])
     finally:

@@ -283,21 +283,32 @@ class SqlAdapter(Adapter):
         if action.get("params") is not None:
             lines.append("params: " + json.dumps(action["params"], ensure_ascii=False, default=str)[:500])
         captured = next((r.get("plan") or {} for r in entry.records if r.get("kind") == "captured"), {})
-        if captured.get("changeset") and self.get_blob is not None:
-            from .sqlite import changed_rows
-
-            rows, total = changed_rows(captured, self.get_blob, SHOWN_CHANGES)
+        rows, total = self._changed_rows(entry.plan.get("engine", ""), captured)
+        if rows:
             more = f" (the first {len(rows)} of {total})" if total > len(rows) else ""
             lines.append(f"row changes{more}:")
-            for r in rows:
-                lines.append(f"  {r['op']} {r['table']}")
-                for side in ("before", "after"):
-                    if r[side] is not None:
-                        lines.append(f"    {side}: {json.dumps(r[side], ensure_ascii=False, default=_shown)[:300]}")
-        elif captured:
-            lines.append(f"undo data: {(entry.plan.get('before') or {}).get('mode', captured.get('mode', '?'))} "
-                         "(row images are not shown for this engine)")
+        for r in rows:
+            lines.append(f"  {r['op']} {r['table']}".replace("   ", "  "))
+            for side in ("before", "after"):
+                if r[side] is not None:
+                    shown = r[side] if isinstance(r[side], str) else json.dumps(r[side], ensure_ascii=False,
+                                                                                default=_shown)
+                    lines.append(f"    {side}: {shown[:300]}")
+        if captured and not rows:
+            lines.append("no row images: the whole database or schema was kept for undo (DDL)"
+                         if captured.get("mode") in ("ddl", "dump", "image") or entry.plan.get("before", {}).get(
+                             "mode") == "image" else "no row changed")
         return "\n".join(lines)
+
+    def _changed_rows(self, engine: str, captured: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """The row changes the engine's captured undo data holds, as the engine reads them."""
+        if not captured or self.get_blob is None:
+            return [], 0
+        from . import mysql, postgres, sqlite
+
+        reader = {"sqlite": sqlite.changed_rows, "postgresql": postgres.changed_rows,
+                  "mysql": mysql.changed_rows}.get(engine)
+        return reader(captured, self.get_blob, SHOWN_CHANGES) if reader else ([], 0)
 
     def _sample(self, db: Database, statement: str, params: Any, earlier_write: bool, table: str) -> list[str]:
         """The first rows an UPDATE or DELETE would change, or why they are not shown. Never
