@@ -282,6 +282,8 @@ def test_state_changes_need_the_csrf_token_and_a_loopback_host(viewer: Viewer, p
     cross = httpx.post(f"{viewer.url}/entries/{eid}/approve", data={"csrf": token},
                        headers={"Origin": "http://evil.example"})
     rebound = httpx.get(viewer.url + "/", headers={"Host": "evil.example"})
+    page.goto(f"{viewer.url}/?note=x&message=all+undone&conflict=none")  # type: ignore[attr-defined]
+    assert page.locator(".message, .conflict").count() == 0  # type: ignore[attr-defined]
     assert (no_token.status_code, wrong.status_code, cross.status_code, rebound.status_code) == (403, 403, 403, 421)
     assert rows(viewer) == before
     with viewer.runtime() as rt:

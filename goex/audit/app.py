@@ -89,7 +89,23 @@ class Viewer:
         self.config = config
         self.by = config.by or f"{_user()} (audit viewer)"
         self.rt = config.open_runtime(policy="permissive")
+        self.lock_notes = threading.Lock()
         self.lock = threading.Lock()  # one state-changing request at a time
+        self._notes: dict[str, tuple[str, str]] = {}  # what a step did, shown once on the page it leads to
+
+    def note(self, kind: str, text: str) -> str:
+        """Keep (kind, text) for the next page; returns the id its URL carries. Text never travels
+        in a URL, so a link cannot make the viewer say something it did not."""
+        with self.lock_notes:
+            while len(self._notes) >= 256:
+                self._notes.pop(next(iter(self._notes)))
+            key = secrets.token_urlsafe(12)
+            self._notes[key] = (kind, self.redact(text))
+            return key
+
+    def take_note(self, key: str) -> tuple[str, str]:
+        with self.lock_notes:
+            return self._notes.pop(key, ("", ""))
 
     @property
     def journal(self) -> Journal:
@@ -160,7 +176,9 @@ def create_app(config: ViewerConfig, *, bound_host: str = "127.0.0.1") -> FastAP
         return response
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("message", request.query_params.get("message", ""))
+        kind, text = viewer.take_note(request.query_params.get("note", ""))
+        context.setdefault("message", text if kind == "message" else "")
+        context.setdefault("conflict", text if kind == "conflict" else "")
         context.setdefault("head", viewer.journal.head())
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -186,8 +204,7 @@ def create_app(config: ViewerConfig, *, bound_host: str = "127.0.0.1") -> FastAP
         view = views.entry_view(viewer.journal, eid, viewer.describe, viewer.redact)
         if view is None:
             return page(request, "missing.html", 404, what=f"entry {eid}")
-        return page(request, "entry.html", view=view, e=view.detail.entry, redact=viewer.redact,
-                    conflict=request.query_params.get("conflict", ""))
+        return page(request, "entry.html", view=view, e=view.detail.entry, redact=viewer.redact)
 
     @app.get("/verify", response_class=HTMLResponse)
     def verify_page(request: Request) -> HTMLResponse:
@@ -251,11 +268,10 @@ def _settle(viewer: Viewer, back: str, act: Callable[[], str], conflict_to: str 
         try:
             message = act()
         except UndoConflict as exc:
-            where = conflict_to or back
-            return RedirectResponse(f"{where}?conflict={quote(viewer.redact(str(exc)))}", status_code=303)
+            return RedirectResponse(f"{conflict_to or back}?note={viewer.note('conflict', str(exc))}", status_code=303)
         except GoexError as exc:
             message = f"refused: {exc}"
-    return RedirectResponse(f"{back}?message={quote(viewer.redact(message))}", status_code=303)
+    return RedirectResponse(f"{back}?note={viewer.note('message', message)}", status_code=303)
 
 
 async def _checked_form(request: Request, config: ViewerConfig) -> dict[str, str]:
@@ -315,6 +331,7 @@ def serve(config: ViewerConfig, *, host: str = "127.0.0.1", port: int = 8765) ->
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # connections wait in the backlog from now: the printed URL answers at once
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={quote(config.token)}" if config.token else "")
     print(f"goex audit viewer for {config.root}: {url}", flush=True)

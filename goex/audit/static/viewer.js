@@ -14,8 +14,7 @@
     if (event.data === body.getAttribute("data-head") || busy) { return; }
     busy = true;
     var url = new URL(window.location.href);
-    url.searchParams.delete("message");
-    url.searchParams.delete("conflict");
+    url.searchParams.delete("note");
     fetch(url.toString(), { credentials: "same-origin" }).then(function (r) { return r.text(); }).then(function (html) {
       var doc = new DOMParser().parseFromString(html, "text/html");
       var fresh = doc.getElementById("main");
