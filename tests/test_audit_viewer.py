@@ -435,3 +435,18 @@ def test_sql_rows_before_and_after_on_each_server(tmp_path: Path, shop: str, pag
         with my.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         my.close()
+
+
+def test_accept_a_session(viewer: Viewer, page: object):
+    with viewer.runtime() as rt:
+        s = rt.session(actor="agent-accept")
+        ids = [s.execute({"type": "fs.write", "path": f"acc-{n}.txt", "content": str(n)}).entry_id for n in range(2)]
+    page.goto(f"{viewer.url}/sessions/{s.id}")  # type: ignore[attr-defined]
+    page.get_by_role("button", name="accept the session").click()  # type: ignore[attr-defined]
+    page.locator(".message").wait_for()  # type: ignore[attr-defined]
+    for eid in ids:
+        assert "reviewed by reviewer" in page.locator(f"#{eid}").inner_text()  # type: ignore[attr-defined]
+    assert "2 entries accepted by reviewer" in page.locator("#timeline").inner_text()  # type: ignore[attr-defined]
+    with viewer.runtime() as rt:
+        assert [e.reviewed for e in rt.journal.entries(session=s.id)] == ["reviewer", "reviewer"]
+    shot(page, "accepted")
