@@ -89,17 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
         c.set_defaults(func=func or usage)
         if root:
-            c.add_argument("--root", required=True, help="the workspace folder")
-            c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
-            c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
-                           help="a database for sql.execute, e.g. main=sqlite:///app.db (repeatable)")
-            h = c.add_argument_group("HTTP actions")
-            h.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
-                           help="a host http.request may reach (repeatable; none by default)")
-            h.add_argument("--compensations", metavar="FILE", help="compensation routes (YAML or JSON)")
-            h.add_argument("--openapi", metavar="FILE", help="derive CRUD compensations from this OpenAPI document")
-            h.add_argument("--secrets", metavar="FILE",
-                           help="secrets file (YAML); GOEX_SECRET_<NAME> environment variables are read too")
+            _root_options(c)
         return c
 
     c = command("exec", _exec, "Run actions: one JSON object, or '-' for JSON Lines on stdin.")
@@ -168,8 +158,31 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("log", _log, "List journal entries: id, time, session, actor, type, target, decision, status.")
     c.add_argument("--json", action="store_true", help="print a JSON array")
+    c.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default=None,
+                   help="table (default), json (as --json), jsonl (one object a line) or csv (with a header line)")
     c.add_argument("--session", help="only this session")
     c.add_argument("--checkpoints", action="store_true", help="list the checkpoints instead of the entries")
+
+    c = command("audit", None, "Review audit trails: serve the web viewer, or export a session.", root=False)
+    asub = c.add_subparsers(metavar="WHAT")
+    serve = asub.add_parser("serve", help="serve the audit viewer (loopback only unless a --token is given)",
+                            description="Serve the audit viewer: sessions, timelines, diffs, verification, "
+                                        "approvals and undo, live while agents work.")
+    serve.set_defaults(func=_audit_serve)
+    _root_options(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; any other needs --token)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token", help="an access token every request must carry (required off loopback); "
+                                       "open the printed URL once, the browser keeps it in a cookie")
+    serve.add_argument("--by", default=None, help="who approves, accepts and undoes from the viewer (journaled; "
+                                                  "default: the user running it)")
+    export = asub.add_parser("export", help="print one session as a JSON document, with its verified hashes")
+    export.set_defaults(func=_audit_export)
+    export.add_argument("--root", required=True, help="the workspace folder")
+    export.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
+    export.add_argument("--session", required=True)
+    export.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of standard output")
 
     c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
     c.add_argument("--expect", metavar="HEAD", type=_head,
@@ -190,6 +203,21 @@ def _parser() -> argparse.ArgumentParser:
     c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
     c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
     return p
+
+
+def _root_options(c: argparse.ArgumentParser) -> None:
+    """--root, --journal, --db and the HTTP options every command acting on a root takes."""
+    c.add_argument("--root", required=True, help="the workspace folder")
+    c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
+    c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
+                   help="a database for sql.execute, e.g. main=sqlite:///app.db (repeatable)")
+    h = c.add_argument_group("HTTP actions")
+    h.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="a host http.request may reach (repeatable; none by default)")
+    h.add_argument("--compensations", metavar="FILE", help="compensation routes (YAML or JSON)")
+    h.add_argument("--openapi", metavar="FILE", help="derive CRUD compensations from this OpenAPI document")
+    h.add_argument("--secrets", metavar="FILE",
+                   help="secrets file (YAML); GOEX_SECRET_<NAME> environment variables are read too")
 
 
 def _positive(text: str) -> int:
@@ -483,7 +511,12 @@ def _log(args: argparse.Namespace) -> int:
         finally:
             journal.close()
     with_iso_times(rows)
-    if args.json:
+    fmt = args.format or ("json" if args.json else "table")
+    if fmt in ("jsonl", "csv"):
+        from .audit.export import log_csv, log_jsonl
+
+        sys.stdout.write(log_jsonl(rows) if fmt == "jsonl" else log_csv(rows))
+    elif fmt == "json":
         print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
         print(format_log(rows, ["id", "time", "session", "label"] if args.checkpoints else None))
@@ -503,6 +536,32 @@ def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str
     widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
     return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from .audit.export import export_session
+
+    journal = _reader(args)
+    if journal is None:
+        raise _no_journal(args)
+    try:
+        document = export_session(journal, args.session)
+    finally:
+        journal.close()
+    text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _audit_serve(args: argparse.Namespace) -> int:
+    from .audit.app import ViewerConfig, serve
+
+    config = ViewerConfig(root=Path(args.root), journal=Path(args.journal) if args.journal else None,
+                          open_runtime=lambda **kw: _existing(args, **kw), by=args.by, token=args.token)
+    return serve(config, host=args.host, port=args.port)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -141,6 +141,7 @@ class Adapter(abc.ABC):
     edits_files: ClassVar[bool] = False  # its effects are file operations: the workspace's owned paths are off limits
     staged: ClassVar[bool] = False  # applied through `stage` (an open transaction), not `apply`
     judged_after_run: ClassVar[bool] = False  # staged before it is journaled, judged on what it did
+    span_kind: ClassVar[str] = "internal"  # its actions' span kind: "client" when each calls a remote server
 
     @classmethod
     def create(cls, context: Context) -> "Adapter":
@@ -202,6 +203,11 @@ class Adapter(abc.ABC):
     def describe(self, entry: "EntryDetail") -> str:
         """What a journaled action did, for review."""
         return entry.error or f"{entry.type} {entry.target}"
+
+    def span_attributes(self, action: Any, output: Any) -> dict[str, Any]:
+        """OpenTelemetry semantic-convention attributes of one action's span (`output` is None when
+        it did not apply); never a secret's value."""
+        return {}
 
     def redact(self, text: str) -> str:
         """`text` with what must never be written out (a secret's value) taken out."""

@@ -124,6 +124,10 @@ class Reads:
         """One record's body, checked against the chain."""
         raise NotImplementedError
 
+    def record_hash(self, seq: int) -> str:
+        """The chain hash of one record, as verified."""
+        raise NotImplementedError
+
     def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
         raise NotImplementedError
 

@@ -326,6 +326,16 @@ class Journal(Reads):
                                      "from it. Run `goex verify`", seq=seq)
         return json.loads(row[0])
 
+    def record_hash(self, seq: int) -> str:
+        """The chain hash of record `seq` as verified: sha256 of the previous record's hash and this
+        record's canonical JSON (`record_hash(0)` is the genesis value)."""
+        with self._thread_lock:
+            if seq > self._replay.seq:
+                self._verified()
+            if not 0 <= seq <= self._replay.seq:
+                raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
+            return self._replay.hashes[seq]
+
     def select(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Rows of the index (`entries`, `checkpoints`) as the verified records derive them.
 

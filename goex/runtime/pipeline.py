@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import telemetry
 from ..actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
 from ..adapters.base import Adapter, Context, Judged, Prepared
 from ..adapters.fs.workspace import Workspace
@@ -150,9 +151,18 @@ class Runtime(Approvals, Undo, Recovery):
     # -- the action pipeline -------------------------------------------------------------------
 
     def _execute(self, session: "Session", action: Any, approval: dict[str, Any] | None = None) -> Result:
-        model = parse_action(action, max_bytes=self.max_action_bytes)
-        adapter = self._adapter_for(model.type)
-        with self._tracer.start_as_current_span(f"goex {model.type}") as span:
+        try:
+            model = parse_action(action, max_bytes=self.max_action_bytes)
+            adapter = self._adapter_for(model.type)
+        except ActionError as exc:  # a malformed action gets a span too
+            with self._tracer.start_as_current_span(telemetry.action_span_name(None)) as span:
+                if span.is_recording():
+                    telemetry.malformed(span, session.id, session.actor, self._redacted(str(exc)))
+            raise
+        with self._tracer.start_as_current_span(telemetry.action_span_name(model.type),
+                                                kind=telemetry.span_kind(adapter.span_kind)) as span:
+            if span.is_recording():
+                span.set_attributes(telemetry.action_attributes(model.type, session.id, session.actor))
             with self.journal.exclusive():
                 self._ensure_consistent()
                 try:
@@ -163,23 +173,19 @@ class Runtime(Approvals, Undo, Recovery):
                     # input a library refused before anything was applied: malformed, and its text redacted
                     why = (f"{type(exc).__name__}: {adapter.redact(str(exc))}" if not isinstance(exc, RecursionError)
                            else "it reaches a folder tree or value nested too deeply")
-                    raise ActionError(f"{model.type}: cannot be run as given ({why}); nothing was applied") from None
+                    error = f"{model.type}: cannot be run as given ({why}); nothing was applied"
+                    if span.is_recording():
+                        telemetry.malformed(span, session.id, session.actor, error)
+                    raise ActionError(error) from None
             if span.is_recording():
-                span.set_attributes({
-                    "goex.action.type": model.type,
-                    "goex.action.target": adapter.redact(", ".join(model.targets())),
-                    "goex.decision": result.decision.verdict if result.decision else "allow",
-                    "goex.entry.id": result.entry_id or "",
-                    "goex.session.id": session.id,
-                    "goex.actor": session.actor,
-                    "goex.status": result.status,
-                    "goex.entry.hash": self.journal.head()[1],
-                })
-                if result.decision and result.decision.rules:
-                    span.set_attribute("goex.rules", result.decision.rules)
-                if not result.ok:
-                    span.set_attribute("goex.error", result.error or "")
+                telemetry.end_action(span, result, adapter.redact(", ".join(model.targets())), self.journal.head()[1],
+                                     adapter.span_attributes(model, result.output if result.ok else None))
         return result
+
+    def _redacted(self, text: str) -> str:
+        for adapter in list(self._adapters.values()):
+            text = adapter.redact(text)
+        return text
 
     def _run(self, session: "Session", model: Any, adapter: Adapter, approval: dict[str, Any] | None) -> Result:
         outcome = _Outcomes(self, session, model, adapter)
@@ -545,12 +551,13 @@ class Session:
             self.runtime.journal.append("reviewed", session=self.id, entries=ids, by=by, durable=True)
         return ids
 
-    def undo_from(self, entry_id: str, *, force: bool = False) -> list[str]:
-        """Undo this session's changes from `entry_id` on (it included), newest first."""
+    def undo_from(self, entry_id: str, *, force: bool = False, by: str | None = None) -> list[str]:
+        """Undo this session's changes from `entry_id` on (it included), newest first; `by` (who
+        asked) is journaled with each undo."""
         entry = self.runtime.journal.entry(entry_id)
         if entry is None or entry.session != self.id:
             raise GoexError(f"entry {entry_id} is not in session {self.id}; `goex log --session {self.id}` lists them")
-        return self.runtime._undo_selected(force, session=self.id, from_seq=entry.seq)
+        return self.runtime._undo_selected(force, session=self.id, from_seq=entry.seq, by=by)
 
     def check(self, action: Any) -> tuple[Decision, dict[str, Any]]:
         """The decision on `action` (rules and this session's budgets) and its preview, without

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
 from ..journal.read import Entry
 from ..journal.store import entry_id
+from ..telemetry import rollback_attributes, undo_attributes
 from .results import Parts
 
 UNDOABLE = ("applied", "undo_failed")
@@ -18,18 +19,32 @@ class Undo(Parts):
         """Undo every applied entry of every session on this root, newest first."""
         return self._undo_selected(force)
 
-    def _undo_selected(self, force: bool, limit: int | None = None, **filters: Any) -> list[str]:
+    def _undo_selected(self, force: bool, limit: int | None = None, by: str | None = None,
+                       **filters: Any) -> list[str]:
         """Undo, newest first, the undoable entries matching `filters` (as `Journal.entries` takes
-        them), selected under the lock so nothing slips in between."""
+        them), selected under the lock so nothing slips in between; one parent span holds the
+        undos' spans."""
         done: list[str] = []
         unrecorded: list[tuple[str, dict[str, Any]]] = []  # undone, "undone" record not written yet
+        with self._tracer.start_as_current_span("goex rollback") as span:
+            if span.is_recording():
+                span.set_attributes(rollback_attributes(filters, force))
+            try:
+                self._undo_each(done, unrecorded, force, limit, by, filters)
+            finally:
+                if span.is_recording():
+                    span.set_attribute("goex.undo.entries", list(done))
+        return done
+
+    def _undo_each(self, done: list[str], unrecorded: list[tuple[str, dict[str, Any]]], force: bool,
+                   limit: int | None, by: str | None, filters: dict[str, Any]) -> None:
         with self.journal.exclusive():
             self._ensure_consistent(always=True)
             try:
                 for entry in self.journal.entries(status=UNDOABLE, undoable=True, newest_first=True, limit=limit,
                                                   **filters):
                     try:
-                        details = self._undo_entry(entry, force, finished=unrecorded)
+                        details = self._undo_entry(entry, force, finished=unrecorded, by=by)
                     except UndoConflict as exc:
                         exc.undone = list(done)
                         raise
@@ -38,9 +53,9 @@ class Undo(Parts):
             finally:
                 for eid, details in unrecorded:
                     self.journal.append("undone", entry=eid, **details)
-        return done
 
-    def _undo_entry(self, row: Entry, force: bool, finished: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    def _undo_entry(self, row: Entry, force: bool, finished: list[tuple[str, dict[str, Any]]],
+                    by: str | None = None) -> dict[str, Any]:
         """Undo one entry. `finished` holds entries already undone whose "undone" records go into
         the same transaction as this one's "undoing" record (one commit per entry); it is emptied."""
         eid = row.id
@@ -49,7 +64,11 @@ class Undo(Parts):
         adapter = self._adapter_for(row.type)
         plan = self._plan(entry, after)
         with self._tracer.start_as_current_span("goex undo") as span:
+            if span.is_recording():
+                span.set_attributes(undo_attributes(row))
             conflicts = adapter.conflicts(plan, after)
+            if conflicts and span.is_recording():
+                span.set_attribute("goex.undo.conflict", [f"{where}: {why}" for where, why in conflicts])
             if conflicts and not force:
                 raise UndoConflict(eid, conflicts)
             self.journal.check_blobs(plan)  # a damaged before-image stops undo before it starts
@@ -57,7 +76,8 @@ class Undo(Parts):
                 for previous, details in finished:
                     tx.append("undone", entry=previous, **details)
                 finished.clear()
-                tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts])
+                tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts],
+                          **({"by": by} if by else {}))
             try:
                 details = adapter.revert(plan, after, self.journal.read_blob, force) or {}
             except JournalCorrupt as exc:  # a forged plan, refused before its first op: nothing changed
@@ -73,9 +93,7 @@ class Undo(Parts):
                 self._stuck = True
                 raise RecoveryNeeded({eid: f"undo stopped midway ({exc})"}) from exc
             if span.is_recording():
-                span.set_attributes({"goex.entry.id": eid, "goex.session.id": row.session,
-                                     "goex.action.type": row.type, "goex.action.target": row.target,
-                                     "goex.status": "undone", "goex.forced": bool(conflicts)})
+                span.set_attributes({"goex.status": "undone", "goex.forced": bool(conflicts)})
         return details
 
     def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ActionFailed, Refused
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
@@ -28,6 +28,9 @@ from ..fs.adapter import FileAdapter
 from ..fs.workspace import Workspace, show
 from . import backends, overlay
 from .actions import CODE_ACTIONS, CodePreview, CodeRun
+
+if TYPE_CHECKING:
+    from ...journal.read import EntryDetail
 
 
 class SandboxRefused(Refused):
@@ -206,7 +209,7 @@ class CodeAdapter(Adapter):
                     ops.append({"op": "restore", "path": path, "node": self.files._capture(change.parts, put_blob)})
                     after[path] = overlay.digest(change.node)
             ops.reverse()
-            return {"ops": ops, "after": after, "files": files}
+            return {"ops": ops, "after": after, "files": files, "run": _journaled_run(output)}
 
         def commit() -> None:
             try:
@@ -216,6 +219,23 @@ class CodeAdapter(Adapter):
                 layer.remove()
 
         return StagedRun(output, capture, commit, layer.remove, effects)
+
+    def describe(self, entry: "EntryDetail") -> str:
+        """Exit code, file effects, stdout and stderr, as journaled when the run was captured."""
+        run = next((r["plan"].get("run") for r in entry.records if r.get("kind") == "captured"), None)
+        files = (next((r["plan"].get("files") for r in entry.records if r.get("kind") == "captured"), None)
+                 or entry.preview.get("files") or {})
+        lines = [entry.error] if entry.error else []
+        if run:
+            stopped = f", stopped: {run['stopped']}" if run.get("stopped") else ""
+            lines.append(f"exit code {run['exit_code']} ({run.get('backend', '?')}, {run.get('duration_s', 0):g} s"
+                         f"{stopped})")
+        lines += [f"files {kind}: {', '.join(paths)}" for kind, paths in files.items() if paths]
+        for stream in ("stdout", "stderr"):
+            if run and run.get(stream):
+                cut = " (cut)" if run.get(f"{stream}_cut") else ""
+                lines += [f"--- {stream}{cut} ---", run[stream].rstrip("\n")]
+        return "\n".join(lines) or f"{entry.type}: nothing journaled about its run"
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         captured = plan.get("captured")
@@ -330,3 +350,18 @@ def _removed(effects: RunEffects, full: str, path: str) -> None:
                 effects.bytes_deleted += os.lstat(os.path.join(top, name)).st_size
             except OSError:
                 pass
+
+
+_JOURNALED_OUTPUT = 64 << 10  # characters of stdout and stderr kept in the journal, each
+
+
+def _journaled_run(output: dict[str, Any]) -> dict[str, Any]:
+    """What the journal keeps of a run's result, for review: exit code, how it ended, and the
+    first 64 Ki characters of stdout and stderr."""
+    run = {k: output.get(k) for k in ("exit_code", "stopped", "duration_s", "backend")}
+    for stream in ("stdout", "stderr"):
+        text = output.get(stream) or ""
+        run[stream] = text[:_JOURNALED_OUTPUT]
+        if len(text) > _JOURNALED_OUTPUT:
+            run[f"{stream}_cut"] = True
+    return run

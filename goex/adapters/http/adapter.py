@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterable, ParamSpec, TypeVar
 
 import httpx
+from opentelemetry import propagate
 
 from ...errors import ActionFailed, GoexError, OutcomeUnknown, Refused, UndoDeclined
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
@@ -91,11 +92,15 @@ def _scrubbed(failure: type[GoexError]) -> Callable[[_Method[_P, _R]], _Method[_
     return wrap
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 class HttpAdapter(Adapter):
     prefix = "http"
     actions = HTTP_ACTIONS
     preview = HttpPreview
     budgets = ("http_calls", "irreversible_calls")
+    span_kind = "client"
 
     @classmethod
     def create(cls, context: Context) -> "HttpAdapter":
@@ -266,6 +271,15 @@ class HttpAdapter(Adapter):
         redacted: dict[str, Any] = self.secrets.redact_json(action)
         return redacted
 
+    def span_attributes(self, action: HttpRequest, output: Any) -> dict[str, Any]:
+        url = httpx.URL(action.url)
+        port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+        attrs: dict[str, Any] = {"http.request.method": action.method, "url.full": self.redact(action.url),
+                                 "server.address": url.host, "server.port": port}
+        if isinstance(output, dict) and isinstance(output.get("status"), int):
+            attrs["http.response.status_code"] = output["status"]
+        return attrs
+
     def describe(self, entry: "EntryDetail") -> str:
         if entry.error:
             return entry.error
@@ -360,6 +374,7 @@ class HttpAdapter(Adapter):
     def _build(self, method: str, url: str, headers: dict[str, str], json_body: Any, body: str | None,
                timeout_s: float) -> httpx.Request:
         filled_headers = {k: self.secrets.fill(v) for k, v in headers.items()}
+        propagate.inject(filled_headers)  # `traceparent` of the action's (or undo's) span, when one is recording
         for name, value in filled_headers.items():
             if not HEADER_VALUE.fullmatch(value):
                 raise ActionFailed(f"{method} {url}: header {name!r} cannot carry the value filled into it (an HTTP "

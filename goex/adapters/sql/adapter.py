@@ -16,13 +16,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, ConfigError, GoexError
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
 from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
+
+if TYPE_CHECKING:
+    from ...journal.read import EntryDetail
+
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
@@ -107,6 +111,31 @@ def _inside(path: Path, root: Path) -> str | None:
     return None if rel == ".." or rel.startswith("../") else rel
 
 
+SHOWN_CHANGES = 50  # row changes an entry's description lists
+
+
+def _shown(value: Any) -> str:
+    return f"<{len(value)} bytes>" if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
+
+
+def operation_name(sql: str, kind: str) -> str | None:
+    """The statement's operation (SELECT, UPDATE, ...); `BATCH <op>` or `BATCH` for several."""
+    import sqlglot
+    from sqlglot.errors import SqlglotError
+
+    try:
+        ops = [e.key.upper() for e in sqlglot.parse(sql, read=_DIALECTS.get(kind)) if e is not None]
+    except SqlglotError:
+        first = re.match(r"\s*([A-Za-z]+)", sql)
+        return first.group(1).upper() if first else None
+    if len(ops) <= 1:
+        return ops[0] if ops else None
+    return f"BATCH {ops[0]}" if len(set(ops)) == 1 else "BATCH"
+
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
+
+
 def engine_for(db: Database, workspace: Workspace | None = None) -> Engine:
     """The engine of `db`. A SQLite file inside the workspace is opened through `workspace`'s
     confined resolver (one made for its root when none is given)."""
@@ -128,6 +157,7 @@ class SqlAdapter(Adapter):
     actions = SQL_ACTIONS
     preview = SqlPreview
     staged = True
+    span_kind = "client"
 
     @classmethod
     def create(cls, context: Context) -> "SqlAdapter":
@@ -140,6 +170,23 @@ class SqlAdapter(Adapter):
         self.get_blob = get_blob  # the journal's blobs: undo data lives there
         self.workspace = workspace  # SQLite files inside the root are opened through it
         self._engines: dict[str, Engine] = {}
+
+    def span_attributes(self, action: SqlExecute, output: Any) -> dict[str, Any]:
+        """`db.*` conventions; the statement text as the agent wrote it, parameters never inlined."""
+        db = self.databases.get(action.db)
+        if db is None:
+            return {}
+        system = "mariadb" if db.kind == "mysql" and db.url.lower().startswith("mariadb") else db.kind
+        namespace = db.inside or db.name if db.kind == "sqlite" else urlsplit(db.url).path.lstrip("/")
+        attrs: dict[str, Any] = {"db.system.name": system, "db.namespace": namespace, "db.query.text": action.sql}
+        operation = operation_name(action.sql, db.kind)
+        if operation:
+            attrs["db.operation.name"] = operation
+        if isinstance(output, dict) and isinstance(output.get("rows"), list):
+            attrs["db.response.returned_rows"] = len(output["rows"])
+        elif isinstance(output, dict) and isinstance(output.get("rows_changed"), int):
+            attrs["goex.sql.rows_changed"] = output["rows_changed"]
+        return attrs
 
     def engine(self, name: str) -> Engine:
         if name not in self._engines:
@@ -224,6 +271,44 @@ class SqlAdapter(Adapter):
                                                                earlier_write, ", ".join(a["tables"]))]
             earlier_write = earlier_write or a["kind"] != "select"
         return "\n".join(lines)
+
+    def describe(self, entry: "EntryDetail") -> str:
+        """The statements and parameters, then the rows before and after each change (SQLite,
+        from the journaled changeset); other engines say how many rows changed."""
+        action, preview = entry.action(), entry.preview
+        lines = [entry.error] if entry.error else []
+        lines.append(f"sql.execute on {preview.get('db', action.get('db'))} ({preview.get('engine', '?')}): "
+                     + (f"{preview.get('rows', 0):,} rows change" if preview.get("writes") else "reads only"))
+        lines += ["  " + line for line in str(action.get("sql", "")).strip().splitlines()]
+        if action.get("params") is not None:
+            lines.append("params: " + json.dumps(action["params"], ensure_ascii=False, default=str)[:500])
+        captured = next((r.get("plan") or {} for r in entry.records if r.get("kind") == "captured"), {})
+        rows, total = self._changed_rows(entry.plan.get("engine", ""), captured)
+        if rows:
+            more = f" (the first {len(rows)} of {total})" if total > len(rows) else ""
+            lines.append(f"row changes{more}:")
+        for r in rows:
+            lines.append(f"  {r['op']} {r['table']}".replace("   ", "  "))
+            for side in ("before", "after"):
+                if r[side] is not None:
+                    shown = r[side] if isinstance(r[side], str) else json.dumps(r[side], ensure_ascii=False,
+                                                                                default=_shown)
+                    lines.append(f"    {side}: {shown[:300]}")
+        if captured and not rows:
+            lines.append("no row images: the whole database or schema was kept for undo (DDL)"
+                         if captured.get("mode") in ("ddl", "dump", "image") or entry.plan.get("before", {}).get(
+                             "mode") == "image" else "no row changed")
+        return "\n".join(lines)
+
+    def _changed_rows(self, engine: str, captured: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """The row changes the engine's captured undo data holds, as the engine reads them."""
+        if not captured or self.get_blob is None:
+            return [], 0
+        from . import mysql, postgres, sqlite
+
+        reader = {"sqlite": sqlite.changed_rows, "postgresql": postgres.changed_rows,
+                  "mysql": mysql.changed_rows}.get(engine)
+        return reader(captured, self.get_blob, SHOWN_CHANGES) if reader else ([], 0)
 
     def _sample(self, db: Database, statement: str, params: Any, earlier_write: bool, table: str) -> list[str]:
         """The first rows an UPDATE or DELETE would change, or why they are not shown. Never

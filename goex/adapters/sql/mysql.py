@@ -1508,6 +1508,26 @@ def _counts(cur: Any, table: str, entry: dict[str, Any], rows: list[str], lock: 
     return out
 
 
+def changed_rows(captured: dict[str, Any], get_blob: GetBlob, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` rows a captured action changed, as {table, op, before, after} (a keyed row
+    before and after it, or a row of a table without a key with how many copies there were and
+    are); and how many in all. Empty for DDL, kept as a database image."""
+    if captured.get("mode") != "dml":
+        return [], 0
+    out: list[dict[str, Any]] = []
+    total = 0
+    for table, entry in (captured.get("tables") or {}).items():
+        diff = json.loads(get_blob(entry["blob"]))
+        name = f"{table} ({', '.join(entry.get('columns') or [])})"
+        items = [(b, a) for _, b, a in diff["keyed"]] or [(f"{r} x{nb}" if nb else None, f"{r} x{na}" if na else None)
+                                                          for r, nb, na in diff["counts"]]
+        for before, after in items:
+            total += 1
+            if len(out) < limit:
+                out.append({"table": name, "op": "", "before": before, "after": after})
+    return out, total
+
+
 def _diff(before: list[tuple[str | None, str]], after: list[tuple[str | None, str]], keyed: bool) -> dict[str, Any]:
     """The rows that differ: [key, before row or None, after row or None] by primary key; for a
     table without one, [row, copies before, copies after]."""

@@ -1122,6 +1122,24 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 # -- row capture helpers ---------------------------------------------------------------------------
 
 
+def changed_rows(captured: dict[str, Any], get_blob: GetBlob, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` rows a captured action removed or added, as {table, op, before, after} with
+    each row in PostgreSQL's text form (an UPDATE is its old row removed and its new row added);
+    and how many in all. Empty for actions kept as a dump (DDL)."""
+    if captured.get("mode") != "rows":
+        return [], 0
+    out: list[dict[str, Any]] = []
+    total = 0
+    for table in _tables(captured, get_blob):
+        name = f"{table['table']} ({', '.join(table.get('columns') or [])})"
+        for row, net in table.get("rows") or []:
+            total += 1
+            if len(out) < limit:
+                out.append({"table": name, "op": "", "before": row if net < 0 else None,
+                            "after": row if net > 0 else None})
+    return out, total
+
+
 def _tables(captured: dict[str, Any], get_blob: GetBlob) -> list[dict[str, Any]]:
     if "tables_blobs" in captured:
         return json.loads(b"".join(get_blob(c) for c in captured["tables_blobs"]))

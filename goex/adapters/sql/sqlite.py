@@ -752,6 +752,49 @@ def _describe(reason: int, change: Any) -> str:
     return f"{change.name}: {key} {what}"
 
 
+def changed_rows(captured: dict[str, Any], get_blob: GetBlob, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` row changes of a captured changeset, as {table, op, before, after} with the
+    columns named from the journaled schema (SQLite records only the key and the changed columns
+    of an UPDATE's old row); and how many changes there are in all."""
+    if "changeset" not in captured:
+        return [], 0
+    schema = (captured.get("after") or {}).get("schema") or {}
+    names: dict[str, list[str]] = {}
+    out: list[dict[str, Any]] = []
+    total = 0
+    for change in apsw.Changeset.iter(_blob(captured["changeset"]["chunks"], get_blob)):
+        total += 1
+        if len(out) >= limit:
+            continue
+        if change.name not in names:
+            names[change.name] = _columns(schema.get(change.name))
+        cols = names[change.name]
+        out.append({"table": change.name, "op": _OPCODES.get(change.opcode, str(change.opcode)),
+                    "before": _named(change.old, cols), "after": _named(change.new, cols)})
+    return out, total
+
+
+_OPCODES = {apsw.SQLITE_INSERT: "INSERT", apsw.SQLITE_UPDATE: "UPDATE", apsw.SQLITE_DELETE: "DELETE"}
+
+
+def _named(row: Any, cols: list[str]) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {(cols[i] if i < len(cols) else f"#{i}"): v for i, v in enumerate(row) if v is not apsw.no_change}
+
+
+def _columns(create: str | None) -> list[str]:
+    """The column names of a CREATE TABLE statement, in order (empty when it cannot be read)."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        schema = sqlglot.parse_one(create or "", read="sqlite").find(exp.Schema)
+    except sqlglot.errors.SqlglotError:
+        return []
+    return [c.name for c in schema.expressions if isinstance(c, exp.ColumnDef)] if schema is not None else []
+
+
 def _schema(conn: apsw.Connection, tables: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for table in tables:
