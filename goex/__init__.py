@@ -24,6 +24,7 @@ _WHERE = {
     "RecoveryNeeded": "errors", "Refused": "errors", "UndoConflict": "errors",
     "Decision": "policy", "Policy": "policy", "PolicyError": "policy", "PythonRule": "policy", "load_policy": "policy",
     "ConfirmationRequest": "runtime", "Result": "runtime", "Runtime": "runtime", "Session": "runtime",
+    "tools": "tool_schemas", "action_from_call": "tool_schemas", "Settings": "config", "Tool": "custom",
 }
 
 __all__ = [
@@ -54,9 +55,13 @@ __all__ = [
     "SecretStore",
     "Session",
     "UndoConflict",
+    "Settings",
+    "Tool",
+    "action_from_call",
     "action_schema",
     "load_policy",
     "parse_action",
+    "tools",
     "__version__",
 ]
 
@@ -80,6 +85,8 @@ if TYPE_CHECKING:
     from .adapters.http.adapter import CompensationFailed, HostRefused, HttpConfig
     from .adapters.http.compensations import Compensations
     from .adapters.http.secrets import SecretRefused, SecretStore
+    from .config import Settings
+    from .custom import Tool
     from .errors import (
         ActionError,
         ActionFailed,
@@ -95,3 +102,4 @@ if TYPE_CHECKING:
     )
     from .policy import Decision, Policy, PolicyError, PythonRule, load_policy
     from .runtime import ConfirmationRequest, Result, Runtime, Session
+    from .tool_schemas import action_from_call, tools

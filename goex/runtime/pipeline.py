@@ -105,6 +105,22 @@ class Runtime(Approvals, Undo, Recovery):
             if given & set(domain.settings) or prefix in (adapters or {}):
                 self.adapter(prefix)
 
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], **overrides: Any) -> "Runtime":
+        """The runtime of `root` with its settings (`<journal>/config.toml`, written by `goex
+        init`); keyword arguments (those of `Runtime`) override them."""
+        from ..config import load_settings
+
+        options = load_settings(root, overrides.get("journal")).runtime_options(Path(root))
+        return cls(root, **{**options, **overrides})
+
+    def undo_last(self, steps: int, *, force: bool = False) -> list[str]:
+        """Undo the last `steps` actions on this root that changed something, whichever session
+        made them. Returns the ids undone, newest first (fewer when fewer are left)."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        return self._undo_selected(force, limit=steps)
+
     # -- adapters ------------------------------------------------------------------------------
 
     def adapter(self, prefix: str) -> Adapter:

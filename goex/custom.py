@@ -1,0 +1,7 @@
+"""Custom tools: a user's Python function as an action type (filled in below)."""
+
+from __future__ import annotations
+
+
+class Tool:
+    """A custom tool."""
