@@ -94,8 +94,8 @@ def action_from_call(name: str, arguments: Any, extra: dict[str, dict[str, Any]]
         action = arguments.get("action")
         if not isinstance(action, dict) or tool_name(str(action.get("type"))) not in by_name:
             raise ActionError(f"{UNION_TOOL} takes {{\"action\": {{\"type\": ...}}}} with a known action type")
-        spec = by_name[tool_name(action["type"])]
-        return {"type": spec.action_type, **spec.decode({k: v for k, v in action.items() if k != "type"})}
+        chosen = by_name[tool_name(action["type"])]
+        return {"type": chosen.action_type, **chosen.decode({k: v for k, v in action.items() if k != "type"})}
     spec = by_name.get(name)
     if spec is None:
         raise ActionError(f"unknown tool {name!r}; known: {', '.join(by_name)}")

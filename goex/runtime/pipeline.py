@@ -591,6 +591,13 @@ class Session:
     def log(self) -> list[dict[str, Any]]:
         return self.runtime.log(self.id)
 
+    def budgets(self) -> dict[str, dict[str, int]]:
+        """Each budget of the policy: its limit, what this session spent of it, and what is left."""
+        with self.runtime.journal.exclusive():
+            spent = dict(self.runtime._session_usage(self.id))
+        return {name: {"limit": limit, "spent": spent.get(name, 0), "left": max(limit - spent.get(name, 0), 0)}
+                for name, limit in self.runtime.policy.budgets.items()}
+
 
 def _journal_form(action: dict[str, Any], tx: Transaction) -> dict[str, Any]:
     """The action as journaled: long strings (file content) are stored as blobs, by reference."""
