@@ -1,11 +1,11 @@
 """goex as an MCP server (the official `mcp` SDK's low-level `Server`): stdio, or streamable HTTP
 at `/mcp`.
 
-Tools: one per action type (`fs_write`, ..., `code_run`, named and shaped as `goex.tools(format=
-"mcp")` gives them), plus `goex_checkpoint`, `goex_undo`, `goex_log` and `goex_status`. Every
-result carries the runtime's result as structured content (ok, status, entry id, output or
-error, rules). An action a rule sends to confirmation is parked (`awaiting_approval`); when the
-client supports elicitation the human is asked through it (on protocol 2026-07-28 as an
+Tools: one per action type (`fs_write`, ..., `code_run`, and the runtime's custom tools, named
+and shaped as `Runtime.tools(format="mcp")` gives them), plus `goex_checkpoint`, `goex_undo`,
+`goex_log` and `goex_status`. Every result carries the runtime's result as structured content
+(ok, status, entry id, output or error, rules). An action a rule sends to confirmation is parked
+(`awaiting_approval`); when the client supports elicitation the human is asked through it (on protocol 2026-07-28 as an
 `InputRequiredResult` the client answers and retries with; on earlier ones as an
 `elicitation/create` request) and the answer approves or rejects the parked entry. Otherwise it
 stays parked for `goex approve`.
@@ -30,7 +30,7 @@ from mcp.server.lowlevel import Server
 
 from . import __version__
 from .errors import ActionError, GoexError
-from .tool_schemas import action_from_call, tools
+from .tool_schemas import action_from_call
 
 if TYPE_CHECKING:
     from .runtime import Result, Runtime, Session
@@ -63,8 +63,7 @@ class McpServer:
     """The MCP server of one runtime. `session` / `actor` fix the goex session id and actor of
     every connection (default: from the client's name, a new session per connection)."""
 
-    def __init__(self, runtime: "Runtime", *, session: str | None = None, actor: str | None = None,
-                 extra: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, runtime: "Runtime", *, session: str | None = None, actor: str | None = None):
         self.runtime = runtime
         if runtime.approver is None:
             runtime.approver = "pending"  # confirmations are parked, then asked through the client
@@ -72,14 +71,13 @@ class McpServer:
         self._sessions: dict[str, "Session"] = {}
         self._lock = threading.Lock()  # the runtime acts for one request at a time
         self._key = secrets.token_bytes(32)  # signs the approval state a client carries between rounds
-        self._extra = extra
         self.server: Server[Any] = Server("goex", version=__version__, instructions=_INSTRUCTIONS,
                                           on_list_tools=self._list_tools, on_call_tool=self._call_tool)
 
     # -- MCP handlers ----------------------------------------------------------------------------
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
-        listed = tools(format="mcp", extra=self._extra) + _CONTROL
+        listed = self.runtime.tools(format="mcp") + _CONTROL
         return types.ListToolsResult(tools=[types.Tool(name=t["name"], description=t["description"],
                                                        input_schema=t["inputSchema"]) for t in listed])
 
@@ -93,7 +91,7 @@ class McpServer:
                        "goex_status": self._status}.get(params.name)
             if control is not None:
                 return _reply(await self._run(lambda: control(session, args)))
-            action = action_from_call(params.name, args, self._extra)
+            action = action_from_call(params.name, args, self.runtime.custom_tools.schemas())
             result = await self._run(lambda: session.execute(action))
         except (ActionError, GoexError, ValueError) as exc:
             return _reply({"ok": False, "session": session.id, "status": "error", "error": str(exc)}, error=True)
