@@ -266,9 +266,12 @@ def _head(text: str) -> str:
 def _runtime(args: argparse.Namespace, **kw: Any) -> "Runtime":
     """The runtime of --root: its settings file, overridden by the flags given and by `kw` (whose
     None values mean "not given")."""
+    return _open(args, _settings(args), **kw)
+
+
+def _open(args: argparse.Namespace, settings: "Settings", **kw: Any) -> "Runtime":
     from .runtime import Runtime
 
-    settings = _settings(args)
     options = settings.runtime_options(Path(args.root))
     options.update({k: v for k, v in kw.items() if v is not None})
     return Runtime(args.root, journal=args.journal, **options)
@@ -409,8 +412,14 @@ def _review_choice(args: argparse.Namespace) -> str | None:
 def _approve(args: argparse.Namespace) -> int:
     with _runtime(args, policy="permissive") as probe:
         parked = probe.parked(args.entry)
-    policy = args.policy or _pack_spec(parked.get("policy", "default"))
-    with _runtime(args, policy=policy, protected=parked.get("protected", [])) as rt:
+    settings = _settings(args)  # the settings it was parked under fill what these do not name
+    hosts = sorted(set(settings.http.allow_hosts) | set(parked.get("allow_hosts", [])))
+    settings = settings.model_copy(update={
+        "databases": {**parked.get("databases", {}), **settings.databases},
+        "http": settings.http.model_copy(update={"allow_hosts": hosts}),
+        "policy": args.policy or _pack_spec(parked.get("policy", "default")),
+        "protected": list(parked.get("protected", []))})
+    with _open(args, settings) as rt:
         result = rt.approve(args.entry, by=args.by)
     _emit(result.to_json())
     return EXIT_OK if result.ok else EXIT_REFUSED if result.status in ("denied", "awaiting_approval") else EXIT_FAILED

@@ -214,17 +214,33 @@ def test_json_on_every_command_that_prints(root: Path):
     assert init["settings"]["policy"] == "default"
 
 
-def test_approve_uses_the_settings_it_was_parked_under_and_keeps_it_when_something_is_missing(root: Path):
+def test_an_approval_the_policy_refuses_leaves_the_action_parked(root: Path):
+    make_db(root)
+    r = str(root)
+    delete = json.dumps({"type": "sql.execute", "db": "main", "sql": "DELETE FROM t"})
+    parked = results(goex_cli("exec", "--root", r, "--db", "main=sqlite:///app.db", delete))[0]
+    assert parked["status"] == "awaiting_approval", parked
+    refused = goex_cli("approve", "--root", r, "--policy", "training", parked["entry_id"])
+    assert refused.returncode == 3 and rows(root) == [(1, "a"), (2, "b")]
+    assert "stays awaiting approval" in results(refused)[0]["error"]
+    status = {e["id"]: e["status"] for e in json.loads(goex_cli("log", "--root", r, "--json").out)}
+    assert status[parked["entry_id"]] == "awaiting_approval"  # refused, not consumed
+    ok = goex_cli("approve", "--root", r, parked["entry_id"])  # the pack it was parked under: default
+    assert ok.returncode == 0 and rows(root) == []
+
+
+def test_approve_fills_in_the_parked_database_and_hosts(root: Path):
     make_db(root)
     r = str(root)
     delete = json.dumps({"type": "sql.execute", "db": "main", "sql": "DELETE FROM t"})
     parked = results(goex_cli("exec", "--root", r, "--db", "main=sqlite:///app.db", delete))[0]
     assert parked["status"] == "awaiting_approval"
-    missing = goex_cli("approve", "--root", r, parked["entry_id"])
-    assert missing.returncode != 0
-    still = [e for e in json.loads(goex_cli("log", "--root", r, "--json").out) if e["id"] == parked["entry_id"]]
-    assert still[0]["status"] == "awaiting_approval" and rows(root) == [(1, "a"), (2, "b")]
-    ok = goex_cli("approve", "--root", r, "--db", "main=sqlite:///app.db", parked["entry_id"])
+    detail = goex.Runtime(root, policy="permissive")
+    try:
+        assert detail.parked(parked["entry_id"])["databases"] == {"main": "sqlite:///app.db"}
+    finally:
+        detail.close()
+    ok = goex_cli("approve", "--root", r, parked["entry_id"])
     assert ok.returncode == 0, ok.out + ok.err
     assert rows(root) == []
 

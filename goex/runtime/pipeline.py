@@ -249,7 +249,7 @@ class Runtime(Approvals, Undo, Recovery):
             if answer is None:
                 eid = self._journal_outcome(session, model, adapter, prepared.targets, decision, "awaiting_approval",
                                             preview=prepared.preview,
-                                            parked={"policy": self.policy.source, "protected": list(self.protected)})
+                                            parked=self._parked_under())
                 return Result(False, eid, error=f"needs confirmation ({decision.reason}); approve it with "
                                                 f"`goex approve --root DIR {eid}` or reject it with "
                                                 f"`goex reject --root DIR {eid}`",
@@ -263,6 +263,8 @@ class Runtime(Approvals, Undo, Recovery):
                           " (needs confirmation, and no approver is configured)")
             elif not any(m.decision == "deny" for m in decision.matches):
                 error += " (the pack refuses what needs confirmation)"
+            if approval is not None and "entry" in approval:
+                error += f"; {approval['entry']} stays awaiting approval (approve it again, or reject it)"
             return outcome.denied(error, prepared, decision)
         extra = {"usage": spent, **({"approval": approval} if approval else {})}
         if not prepared.effect:
