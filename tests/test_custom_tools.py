@@ -172,3 +172,37 @@ def test_custom_tools_are_tool_definitions_and_mcp_tools(root: Path, tmp_path: P
     anyio.run(flow)
     assert outbox.subjects() == []
     rt.close()
+
+
+def test_custom_tools_in_the_gym_are_actions_and_reset_undoes_them(tmp_path: Path):
+    import goex.gym
+    from goex.gym import GoexEnv
+
+    notes: list[str] = []
+
+    class Note(goex.Tool):
+        """Append a line to an in-memory notebook."""
+
+        name = "note"
+
+        class Args(BaseModel):
+            text: str
+
+        def run(self, args: Any) -> Any:
+            notes.append(args.text)
+            return {"count": len(notes)}
+
+        def undo(self, args: Any, output: Any) -> None:
+            notes.remove(args.text)
+
+    env = GoexEnv(task="files-clean-logs", home=tmp_path / "home", tools=[Note()])
+    try:
+        _, info = env.reset(seed=0)
+        [tool] = [t for t in info["tools"] if t["name"] == "tool_note"]
+        assert tool["action_type"] == "tool.note" and tool["parameters"]["required"] == ["text"]
+        obs, _, _, _, step = env.step(json.dumps({"type": "tool.note", "text": "first"}))
+        assert notes == ["first"] and step["cost"] == 0, obs
+        env.reset(seed=1)  # the episode rolled back through the journal: the tool's undo ran
+        assert notes == []
+    finally:
+        env.close()
