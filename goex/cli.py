@@ -540,30 +540,40 @@ def _undo(args: argparse.Namespace) -> int:
 
 
 def _conflict_makers(args: argparse.Namespace, exc: UndoConflict) -> list[str]:
-    """Who changed what an undo conflicts on since: the later entries of the root naming the same
-    targets, with their sessions; or, when none did, that it was changed outside goex."""
-    root = getattr(args, "root", None)
-    if not root:
+    """Who changed what an undo conflicts on since: the later entries of the root whose targets or
+    preview name the same thing, with their sessions; or, when none does, that it was changed
+    outside goex."""
+    if not getattr(args, "root", None):
         return []
     journal = _reader(args)
     if journal is None:
         return []
     try:
         entry = journal.entry(exc.entry_id)
-        if entry is None:
-            return []
-        later = journal.entries(after_seq=entry.seq, status=("applied", "undo_failed"))
+        later = [] if entry is None else [
+            (e, _named(journal.detail(e.id))) for e in journal.entries(after_seq=entry.seq, status=("applied",))]
     finally:
         journal.close()
     lines = []
     for target, _ in exc.conflicts:
-        makers = [e for e in later if target in (e.target, *e.target.split(", "))]
+        parts = set(target.split(".", 1))  # "db.table": both named by the entry
+        makers = [e for e, named in later if target in named or (len(parts) == 2 and parts <= named)]
         if makers:
-            named = ", ".join(f"entry {e.id} of session {e.session} ({e.type} by {e.actor})" for e in makers)
-            lines.append(f"{target} was changed since by {named}")
+            who = ", ".join(f"entry {e.id} of session {e.session} ({e.type} by {e.actor})" for e in makers)
+            lines.append(f"{target} was changed since by {who}")
         else:
             lines.append(f"{target} was changed since outside goex (no later entry names it)")
     return lines
+
+
+def _named(detail: Any) -> set[str]:
+    """The names an entry's targets and preview hold (paths, tables, databases)."""
+    if detail is None:
+        return set()
+    names = set(detail.targets)
+    for value in detail.preview.values():
+        names.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return names
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
@@ -613,7 +623,10 @@ def _log(args: argparse.Namespace) -> int:
     else:
         print(format_log(rows, cols, colour=_colour()))
     if args.follow and not args.checkpoints:
-        _follow(args, shown)
+        try:
+            _follow(args, shown)
+        except KeyboardInterrupt:
+            pass  # how a follow ends
     return EXIT_OK
 
 

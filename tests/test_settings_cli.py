@@ -136,6 +136,15 @@ def test_conflict_names_the_entry_and_session_that_changed_it(root: Path):
     done = goex_cli("undo", "--root", r, "--session", "first")
     assert done.returncode == 4
     assert f"entry {second} of session second" in done.err
+    make_db(root)
+    update = 'UPDATE t SET v = {!r} WHERE id = 1'
+    for session, value in (("sql1", "x"), ("sql2", "y")):
+        sql = json.dumps({"type": "sql.execute", "db": "main", "sql": update.format(value)})
+        assert goex_cli("exec", "--root", r, "--db", "main=sqlite:///app.db", "--session", session, sql).returncode == 0
+    later = json.loads(goex_cli("log", "--root", r, "--json", "--session", "sql2").out)[0]["id"]
+    sql_conflict = goex_cli("undo", "--root", r, "--db", "main=sqlite:///app.db", "--session", "sql1")
+    assert sql_conflict.returncode == 4 and f"main.t was changed since by entry {later} of session sql2" in (
+        sql_conflict.err)
     (root / "g").write_text("0")
     goex_cli("exec", "--root", r, "--session", "third", '{"type": "fs.write", "path": "g", "content": "3"}')
     (root / "g").write_text("by hand")
