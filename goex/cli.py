@@ -285,15 +285,23 @@ def _settings(args: argparse.Namespace) -> "Settings":
         raise GoexError(f"workspace root {args.root} is not an existing folder; create it first")
     settings = load_settings(args.root, args.journal)
     http = settings.http.model_copy(update={k: v for k, v in (
-        ("allow_hosts", args.allow_host), ("openapi", args.openapi), ("compensations", args.compensations),
-        ("secrets", args.secrets)) if v})
+        ("allow_hosts", args.allow_host), ("openapi", _absolute(args.openapi)),
+        ("compensations", _absolute(args.compensations)), ("secrets", _absolute(args.secrets))) if v})
     update: dict[str, Any] = {"http": http, "databases": {**settings.databases, **_databases(args.db)}}
     for name in ("policy", "durability", "sandbox"):
         if getattr(args, name, None):
             update[name] = getattr(args, name)
+    if str(update.get("policy", "")).endswith((".yaml", ".yml")):
+        update["policy"] = _absolute(update["policy"])
     if getattr(args, "protect", None):
         update["protected"] = list(args.protect)
     return settings.model_copy(update=update)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A file named on the command line, relative to the current folder (the settings file keeps
+    paths relative to the root)."""
+    return os.path.abspath(path) if path else None
 
 
 def _databases(specs: list[str]) -> dict[str, str]:

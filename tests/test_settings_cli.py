@@ -261,3 +261,18 @@ def test_bash_completion_names_commands_and_flags(tmp_path: Path):
                      'COMP_WORDS=(goex log --fo); COMP_CWORD=2; _goex; echo "${COMPREPLY[@]}"\n')
     out = subprocess.run(["bash", str(probe)], capture_output=True, text=True, timeout=30).stdout.splitlines()
     assert out[0].split() == ["log"] and out[1].split() == ["--follow"]
+
+
+def test_files_named_by_flags_are_relative_to_the_current_folder(root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    (here / "mine.yaml").write_text("name: mine\nextends: strict\n")
+    monkeypatch.chdir(here)
+    assert goex_cli("init", "--root", str(root), "--policy", "mine.yaml").returncode == 0
+    monkeypatch.chdir(tmp_path)
+    with goex.Runtime.open(root) as rt:
+        assert rt.policy.name == "mine"
+    (root / "f").write_text("x")
+    asked = results(goex_cli("exec", "--root", str(root), json.dumps({"type": "fs.delete", "path": "f"})))[0]
+    assert asked["status"] == "awaiting_approval"  # strict, through the pack the settings name
