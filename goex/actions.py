@@ -39,6 +39,13 @@ class _Union:
         self.types: tuple[str, ...] = tuple(m.model_fields["type"].default for m in models)
         self.union = _discriminated(models)
         self.adapter: TypeAdapter[Any] = TypeAdapter(self.union)
+        self._schema: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The union's JSON Schema (made once; each caller gets its own copy)."""
+        if self._schema is None:
+            self._schema = json.dumps(self.adapter.json_schema())
+        return cast(dict[str, Any], json.loads(self._schema))
 
 
 def _discriminated(models: tuple[type[BaseModel], ...]) -> Any:
@@ -160,7 +167,12 @@ def describe_validation_error(exc: ValidationError, depth: int = 1) -> str:
 
 def action_schema() -> dict[str, Any]:
     """JSON Schema of every action, ready to hand to a tool-calling API."""
-    return _actions().adapter.json_schema()
+    return _actions().schema()
+
+
+def schema_version() -> int:
+    """Changes whenever the set of action models does (an installed adapter found)."""
+    return id(_actions())
 
 
 def action_to_json(action: ActionModel) -> dict[str, Any]:

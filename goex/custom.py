@@ -133,6 +133,7 @@ class Tools:
         self._lock = threading.Lock()
         self.by_type: dict[str, Tool] = {}
         self.models: dict[str, type[BaseModel]] = {}
+        self._schemas: dict[str, dict[str, Any]] | None = None
 
     def add(self, tool: Tool) -> str:
         name = getattr(tool, "name", "")
@@ -142,6 +143,7 @@ class Tools:
         with self._lock:
             self.by_type[action_type] = tool
             self.models[action_type] = _action_model(tool, action_type)
+            self._schemas = None
         return action_type
 
     def parse(self, action: Any) -> Any:
@@ -161,12 +163,14 @@ class Tools:
 
     def schemas(self) -> dict[str, dict[str, Any]]:
         """Each tool's action as JSON Schema, by action type (for `goex.tools(extra=...)`)."""
-        out = {}
-        for action_type, model in self.models.items():
-            schema = model.model_json_schema()
-            schema["description"] = self.by_type[action_type].description
-            out[action_type] = schema
-        return out
+        with self._lock:
+            if self._schemas is None:
+                self._schemas = {}
+                for action_type, model in self.models.items():
+                    schema = model.model_json_schema()
+                    schema["description"] = self.by_type[action_type].description
+                    self._schemas[action_type] = schema
+            return json.loads(json.dumps(self._schemas))
 
 
 def _action_model(tool: Tool, action_type: str) -> type[BaseModel]:

@@ -19,6 +19,7 @@ format keeps only the keywords its API documents:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -52,19 +53,26 @@ def tool_name(action_type: str) -> str:
 
 def specs(extra: dict[str, dict[str, Any]] | None = None) -> list[ToolSpec]:
     """Every action type as a strict tool, sorted by name; `extra`: more action schemas by type
-    (a runtime's custom tools)."""
+    (a runtime's custom tools). Built once per set of action types."""
+    from .actions import schema_version
+
+    return list(_specs(schema_version(), json.dumps(extra or {}, sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=16)
+def _specs(version: int, extra_json: str) -> tuple[ToolSpec, ...]:
     from .actions import action_schema
 
-    schema = action_schema()
+    schema, extra = action_schema(), json.loads(extra_json)
     defs = schema.get("$defs", {})
     models = {m["properties"]["type"]["const"]: m for m in defs.values() if "const" in m.get("properties", {})
               .get("type", {})}
-    models.update(extra or {})
+    models.update(extra)
     out = []
     for action_type, model in models.items():
         params, decode = _object(model, defs, top=True, skip=("type",))
         out.append(ToolSpec(tool_name(action_type), action_type, _describe(model), params, decode))
-    return sorted(out, key=lambda s: s.name)
+    return tuple(sorted(out, key=lambda s: s.name))
 
 
 def tools(format: str = "openai", *, union: bool = False,
@@ -76,7 +84,7 @@ def tools(format: str = "openai", *, union: bool = False,
     found = specs(extra)
     if union:
         found = [_union(found)]
-    return [_render(format, s.name, s.description, s.parameters) for s in found]
+    return copy.deepcopy([_render(format, s.name, s.description, s.parameters) for s in found])
 
 
 def action_from_call(name: str, arguments: Any, extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
