@@ -56,7 +56,7 @@ def specs(extra: dict[str, dict[str, Any]] | None = None) -> list[ToolSpec]:
     (a runtime's custom tools). Built once per set of action types."""
     from .actions import schema_version
 
-    return list(_specs(schema_version(), json.dumps(extra or {}, sort_keys=True, default=str)))
+    return list(_specs(schema_version(), json.dumps(extra or {}, default=str)))
 
 
 @functools.lru_cache(maxsize=16)
