@@ -276,3 +276,38 @@ def test_files_named_by_flags_are_relative_to_the_current_folder(root: Path, tmp
     (root / "f").write_text("x")
     asked = results(goex_cli("exec", "--root", str(root), json.dumps({"type": "fs.delete", "path": "f"})))[0]
     assert asked["status"] == "awaiting_approval"  # strict, through the pack the settings name
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """The output of `goex ARGS` run with a pseudo-terminal as its standard output."""
+    import os
+    import pty
+    import sys
+
+    goex_bin = str(Path(sys.executable).with_name("goex"))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the command
+        os.execve(goex_bin, [goex_bin, *args], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def test_statuses_are_coloured_only_on_a_terminal(root: Path):
+    import os
+
+    r = str(root)
+    goex_cli("exec", "--root", r, '{"type": "fs.write", "path": "a", "content": "1"}')
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    assert "\x1b[32mapplied" in _on_a_terminal(["log", "--root", r], env)
+    assert "\x1b[" not in _on_a_terminal(["log", "--root", r], {**env, "NO_COLOR": "1"})
+    assert "\x1b[" not in goex_cli("log", "--root", r).out  # not a terminal
