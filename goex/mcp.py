@@ -70,6 +70,7 @@ class McpServer:
         self._fixed = (session, actor)
         self._sessions: dict[str, "Session"] = {}
         self._lock = threading.Lock()  # the runtime acts for one request at a time
+        self._sessions_lock = threading.Lock()  # taken on the event loop: never held while acting
         self._key = secrets.token_bytes(32)  # signs the approval state a client carries between rounds
         self.server: Server[Any] = Server("goex", version=__version__, instructions=_INSTRUCTIONS,
                                           on_list_tools=self._list_tools, on_call_tool=self._call_tool)
@@ -107,7 +108,7 @@ class McpServer:
         meta = (ctx.meta or {}) if isinstance(ctx.meta, dict) else {}
         client = (info.name if info else None) or _client_name(meta) or "mcp-client"
         key = _connection_key(ctx, meta, client)
-        with self._lock:
+        with self._sessions_lock:
             found = self._sessions.get(key)
             if found is None:
                 sid = fixed_id or f"mcp-{_slug(client)}-{secrets.token_hex(4)}"
