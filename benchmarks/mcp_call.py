@@ -8,7 +8,7 @@ the protocol's cost):
   in process (the SDK's in-memory client on goex.mcp.McpServer)   vs  session.execute
   stdio (a `goex mcp` process)                                   vs  session.execute
 
-Target: at most 10x in process (the SDK's per-request work: JSON-RPC dispatch, validation, trace
+Target: at most 3x in process (the SDK's per-request work: JSON-RPC dispatch, validation, trace
 context; and a thread hop per call, since the runtime blocks).
 The stdio figure is printed for context (a process boundary and pipes: no target).
 
@@ -35,7 +35,7 @@ from mcp.client.stdio import StdioServerParameters
 import goex
 from goex.mcp import McpServer
 
-TARGET = 10.0
+TARGET = 3.0
 
 
 def args_for(i: int) -> dict[str, Any]:
