@@ -266,3 +266,17 @@ def test_http_token_is_required_when_given_and_off_loopback(root: Path):
         proc.wait(timeout=10)
     open_to_all = run_cli("mcp", "--root", str(root), "--http", "0.0.0.0:1")
     assert open_to_all.returncode == 1 and "bearer token" in open_to_all.err
+
+
+def test_session_and_actor_can_be_fixed(root: Path):
+    setup_root(root)
+
+    async def flow() -> dict[str, Any]:
+        async with Client(stdio(root, "--session", "nightly", "--actor", "builder")) as c:
+            await call(c, "fs_write", path="x.txt", content="1")
+            return (await call(c, "goex_status"))[1]
+
+    status = anyio.run(flow)
+    assert status["session"] == "nightly" and status["actor"] == "builder" and status["entries"] == {"applied": 1}
+    [entry] = json.loads(run_cli("log", "--root", str(root), "--json", "--session", "nightly").out)
+    assert entry["actor"] == "builder" and entry["target"] == "x.txt"
