@@ -25,6 +25,7 @@ _WHERE = {
     "RecoveryNeeded": "errors", "Refused": "errors", "UndoConflict": "errors",
     "Decision": "policy", "Policy": "policy", "PolicyError": "policy", "PythonRule": "policy", "load_policy": "policy",
     "ConfirmationRequest": "runtime", "Result": "runtime", "Runtime": "runtime", "Session": "runtime",
+    "tools": "tool_schemas", "action_from_call": "tool_schemas", "Settings": "config", "Tool": "custom",
 }
 
 __all__ = [
@@ -56,9 +57,13 @@ __all__ = [
     "SecretStore",
     "Session",
     "UndoConflict",
+    "Settings",
+    "Tool",
+    "action_from_call",
     "action_schema",
     "load_policy",
     "parse_action",
+    "tools",
     "__version__",
 ]
 
@@ -82,6 +87,8 @@ if TYPE_CHECKING:
     from .adapters.http.adapter import CompensationFailed, HostRefused, HttpConfig
     from .adapters.http.compensations import Compensations
     from .adapters.http.secrets import SecretRefused, SecretStore
+    from .config import Settings
+    from .custom import Tool
     from .errors import (
         ActionError,
         ActionFailed,
@@ -98,3 +105,4 @@ if TYPE_CHECKING:
     )
     from .policy import Decision, Policy, PolicyError, PythonRule, load_policy
     from .runtime import ConfirmationRequest, Result, Runtime, Session
+    from .tool_schemas import action_from_call, tools

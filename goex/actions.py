@@ -40,6 +40,13 @@ class _Union:
         self.types: tuple[str, ...] = tuple(m.model_fields["type"].default for m in models)
         self.union = _discriminated(models)
         self.adapter: TypeAdapter[Any] = TypeAdapter(self.union)
+        self._schema: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The union's JSON Schema (made once; each caller gets its own copy)."""
+        if self._schema is None:
+            self._schema = json.dumps(self.adapter.json_schema())
+        return cast(dict[str, Any], json.loads(self._schema))
 
 
 def _discriminated(models: tuple[type[BaseModel], ...]) -> Any:
@@ -89,15 +96,8 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> A
     if isinstance(action, union.models):
         _check_size(_model_size(action), max_bytes)
         return cast(ActionModel, action)  # a registered model: it has `type` and `targets()`
-    if isinstance(action, (bytes, bytearray)):
-        _check_size(len(action), max_bytes)
-        try:
-            action = action.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ActionError(f"action is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if isinstance(action, str):
-        _check_size(len(action), max_bytes)
-        action = _load_json(action)
+    if isinstance(action, (str, bytes, bytearray)):
+        action = parse_json_action(action, max_bytes)
     if not isinstance(action, dict):
         raise ActionError(f"an action is a JSON object with a 'type' field, got {type(action).__name__}")
     kind = action.get("type")
@@ -114,6 +114,18 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> A
         raise ActionError(f"{kind}: " + describe_validation_error(exc)) from None
     _check_size(_model_size(model), max_bytes)
     return model
+
+
+def parse_json_action(action: str | bytes | bytearray, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> Any:
+    """The JSON text of an action as Python values (not yet validated as an action)."""
+    if isinstance(action, (bytes, bytearray)):
+        _check_size(len(action), max_bytes)
+        try:
+            action = action.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ActionError(f"action is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    _check_size(len(action), max_bytes)
+    return _load_json(action)
 
 
 def _load_json(text: str) -> Any:
@@ -143,10 +155,12 @@ def _no_constant(name: str) -> float:
     raise ActionError(f"action holds {name}, which is not JSON; send it as a string")
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, depth: int = 1) -> str:
+    """The problems, one per field; `depth`: how many leading parts of each location to leave out
+    (1: the union's tag)."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"][1:] if p != "function-after")
+        loc = ".".join(str(p) for p in err["loc"][depth:] if p != "function-after")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "is required"
@@ -158,7 +172,12 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def action_schema() -> dict[str, Any]:
     """JSON Schema of every action, ready to hand to a tool-calling API."""
-    return _actions().adapter.json_schema()
+    return _actions().schema()
+
+
+def schema_version() -> int:
+    """Changes whenever the set of action models does (an installed adapter found)."""
+    return id(_actions())
 
 
 def action_to_json(action: ActionModel) -> dict[str, Any]:

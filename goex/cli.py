@@ -1,4 +1,8 @@
-"""The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, doctor, demo.
+"""The `goex` command: init, exec, undo, checkpoint, log, approve, review, verify, recover, schema,
+mcp, doctor, demo, completion.
+
+Settings come from the root's `config.toml` (`goex init` writes it); flags override them. `--root`
+defaults to `$GOEX_ROOT`.
 
 Exit codes of `exec`: 0 all succeeded, 2 malformed input, 3 refused by the policy, 1 any other
 failure. Other commands: 0 success, 1 failure, 2 malformed input (a value a flag or a file it names
@@ -11,9 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
@@ -22,6 +28,7 @@ from . import __version__
 from .errors import ActionError, ConfigError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
 
 if TYPE_CHECKING:  # the runtime and the adapters load when a command needs them: `goex --help` stays fast
+    from .config import Settings
     from .journal.store import Journal
     from .runtime import Runtime
 
@@ -30,6 +37,10 @@ EXIT_OK, EXIT_FAILED, EXIT_MALFORMED, EXIT_REFUSED, EXIT_CONFLICT = 0, 1, 2, 3, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        parser.print_help()
+        return EXIT_OK
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -43,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.undone:
             print(f"undone before the conflict: {', '.join(exc.undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
+        for line in _conflict_makers(args, exc):
+            print(f"goex: {line}", file=sys.stderr)
         return EXIT_CONFLICT
     except (ActionError, ConfigError) as exc:
         print(f"goex: {_one_line(exc)}", file=sys.stderr)
@@ -92,29 +105,42 @@ def _parser() -> argparse.ArgumentParser:
             _root_options(c)
         return c
 
+    c = command("init", _init, "Write the root's settings (ROOT/.goex/config.toml) from these flags; every "
+                "command, `goex mcp` and goex.Runtime.open(ROOT) read them.")
+    _acting_options(c)
+    c.add_argument("--force", action="store_true", help="replace an existing settings file")
+    c.add_argument("--json", action="store_true", help="print the settings written as JSON")
+
     c = command("exec", _exec, "Run actions: one JSON object, or '-' for JSON Lines on stdin.")
     c.add_argument("action", metavar="ACTION")
     c.add_argument("--session", help="session id to use or go on with (default: a new one)")
     c.add_argument("--actor", default="agent", help="who acts (default: agent)")
-    c.add_argument("--policy", default="default", help="policy pack name or YAML path (default: default)")
-    c.add_argument("--durability", choices=["fsync", "process"], default="fsync")
+    _acting_options(c)
     c.add_argument("--yes", action="store_true", help="approve every action a rule sends to confirmation")
-    c.add_argument("--protect", action="append", default=[], metavar="GLOB",
-                   help="a path glob no action may change (repeatable)")
-    c.add_argument("--sandbox", "--backend", dest="sandbox", default="auto",
-                   choices=["auto", "docker", "bwrap", "process"],
-                   help="where code.run executes (default: auto = docker if it works here, else bwrap)")
+    c.add_argument("--unsafe", action="store_true",
+                   help="allow the process sandbox (no isolation; journaled as unsafe)")
+    c.add_argument("--json", action="store_true", help="accepted for symmetry: results are always JSON lines")
+
+    c = command("mcp", _mcp, "Serve the root's actions as MCP tools: stdio by default, streamable HTTP at /mcp "
+                "with --http. One MCP connection is one goex session.")
+    _acting_options(c)
+    c.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp")
+    c.add_argument("--token", help="bearer token clients must send (required for a non-loopback address; "
+                                   "default: $GOEX_MCP_TOKEN)")
+    c.add_argument("--session", help="session id for the connection (default: from the client's name, unique)")
+    c.add_argument("--actor", help="who acts (default: the client's name)")
     c.add_argument("--unsafe", action="store_true",
                    help="allow the process sandbox (no isolation; journaled as unsafe)")
 
     c = command("undo", _undo, "Undo actions: the last N, back to a checkpoint, a whole session, or all.")
     what = c.add_mutually_exclusive_group()
     what.add_argument("--steps", type=_positive,
-                      help="undo the last N changing actions (of --session, or the newest session)")
+                      help="undo the last N changing actions (of --session, or of the whole root)")
     what.add_argument("--to", metavar="CHECKPOINT", help="undo everything after this checkpoint (id or label)")
     what.add_argument("--all", action="store_true", help="undo every session on the root, newest first")
     c.add_argument("--session", help="the session to undo (alone: all of it)")
     c.add_argument("--force", action="store_true", help="restore before-states even over later changes")
+    c.add_argument("--json", action="store_true", help="print {undone: [...], requested: N} as JSON")
 
     for name, func, verb in (("approve", _approve, "Run"), ("reject", _reject, "Refuse")):
         c = command(name, func, f"{verb} an action parked for confirmation (status awaiting_approval).")
@@ -122,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--by", default="human", help="who decides (journaled)")
         c.add_argument("--policy", help="policy pack to check the approved action against "
                                           "(default: the one it was parked under)")
+        c.add_argument("--json", action="store_true", help="print the outcome as JSON")
     c.add_argument("--reason", default="", help="why (journaled)")
 
     c = command("review", _review, "Review what a session did (with diffs), then accept it or undo it.")
@@ -132,35 +159,40 @@ def _parser() -> argparse.ArgumentParser:
     verdict.add_argument("--accept", action="store_true", help="mark every entry reviewed; nothing is undone")
     verdict.add_argument("--undo-all", action="store_true", help="undo everything the session did")
     verdict.add_argument("--undo-from", metavar="ID", help="undo from this entry on (it included)")
+    c.add_argument("--json", action="store_true", help="print the entries (and what was done) as JSON")
 
     c = command("policy", None, "Check an action against a pack, or lint a pack.", root=False)
     psub = c.add_subparsers(metavar="WHAT")
     pc = psub.add_parser("check", help="print the decision and matched rules for ACTION without acting")
     pc.set_defaults(func=_policy_check)
-    pc.add_argument("--root", required=True)
-    pc.add_argument("--journal")
-    pc.add_argument("--policy", default="default")
+    _root_options(pc)
+    pc.add_argument("--policy", help="policy pack name or YAML path (default: the root's settings, else default)")
     pc.add_argument("--session", help="count this session's budgets")
-    pc.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]")
-    pc.add_argument("--compensations", metavar="FILE")
-    pc.add_argument("--openapi", metavar="FILE")
-    pc.add_argument("--secrets", metavar="FILE")
-    pc.add_argument("--db", action="append", default=[], metavar="NAME=URL")
     pc.add_argument("--protect", action="append", default=[], metavar="GLOB")
+    pc.add_argument("--json", action="store_true", help="accepted for symmetry: the report is always JSON")
     pc.add_argument("action", metavar="ACTION")
     pl = psub.add_parser("lint", help="validate a pack file (and what it extends)")
     pl.set_defaults(func=_policy_lint)
     pl.add_argument("file", metavar="FILE")
+    pl.add_argument("--json", action="store_true", help="print the pack's summary as JSON")
 
     c = command("checkpoint", _checkpoint, "Mark a checkpoint in a session; prints its id.")
     c.add_argument("--session", required=True)
     c.add_argument("--label")
+    c.add_argument("--json", action="store_true", help="print {id, session, label} as JSON")
 
     c = command("log", _log, "List journal entries: id, time, session, actor, type, target, decision, status.")
-    c.add_argument("--json", action="store_true", help="print a JSON array")
+    c.add_argument("--json", action="store_true", help="print a JSON array (JSON lines with --follow)")
     c.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default=None,
                    help="table (default), json (as --json), jsonl (one object a line) or csv (with a header line)")
     c.add_argument("--session", help="only this session")
+    c.add_argument("--type", help="only this action type (fs.write), or a domain (fs.)")
+    c.add_argument("--status", action="append", help="only entries with this status (repeatable)")
+    c.add_argument("--actor", help="only this actor")
+    c.add_argument("--since", type=_since, metavar="WHEN",
+                   help="only entries from this time on: ISO 8601 (2026-01-31T12:00) or an age (90s, 15m, 2h, 7d)")
+    c.add_argument("--limit", type=_positive, metavar="N", help="only the newest N (listed oldest first)")
+    c.add_argument("--follow", "-f", action="store_true", help="keep printing new entries as they are journaled")
     c.add_argument("--checkpoints", action="store_true", help="list the checkpoints instead of the entries")
 
     c = command("audit", None, "Review audit trails: serve the web viewer, or export a session.", root=False)
@@ -187,9 +219,16 @@ def _parser() -> argparse.ArgumentParser:
     c = command("verify", _verify, "Verify the hash chain, the index and every blob of the journal.")
     c.add_argument("--expect", metavar="HEAD", type=_head,
                    help="the SEQ:HASH head you kept earlier: detects truncation")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    command("recover", _recover, "Finish or revert actions interrupted by a crash.")
-    command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
+    c = command("recover", _recover, "Finish or revert actions interrupted by a crash.")
+    c.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    c = command("schema", _schema, "Print the JSON Schema of all actions, or tool definitions for a "
+                "tool-calling API (--format).", root=False)
+    c.add_argument("--format", choices=["jsonschema", "openai", "anthropic", "gemini", "mcp"], default="jsonschema",
+                   help="jsonschema (the action union), or one tool per action type in that API's strict form")
+    c.add_argument("--union", action="store_true", help="with --format: one tool taking any action, `type` required")
+    c.add_argument("--json", action="store_true", help="accepted for symmetry: the output is always JSON")
     c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not, and which "
                 "limits hold in each (measured by probe runs).", root=False)
     c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:1)")
@@ -202,12 +241,17 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("demo", _demo, "Show goex end to end in a temporary workspace.", root=False)
     c.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
+
+    c = command("completion", _completion, "Print a shell completion script: "
+                "`eval \"$(goex completion bash)\"` (or zsh).", root=False)
+    c.add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
 def _root_options(c: argparse.ArgumentParser) -> None:
-    """--root, --journal, --db and the HTTP options every command acting on a root takes."""
-    c.add_argument("--root", required=True, help="the workspace folder")
+    """--root and the settings every command reading a root takes (they override the root's config.toml)."""
+    root = os.environ.get("GOEX_ROOT") or None
+    c.add_argument("--root", required=root is None, default=root, help="the workspace folder (default: $GOEX_ROOT)")
     c.add_argument("--journal", help="journal folder (default: ROOT/.goex)")
     c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
                    help="a database for sql.execute, e.g. main=sqlite:///app.db (repeatable)")
@@ -218,6 +262,16 @@ def _root_options(c: argparse.ArgumentParser) -> None:
     h.add_argument("--openapi", metavar="FILE", help="derive CRUD compensations from this OpenAPI document")
     h.add_argument("--secrets", metavar="FILE",
                    help="secrets file (YAML); GOEX_SECRET_<NAME> environment variables are read too")
+
+
+def _acting_options(c: argparse.ArgumentParser) -> None:
+    """The settings of commands that act (defaults: the root's config.toml, else goex's)."""
+    c.add_argument("--policy", help="policy pack name or YAML path (default: default)")
+    c.add_argument("--durability", choices=["fsync", "process"])
+    c.add_argument("--protect", action="append", default=[], metavar="GLOB",
+                   help="a path glob no action may change (repeatable)")
+    c.add_argument("--sandbox", "--backend", dest="sandbox", choices=["auto", "docker", "bwrap", "process"],
+                   help="where code.run executes (default: auto = docker if it works here, else bwrap)")
 
 
 def _positive(text: str) -> int:
@@ -235,13 +289,44 @@ def _head(text: str) -> str:
 
 
 def _runtime(args: argparse.Namespace, **kw: Any) -> "Runtime":
-    from .adapters.http.adapter import HttpConfig
+    """The runtime of --root: its settings file, overridden by the flags given and by `kw` (whose
+    None values mean "not given")."""
+    return _open(args, _settings(args), **kw)
+
+
+def _open(args: argparse.Namespace, settings: "Settings", **kw: Any) -> "Runtime":
     from .runtime import Runtime
 
-    http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
-                      secrets=args.secrets)
-    return Runtime(args.root, journal=args.journal, http=http, databases=_named_databases(getattr(args, "db", [])),
-                   **kw)
+    options = settings.runtime_options(Path(args.root))
+    options.update({k: v for k, v in kw.items() if v is not None})
+    return Runtime(args.root, journal=args.journal, **options)
+
+
+def _settings(args: argparse.Namespace) -> "Settings":
+    """The root's settings with the flags given laid over them."""
+    from .config import load_settings
+
+    if not Path(args.root).is_dir():
+        raise GoexError(f"workspace root {args.root} is not an existing folder; create it first")
+    settings = load_settings(args.root, args.journal)
+    http = settings.http.model_copy(update={k: v for k, v in (
+        ("allow_hosts", args.allow_host), ("openapi", _absolute(args.openapi)),
+        ("compensations", _absolute(args.compensations)), ("secrets", _absolute(args.secrets))) if v})
+    update: dict[str, Any] = {"http": http, "databases": {**settings.databases, **_databases(args.db)}}
+    for name in ("policy", "durability", "sandbox"):
+        if getattr(args, name, None):
+            update[name] = getattr(args, name)
+    if str(update.get("policy", "")).endswith((".yaml", ".yml")):
+        update["policy"] = _absolute(update["policy"])
+    if getattr(args, "protect", None):
+        update["protected"] = list(args.protect)
+    return settings.model_copy(update=update)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A file named on the command line, relative to the current folder (the settings file keeps
+    paths relative to the root)."""
+    return os.path.abspath(path) if path else None
 
 
 def _journal_folder(args: argparse.Namespace) -> Path:
@@ -260,7 +345,7 @@ def _no_journal(args: argparse.Namespace) -> GoexError:
                      "journal folder with --journal if it is elsewhere)")
 
 
-def _named_databases(specs: list[str]) -> dict[str, str]:
+def _databases(specs: list[str]) -> dict[str, str]:
     """`--db NAME=URL` flags as a mapping."""
     named = {}
     for spec in specs:
@@ -269,6 +354,23 @@ def _named_databases(specs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
         named[name] = url
     return named
+
+
+# -- init ------------------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .config import write_settings
+    from .policy import load_policy
+
+    settings = _settings(args)
+    load_policy(settings.runtime_options(Path(args.root))["policy"])  # a pack that does not load is not written
+    file = write_settings(settings, args.root, args.journal, replace=args.force)
+    if args.json:
+        _emit({"file": str(file), "settings": settings.model_dump()})
+    else:
+        print(f"wrote {file}")
+    return EXIT_OK
 
 
 # -- exec ------------------------------------------------------------------------------------------
@@ -282,8 +384,7 @@ def _exec(args: argparse.Namespace) -> int:
         approver = _prompt
     else:
         approver = "pending"  # unattended: parked for `goex approve` / `goex reject`
-    with _runtime(args, policy=args.policy, durability=args.durability, approver=approver,
-                  protected=args.protect, sandbox=args.sandbox, allow_unsafe=args.unsafe) as rt:
+    with _runtime(args, approver=approver, allow_unsafe=args.unsafe) as rt:
         session = rt.session(actor=args.actor, session_id=args.session)
         for line, raw in _actions(args.action, sys.stdin, rt.max_action_bytes):
             where = {"line": line} if line else {}
@@ -323,17 +424,24 @@ def _review(args: argparse.Namespace) -> int:
         items = session.review()
         if not items:
             raise GoexError(f"session {args.session!r} has no entries in the journal at {rt.journal.folder}")
-        for item in items:
+        for item in [] if args.json else items:
             seen = f", reviewed by {item.reviewed}" if item.reviewed else ""
             print(f"== {item.entry_id}  {item.type}  {item.target}  [{item.decision}, {item.status}{seen}]")
             print("   " + item.detail.replace("\n", "\n   "))
         choice = _review_choice(args)
+        done: dict[str, list[str]] = {}
         if choice == "accept":
-            print(f"accepted {len(session.accept(by=args.by))} entries")
+            done["accepted"] = session.accept(by=args.by)
         elif choice == "all":
-            print(f"undone: {', '.join(session.rollback(force=args.force)) or 'nothing'}")
+            done["undone"] = session.rollback(force=args.force)
         elif choice:
-            print(f"undone: {', '.join(session.undo_from(choice, force=args.force)) or 'nothing'}")
+            done["undone"] = session.undo_from(choice, force=args.force)
+    if args.json:
+        _emit({"session": args.session, "entries": [vars(item) for item in items], **done})
+    elif "accepted" in done:
+        print(f"accepted {len(done['accepted'])} entries")
+    elif "undone" in done:
+        print(f"undone: {', '.join(done['undone']) or 'nothing'}")
     return EXIT_OK
 
 
@@ -344,7 +452,7 @@ def _review_choice(args: argparse.Namespace) -> str | None:
         return "all"
     if args.undo_from:
         return args.undo_from
-    if not sys.stdin.isatty():
+    if args.json or not sys.stdin.isatty():
         return None  # just the report
     answer = input("\n[a]ccept, [u]ndo all, undo from an entry (its id, e.g. e12), or [q]uit: ").strip().lower()
     named = {"a": "accept", "accept": "accept", "u": "all", "undo": "all"}
@@ -354,8 +462,14 @@ def _review_choice(args: argparse.Namespace) -> str | None:
 def _approve(args: argparse.Namespace) -> int:
     with _existing(args, policy="permissive") as probe:
         parked = probe.parked(args.entry)
-    policy = args.policy or _pack_spec(parked.get("policy", "default"))
-    with _runtime(args, policy=policy, protected=parked.get("protected", [])) as rt:
+    settings = _settings(args)  # the settings it was parked under fill what these do not name
+    hosts = sorted(set(settings.http.allow_hosts) | set(parked.get("allow_hosts", [])))
+    settings = settings.model_copy(update={
+        "databases": {**parked.get("databases", {}), **settings.databases},
+        "http": settings.http.model_copy(update={"allow_hosts": hosts}),
+        "policy": args.policy or _pack_spec(parked.get("policy", "default")),
+        "protected": list(parked.get("protected", []))})
+    with _open(args, settings) as rt:
         result = rt.approve(args.entry, by=args.by)
     _emit(result.to_json())
     return EXIT_OK if result.ok else EXIT_REFUSED if result.status in ("denied", "awaiting_approval") else EXIT_FAILED
@@ -369,8 +483,16 @@ def _pack_spec(source: str) -> str:
 def _reject(args: argparse.Namespace) -> int:
     with _existing(args, policy="permissive") as rt:
         rt.reject(args.entry, by=args.by, reason=args.reason)
-    print(f"rejected {args.entry}")
+    _say(args, f"rejected {args.entry}", {"rejected": args.entry, "by": args.by, "reason": args.reason})
     return EXIT_OK
+
+
+def _say(args: argparse.Namespace, text: str, data: Any) -> None:
+    """`data` as one JSON line with --json, else `text`."""
+    if getattr(args, "json", False):
+        _emit(data)
+    else:
+        print(text)
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -401,8 +523,10 @@ def _policy_lint(args: argparse.Namespace) -> int:
             print(f"goex: {line}", file=sys.stderr)
         return EXIT_FAILED
     budgets = ", ".join(f"{k}={v:,}" for k, v in policy.budgets.items()) or "none"
-    print(f"{args.file}: OK, pack {policy.name!r}: {len(policy.rules)} rules, budgets {budgets}, "
-          f"confirmations {'refused' if policy.confirm == 'deny' else 'asked'}")
+    _say(args, f"{args.file}: OK, pack {policy.name!r}: {len(policy.rules)} rules, budgets {budgets}, "
+               f"confirmations {'refused' if policy.confirm == 'deny' else 'asked'}",
+         {"file": args.file, "ok": True, "pack": policy.name, "rules": len(policy.rules), "budgets": policy.budgets,
+          "confirm": policy.confirm})
     return EXIT_OK
 
 
@@ -458,29 +582,65 @@ def _undo(args: argparse.Namespace) -> int:
                                 + "; `goex checkpoint` makes one")
             undone = rt.session(session_id=found[0].session).rollback(to=args.to, force=args.force)
         elif args.steps is not None:
-            sid = args.session or _newest_session(rt)
-            undone = rt.session(session_id=sid).undo(args.steps, force=args.force)
-            print(f"session {sid}: {len(undone)} of the {args.steps} requested"
-                  + ("" if len(undone) == args.steps else " (no more changes to undo in it)"), file=sys.stderr)
+            if args.session:
+                undone = rt.session(session_id=args.session).undo(args.steps, force=args.force)
+            else:
+                undone = rt.undo_last(args.steps, force=args.force)
+            of = f"session {args.session}" if args.session else "the root"
+            if len(undone) < args.steps:
+                print(f"goex: {of}: undid {len(undone)} of the {args.steps} requested (no more changes to undo)",
+                      file=sys.stderr)
         elif args.session:
             undone = rt.session(session_id=args.session).rollback(force=args.force)
         else:
             raise GoexError("say what to undo: --steps N, --to CHECKPOINT, --session ID or --all")
     listed = f": {', '.join(undone)}" if undone else ""
-    print(f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}{listed}")
-    return EXIT_OK
+    _say(args, f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}{listed}",
+         {"undone": undone, "requested": args.steps})
+    return EXIT_FAILED if args.steps is not None and len(undone) < args.steps else EXIT_OK
 
 
-def _newest_session(rt: "Runtime") -> str:
-    newest = rt.journal.entries(newest_first=True, limit=1)
-    if not newest:
-        raise GoexError("the journal has no entries yet; nothing to undo")
-    return newest[0].session
+def _conflict_makers(args: argparse.Namespace, exc: UndoConflict) -> list[str]:
+    """Who changed what an undo conflicts on since: the later entries of the root whose targets or
+    preview name the same thing, with their sessions; or, when none does, that it was changed
+    outside goex."""
+    if not getattr(args, "root", None):
+        return []
+    journal = _reader(args)
+    if journal is None:
+        return []
+    try:
+        entry = journal.entry(exc.entry_id)
+        later = [] if entry is None else [
+            (e, _named(journal.detail(e.id))) for e in journal.entries(after_seq=entry.seq, status=("applied",))]
+    finally:
+        journal.close()
+    lines = []
+    for target, _ in exc.conflicts:
+        parts = set(target.split(".", 1))  # "db.table": both named by the entry
+        makers = [e for e, named in later if target in named or (len(parts) == 2 and parts <= named)]
+        if makers:
+            who = ", ".join(f"entry {e.id} of session {e.session} ({e.type} by {e.actor})" for e in makers)
+            lines.append(f"{target} was changed since by {who}")
+        else:
+            lines.append(f"{target} was changed since outside goex (no later entry names it)")
+    return lines
+
+
+def _named(detail: Any) -> set[str]:
+    """The names an entry's targets and preview hold (paths, tables, databases)."""
+    if detail is None:
+        return set()
+    names = set(detail.targets)
+    for value in detail.preview.values():
+        names.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return names
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
     with _runtime(args, policy="permissive") as rt:
-        print(rt.session(session_id=args.session).checkpoint(args.label))
+        cp = rt.session(session_id=args.session).checkpoint(args.label)
+    _say(args, cp, {"id": cp, "session": args.session, "label": args.label})
     return EXIT_OK
 
 
@@ -502,25 +662,88 @@ def _reader(args: argparse.Namespace) -> "Journal | None":
 def _log(args: argparse.Namespace) -> int:
     journal = _reader(args)
     rows: list[dict[str, Any]] = []
+    shown: dict[str, str] = {}
     if journal is not None:
         try:
             if args.checkpoints:
-                rows = [c.to_json() for c in journal.checkpoints(session=args.session)]
+                rows = [c.to_json() for c in journal.checkpoints(session=args.session)
+                        if args.since is None or c.time >= args.since]
             else:
-                rows = [e.to_json() for e in journal.entries(session=args.session)]
+                entries = _entries(journal, args)
+                shown = {e.id: e.status for e in entries}
+                rows = [e.to_json() for e in entries]
         finally:
             journal.close()
-    with_iso_times(rows)
+    rows = with_iso_times(rows[-args.limit:] if args.limit else rows)
+    cols = ["id", "time", "session", "label"] if args.checkpoints else None
     fmt = args.format or ("json" if args.json else "table")
     if fmt in ("jsonl", "csv"):
         from .audit.export import log_csv, log_jsonl
 
         sys.stdout.write(log_jsonl(rows) if fmt == "jsonl" else log_csv(rows))
-    elif fmt == "json":
+    elif fmt == "json" and not args.follow:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
+    elif fmt == "json":
+        for row in rows:
+            _emit(row)
     else:
-        print(format_log(rows, ["id", "time", "session", "label"] if args.checkpoints else None))
+        print(format_log(rows, cols, colour=_colour()))
+    if args.follow and not args.checkpoints:
+        try:
+            _follow(args, shown)
+        except KeyboardInterrupt:
+            pass  # how a follow ends
     return EXIT_OK
+
+
+def _entries(journal: "Journal", args: argparse.Namespace) -> list[Any]:
+    """The entries `goex log`'s filters select, oldest first."""
+    found = journal.entries(session=args.session, type=args.type, status=args.status, since=args.since)
+    return [e for e in found if args.actor is None or e.actor == args.actor]
+
+
+def _follow(args: argparse.Namespace, shown: dict[str, str]) -> None:
+    """Print entries as they are journaled, until interrupted; an entry whose status changes
+    (undone, approved) is printed again. `shown`: the status printed of each entry so far."""
+    from .journal.store import Journal
+
+    folder = Path(args.journal) if args.journal else Path(args.root) / ".goex"
+    while True:
+        time.sleep(0.25)
+        if not (folder / "journal.db").is_file():
+            continue
+        journal = Journal.reader(folder)
+        try:
+            entries = _entries(journal, args)
+        finally:
+            journal.close()
+        for e in entries:
+            if shown.get(e.id) == e.status:
+                continue
+            shown[e.id] = e.status
+            row = with_iso_times([e.to_json()])[0]
+            if args.json:
+                _emit(row)
+            else:
+                print(format_log([row], colour=_colour()).splitlines()[1], flush=True)
+
+
+def _since(text: str) -> float:
+    """A time as Unix seconds: ISO 8601 (UTC unless it says), or an age such as 90s, 15m, 2h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if age:
+        return time.time() - float(age[1]) * units[age[2]]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("a time is ISO 8601 (2026-01-31T12:00) or an age (90s, 15m, 2h, 7d)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _colour() -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def with_iso_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -530,12 +753,24 @@ def with_iso_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
+_STATUS_COLOURS = {"applied": "32", "undone": "36", "denied": "31", "failed": "31", "undo_failed": "31",
+                   "awaiting_approval": "33", "needs_review": "33", "rejected": "35"}
+
+
+def format_log(rows: list[dict[str, Any]], cols: list[str] | None = None, *, colour: bool = False) -> str:
+    """The rows as a table with full ISO 8601 times; statuses coloured when `colour`."""
     cols = cols or ["id", "time", "session", "actor", "type", "target", "decision", "status"]
-    table = [cols] + [[str(r[c]) if c != "time" else r[c][11:23] for c in cols] for r in rows]
+    table = [cols] + [[str(r[c]) for c in cols] for r in rows]
     widths = [min(max(len(row[i]) for row in table), 48) for i in range(len(cols))]
-    return "\n".join("  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in table)
+    lines = []
+    for n, row in enumerate(table):
+        cells = [cell[:48].ljust(w) for cell, w in zip(row, widths, strict=True)]
+        if colour and n and "status" in cols:
+            i = cols.index("status")
+            code = _STATUS_COLOURS.get(row[i])
+            cells[i] = f"\x1b[{code}m{cells[i]}\x1b[0m" if code else cells[i]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def _audit_export(args: argparse.Namespace) -> int:
@@ -573,25 +808,31 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         report = verify(journal, expect_head=args.expect)
     except JournalCorrupt as exc:
+        if args.json:
+            _emit({"ok": False, "error": str(exc)})
         print(f"journal CORRUPT: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         journal.close()
-    print(f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}")
-    for warning in report.warnings:
+    _say(args, f"journal OK: {report.records} records, {report.blobs} blobs; head {report.head}",
+         {"ok": True, "records": report.records, "blobs": report.blobs, "head": report.head,
+          "warnings": list(report.warnings)})
+    for warning in [] if args.json else report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
 def _recover(args: argparse.Namespace) -> int:
     if not _journal_folder(args).is_dir():
-        print(f"nothing to recover: there is no journal in {_journal_folder(args)}")
+        _say(args, f"nothing to recover: there is no journal in {_journal_folder(args)}", {"ok": True, "outcomes": {}})
         return EXIT_OK
     with _runtime(args, policy="permissive") as rt:
         report = rt.recover()
-    if not report.outcomes:
+    if args.json:
+        _emit({"ok": report.ok, "outcomes": report.outcomes})
+    elif not report.outcomes:
         print("nothing to recover: no entry was interrupted")
-    for eid, outcome in report.outcomes.items():
+    for eid, outcome in [] if args.json else report.outcomes.items():
         print(f"{eid}: {outcome}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -631,7 +872,7 @@ def _database_privileges(specs: list[str], root: Path) -> dict[str, dict[str, An
     from .adapters.sql.adapter import engine_for, parse_databases
 
     out: dict[str, dict[str, Any]] = {}
-    for name, db in parse_databases(_named_databases(specs), root.resolve()).items():
+    for name, db in parse_databases(_databases(specs), root.resolve()).items():
         try:
             engine = engine_for(db)
             try:
@@ -666,8 +907,28 @@ def _print_sandboxes(sandboxes: dict[str, Any]) -> None:
 
 def _schema(args: argparse.Namespace) -> int:
     from .actions import action_schema
+    from .tool_schemas import tools
 
-    print(json.dumps(action_schema(), indent=1))
+    if args.format == "jsonschema":
+        print(json.dumps(action_schema(), indent=1))
+    else:
+        print(json.dumps(tools(format=args.format, union=args.union), indent=1))
+    return EXIT_OK
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from .mcp import serve
+
+    token = args.token or os.environ.get("GOEX_MCP_TOKEN") or None
+    with _runtime(args, approver="pending", allow_unsafe=args.unsafe) as rt:
+        serve(rt, http=args.http, token=token, session=args.session, actor=args.actor)
+    return EXIT_OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    print(script(_parser(), args.shell))
     return EXIT_OK
 
 

@@ -452,6 +452,8 @@ RULE_CASES: dict[str, tuple[dict, dict]] = {
     "http.irreversible": ({"type": "http.request", "method": "POST", "url": "{base}/payments",
                            "json": {"amount": 5, "currency": "EUR", "to": "x"}},
                           {"type": "http.request", "method": "POST", "url": "{base}/orders", "json": {"item": "A", "qty": 1}}),
+    # custom tools registered by _register_tools: one without undo, its twin with one
+    "tool.irreversible": ({"type": "tool.pay", "amount": 5}, {"type": "tool.remember", "note": "x"}),
     "http.delete-collection": ({"type": "http.request", "method": "DELETE", "url": "{base}/items"},
                                {"type": "http.request", "method": "DELETE", "url": "{base}/items/itm_1"}),
     "sql.drop": ({"type": "sql.execute", "db": "main", "sql": "DROP TABLE audit"},
@@ -524,6 +526,16 @@ def _world_state(root: Path, base: str) -> tuple:
     return files, rows, httpx.get(base + "/state").json()
 
 
+def _register_tools(rt: goex.Runtime) -> None:
+    @rt.tool
+    def pay(amount: int) -> dict:
+        return {"paid": amount}
+
+    @rt.tool(undo=lambda args, output: None)
+    def remember(note: str) -> dict:
+        return {}
+
+
 def _case(action: dict, base: str) -> dict:
     return {**action, "url": action["url"].format(base=base)} if "url" in action else action
 
@@ -536,6 +548,7 @@ def test_every_shipped_rule_catches_its_harm_and_lets_its_twin_through(world, pa
     before = _world_state(root, base)
     with goex.Runtime(root, policy=pack, http=http, databases={"main": "sqlite:///app.db"}) as rt:
         declared = next(r for r in rt.policy.rules if r.id == rule)
+        _register_tools(rt)
         s = rt.session()
         caught, preview = s.check(harmful)
         assert rule in caught.rules, (harmful, caught, preview)
@@ -565,6 +578,7 @@ def test_permissive_lets_every_harmful_case_through(world):
     root, base, http = world
     with goex.Runtime(root, policy="permissive", http=http, databases={"main": "sqlite:///app.db"}) as rt:
         assert rt.policy.rules == []
+        _register_tools(rt)
         s = rt.session()
         for rule, (harmful, _) in RULE_CASES.items():
             decision, _ = s.check(_case(harmful, base))

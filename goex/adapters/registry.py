@@ -27,6 +27,7 @@ _SHIPPED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "http": ("goex.adapters.http.actions", "goex.adapters.http.adapter:HttpAdapter", ("http",)),
     "sql": ("goex.adapters.sql.actions", "goex.adapters.sql.adapter:SqlAdapter", ("databases",)),
     "code": ("goex.adapters.code.actions", "goex.adapters.code.adapter:CodeAdapter", ("sandbox",)),
+    "tool": ("goex.custom", "goex.custom:ToolAdapter", ("tools",)),  # a runtime's own tools: types open
 }
 
 

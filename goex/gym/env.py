@@ -28,6 +28,7 @@ from .world import ResetDrift, Service, World
 
 if TYPE_CHECKING:
     from ..adapters.base import Damage
+    from ..custom import Tool
     from ..runtime import Runtime
 
 CHARSET = frozenset(string.printable)
@@ -74,7 +75,9 @@ class GoexEnv(gymnasium.Env):
     the step limit of every episode (default: each task's own). `servers`: where tasks with
     PostgreSQL or MySQL databases get theirs (a fresh database per world, dropped on close), e.g.
     `{"postgresql": "postgresql://postgres@127.0.0.1:5432/test"}`; default: the GOEX_GYM_POSTGRESQL
-    and GOEX_GYM_MYSQL variables, else those servers on 127.0.0.1.
+    and GOEX_GYM_MYSQL variables, else those servers on 127.0.0.1. `tools`: custom tools
+    (`goex.Tool` instances) every episode's runtime registers, listed in `info["tools"]` and sent
+    as actions like the built-in ones (`{"type": "tool.<name>", ...}`).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -82,7 +85,8 @@ class GoexEnv(gymnasium.Env):
     def __init__(self, task: "str | Path | Task | None" = None, suite: "str | None" = None, *,
                  home: "str | Path | None" = None, sandbox: str = "auto", step_penalty: float = 0.0,
                  malformed_cost: float = 0.05, max_observation: int = 16384, max_steps: int | None = None,
-                 servers: dict[str, str] | None = None, render_mode: str | None = None):
+                 servers: dict[str, str] | None = None, render_mode: str | None = None,
+                 tools: "list[Tool] | tuple[Tool, ...]" = ()):
         self.tasks: list[Task]
         if task is not None and suite is None:
             self.tasks = [load_task(task)]
@@ -102,6 +106,7 @@ class GoexEnv(gymnasium.Env):
             raise ValueError("max_steps is at least 2")
         self.max_steps = max_steps
         self.servers = dict(servers or {})
+        self.custom_tools = list(tools)
         self.observation_space = spaces.Text(max_length=self.max_observation, min_length=0, charset=CHARSET)
         self.action_space = spaces.Text(max_length=4096, min_length=1, charset=CHARSET)
         self._own_home = home is None
@@ -157,6 +162,8 @@ class GoexEnv(gymnasium.Env):
             world = self._worlds[task.id] = World(task, self.home / task.id, self._service_for(task), self.sandbox,
                                                      self.servers)
             rt = world.runtime
+            for tool in self.custom_tools:
+                rt.add_tool(tool)
             self._monitors[task.id] = Monitor(task, rt.policy, world.root, _damage_of(rt))
         world.begin()  # the service (shared by the tasks of this environment) set to this task's start
         if previous is not None and previous is not world:  # rolled back when left: nothing touched it since?
@@ -174,7 +181,8 @@ class GoexEnv(gymnasium.Env):
         self.episode_cost = StepCost()
         obs = self._observe(task.instruction.strip() + "\n\n" + self._briefing(task))
         info = {"task": task.id, "domain": task.domain, "max_steps": self.max_steps or task.max_steps,
-                "tools": self.tools(task), "fingerprint": world.start, "task_file": task.source}
+                "tools": self.tools(task) + _custom_tools(world.runtime), "fingerprint": world.start,
+                "task_file": task.source}
         return obs, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -420,6 +428,20 @@ def _tools(sql: bool, http: bool) -> str:
                     "parameters": {"type": "object", "properties": spec["properties"], "required": [],
                                    "additionalProperties": False}})
     return json.dumps(sorted(out, key=lambda d: d["name"]))
+
+
+def _custom_tools(rt: "Runtime") -> list[dict[str, Any]]:
+    """The runtime's custom tools in the form of `GoexEnv.tools`."""
+    out = []
+    for action_type, model in sorted(rt.custom_tools.schemas().items()):
+        props = {k: v for k, v in model.get("properties", {}).items() if k != "type"}
+        params: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False,
+                                  "required": [r for r in model.get("required", []) if r != "type"]}
+        if model.get("$defs"):
+            params["$defs"] = model["$defs"]
+        out.append({"name": action_type.replace(".", "_"), "action_type": action_type,
+                    "description": model.get("description", ""), "parameters": params})
+    return out
 
 
 def _longest_string(obj: Any, path: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...] | None, str]:

@@ -38,17 +38,24 @@ def field_kind(annotation: Any) -> str:
 def unknown_type(glob: str) -> str | None:
     """Why an action type glob names no action (with the nearest type), or None when it names one."""
     known = action_types()
-    if any(fnmatch.fnmatchcase(t, glob) for t in known):
+    if any(fnmatch.fnmatchcase(t, glob) for t in known) or _open_domain(glob) is not None:
         return None
     near = difflib.get_close_matches(glob, known, n=1)
     hint = f"; did you mean {near[0]!r}?" if near else f"; action types: {', '.join(known)}"
     return f"action type {glob!r} names no action{hint}"
 
 
+def _open_domain(glob: str) -> Domain | None:
+    """The domain whose action types each runtime declares (custom tools) that `glob` names by prefix."""
+    found = domains().get(glob.split(".", 1)[0])
+    return found if found is not None and not found.types and "." in glob else None
+
+
 def _domains_for(type_globs: list[str]) -> list[Domain]:
     if not type_globs:
         return list(domains().values())
-    return [d for d in domains().values() if any(fnmatch.fnmatchcase(t, g) for t in d.types for g in type_globs)]
+    return [d for d in domains().values() if any(fnmatch.fnmatchcase(t, g) for t in d.types for g in type_globs)
+            or any(_open_domain(g) is d for g in type_globs)]
 
 
 def check_match(match: "Match") -> None:

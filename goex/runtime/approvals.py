@@ -56,14 +56,16 @@ class Approvals(Parts):
         parked = self.journal.record(entry_seq(eid))
         target = adapter.redact(adapter.shown_target(model.type, prepared.targets))
         fields = {n for n, f in adapter.preview.model_fields.items() if field_kind(f.annotation) != "detail"}
+        if decision.verdict == "deny":  # refused and journaled as a denial; the parked entry stays parked
+            return None
         changes = _grown(parked, target, prepared.preview, decision, fields)
-        if not changes or decision.verdict == "deny":  # a denial is journaled as it always was
+        if not changes:
             self.journal.append("approved", entry=eid, by=approval["by"], durable=True)
             return None
         why = "; ".join(changes)
         with self.journal.transaction(durable=True) as tx:
             seq, _ = tx.append("entry", status="awaiting_approval", preview=prepared.preview, reparked=eid,
-                               parked={"policy": self.policy.source, "protected": list(self.protected)},
+                               parked=self._parked_under(),
                                **self._entry_fields(tx, session, model, adapter, prepared.targets, decision))
             tx.append("rejected", entry=eid, by="goex", reason=f"not run: its effect changed since it was parked "
                                                                f"({why}); parked again as {entry_id(seq)}")
@@ -86,9 +88,29 @@ class Approvals(Parts):
                             "`goex log` shows the entries that are")
         return self.session(detail.entry.actor, detail.entry.session), detail.action()
 
+    def _parked_under(self) -> dict[str, Any]:
+        """The settings an action is parked under, for `goex approve` to use again: the pack, the
+        protected paths, the databases (URLs without their passwords) and the reachable hosts."""
+        settings = self._context.settings
+        databases = {name: _without_password(url) for name, url in (settings.get("databases") or {}).items()}
+        http = settings.get("http")
+        hosts = sorted(getattr(http, "hosts", ()) or ())
+        return {"policy": self.policy.source, "protected": list(self.protected), "databases": databases,
+                "allow_hosts": hosts}
+
     def _entry_fields(self, tx: Any, session: "Session", model: Any, adapter: Adapter, targets: list[str],
                       decision: Decision | None) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _grown(parked: dict[str, Any], target: str, preview: dict[str, Any], decision: Decision,

@@ -13,13 +13,14 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import telemetry
-from ..actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action
+from ..actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action, parse_json_action
 from ..adapters.base import Adapter, Context, Judged, Prepared
 from ..adapters.fs.workspace import Workspace
 from ..adapters.registry import domains
+from ..custom import FunctionTool, Tool, Tools
 from ..errors import ActionError, ActionFailed, GoexError, OutcomeUnknown, Refused
 from ..journal.store import APPLIED, CHUNK, Journal, Transaction, checkpoint_id, entry_id, entry_seq
 from ..journal.verify import VerifyReport, verify
@@ -95,18 +96,67 @@ class Runtime(Approvals, Undo, Recovery):
         self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, as of journal record _usage_seq
         self._usage_seq = 0
         self._lock = threading.RLock()
+        self.custom_tools = Tools()
         settings = {"http": http, "databases": databases, "sandbox": sandbox, "allow_unsafe": allow_unsafe,
-                    "sandbox_options": sandbox_options, "adapters": adapters}
+                    "sandbox_options": sandbox_options, "adapters": adapters, "tools": self.custom_tools}
         self._context = Context(self.root, self.workspace, self.journal.read_blob, settings, self.adapter)
         self._adapters: dict[str, Adapter] = {}
         self._owned: dict[str, str] | None = None
         self.rules = WorkspaceRules(protected, self._owned_paths)
-        given = {name for name, value in settings.items() if value != _DEFAULTS.get(name)}
+        given = {name for name, value in settings.items() if value != _DEFAULTS.get(name) and name != "tools"}
         # Made now when given settings (they are checked, and may own paths), and every installed
         # domain (its settings are its own: it may own a workspace path with none given).
         for prefix, domain in domains().items():
             if given & set(domain.settings) or prefix in (adapters or {}) or domain.source != "goex":
                 self.adapter(prefix)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], **overrides: Any) -> "Runtime":
+        """The runtime of `root` with its settings (`<journal>/config.toml`, written by `goex
+        init`); keyword arguments (those of `Runtime`) override them."""
+        from ..config import load_settings
+
+        options = load_settings(root, overrides.get("journal")).runtime_options(Path(root))
+        return cls(root, **{**options, **overrides})
+
+    def undo_last(self, steps: int, *, force: bool = False) -> list[str]:
+        """Undo the last `steps` actions on this root that changed something, whichever session
+        made them. Returns the ids undone, newest first (fewer when fewer are left)."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        return self._undo_selected(force, limit=steps)
+
+    # -- custom tools --------------------------------------------------------------------------
+
+    def tool(self, fn: "Callable[..., Any] | None" = None, *, name: str | None = None,
+             undo: "Callable[[Any, Any], Any] | None" = None, preview: "Callable[[Any], dict[str, Any]] | None" = None,
+             targets: "Callable[[Any], list[str]] | None" = None, description: str | None = None) -> Any:
+        """Decorator: the function becomes the action type `tool.<name>` (arguments from its
+        parameters, description from its docstring). `undo(args, output)` takes its effect back;
+        without it the tool is irreversible. `preview(args)` is what an approver sees;
+        `targets(args)` what it acts on. Returns the function unchanged."""
+        def register(func: "Callable[..., Any]") -> "Callable[..., Any]":
+            self.add_tool(FunctionTool(func, name=name, undo=undo, preview=preview, targets=targets,
+                                       description=description))
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def add_tool(self, tool: Tool) -> str:
+        """Register a custom tool (a `goex.Tool`); returns its action type, `tool.<name>`."""
+        return self.custom_tools.add(tool)
+
+    def tools(self, format: str = "openai", *, union: bool = False) -> list[dict[str, Any]]:
+        """Tool definitions of every action type, this runtime's custom tools included (see `goex.tools`)."""
+        from ..tool_schemas import tools
+
+        return tools(format=format, union=union, extra=self.custom_tools.schemas())
+
+    def _parse(self, action: Any) -> Any:
+        """The action model: one of this runtime's custom tools, or a built-in action."""
+        if isinstance(action, (str, bytes, bytearray)) and self.custom_tools.models:
+            action = parse_json_action(action, self.max_action_bytes)
+        return self.custom_tools.parse(action) or parse_action(action, max_bytes=self.max_action_bytes)
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -152,7 +202,7 @@ class Runtime(Approvals, Undo, Recovery):
 
     def _execute(self, session: "Session", action: Any, approval: dict[str, Any] | None = None) -> Result:
         try:
-            model = parse_action(action, max_bytes=self.max_action_bytes)
+            model = self._parse(action)
             adapter = self._adapter_for(model.type)
         except ActionError as exc:  # a malformed action gets a span too
             with self._tracer.start_as_current_span(telemetry.action_span_name(None)) as span:
@@ -207,7 +257,7 @@ class Runtime(Approvals, Undo, Recovery):
             if answer is None:
                 eid = self._journal_outcome(session, model, adapter, prepared.targets, decision, "awaiting_approval",
                                             preview=prepared.preview,
-                                            parked={"policy": self.policy.source, "protected": list(self.protected)})
+                                            parked=self._parked_under())
                 return Result(False, eid, error=f"needs confirmation ({decision.reason}); approve it with "
                                                 f"`goex approve --root DIR {eid}` or reject it with "
                                                 f"`goex reject --root DIR {eid}`",
@@ -221,6 +271,8 @@ class Runtime(Approvals, Undo, Recovery):
                           " (needs confirmation, and no approver is configured)")
             elif not any(m.decision == "deny" for m in decision.matches):
                 error += " (the pack refuses what needs confirmation)"
+            if approval is not None and "entry" in approval:
+                error += f"; {approval['entry']} stays awaiting approval (approve it again, or reject it)"
             return outcome.denied(error, prepared, decision)
         extra = {"usage": spent, **({"approval": approval} if approval else {})}
         if not prepared.effect:
@@ -306,7 +358,7 @@ class Runtime(Approvals, Undo, Recovery):
         return None
 
     def _check(self, session: "Session", action: Any) -> tuple[Decision, dict[str, Any]]:
-        model = parse_action(action, max_bytes=self.max_action_bytes)
+        model = self._parse(action)
         adapter = self._adapter_for(model.type)
         try:
             prepared = adapter.prepare(model)
@@ -591,6 +643,13 @@ class Session:
 
     def log(self) -> list[dict[str, Any]]:
         return self.runtime.log(self.id)
+
+    def budgets(self) -> dict[str, dict[str, int]]:
+        """Each budget of the policy: its limit, what this session spent of it, and what is left."""
+        with self.runtime.journal.exclusive():
+            spent = dict(self.runtime._session_usage(self.id))
+        return {name: {"limit": limit, "spent": spent.get(name, 0), "left": max(limit - spent.get(name, 0), 0)}
+                for name, limit in self.runtime.policy.budgets.items()}
 
 
 def _journal_form(action: dict[str, Any], tx: Transaction) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class Parts:
     _stuck: bool
     _lock: threading.RLock
     _tracer: Any
+    _context: Any  # the adapters' Context: the settings this runtime was made with
 
     @property
     def protected(self) -> tuple[str, ...]:
