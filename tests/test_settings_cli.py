@@ -258,7 +258,7 @@ def test_bash_completion_names_commands_and_flags(tmp_path: Path):
     script = goex_cli("completion", "bash").out
     probe = tmp_path / "probe.sh"
     probe.write_text(script + '\nCOMP_WORDS=(goex lo); COMP_CWORD=1; _goex; echo "${COMPREPLY[@]}"\n'
-                     'COMP_WORDS=(goex log --fo); COMP_CWORD=2; _goex; echo "${COMPREPLY[@]}"\n')
+                     'COMP_WORDS=(goex log --fol); COMP_CWORD=2; _goex; echo "${COMPREPLY[@]}"\n')
     out = subprocess.run(["bash", str(probe)], capture_output=True, text=True, timeout=30).stdout.splitlines()
     assert out[0].split() == ["log"] and out[1].split() == ["--follow"]
 
