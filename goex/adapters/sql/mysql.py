@@ -69,6 +69,7 @@ from .common import (
     SqlRefused,
     Staged,
     UndoRefused,
+    analyse,
     format_rows,
     is_goex_name,
     read_tokens,
@@ -802,7 +803,7 @@ class MysqlEngine(ServerEngine[Any]):
                         query, args = convert_params(sql, params)
                         count = cur.execute(query, args)
                         total += count
-                        if _every_row(cur, tables[0], first, count):
+                        if _every_row(cur, tables[0], first, _matched(cur, count)):
                             every.add(tables[0])
                         continue
                     images = {t: _keyed(cur, meta, t) for t in tables}
@@ -859,6 +860,43 @@ class MysqlEngine(ServerEngine[Any]):
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
+        return self._stage(statements, params, analyses, before)[0]
+
+    def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
+        """A single INSERT, UPDATE, DELETE or REPLACE runs once: its before-images taken, the
+        statement run, the effect read, in the transaction that stays open as the action's run
+        (a separate dry run cost a session reset, a schema read and the statement again). Other
+        statements: a dry run."""
+        analyses = [analyse(s, self.dialect) for s in statements]
+        if len(statements) != 1 or not analyses[0]["parsed"] or analyses[0]["kind"] not in _DML:
+            return self.dry_run(statements, params), None
+        staged, plan, cur = self._stage(statements, params, analyses, {"mode": "dml"})
+        try:
+            meta = plan["meta"]
+            first = _words(statements[0])[0]
+            tables = sorted(meta.resolve(_names(statements[0])))
+            simple = first in ("update", "delete") and all(not meta.triggers.get(t) for t in tables) and \
+                len(tables) == 1 and not meta.children.get(tables[0])
+            if simple:  # as the dry run counts it: the rows the server matched
+                every = [tables[0]] if _every_row(cur, tables[0], first, plan["matched"]) else []
+                total = plan["count"]
+            else:  # the whole tables were imaged: compared with what they hold now
+                every, total = [], 0
+                for t in tables:
+                    then, now = plan["tables"][t]["rows"], _keyed(cur, meta, t)
+                    total += _count_changes(then, now, bool(meta.pk.get(t)))
+                    every += [t] if _all_changed(then, now, bool(meta.pk.get(t))) else []
+        except pymysql.Error as exc:
+            staged.abort()
+            raise self._failed(exc, "nothing was applied") from None
+        except BaseException:
+            staged.abort()
+            raise
+        return {"rows": total, "all_rows": sorted(every), "creates_trigger": False}, staged
+
+    def _stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+               before: dict[str, Any]) -> tuple[Staged, dict[str, Any], Any]:
+        """`stage`, with the plan (before-images) and the transaction's cursor."""
         conn = self._take()
         cur = conn.cursor()
         reads = all(a.get("kind") in _READS for a in analyses) and all(a.get("parsed") for a in analyses)
@@ -880,6 +918,7 @@ class MysqlEngine(ServerEngine[Any]):
             for sql in statements:
                 query, args = convert_params(sql, params)
                 count = cur.execute(query, args)
+                plan["count"], plan["matched"] = count, _matched(cur, count)
                 if cur.description is not None:
                     output = format_rows([d[0] for d in cur.description], cur.fetchall())
                 elif count and count > 0:
@@ -930,7 +969,7 @@ class MysqlEngine(ServerEngine[Any]):
             cur.close()
             self._fail(conn, before, plan, statements)
 
-        return Staged(output, capture, commit, abort)
+        return Staged(output, capture, commit, abort), plan, cur
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
         """Take the before-images (locking reads) of what the statements can change: the rows a
@@ -1820,12 +1859,16 @@ def _all_changed(then: list[tuple[str | None, str]], now: list[tuple[str | None,
     return not (Counter(r for _, r in then) & Counter(r for _, r in now))
 
 
+def _matched(cur: Any, count: int) -> int:
+    """The rows the statement just run matched: an UPDATE's server message says (it counts
+    rows it changed), else `count`."""
+    found = re.search(rb"Rows matched: (\d+)", cur.connection._result.message or b"")
+    return int(found.group(1)) if found else count
+
+
 def _every_row(cur: Any, table: str, first: str, count: int) -> bool:
-    """After a plain UPDATE/DELETE that changed `count` rows: whether it matched every row of the
-    table (at least 2). Reads at most as many rows as the statement matched."""
-    if first == "update":
-        found = re.search(rb"Rows matched: (\d+)", cur.connection._result.message or b"")
-        count = int(found.group(1)) if found else count
+    """After a plain UPDATE/DELETE that matched `count` rows: whether it matched every row of
+    the table (at least 2). Reads at most as many rows as the statement matched."""
     if count < 2:
         return False
     if first == "delete":
