@@ -122,3 +122,43 @@ def test_allowed_write_then_other_client_and_undo(server, root):
         assert len(s.undo()) == 1
     assert run("SELECT id, v FROM item ORDER BY id") == [(1, 0), (2, 10)]
     assert _triggers(url, run) == []
+
+
+def test_schema_changed_by_another_client_between_actions(server, root):
+    """What goex knows of a table from one action is not trusted for the next: a trigger, a
+    cascading foreign key or a column another client adds in between is seen, and undo stays
+    exact (the trigger's and the cascade's rows come back too)."""
+    url, run = server
+    pg = url.startswith("postgresql")
+    run("CREATE TABLE item (id INT PRIMARY KEY, v INT)")
+    run("CREATE TABLE audit (n INT)")
+    run("INSERT INTO item VALUES (1, 0), (2, 0), (3, 0)")
+    with goex.Runtime(root, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+
+        def act(sql: str, key: int) -> None:
+            r = s.execute({"type": "sql.execute", "db": "db", "sql": sql, "params": [key]})
+            assert r.ok, r.error
+        act(SQL, 1)
+        assert len(s.undo()) == 1
+        if pg:
+            run("CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO audit VALUES (NEW.v); RETURN NEW; END $$")
+            run("CREATE TRIGGER note AFTER UPDATE ON item FOR EACH ROW EXECUTE FUNCTION note()")
+        else:
+            run("CREATE TRIGGER note AFTER UPDATE ON item FOR EACH ROW INSERT INTO audit VALUES (NEW.v)")
+        act(SQL, 1)
+        assert run("SELECT n FROM audit") == [(1,)]
+        assert len(s.undo()) == 1 and run("SELECT n FROM audit") == []
+        run("CREATE TABLE part (id INT PRIMARY KEY, item_id INT REFERENCES item (id) ON DELETE CASCADE)"
+            if pg else "CREATE TABLE part (id INT PRIMARY KEY, item_id INT, "
+            "FOREIGN KEY (item_id) REFERENCES item (id) ON DELETE CASCADE)")
+        run("INSERT INTO part VALUES (7, 2)")
+        act("DELETE FROM item WHERE id = ?", 2)
+        assert run("SELECT id FROM part") == []
+        assert len(s.undo()) == 1 and run("SELECT id, item_id FROM part") == [(7, 2)]
+        run("ALTER TABLE item ADD COLUMN w INT DEFAULT 5")
+        act("UPDATE item SET w = 9 WHERE id = ?", 3)
+        assert run("SELECT w FROM item WHERE id = 3") == [(9,)]
+        assert len(s.undo()) == 1
+    assert run("SELECT id, v, w FROM item ORDER BY id") == [(1, 0, 5), (2, 0, 5), (3, 0, 5)]

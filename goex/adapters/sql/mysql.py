@@ -110,6 +110,13 @@ _CLEAN = ("sql_mode", "foreign_key_checks", "unique_checks", "time_zone", "tx_is
 _COM_RESET_CONNECTION = 0x1F
 _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
+# what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
+# body names the tables it writes) and the foreign keys of other tables that reference it
+_LINKS_OF = ("SELECT 'G',TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
+             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s UNION ALL "
+             "SELECT 'R',CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE,NULL FROM "
+             "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
+             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2, 3")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -489,6 +496,7 @@ class MysqlEngine(ServerEngine[Any]):
         self._databases: set[str] | None = None
         self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
         self._clean = list(_CLEAN)  # the settings this server knows, of those a reset is checked on
+        self._metas: dict[str, tuple[Any, _Meta]] = {}  # table -> (what it was read under, its schema)
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -903,8 +911,9 @@ class MysqlEngine(ServerEngine[Any]):
         ddl = before.get("mode") == "ddl"
         plan: dict[str, Any] = {}
         try:
-            cur.execute("START TRANSACTION")
+            # the reset left autocommit off and no transaction open: the first statement opens it
             if ddl:
+                cur.execute("START TRANSACTION")
                 now = _state(cur, self.db)
                 if now != before["image"]["state"]:
                     moved = sorted(k for k in set(now) | set(before["image"]["state"])
@@ -978,7 +987,7 @@ class MysqlEngine(ServerEngine[Any]):
         fast = None
         target = _target(statements[0]) if len(statements) == 1 else None
         if target is not None:
-            meta = _Meta(cur, self.db, only=target)
+            meta = self._table_meta(cur, target)
             fast = None if _may_use_sequence(statements, meta) else self._fast(statements, params, meta)
         if fast is None:
             meta = _Meta(cur, self.db)
@@ -1000,6 +1009,27 @@ class MysqlEngine(ServerEngine[Any]):
                 plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=True)
         plan["counters"] = {t: e["auto_increment"] for t, e in plan["tables"].items()}
         return plan
+
+    def _table_meta(self, cur: Any, table: str) -> _Meta:
+        """One table's schema (`_Meta(only=table)`), read again only when its definition (SHOW
+        CREATE TABLE), its triggers or the foreign keys that reference it changed since it was
+        read: two cheap reads instead of information_schema's column and key tables. The key is
+        read before the schema, so a change in between makes the next look-up read it again."""
+        try:
+            create = _AI.sub("", _show_create(cur, table))
+        except pymysql.Error:  # not a table (gone, or never was): read as before
+            return _Meta(cur, self.db, only=table)
+        key = (create, tuple(_fetch(cur, _LINKS_OF, (self.db, table, self.db, self.db, table))))
+        with self._lock:
+            cached = self._metas.get(table.lower())
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        meta = _Meta(cur, self.db, only=table)
+        with self._lock:
+            if len(self._metas) >= 256:
+                self._metas.clear()
+            self._metas[table.lower()] = (key, meta)
+        return meta
 
     def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
         """A single UPDATE/DELETE whose rows its own WHERE identifies: (table, WHERE text, its params)."""

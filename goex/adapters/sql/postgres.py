@@ -893,17 +893,18 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             except psycopg.Error as exc:
                 raise self._failed(exc, "nothing was applied") from None
             state["seqs"] = started["seqs"]
-            output, _ = self._execute(conn, statements, params, reads=False)
-            try:  # pinned first: what the statements set must not steer goex's queries
-                cur = conn.execute(pgsql.SQL("{}; SELECT goex.logged_{v}(), goex.all_rows_{v}(NULL, 0, 0); "
-                                             "SELECT goex.finish_{v}({}::oid[])").format(
-                    pgsql.SQL(_PIN), pgsql.Literal(started["rels"]), v=pgsql.SQL(VERSION)))
-                cur.nextset()
-                log, all_rows = cur.fetchone() or (None, None)
-                cur.nextset()
-                done = (cur.fetchone() or (None,))[0]
-            except psycopg.Error as exc:
-                raise self._failed(exc, "nothing was applied") from None
+            figures = pgsql.SQL("SELECT goex.logged_{v}(), goex.all_rows_{v}(NULL, 0, 0)").format(v=pgsql.SQL(VERSION))
+            finish = pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(pgsql.SQL(VERSION),
+                                                                         pgsql.Literal(started["rels"]))
+            if len(statements) == 1 and psycopg.Pipeline.is_supported():
+                output, (log, all_rows), (done,) = self._pipelined(conn, statements[0], params, figures, finish)
+            else:
+                output, _ = self._execute(conn, statements, params, reads=False)
+                try:  # pinned first: what the statements set must not steer goex's queries
+                    log, all_rows = _after_pin(conn, figures)
+                    done = _one(conn, finish)
+                except psycopg.Error as exc:
+                    raise self._failed(exc, "nothing was applied") from None
             state["seqs_after"] = done["seqs"]
         except BaseException:
             fail()
@@ -1000,6 +1001,27 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 raise self._failed(exc) from None
 
         return Staged(output, capture, lambda: self._commit(conn, fail, rows_mode), fail)
+
+    def _pipelined(self, conn: psycopg.Connection, statement: str, params: Any,
+                   *then: pgsql.Composed) -> tuple[Any, ...]:
+        """One statement, the search path pinned, then goex's queries `then`, in one round trip
+        (the server skips what follows an error): the statement's output, then each query's row."""
+        text, values = convert_params(statement, params)
+        try:
+            with conn.pipeline():
+                cur = conn.execute(text, values)
+                conn.execute(_PIN)
+                ours = [conn.execute(query) for query in then]
+        except psycopg.Error as exc:
+            failed = self._failed(exc, "nothing of it was applied")
+            if exc.sqlstate == "42501":
+                raise _Privilege(failed) from None
+            raise failed from None
+        if cur.description is not None:
+            output = format_rows([d.name for d in cur.description], cur)
+        else:
+            output = {"rows_changed": max(cur.rowcount, 0)}
+        return (output, *(tuple(c.fetchone() or ()) for c in ours))
 
     def _commit(self, conn: psycopg.Connection, fail: Callable[[], None], keep: bool) -> None:
         try:
