@@ -1134,19 +1134,22 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
     def _undo_rows(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> None:
         """The rows of every table not yet back in its state before the action, set back (with
-        session_replication_role = replica: no trigger and no foreign-key action fires)."""
-        for table, _ in plans:
-            _delete_added(conn, table, force)
-        for table, _ in plans:
-            _insert_removed(conn, table)
+        session_replication_role = replica: no trigger and no foreign-key action fires), sent in
+        one round trip (the server skips what follows an error)."""
+        with conn.pipeline():
+            for table, _ in plans:
+                _delete_added(conn, table, force)
+            for table, _ in plans:
+                _insert_removed(conn, table)
 
     def _broken(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
         """Under force too: undo never leaves a reference dangling."""
         return [f"{t}: {w}" for t, w in self._dangling(conn, plans)]
 
     def _dangling(self, conn: psycopg.Connection, plans: list[Plan]) -> list[tuple[str, str]]:
-        conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
-        links = _links(conn, [t for t, _ in plans])
+        with conn.pipeline():  # pinned in the same round trip: code of the agent's evaluated by the undo
+            conn.execute(_PIN)  # (an index expression) set nothing for us
+            links = _links(conn, [t for t, _ in plans])
         return _dangling(conn, plans, links) if links else []
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
