@@ -27,6 +27,8 @@ def server(request: Any) -> Iterator[tuple[str, Callable[[str], Any]]]:
         psycopg = pytest.importorskip("psycopg")
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {name}")
+            # goex's own sessions too: a lock held where none may be fails the test instead of hanging it
+            admin.execute(f"ALTER DATABASE {name} SET lock_timeout = '10s'")
         url = PG_ADMIN.rpartition("/")[0] + "/" + name
         client = psycopg.connect(url, autocommit=True)
         client.execute("SET lock_timeout = '2s'")
