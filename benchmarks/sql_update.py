@@ -7,8 +7,8 @@ Figures (ratios of medians in the same run, interleaved, so machine noise hits b
 - The first-seen statement: a new statement text each time (sqlglot parses it), same tables.
 - PostgreSQL and MariaDB (127.0.0.1:5432 / :3306, database `test`): the same ratio, reported.
 - Rollback of a 1,000-statement session: time per statement undone, against the raw statement.
-- MariaDB/MySQL: per-entry undo (`Session.undo()`) of a one-row UPDATE, against the raw statement;
-  target at most 10 ms.
+- PostgreSQL and MariaDB/MySQL: per-entry undo (`Session.undo()`) of a one-row UPDATE, against the
+  raw statement; target at most 10 ms.
 
     .venv/bin/python benchmarks/sql_update.py [--quick]
 
@@ -93,17 +93,7 @@ def _server(kind: str, url: str, n: int) -> None:
     table = f"bench_{uuid.uuid4().hex[:8]}"
     rawtable = f"{table}_raw"  # the raw side writes a table of its own: goex's undo would see its writes as conflicts
     try:
-        if kind == "postgresql":
-            import psycopg
-
-            raw: Any = psycopg.connect(url.replace("postgresql://", "postgresql://", 1), autocommit=False)
-            placeholder = "%s"
-        else:
-            import pymysql
-
-            raw = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test",
-                                  autocommit=False)
-            placeholder = "%s"
+        raw, placeholder = _raw(kind, url)
     except Exception as exc:  # noqa: BLE001 - a server that is not there is reported, not measured
         print(f"{kind} UPDATE of one row: not measured ({exc.__class__.__name__}: {exc}) -- target: reported")
         return
@@ -141,27 +131,25 @@ def _server(kind: str, url: str, n: int) -> None:
         raw.close()
 
 
-def _mysql_undo(url: str, n: int) -> None:
-    """MariaDB/MySQL: each entry undone on its own (`Session.undo()`, newest first), median time
-    per entry against the raw one-row UPDATE + commit. Target (design): at most 10 ms per entry."""
-    import pymysql
-
+def _undo(kind: str, url: str, n: int) -> None:
+    """Each entry undone on its own (`Session.undo()`, newest first), median time per entry against
+    the raw one-row UPDATE + commit. Target (design): at most 10 ms per entry."""
     table = f"bench_undo_{uuid.uuid4().hex[:8]}"
     try:
-        raw = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
+        raw, mark = _raw(kind, url)
     except Exception as exc:  # noqa: BLE001 - a server that is not there is reported, not measured
-        print(f"mysql per-entry undo: not measured ({exc.__class__.__name__}: {exc}) -- target: reported")
+        print(f"{kind} per-entry undo: not measured ({exc.__class__.__name__}: {exc}) -- target: reported")
         return
     cur = raw.cursor()
     try:
         for name in (table, f"{table}_raw"):
             cur.execute(f"CREATE TABLE {name}(id INT PRIMARY KEY, v INT, pad VARCHAR(64))")
-            cur.executemany(f"INSERT INTO {name} VALUES (%s, 0, %s)", [(i, "x" * 40) for i in range(1000)])
+            cur.executemany(f"INSERT INTO {name} VALUES ({mark}, 0, {mark})", [(i, "x" * 40) for i in range(1000)])
         raw.commit()
         plain = []
         for i in range(n):
             t = time.perf_counter_ns()
-            cur.execute(f"UPDATE {table}_raw SET v = v + 1 WHERE id = %s", (i % 1000,))
+            cur.execute(f"UPDATE {table}_raw SET v = v + 1 WHERE id = {mark}", (i % 1000,))
             raw.commit()
             plain.append(time.perf_counter_ns() - t)
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,13 +165,25 @@ def _mysql_undo(url: str, n: int) -> None:
                     undo.append(time.perf_counter_ns() - t)
         um, rm = _median_us(undo), _median_us(plain)
         verdict = "meets" if um <= 10_000 else "MISSES"
-        print(f"mysql per-entry undo of a one-row UPDATE: {um / 1e3:.1f} ms ({um / rm:.1f}x the raw statement, "
+        print(f"{kind} per-entry undo of a one-row UPDATE: {um / 1e3:.1f} ms ({um / rm:.1f}x the raw statement, "
               f"{rm:.0f} µs; median of {n}) -- target <= 10 ms: {verdict}")
     finally:
         cur.execute(f"DROP TABLE IF EXISTS {table}")
         cur.execute(f"DROP TABLE IF EXISTS {table}_raw")
         raw.commit()
         raw.close()
+
+
+def _raw(kind: str, url: str) -> tuple[Any, str]:
+    """A raw connection to the server (autocommit off) and its driver's placeholder."""
+    if kind == "postgresql":
+        import psycopg
+
+        return psycopg.connect(url, autocommit=False), "%s"
+    import pymysql
+
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test",
+                           autocommit=False), "%s"
 
 
 def _sqlite_rollback(n: int) -> None:
@@ -222,7 +222,8 @@ def main() -> None:
     _sqlite_rollback(100 if quick else 1000)
     _server("postgresql", PG, 30 if quick else 300)
     _server("mysql", MY, 30 if quick else 300)
-    _mysql_undo(MY, 30 if quick else 200)
+    _undo("postgresql", PG, 30 if quick else 200)
+    _undo("mysql", MY, 30 if quick else 200)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,10 @@ class Adapter(abc.ABC):
         """A digest of the state this domain manages, or None when it keeps none of its own."""
         return None
 
+    def release(self, prepared: Prepared) -> None:  # noqa: B027 - optional: most hold nothing between steps
+        """The prepared action is not going to be staged now (refused, parked, asked about, only
+        checked, or failed first): let go of what `prepare` holds open for it; nothing by default."""
+
     def close(self) -> None:  # noqa: B027 - optional: most adapters hold nothing to release
         """Release what the adapter holds (connections, files); nothing by default."""
 

@@ -246,7 +246,17 @@ class Runtime(Approvals, Undo, Recovery):
             return outcome.refused(exc, spelled)
         except ActionFailed as exc:
             return outcome.failed(exc, spelled)
-        decision = self._decide(session, adapter, model.type, prepared)
+        try:
+            decision = self._decide(session, adapter, model.type, prepared)
+            if decision.verdict != "allow":
+                adapter.release(prepared)  # nothing held open while it is asked about, parked or refused
+            return self._run_decided(outcome, prepared, decision, approval)
+        finally:
+            adapter.release(prepared)  # what prepare holds and the run did not take over
+
+    def _run_decided(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision,
+                     approval: dict[str, Any] | None) -> Result:
+        session, model, adapter = outcome.session, outcome.model, outcome.adapter
         spent = adapter.spends(model.type, prepared.preview)
         if approval is not None and "entry" in approval:
             reparked = self._recheck_approval(session, model, adapter, prepared, decision, approval)
@@ -364,6 +374,7 @@ class Runtime(Approvals, Undo, Recovery):
             prepared = adapter.prepare(model)
         except Refused as exc:
             return Decision("deny", (RuleMatch(exc.rule, "deny", "severe", 1.0, exc.reason),)), {}
+        adapter.release(prepared)  # only checked: nothing of it runs
         return self._decide(session, adapter, model.type, prepared), prepared.preview
 
     def _decide(self, session: "Session", adapter: Adapter, action_type: str, prepared: Prepared) -> Decision:

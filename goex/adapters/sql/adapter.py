@@ -221,11 +221,12 @@ class SqlAdapter(Adapter):
         kinds = [a["kind"] for a in analysed]
         writes = any(k != "select" for k in kinds)
         output = None
+        held = None
         try:
             if not writes:  # run now, read-only: a query that writes after all (nextval, a function
                 output = engine.read(statements, action.params, analysed)  # changing rows) is a write
                 writes = output is None
-            effect = engine.dry_run(statements, action.params) if writes else _READS_ONLY
+            effect, held = engine.rehearse(statements, action.params) if writes else (_READS_ONLY, None)
         except ActionFailed as exc:
             unread = [a["parse_error"] for a in analysed if not a["parsed"]]
             if unread:  # the engine's message, and where sqlglot lost track of the text
@@ -242,7 +243,8 @@ class SqlAdapter(Adapter):
             # from the dry run's effect, not the syntax: `WHERE 1`, upserts and triggers count too
             "all_rows": sorted(set(effect["all_rows"])), "creates_trigger": bool(effect["creates_trigger"]),
         }
-        state = {"db": db, "statements": statements, "analysed": analysed, "output": output}
+        # the rehearsal's open transaction, when the engine kept it: the action's run if it is allowed
+        state = {"db": db, "statements": statements, "analysed": analysed, "output": output, "held": held}
         prepared = Prepared(action, action.targets(), preview, writes, state)
         prepared.covers = [db.inside] if db.inside else []  # protected paths and path rules see the file
         return prepared
@@ -344,10 +346,18 @@ class SqlAdapter(Adapter):
                 "staged": True}
 
     def stage(self, prepared: Prepared) -> Staged:
+        held = prepared.state.pop("held", None)
+        if held is not None:  # the statements ran in prepare, in the transaction kept open since
+            return held
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action
         return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                                           prepared.state.get("before", {}))
+
+    def release(self, prepared: Prepared) -> None:
+        held = prepared.state.pop("held", None) if isinstance(prepared.state, dict) else None
+        if held is not None:
+            held.abort()
 
     def apply(self, prepared: Prepared) -> Applied:
         """Reads: their output, from the read-only run in `prepare`."""

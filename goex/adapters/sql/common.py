@@ -8,6 +8,9 @@ An engine (SQLite, PostgreSQL, MySQL/MariaDB) runs an action in four steps the a
    is rolled back: `rows` they would change (cascades and triggers included where the engine can
    tell), `all_rows` (the tables of at least 2 rows whose every row they change, whatever the
    WHERE says) and `creates_trigger`.
+   `rehearse(statements, params)` is the same effect, read where the engine can from the run
+   itself: the statements' transaction is left open (a `Staged`) and becomes the action's run if
+   it is allowed (`stage` is then not called), or is rolled back when the adapter releases it.
 2. `before(statements, analyses, put_blob)`: undo data that must exist before anything runs
    (for example a dump taken before DDL an engine commits on its own); journaled with the entry.
 3. `stage(statements, params, analyses, before)`: run the statements in one open transaction and
@@ -98,6 +101,10 @@ class Engine(Protocol):
     def check(self, statement: str, analysis: dict[str, Any]) -> None: ...
 
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]: ...
+
+    def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
+        """The dry run's effect, and the statements' open transaction when the engine keeps it
+        (None: the action is staged later, on its own)."""
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]: ...
 

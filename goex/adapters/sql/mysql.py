@@ -69,6 +69,7 @@ from .common import (
     SqlRefused,
     Staged,
     UndoRefused,
+    analyse,
     format_rows,
     is_goex_name,
     read_tokens,
@@ -109,6 +110,13 @@ _CLEAN = ("sql_mode", "foreign_key_checks", "unique_checks", "time_zone", "tx_is
 _COM_RESET_CONNECTION = 0x1F
 _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
+# what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
+# body names the tables it writes) and the foreign keys of other tables that reference it
+_LINKS_OF = ("SELECT 'G',TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
+             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s UNION ALL "
+             "SELECT 'R',CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE,NULL FROM "
+             "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
+             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2, 3")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -488,6 +496,7 @@ class MysqlEngine(ServerEngine[Any]):
         self._databases: set[str] | None = None
         self._agent: tuple[str, str] | None = None  # (user, password) agent statements log in as
         self._clean = list(_CLEAN)  # the settings this server knows, of those a reset is checked on
+        self._metas: dict[str, tuple[Any, _Meta]] = {}  # table -> (what it was read under, its schema)
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -802,7 +811,7 @@ class MysqlEngine(ServerEngine[Any]):
                         query, args = convert_params(sql, params)
                         count = cur.execute(query, args)
                         total += count
-                        if _every_row(cur, tables[0], first, count):
+                        if _every_row(cur, tables[0], first, _matched(cur, count)):
                             every.add(tables[0])
                         continue
                     images = {t: _keyed(cur, meta, t) for t in tables}
@@ -859,14 +868,52 @@ class MysqlEngine(ServerEngine[Any]):
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
               before: dict[str, Any]) -> Staged:
+        return self._stage(statements, params, analyses, before)[0]
+
+    def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
+        """A single INSERT, UPDATE, DELETE or REPLACE runs once: its before-images taken, the
+        statement run, the effect read, in the transaction that stays open as the action's run
+        (a separate dry run cost a session reset, a schema read and the statement again). Other
+        statements: a dry run."""
+        analyses = [analyse(s, self.dialect) for s in statements]
+        if len(statements) != 1 or not analyses[0]["parsed"] or analyses[0]["kind"] not in _DML:
+            return self.dry_run(statements, params), None
+        staged, plan, cur = self._stage(statements, params, analyses, {"mode": "dml"})
+        try:
+            meta = plan["meta"]
+            first = _words(statements[0])[0]
+            tables = sorted(meta.resolve(_names(statements[0])))
+            simple = first in ("update", "delete") and all(not meta.triggers.get(t) for t in tables) and \
+                len(tables) == 1 and not meta.children.get(tables[0])
+            if simple:  # as the dry run counts it: the rows the server matched
+                every = [tables[0]] if _every_row(cur, tables[0], first, plan["matched"]) else []
+                total = plan["count"]
+            else:  # the whole tables were imaged: compared with what they hold now
+                every, total = [], 0
+                for t in tables:
+                    then, now = plan["tables"][t]["rows"], _keyed(cur, meta, t)
+                    total += _count_changes(then, now, bool(meta.pk.get(t)))
+                    every += [t] if _all_changed(then, now, bool(meta.pk.get(t))) else []
+        except pymysql.Error as exc:
+            staged.abort()
+            raise self._failed(exc, "nothing was applied") from None
+        except BaseException:
+            staged.abort()
+            raise
+        return {"rows": total, "all_rows": sorted(every), "creates_trigger": False}, staged
+
+    def _stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+               before: dict[str, Any]) -> tuple[Staged, dict[str, Any], Any]:
+        """`stage`, with the plan (before-images) and the transaction's cursor."""
         conn = self._take()
         cur = conn.cursor()
         reads = all(a.get("kind") in _READS for a in analyses) and all(a.get("parsed") for a in analyses)
         ddl = before.get("mode") == "ddl"
         plan: dict[str, Any] = {}
         try:
-            cur.execute("START TRANSACTION")
+            # the reset left autocommit off and no transaction open: the first statement opens it
             if ddl:
+                cur.execute("START TRANSACTION")
                 now = _state(cur, self.db)
                 if now != before["image"]["state"]:
                     moved = sorted(k for k in set(now) | set(before["image"]["state"])
@@ -880,6 +927,7 @@ class MysqlEngine(ServerEngine[Any]):
             for sql in statements:
                 query, args = convert_params(sql, params)
                 count = cur.execute(query, args)
+                plan["count"], plan["matched"] = count, _matched(cur, count)
                 if cur.description is not None:
                     output = format_rows([d[0] for d in cur.description], cur.fetchall())
                 elif count and count > 0:
@@ -930,7 +978,7 @@ class MysqlEngine(ServerEngine[Any]):
             cur.close()
             self._fail(conn, before, plan, statements)
 
-        return Staged(output, capture, commit, abort)
+        return Staged(output, capture, commit, abort), plan, cur
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
         """Take the before-images (locking reads) of what the statements can change: the rows a
@@ -939,7 +987,7 @@ class MysqlEngine(ServerEngine[Any]):
         fast = None
         target = _target(statements[0]) if len(statements) == 1 else None
         if target is not None:
-            meta = _Meta(cur, self.db, only=target)
+            meta = self._table_meta(cur, target)
             fast = None if _may_use_sequence(statements, meta) else self._fast(statements, params, meta)
         if fast is None:
             meta = _Meta(cur, self.db)
@@ -961,6 +1009,27 @@ class MysqlEngine(ServerEngine[Any]):
                 plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=True)
         plan["counters"] = {t: e["auto_increment"] for t, e in plan["tables"].items()}
         return plan
+
+    def _table_meta(self, cur: Any, table: str) -> _Meta:
+        """One table's schema (`_Meta(only=table)`), read again only when its definition (SHOW
+        CREATE TABLE), its triggers or the foreign keys that reference it changed since it was
+        read: two cheap reads instead of information_schema's column and key tables. The key is
+        read before the schema, so a change in between makes the next look-up read it again."""
+        try:
+            create = _AI.sub("", _show_create(cur, table))
+        except pymysql.Error:  # not a table (gone, or never was): read as before
+            return _Meta(cur, self.db, only=table)
+        key = (create, tuple(_fetch(cur, _LINKS_OF, (self.db, table, self.db, self.db, table))))
+        with self._lock:
+            cached = self._metas.get(table.lower())
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        meta = _Meta(cur, self.db, only=table)
+        with self._lock:
+            if len(self._metas) >= 256:
+                self._metas.clear()
+            self._metas[table.lower()] = (key, meta)
+        return meta
 
     def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
         """A single UPDATE/DELETE whose rows its own WHERE identifies: (table, WHERE text, its params)."""
@@ -1840,12 +1909,16 @@ def _all_changed(then: list[tuple[str | None, str]], now: list[tuple[str | None,
     return not (Counter(r for _, r in then) & Counter(r for _, r in now))
 
 
+def _matched(cur: Any, count: int) -> int:
+    """The rows the statement just run matched: an UPDATE's server message says (it counts
+    rows it changed), else `count`."""
+    found = re.search(rb"Rows matched: (\d+)", cur.connection._result.message or b"")
+    return int(found.group(1)) if found else count
+
+
 def _every_row(cur: Any, table: str, first: str, count: int) -> bool:
-    """After a plain UPDATE/DELETE that changed `count` rows: whether it matched every row of the
-    table (at least 2). Reads at most as many rows as the statement matched."""
-    if first == "update":
-        found = re.search(rb"Rows matched: (\d+)", cur.connection._result.message or b"")
-        count = int(found.group(1)) if found else count
+    """After a plain UPDATE/DELETE that matched `count` rows: whether it matched every row of
+    the table (at least 2). Reads at most as many rows as the statement matched."""
     if count < 2:
         return False
     if first == "delete":

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -395,7 +395,8 @@ class _WritesInRead(Exception):
 
 
 class _Privilege(Exception):
-    """The agent role lacks a privilege on a user object (one created outside goex since)."""
+    """The agent role lacks a privilege on a user object (one created outside goex since); its
+    argument is the action's error."""
 
 
 def _plain_target(statements: list[str], counted: int) -> tuple[str | None, int]:
@@ -862,6 +863,56 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             _reset_sequences(conn, seqs_before, seqs_after)
             self._give(conn, rows_mode)
 
+    def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
+        """Row changes run once: capture started, the statements run, the effect read off the
+        capture log and capture finished, all in the transaction that stays open as the action's
+        run (4 round trips; a dry run then a separate run took 7). Schema changes: a dry run."""
+        if not self._rows_mode(statements):
+            return self.dry_run(statements, params), None
+        try:
+            return self._rehearse(statements, params)
+        except _Privilege:
+            self.adopt()  # objects created outside goex since: the agent role takes them over once
+            try:
+                return self._rehearse(statements, params)
+            except _Privilege as exc:
+                raise exc.args[0] from None
+
+    def _rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged]:
+        conn = self._take()
+        state: dict[str, Any] = {"seqs": {}, "seqs_after": None}
+
+        def fail() -> None:
+            _rollback(conn)
+            _reset_sequences(conn, state["seqs"], state["seqs_after"])
+            self._give(conn)
+
+        try:
+            try:
+                conn, started = self._start(conn, statements, False)
+            except psycopg.Error as exc:
+                raise self._failed(exc, "nothing was applied") from None
+            state["seqs"] = started["seqs"]
+            figures = pgsql.SQL("SELECT goex.logged_{v}(), goex.all_rows_{v}(NULL, 0, 0)").format(v=pgsql.SQL(VERSION))
+            finish = pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(pgsql.SQL(VERSION),
+                                                                         pgsql.Literal(started["rels"]))
+            if len(statements) == 1 and psycopg.Pipeline.is_supported():
+                output, (log, all_rows), (done,) = self._pipelined(conn, statements[0], params, figures, finish)
+            else:
+                output, _ = self._execute(conn, statements, params, reads=False)
+                try:  # pinned first: what the statements set must not steer goex's queries
+                    log, all_rows = _after_pin(conn, figures)
+                    done = _one(conn, finish)
+                except psycopg.Error as exc:
+                    raise self._failed(exc, "nothing was applied") from None
+            state["seqs_after"] = done["seqs"]
+        except BaseException:
+            fail()
+            raise
+        effect = {"rows": int(log["count"]), "all_rows": sorted(set(all_rows)), "creates_trigger": False}
+        return effect, Staged(output, lambda put_blob: _rows_capture(done, state["seqs"], put_blob),
+                              lambda: self._commit(conn, fail, True), fail)
+
     # -- doing -----------------------------------------------------------------------------------
 
     def before(self, statements: list[str], analyses: list[dict[str, Any]], put_blob: PutBlob) -> dict[str, Any]:
@@ -924,22 +975,10 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                                            "run the action again")
             except psycopg.Error as exc:
                 raise self._failed(exc) from None
-            output: dict[str, Any] = {}
-            changed = 0
-            for n, statement in enumerate(statements):
-                text, values = convert_params(statement, params)
-                try:
-                    cur = conn.execute(text, values)
-                except psycopg.Error as exc:
-                    if reads and exc.sqlstate == "25006":  # read_only_sql_transaction: it writes
-                        raise _WritesInRead() from None
-                    raise self._failed(exc, "nothing of it was applied", n, len(statements)) from None
-                if cur.description is not None:
-                    output = format_rows([d.name for d in cur.description], cur)
-                elif cur.rowcount and cur.rowcount > 0:
-                    changed += cur.rowcount
-            if not output:
-                output = {"rows_changed": changed}
+            try:
+                output = self._execute(conn, statements, params, reads)[0]
+            except _Privilege as exc:
+                raise exc.args[0] from None
         except BaseException:
             fail()
             raise
@@ -950,18 +989,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                     done = _after_pin(conn, pgsql.SQL("SELECT goex.finish_{}({}::oid[])").format(
                         pgsql.SQL(VERSION), pgsql.Literal(state["rels"])))[0]
                     state["seqs_after"] = done["seqs"]
-                    tables = done["tables"]
-                    body = json.dumps(tables, separators=(",", ":"), sort_keys=True).encode()
-                    out: dict[str, Any] = {"mode": "rows", "xid": done["xid"]}
-                    if len(body) > INLINE_LIMIT:
-                        out["tables_blobs"] = [put_blob(body[i:i + CHUNK]) for i in range(0, len(body), CHUNK)]
-                    else:
-                        out["tables"] = tables
-                    out["sequences"] = _changed_sequences(state["seqs"], done["seqs"])
-                    out["after"] = {"xid": done["xid"], "rows": hashlib.sha256(body).hexdigest(),
-                                    "shapes": {t["table"]: t["shape"] for t in tables},
-                                    "sequences": {k: v[1] for k, v in out["sequences"].items()}}
-                    return out
+                    return _rows_capture(done, state["seqs"], put_blob)
                 conn.execute(_PIN)  # what the statements set must not steer goex's own queries
                 conn.execute(f"SELECT goex.outside_{VERSION}()")
                 xid = _one(conn, "SELECT pg_current_xact_id()::text")
@@ -972,18 +1000,60 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 fail()
                 raise self._failed(exc) from None
 
-        def commit() -> None:
-            try:
-                conn.execute("COMMIT")
-            except psycopg.Error as exc:
-                fail()
-                raise self._failed(exc, "the commit failed; nothing of it was applied") from None
-            self._give(conn, rows_mode)
+        return Staged(output, capture, lambda: self._commit(conn, fail, rows_mode), fail)
 
-        def abort() -> None:
+    def _pipelined(self, conn: psycopg.Connection, statement: str, params: Any,
+                   *then: pgsql.Composed) -> tuple[Any, ...]:
+        """One statement, the search path pinned, then goex's queries `then`, in one round trip
+        (the server skips what follows an error): the statement's output, then each query's row."""
+        text, values = convert_params(statement, params)
+        try:
+            with conn.pipeline():
+                cur = conn.execute(text, values)
+                conn.execute(_PIN)
+                ours = [conn.execute(query) for query in then]
+        except psycopg.Error as exc:
+            failed = self._failed(exc, "nothing of it was applied")
+            if exc.sqlstate == "42501":
+                raise _Privilege(failed) from None
+            raise failed from None
+        if cur.description is not None:
+            output = format_rows([d.name for d in cur.description], cur)
+        else:
+            output = {"rows_changed": max(cur.rowcount, 0)}
+        return (output, *(tuple(c.fetchone() or ()) for c in ours))
+
+    def _commit(self, conn: psycopg.Connection, fail: Callable[[], None], keep: bool) -> None:
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
             fail()
+            raise self._failed(exc, "the commit failed; nothing of it was applied") from None
+        self._give(conn, keep)
 
-        return Staged(output, capture, commit, abort)
+    def _execute(self, conn: psycopg.Connection, statements: list[str], params: Any,
+                 reads: bool) -> tuple[dict[str, Any], int]:
+        """Run the statements in `conn`'s open transaction: the output (the last query's rows, or
+        the rows changed) and the rows the server counted. `reads`: a statement that writes
+        raises _WritesInRead; else a missing privilege raises _Privilege."""
+        output: dict[str, Any] = {}
+        changed = 0
+        for n, statement in enumerate(statements):
+            text, values = convert_params(statement, params)
+            try:
+                cur = conn.execute(text, values)
+            except psycopg.Error as exc:
+                if reads and exc.sqlstate == "25006":  # read_only_sql_transaction: it writes
+                    raise _WritesInRead() from None
+                failed = self._failed(exc, "nothing of it was applied", n, len(statements))
+                if exc.sqlstate == "42501":
+                    raise _Privilege(failed) from None
+                raise failed from None
+            if cur.description is not None:
+                output = format_rows([d.name for d in cur.description], cur)
+            elif cur.rowcount and cur.rowcount > 0:
+                changed += cur.rowcount
+        return output or {"rows_changed": changed}, changed
 
     # -- undoing ---------------------------------------------------------------------------------
 
@@ -1064,19 +1134,22 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
     def _undo_rows(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> None:
         """The rows of every table not yet back in its state before the action, set back (with
-        session_replication_role = replica: no trigger and no foreign-key action fires)."""
-        for table, _ in plans:
-            _delete_added(conn, table, force)
-        for table, _ in plans:
-            _insert_removed(conn, table)
+        session_replication_role = replica: no trigger and no foreign-key action fires), sent in
+        one round trip (the server skips what follows an error)."""
+        with conn.pipeline():
+            for table, _ in plans:
+                _delete_added(conn, table, force)
+            for table, _ in plans:
+                _insert_removed(conn, table)
 
     def _broken(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
         """Under force too: undo never leaves a reference dangling."""
         return [f"{t}: {w}" for t, w in self._dangling(conn, plans)]
 
     def _dangling(self, conn: psycopg.Connection, plans: list[Plan]) -> list[tuple[str, str]]:
-        conn.execute(_PIN)  # code of the agent's evaluated by the undo (an index expression) set nothing for us
-        links = _links(conn, [t for t, _ in plans])
+        with conn.pipeline():  # pinned in the same round trip: code of the agent's evaluated by the undo
+            conn.execute(_PIN)  # (an index expression) set nothing for us
+            links = _links(conn, [t for t, _ in plans])
         return _dangling(conn, plans, links) if links else []
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
@@ -1138,6 +1211,23 @@ def changed_rows(captured: dict[str, Any], get_blob: GetBlob, limit: int) -> tup
                 out.append({"table": name, "op": "", "before": row if net < 0 else None,
                             "after": row if net > 0 else None})
     return out, total
+
+
+def _rows_capture(done: dict[str, Any], seqs: dict[str, Any], put_blob: PutBlob) -> dict[str, Any]:
+    """The undo data of row changes, from what `goex.finish` returned (`seqs`: the sequences
+    before the action)."""
+    tables = done["tables"]
+    body = json.dumps(tables, separators=(",", ":"), sort_keys=True).encode()
+    out: dict[str, Any] = {"mode": "rows", "xid": done["xid"]}
+    if len(body) > INLINE_LIMIT:
+        out["tables_blobs"] = [put_blob(body[i:i + CHUNK]) for i in range(0, len(body), CHUNK)]
+    else:
+        out["tables"] = tables
+    out["sequences"] = _changed_sequences(seqs, done["seqs"])
+    out["after"] = {"xid": done["xid"], "rows": hashlib.sha256(body).hexdigest(),
+                    "shapes": {t["table"]: t["shape"] for t in tables},
+                    "sequences": {k: v[1] for k, v in out["sequences"].items()}}
+    return out
 
 
 def _tables(captured: dict[str, Any], get_blob: GetBlob) -> list[dict[str, Any]]:

@@ -241,6 +241,9 @@ class SqliteEngine:
             return *self._found, True
         return *self._file(), False
 
+    def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
+        return self.dry_run(statements, params), None  # staged later: its write lock is taken then
+
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
         """What the statements would do, by running them in a transaction that is rolled back:
         `rows` they change (cascades, triggers, dropped and created tables included), `all_rows`
