@@ -528,6 +528,28 @@ _STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone"
               "undo_failed": UNDO_FAILED, "review": NEEDS_REVIEW, "approved": "approved", "rejected": "rejected"}
 
 
+_RANGE_KINDS = ("undoing", "undone")  # records that may name a range of entries (a coalesced undo)
+
+
+def _named(record: dict[str, Any], range_allowed: bool) -> list[str]:
+    """The entries a status record is about: `entry`, or for a coalesced undo `entries` (a list)."""
+    if range_allowed and "entries" in record:
+        eids = record["entries"]
+        if not isinstance(eids, list) or not eids or not all(isinstance(e, str) for e in eids) \
+                or "entry" in record or len(set(eids)) != len(eids):
+            raise JournalCorrupt(f"record {record['seq']} ({record['kind']}) names its entries wrongly",
+                                 seq=record["seq"])
+        return eids
+    return [record["entry"]]
+
+
+def named_entries(record: dict[str, Any]) -> list[str]:
+    """The entry ids a record is about (none for records about no entry)."""
+    if record.get("kind") in _RANGE_KINDS and isinstance(record.get("entries"), list):
+        return list(record["entries"])
+    return [record["entry"]] if isinstance(record.get("entry"), str) else []
+
+
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
     """Apply one record to the derived index (entries and checkpoints)."""
     kind, seq = record["kind"], record["seq"]
@@ -555,12 +577,12 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
                 raise JournalCorrupt(f"record {seq} (reviewed) names unknown entry {eid}", seq=seq)
     elif kind in _STATUS_OF:
         status = _STATUS_OF[kind]
-        target = entry_seq(record["entry"])
-        if kind == "applied":
-            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, target))
-        else:
-            cur.execute("UPDATE entries SET status = ? WHERE seq = ?", (status, target))
-        if cur.rowcount != 1:
-            raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {record['entry']}", seq=seq)
+        for eid in _named(record, kind in _RANGE_KINDS):
+            if kind == "applied":
+                cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, entry_seq(eid)))
+            else:
+                cur.execute("UPDATE entries SET status = ? WHERE seq = ?", (status, entry_seq(eid)))
+            if cur.rowcount != 1:
+                raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {eid}", seq=seq)
     else:
         raise JournalCorrupt(f"record {seq} has unknown kind {kind!r}", seq=seq)
