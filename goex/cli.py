@@ -1,4 +1,4 @@
-"""The `goex` command: exec, undo, checkpoint, log, verify, recover, schema, doctor, demo.
+"""The `goex` command: exec, undo, checkpoint, log, verify, recover, compact, schema, doctor, demo.
 
 Exit codes of `exec`: 0 all succeeded, 2 malformed input, 3 refused by the policy, 1 any other
 failure. Other commands: 0 success, 1 failure, 2 malformed input (a value a flag or a file it names
@@ -174,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the SEQ:HASH head you kept earlier: detects truncation")
 
     command("recover", _recover, "Finish or revert actions interrupted by a crash.")
+    c = command("compact", _compact, "Fold finished history (undone, refused, failed, or accepted) before an entry "
+                "or checkpoint into one verified summary record, and remove the blobs it no longer needs.")
+    c.add_argument("--before", required=True, metavar="CHECKPOINT_OR_ENTRY",
+                   help="fold every record before this entry id, checkpoint id or checkpoint label")
     command("schema", _schema, "Print the JSON Schema of all actions.", root=False)
     c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not, and which "
                 "limits hold in each (measured by probe runs).", root=False)
@@ -498,6 +502,15 @@ def _recover(args: argparse.Namespace) -> int:
     for eid, outcome in report.outcomes.items():
         print(f"{eid}: {outcome}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _compact(args: argparse.Namespace) -> int:
+    with _runtime(args, policy="permissive") as rt:
+        folded = rt.compact(args.before)
+    entries = ", ".join(f"{n} {status}" for status, n in folded["entries"].items()) or "no entries"
+    print(f"compacted records up to {folded['upto']}: {folded['records']} records ({entries}) folded into one; "
+          f"{folded['blobs_removed']} blobs removed")
+    return EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:

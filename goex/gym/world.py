@@ -104,9 +104,12 @@ class World:
                              "permissive policy let through). reset(options={'rebuild': True}) rebuilds it")
 
     def rollback(self) -> int:
-        """Undo everything done since the world was built; check it is back at the start."""
+        """Undo everything done since the world was built; check it is back at the start; then fold
+        the journal's finished history into one record, so it stays bounded however many episodes run."""
         undone = self.runtime.rollback_all()
         self.check(f"after rolling back {len(undone)} entries")
+        if undone:
+            self.runtime.compact()
         return len(undone)
 
     def begin(self) -> None:

@@ -18,6 +18,7 @@ from ..journal.store import entry_id
 from .results import Parts
 
 UNDOABLE = ("applied", "undo_failed")
+_WINDOW = 256  # entries whose records are read together
 
 
 @dataclass
@@ -50,16 +51,23 @@ class Undo(Parts):
             self._ensure_consistent(always=True)
             try:
                 batch: list[_Undoable] = []
-                for row in self.journal.entries(status=UNDOABLE, undoable=True, newest_first=True, limit=limit,
-                                                **filters):
-                    item = self._undoable(row, force)
-                    if item.coalesced is not None and _joins(batch, item.coalesced):
+                groups: dict[tuple[int, str], list[Coalesced]] = {}  # the batch's items by adapter and key
+                rows = self.journal.entries(status=UNDOABLE, undoable=True, newest_first=True, limit=limit, **filters)
+                for i, row in enumerate(rows):
+                    if i % _WINDOW == 0:  # the records of the next entries, read together
+                        records = self._records_of(rows[i:i + _WINDOW])
+                    item = self._undoable(row, force, records)
+                    c = item.coalesced
+                    if c is not None and _joins(groups, c):
                         batch.append(item)
+                        groups.setdefault((id(c.adapter), c.key), []).append(c)
                         continue
                     self._undo_batch(batch, done, unrecorded)
-                    batch = [item] if item.coalesced is not None else []
-                    if item.coalesced is None:
+                    batch, groups = [], {}
+                    if c is None:
                         self._undo_one(item, force, done, unrecorded)
+                    else:
+                        batch, groups = [item], {(id(c.adapter), c.key): [c]}
                 self._undo_batch(batch, done, unrecorded)
             except UndoConflict as exc:
                 exc.undone = list(done)
@@ -71,11 +79,18 @@ class Undo(Parts):
                             tx.append("undone", **fields)
         return done
 
-    def _undoable(self, row: Entry, force: bool) -> _Undoable:
-        entry = self.journal.record(row.seq)
-        after = self.journal.record(row.after_seq)["after"] if row.after_seq else {}
+    def _records_of(self, rows: list[Entry]) -> dict[int, dict[str, Any]]:
+        """The entry, after and capture records of `rows`, verified, by seq."""
+        records = self.journal.records_at([r.seq for r in rows] + [r.after_seq for r in rows if r.after_seq])
+        captured = [seq for r in rows if r.after_seq and isinstance(seq := records[r.after_seq].get("after"), dict)
+                    and isinstance(seq := seq.get("captured"), int)]
+        return {**records, **self.journal.records_at(captured)}
+
+    def _undoable(self, row: Entry, force: bool, records: dict[int, dict[str, Any]]) -> _Undoable:
+        entry = records[row.seq]
+        after = records[row.after_seq]["after"] if row.after_seq else {}
         adapter = self._adapter_for(row.type)
-        plan = self._plan(entry, after)
+        plan = self._plan(entry, after, records)
         return _Undoable(row, plan, after, adapter, None if force else adapter.coalesce(plan, after))
 
     def _undo_batch(self, batch: list[_Undoable], done: list[str], unrecorded: list[dict[str, Any]]) -> None:
@@ -155,9 +170,10 @@ class Undo(Parts):
                                      "goex.status": "undone", "goex.forced": bool(conflicts)})
         return details
 
-    def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
+    def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None,
+              records: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
         """An entry's undo plan, with what was captured inside its transaction when it was staged
-        (`captured`, and the record holding it, `captured_seq`)."""
+        (`captured`, and the record holding it, `captured_seq`; from `records` when read already)."""
         plan: dict[str, Any] = entry["plan"]
         if not plan.get("staged"):
             return plan
@@ -166,7 +182,7 @@ class Undo(Parts):
             seq = self.journal.captured(entry_id(entry["seq"]))
         if seq is None:
             return plan
-        record = self.journal.record(seq)
+        record = records[seq] if records and seq in records else self.journal.record(seq)
         if record.get("kind") != "captured" or record.get("entry") != entry_id(entry["seq"]):
             raise JournalCorrupt(f"entry {entry_id(entry['seq'])} names record {seq} as its capture, which it is not; "
                                  "nothing was undone from it. Run `goex verify`", seq=seq)
@@ -188,7 +204,7 @@ def _groups(items: list[_Undoable]) -> dict[tuple[int, str], list[tuple[int, Coa
     return groups
 
 
-def _joins(batch: list[_Undoable], item: Coalesced) -> bool:
-    same = [b.coalesced for b in batch if b.coalesced is not None
-            and b.coalesced.adapter is item.adapter and b.coalesced.key == item.key]
+def _joins(groups: dict[tuple[int, str], list[Coalesced]], item: Coalesced) -> bool:
+    """Whether `item` joins the batch: entries of other adapters or keys touch other objects."""
+    same = groups.get((id(item.adapter), item.key))
     return not same or item.adapter.joins(same, item)

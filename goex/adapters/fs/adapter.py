@@ -49,6 +49,8 @@ class FileAdapter(Adapter):
     def __init__(self, workspace: Workspace, *, max_read_bytes: int = 16 * 1024 * 1024):
         self.ws = workspace
         self.max_read_bytes = max_read_bytes
+        # the group `joins` last saw: (group, members counted, their paths, folders above them)
+        self._joined: tuple[list[Coalesced], int, set[str], set[str]] | None = None
         self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
@@ -130,8 +132,15 @@ class FileAdapter(Adapter):
     def joins(self, group: list[Coalesced], item: Coalesced) -> bool:
         """Entries join when no path of one lies inside a path of another (equal paths are fine):
         then each path's state across the range follows from the journal alone."""
-        paths = {p for c in group for p in _paths(c)}
-        above = {p[:i] for p in paths for i, ch in enumerate(p) if ch == "/"}
+        known = self._joined
+        if known is None or known[0] is not group or known[1] > len(group):  # a new group: start over
+            known = self._joined = (group, 0, set(), set())
+        _, counted, paths, above = known
+        for member in group[counted:]:  # the group only grows: each member is counted once
+            for p in _paths(member):
+                paths.add(p)
+                above.update(p[:i] for i, ch in enumerate(p) if ch == "/")
+        self._joined = (group, len(group), paths, above)
         return not any(p in above or any(p[:i] in paths for i, ch in enumerate(p) if ch == "/")
                        for p in _paths(item))
 
