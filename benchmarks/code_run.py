@@ -98,7 +98,8 @@ def main() -> int:
         with goex.Runtime(root, policy="permissive", sandbox="bwrap", durability="process") as rt:
             s = rt.session()
             bw = median_ms(lambda: s.execute(action), n)
-        print(f"bwrap: {bw:.1f} ms = {bw / bare:.1f}x bare (target: at most 25 ms: {'meets' if bw <= 25 else 'MISSES'} target)")
+        print(f"bwrap: {bw:.1f} ms = {bw / bare:.1f}x bare "
+              f"(target: at most 25 ms: {'meets' if bw <= 25 else 'MISSES'} target)")
 
     small = scan_cost(1_000, n)
     large = scan_cost(big, n)
