@@ -302,7 +302,7 @@ class Journal(Reads):
 
     def read_blob(self, digest: str) -> bytes:
         if digest in self._checked:
-            return self._checked.pop(digest)
+            return self._checked[digest]
         row = self.db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
         if row is None:
             raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
@@ -313,7 +313,8 @@ class Journal(Reads):
 
     def check_blobs(self, obj: Any) -> None:
         """Raise `JournalCorrupt` unless every blob `obj` references is present and intact.
-        Small checked blobs are kept for the next `read_blob` of them (undo reads each right after)."""
+        Checked blobs (up to 8 MiB) are kept for `read_blob` until the next check: undo reads
+        them right after, some more than once (a range's changesets are tried, then applied)."""
         self._checked.clear()
         room = 8 << 20
         for digest in set(referenced_chunks(obj)):
@@ -694,12 +695,16 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
                 raise JournalCorrupt(f"record {seq} (reviewed) names unknown entry {eid}", seq=seq)
     elif kind in _STATUS_OF:
         status = _STATUS_OF[kind]
-        for eid in _named(record, kind in _RANGE_KINDS):
-            if kind == "applied":
-                cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, entry_seq(eid)))
-            else:
-                cur.execute("UPDATE entries SET status = ? WHERE seq = ?", (status, entry_seq(eid)))
-            if cur.rowcount != 1:
-                raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {eid}", seq=seq)
+        eids = _named(record, kind in _RANGE_KINDS)
+        seqs = [entry_seq(e) for e in eids]
+        if kind == "applied":
+            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, seqs[0]))
+        else:  # a coalesced undo names hundreds: one statement for them all
+            cur.execute(f"UPDATE entries SET status = ? WHERE seq IN ({', '.join('?' * len(seqs))})", (status, *seqs))
+        if cur.rowcount != len(seqs):
+            known = {r[0] for r in cur.execute(f"SELECT seq FROM entries WHERE seq IN ({', '.join('?' * len(seqs))})",
+                                               seqs)}
+            unknown = next((e for e, s in zip(eids, seqs, strict=True) if s not in known), eids[0])
+            raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {unknown}", seq=seq)
     else:
         raise JournalCorrupt(f"record {seq} has unknown kind {kind!r}", seq=seq)

@@ -19,6 +19,7 @@ from .results import Parts
 
 UNDOABLE = ("applied", "undo_failed")
 _WINDOW = 256  # entries whose records are read together
+_MAX_RANGE = 2000  # entries in one coalesced range (one record names them all)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Undo(Parts):
                         records = self._records_of(rows[i:i + _WINDOW])
                     item = self._undoable(row, force, records)
                     c = item.coalesced
-                    if c is not None and _joins(groups, c):
+                    if c is not None and len(batch) < _MAX_RANGE and _joins(groups, c):
                         batch.append(item)
                         groups.setdefault((id(c.adapter), c.key), []).append(c)
                         continue

@@ -196,6 +196,7 @@ class SqliteEngine:
         self._held: _File | None = None  # the file the work connection is on
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
         self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
+        self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -468,8 +469,16 @@ class SqliteEngine:
     def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
         """Undo changeset entries, newest first, as one composed changeset in one transaction."""
         file, _ = self._file()
-        composed = compose_inverse(_blob(c["changeset"]["chunks"], get_blob) for c in captureds)
-        self._apply_undo(file, composed, captureds[-1].get("sequence"), False)
+        changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
+        self._apply_undo(file, self._composed(changesets), captureds[-1].get("sequence"), False)
+
+    def _composed(self, changesets: list[bytes]) -> bytes:
+        """The composed undo of `changesets` (newest first); the last one is kept, as the check of
+        a range is followed by its undo."""
+        key = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in changesets)).digest()
+        if self._last_composed[0] != key:
+            self._last_composed = (key, compose_inverse(changesets))
+        return self._last_composed[1]
 
     def _composes_cleanly(self, conn: apsw.Connection, captureds: list[dict[str, Any]],
                           changesets: list[bytes]) -> bool:
@@ -488,7 +497,7 @@ class SqliteEngine:
             chain.add(changeset)
         if chain.broken is not None:
             return False
-        composed = compose_inverse(changesets)
+        composed = self._composed(changesets)
         if self._trial(composed, self._bound(conn, composed)):
             return False
         return all(row_matches(conn, table, chain.columns[table], key, chain.pks[table], state)
