@@ -1,5 +1,5 @@
-"""The `goex` command: init, exec, undo, checkpoint, log, approve, review, verify, recover, schema,
-mcp, doctor, demo, completion.
+"""The `goex` command: init, exec, undo, checkpoint, log, approve, review, verify, recover, compact,
+schema, mcp, audit, doctor, demo, completion.
 
 Settings come from the root's `config.toml` (`goex init` writes it); flags override them. `--root`
 defaults to `$GOEX_ROOT`.
@@ -223,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("recover", _recover, "Finish or revert actions interrupted by a crash.")
     c.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    c = command("compact", _compact, "Fold finished history (undone, refused, failed, or accepted) before an entry "
+                "or checkpoint into one verified summary record, and remove the blobs it no longer needs.")
+    c.add_argument("--before", required=True, metavar="CHECKPOINT_OR_ENTRY",
+                   help="fold every record before this entry id, checkpoint id or checkpoint label")
     c = command("schema", _schema, "Print the JSON Schema of all actions, or tool definitions for a "
                 "tool-calling API (--format).", root=False)
     c.add_argument("--format", choices=["jsonschema", "openai", "anthropic", "gemini", "mcp"], default="jsonschema",
@@ -835,6 +839,15 @@ def _recover(args: argparse.Namespace) -> int:
     for eid, outcome in [] if args.json else report.outcomes.items():
         print(f"{eid}: {outcome}")
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _compact(args: argparse.Namespace) -> int:
+    with _existing(args, policy="permissive") as rt:
+        folded = rt.compact(args.before)
+    entries = ", ".join(f"{n} {status}" for status, n in folded["entries"].items()) or "no entries"
+    print(f"compacted records up to {folded['upto']}: {folded['records']} records ({entries}) folded into one; "
+          f"{folded['blobs_removed']} blobs removed")
+    return EXIT_OK
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -113,6 +113,10 @@ class JournalBusy(GoexError):
     """Another program kept the journal database locked for longer than the wait allows."""
 
 
+class CompactionRefused(GoexError):
+    """History before the point asked for cannot be folded yet: something there is still open."""
+
+
 class JournalUnavailable(GoexError):
     """The journal cannot be written (permissions, disk full, deleted, runtime closed): nothing acts."""
 

@@ -20,6 +20,11 @@ The runtime drives every action through the same steps and never looks inside a 
    half-applied action, or again after a crash during undo. Returns details for the journal.
 6. `recover(plan, action, get_blob)`: settle an action journaled but not finished:
    ("reverted", {}, ""), ("applied", after, ""), or ("review", {}, why). By default it reverts.
+7. Optionally, coalesced undo of a range: `coalesce(plan, after)` says an entry can be undone
+   together with others (`Coalesced`: which adapter undoes the group, under which key);
+   `range_conflicts(items)` and `revert_range(items, get_blob)` then check and undo the whole
+   group as one operation, with the outcome of undoing each entry in turn, newest first. A
+   forced undo is never coalesced.
 
 Each adapter also answers, once for every caller: what an action spends (`spends`, the
 policy's budgets), what it destroys (`destroys`, the gym's damage), how to describe it to a
@@ -123,6 +128,17 @@ class Context:
         return dict((self.settings.get("adapters") or {}).get(prefix) or {})
 
 
+@dataclass(frozen=True)
+class Coalesced:
+    """An entry whose undo can be merged with others': entries with the same `adapter` and `key`
+    are checked and undone together by that adapter, from `plan` and `after` in its terms."""
+
+    adapter: "Adapter"
+    key: str
+    plan: dict[str, Any]
+    after: dict[str, Any]
+
+
 class Preview(BaseModel):
     """Base of every adapter's preview model. Fields a policy rule may match are bool, str,
     numbers and lists of str; others (nested detail) are shown, not matched."""
@@ -179,6 +195,27 @@ class Adapter(abc.ABC):
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         self.revert(plan, None, get_blob, True)
         return "reverted", {}, ""
+
+    # -- coalesced undo of a range (optional) ----------------------------------------------------
+
+    def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
+        """How this entry joins a coalesced undo, or None: it is undone on its own."""
+        return None
+
+    def joins(self, group: list[Coalesced], item: Coalesced) -> bool:
+        """Whether `item` (older than every entry of `group`, same key) can be undone with them."""
+        return True
+
+    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
+        """For entries of one key, newest first: what each would meet (as `conflicts` says it) if
+        it were undone right after the newer ones. Nothing is changed."""
+        raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
+
+    def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
+        """Undo entries of one key, newest first, that `range_conflicts` found free of conflicts,
+        as one operation ending where undoing each in turn would. Recovery may finish an
+        interrupted one entry by entry (each entry's `revert`, forced, newest first)."""
+        raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
 
     def summarize(self, prepared: Prepared) -> str:
         """What the action would do, for a person deciding whether to allow it."""

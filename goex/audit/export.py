@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import GoexError
 from ..journal.read import Reads
-from ..journal.store import Journal, entry_id
+from ..journal.store import Journal, entry_id, named_entries
 from ..journal.verify import verify
 
 EXPORT_FORMAT = "goex.session/1"
@@ -76,7 +76,7 @@ def _session_seqs(journal: Reads, session: str, ids: set[str]) -> list[int]:
     out = []
     for seq, body, _ in journal.records():
         record = json.loads(body)
-        if record.get("session") == session or record.get("entry") in ids \
+        if record.get("session") == session or any(eid in ids for eid in named_entries(record)) \
                 or (record.get("kind") == "entry" and entry_id(seq) in ids):
             out.append(seq)
     return out

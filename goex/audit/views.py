@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..journal.read import Entry, EntryDetail, Reads
-from ..journal.store import checkpoint_id, entry_id
+from ..journal.store import checkpoint_id, entry_id, named_entries
 from .export import iso_time
 
 _NOT_SPENT = ("denied", "failed", "awaiting_approval", "rejected", "approved")  # entries that spent no budget
@@ -84,7 +84,7 @@ def timeline(journal: Reads, session: str, *, type: str = "", status: str = "",
     first = min((e.seq for e in entries), default=0)
     for seq, body, _ in journal.records(max(first, 1) - 1):
         raw = json.loads(body)  # a cheap look first; what is shown is read again, verified
-        if raw.get("kind") in _AFTER_KINDS and raw.get("entry") in shown:
+        if raw.get("kind") in _AFTER_KINDS and any(eid in shown for eid in named_entries(raw)):
             record = journal.record(seq)
             items.append(TimelineItem(seq, iso_time(record["time"]), record["kind"], text=_settled(record)))
         elif raw.get("kind") == "reviewed" and raw.get("session") == session and set(raw.get("entries", ())) & ids:
@@ -96,7 +96,7 @@ def timeline(journal: Reads, session: str, *, type: str = "", status: str = "",
 
 
 def _settled(record: dict[str, Any]) -> str:
-    kind, eid = record["kind"], record["entry"]
+    kind, eid = record["kind"], ", ".join(named_entries(record))  # a coalesced undo names a range
     who = f" by {record['by']}" if record.get("by") else ""
     if kind == "undoing":
         conflicts = record.get("conflicts") or []

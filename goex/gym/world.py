@@ -20,7 +20,7 @@ import apsw
 import httpx
 
 from ..adapters.http.adapter import HttpConfig
-from ..errors import GoexError
+from ..errors import CompactionRefused, GoexError
 from ..journal.anchor import forget_anchor
 from ..runtime import Runtime
 from ..sql import dump
@@ -104,9 +104,15 @@ class World:
                              "permissive policy let through). reset(options={'rebuild': True}) rebuilds it")
 
     def rollback(self) -> int:
-        """Undo everything done since the world was built; check it is back at the start."""
+        """Undo everything done since the world was built; check it is back at the start; then fold
+        the journal's finished history into one record, so it stays bounded however many episodes run."""
         undone = self.runtime.rollback_all()
         self.check(f"after rolling back {len(undone)} entries")
+        if undone:
+            try:
+                self.runtime.compact()
+            except CompactionRefused:  # an entry left open (a request needing review): kept until settled
+                pass
         return len(undone)
 
     def begin(self) -> None:

@@ -204,8 +204,10 @@ class Reads:
         after = self.record(entry.after_seq).get("after") if entry.after_seq else None
         detail = EntryDetail(entry, record, self.read_blob, after)
         if with_records:
+            from .store import named_entries
+
             detail.records = [self.record(seq) for seq, body, _ in self.records(entry.seq)
-                              if json.loads(body).get("entry") == eid]  # each read again, verified
+                              if eid in named_entries(json.loads(body))]  # each read again, verified
         return detail
 
     def checkpoints(self, *, session: str | None = None, name: str | None = None,

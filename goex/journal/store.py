@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..errors import JournalBusy, JournalCorrupt, JournalUnavailable
+from ..errors import CompactionRefused, JournalBusy, JournalCorrupt, JournalUnavailable
 from .anchor import Anchor
 from .read import Reads
 
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, body TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS blobs(
     id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS head(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries(
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, session TEXT NOT NULL, actor TEXT NOT NULL,
     type TEXT NOT NULL, target TEXT NOT NULL, decision TEXT NOT NULL, status TEXT NOT NULL,
@@ -107,6 +108,16 @@ class Transaction:
             # appended in rowid order; only the small hash index takes a random insert
             self._cur.execute("INSERT INTO blobs(hash, size, data) VALUES (?, ?, ?)", (digest, len(data), stored))
         return digest
+
+    def fold(self, upto: int, digest: str, referenced: list[str]) -> int:
+        """Remove the records up to `upto` (a `compacted` record naming it was just appended) and the
+        blobs not in `referenced`; the chain now goes on from (`upto`, `digest`). Blobs removed."""
+        self._cur.execute("DELETE FROM records WHERE seq <= ?", (upto,))
+        self._cur.execute("INSERT INTO base VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, "
+                          "hash = excluded.hash", (upto, digest))
+        self._cur.execute("DELETE FROM blobs WHERE hash NOT IN (SELECT value FROM json_each(?))",
+                          (json.dumps(referenced),))
+        return self._cur.rowcount
 
     def append(self, kind: str, **fields: Any) -> tuple[int, str]:
         """Append one record; returns its (seq, hash)."""
@@ -291,7 +302,7 @@ class Journal(Reads):
 
     def read_blob(self, digest: str) -> bytes:
         if digest in self._checked:
-            return self._checked.pop(digest)
+            return self._checked[digest]
         row = self.db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
         if row is None:
             raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
@@ -302,7 +313,8 @@ class Journal(Reads):
 
     def check_blobs(self, obj: Any) -> None:
         """Raise `JournalCorrupt` unless every blob `obj` references is present and intact.
-        Small checked blobs are kept for the next `read_blob` of them (undo reads each right after)."""
+        Checked blobs (up to 8 MiB) are kept for `read_blob` until the next check: undo reads
+        them right after, some more than once (a range's changesets are tried, then applied)."""
         self._checked.clear()
         room = 8 << 20
         for digest in set(referenced_chunks(obj)):
@@ -316,15 +328,34 @@ class Journal(Reads):
         with self._thread_lock:
             if seq > self._replay.seq:
                 self._verified()
-            replay = self._replay
             row = self.db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone() \
-                if 0 < seq <= replay.seq else None
-            if row is None:
-                raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
-            if chain(replay.hashes[seq - 1], row[0]) != replay.hashes[seq]:
-                raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone "
-                                     "from it. Run `goex verify`", seq=seq)
-        return json.loads(row[0])
+                if 0 < seq <= self._replay.seq else None
+            return self._vouched(seq, row[0] if row else None)
+
+    def records_at(self, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Several records by seq, each as `record` returns it, read together (undo of a range)."""
+        wanted = sorted(set(seqs))
+        out: dict[int, dict[str, Any]] = {}
+        with self._thread_lock:
+            if wanted and wanted[-1] > self._replay.seq:
+                self._verified()
+            for i in range(0, len(wanted), 500):
+                part = [seq for seq in wanted[i:i + 500] if 0 < seq <= self._replay.seq]
+                bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
+                                              f"({', '.join('?' * len(part))})", part).fetchall())
+                for seq in wanted[i:i + 500]:
+                    out[seq] = self._vouched(seq, bodies.get(seq))
+        return out
+
+    def _vouched(self, seq: int, body: str | None) -> dict[str, Any]:
+        if body is None:
+            raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
+        hashes = self._replay.hashes
+        if seq - 1 not in hashes or chain(hashes[seq - 1], body) != hashes.get(seq):
+            raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone "
+                                 "from it. Run `goex verify`", seq=seq)
+        record: dict[str, Any] = json.loads(body)
+        return record
 
     def record_hash(self, seq: int) -> str:
         """The chain hash of record `seq` as verified: sha256 of the previous record's hash and this
@@ -385,14 +416,20 @@ class Journal(Reads):
         if head[0] < replay.seq or (head[0] == replay.seq and head[1] != replay.hash):
             raise JournalCorrupt(f"the journal's head went from record {replay.seq} to record {head[0]} "
                                  "(truncated or rewritten); nothing was done from it. Run `goex verify`", seq=head[0])
+        base = self.base()
+        if replay.seq == 0 and base[0] > 0:  # a journal compacted before this replay began: from its base
+            replay.start(base)
         if head[0] > replay.seq:
             replay.extend(self.db.execute("SELECT seq, body, hash FROM records WHERE seq > ? AND seq <= ? "
                                            "ORDER BY seq", (replay.seq, head[0])))
             if (replay.seq, replay.hash) != head:
                 raise JournalCorrupt(f"the journal's head says record {head[0]} but its records end at record "
                                      f"{replay.seq} (truncated or rewound). Run `goex verify`", seq=replay.seq + 1)
+        if base != replay.compacted:
+            raise JournalCorrupt(f"the journal starts after record {base[0]} but no compaction record vouches for "
+                                 f"that (records removed). Run `goex verify`", seq=base[0])
         if kept is not None:
-            check_anchor(kept, replay.seq, lambda seq: replay.hashes[seq], str(self.anchor.path))
+            check_anchor(kept, replay.seq, replay.hashes.get, str(self.anchor.path))
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -413,6 +450,57 @@ class Journal(Reads):
     def head(self) -> tuple[int, str]:
         row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         return row if row else (0, GENESIS)
+
+    def base(self) -> tuple[int, str]:
+        """The last record folded away by compaction and its hash: the chain goes on from it."""
+        try:
+            row = self.db.execute("SELECT seq, hash FROM base WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:  # a journal from before compaction, opened to read only
+            row = None
+        return (row[0], row[1]) if row else (0, GENESIS)
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def compact(self, before: int) -> dict[str, Any]:
+        """Fold every record before seq `before` (at most the head + 1: all of them) into one
+        `compacted` record appended to the chain,
+        which names the last folded record and its hash (the chain goes on verifiably from it), and
+        remove the blobs no remaining record references. Refused (`CompactionRefused`) while an
+        entry before that point is still open (applied and undoable but not accepted, pending,
+        undoing, awaiting approval, needing review) or a later record still names one."""
+        with self.exclusive():
+            head, _ = self.verified_head()
+            base = self.base()[0]
+            if not base + 1 < before <= head + 1:
+                raise CompactionRefused(f"nothing to compact before record {before}: the journal holds records "
+                                        f"{base + 1}..{head}; name an entry or checkpoint after its first record")
+            self._refuse_open(before)
+            later = [json.loads(body) for _, body, _ in self.records(before - 1)]
+            for record in later:
+                early = [e for e in _names(record) if entry_seq(e) < before]
+                if early:
+                    raise CompactionRefused(f"record {record['seq']} ({record['kind']}) after the point names entry "
+                                            f"{early[0]} before it; compact before a later entry or checkpoint")
+            folded = {r[0]: r[1] for r in self.select(
+                "SELECT status, count(*) FROM entries WHERE seq < ? GROUP BY status ORDER BY status", (before,))}
+            referenced = sorted({c for record in later for c in referenced_chunks(record)})
+            upto, digest = before - 1, self._replay.hashes[before - 1]
+            with self.transaction(durable=True) as tx:
+                tx.append("compacted", upto=upto, hash=digest, records=upto - base, entries=folded)
+                blobs = tx.fold(upto, digest, referenced)
+            return {"upto": upto, "records": upto - base, "entries": folded, "blobs_removed": blobs}
+
+    def _refuse_open(self, before: int) -> None:
+        open_rows = self.select(
+            "SELECT id, status FROM entries WHERE seq < ? AND NOT (status IN ('undone', 'denied', 'failed', "
+            "'rejected', 'approved') OR (status = 'applied' AND (undoable = 0 OR reviewed IS NOT NULL))) "
+            "ORDER BY seq LIMIT 1", (before,))
+        if open_rows:
+            eid, status = open_rows[0]["id"], open_rows[0]["status"]
+            what = {"applied": "applied and can still be undone: undo it, or accept its session's review first",
+                    "awaiting_approval": "awaiting approval: approve or reject it first",
+                    "needs_review": "needs review: settle it first"}.get(status, f"{status}: run `goex recover` first")
+            raise CompactionRefused(f"cannot compact history holding entry {eid}: it is {what}")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """The stored index as it is, unverified: for figures only; what acts goes through `select`."""
@@ -440,20 +528,28 @@ class Journal(Reads):
 
 class Replay:
     """What the hash chain vouches for: the index rebuilt in memory from verified records, the hash
-    of every verified record, and the verified watermark (`seq`, `hash`)."""
+    of every verified record still in the journal, the verified watermark (`seq`, `hash`), and the
+    base the last compaction record names (`compacted`; the chain goes on from it)."""
 
     def __init__(self) -> None:
         self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
         self.seq, self.hash = 0, GENESIS
-        self.hashes: list[str] = [GENESIS]  # hashes[seq]
+        self.hashes: dict[int, str] = {0: GENESIS}  # seq -> hash
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
+        self.compacted: tuple[int, str] = (0, GENESIS)
+
+    def start(self, base: tuple[int, str]) -> None:
+        """Begin after the records compaction folded away (checked once a compaction record names it)."""
+        self.seq, self.hash = base
+        self.hashes = {base[0]: base[1]}
 
     def extend(self, rows: Iterable[tuple[int, str, str]]) -> None:
         """Verify records following the watermark and index them; all or nothing."""
         seq, prev = self.seq, self.hash
-        hashes: list[str] = []
+        hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
+        compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
@@ -471,15 +567,21 @@ class Replay:
                     raise JournalCorrupt(f"record {rseq} is malformed ({exc}). Run `goex verify`", seq=rseq) from None
                 if record["kind"] == "captured":
                     captured.setdefault(record["entry"], rseq)
-                hashes.append(digest)
+                elif record["kind"] == "compacted":
+                    compacted = (record["upto"], record["hash"])
+                hashes[rseq] = digest
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        self.hashes.extend(hashes)
+        self.hashes.update(hashes)
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
+        if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
+            self.compacted = compacted
+            self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
+            self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
@@ -492,7 +594,7 @@ def _parse(seq: int, body: str) -> dict[str, Any]:
     return record
 
 
-def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], str], where: str) -> None:
+def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], str | None], where: str) -> None:
     """The journal must still hold the anchored record, with the anchored hash."""
     seq, digest = kept
     if seq > last_seq:
@@ -514,15 +616,17 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def referenced_chunks(obj: Any) -> Iterator[str]:
     """Every blob hash named under a "chunks" key anywhere in a record."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key == "chunks" and isinstance(value, list):
-                yield from (v for v in value if isinstance(v, str))
-            else:
-                yield from referenced_chunks(value)
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from referenced_chunks(item)
+    stack = [obj]
+    while stack:  # a loop, not nested generators: undo of a range walks hundreds of plans
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "chunks" and isinstance(value, list):
+                    yield from (v for v in value if isinstance(v, str))
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
 
 
 def unpack_blob(stored: bytes) -> bytes:
@@ -536,6 +640,35 @@ def unpack_blob(stored: bytes) -> bytes:
 
 _STATUS_OF = {"applied": APPLIED, "failed": FAILED, "undoing": UNDOING, "undone": UNDONE,
               "undo_failed": UNDO_FAILED, "review": NEEDS_REVIEW, "approved": "approved", "rejected": "rejected"}
+
+
+_RANGE_KINDS = ("undoing", "undone")  # records that may name a range of entries (a coalesced undo)
+
+
+def _named(record: dict[str, Any], range_allowed: bool) -> list[str]:
+    """The entries a status record is about: `entry`, or for a coalesced undo `entries` (a list)."""
+    if range_allowed and "entries" in record:
+        eids = record["entries"]
+        if not isinstance(eids, list) or not eids or not all(isinstance(e, str) for e in eids) \
+                or "entry" in record or len(set(eids)) != len(eids):
+            raise JournalCorrupt(f"record {record['seq']} ({record['kind']}) names its entries wrongly",
+                                 seq=record["seq"])
+        return eids
+    return [record["entry"]]
+
+
+def _names(record: dict[str, Any]) -> list[str]:
+    """Every entry a record names (its own status records, captures, reviews)."""
+    if record.get("kind") == "reviewed" and isinstance(record.get("entries"), list):
+        return [e for e in record["entries"] if isinstance(e, str)]
+    return named_entries(record)
+
+
+def named_entries(record: dict[str, Any]) -> list[str]:
+    """The entry ids a record is about (none for records about no entry)."""
+    if record.get("kind") in _RANGE_KINDS and isinstance(record.get("entries"), list):
+        return list(record["entries"])
+    return [record["entry"]] if isinstance(record.get("entry"), str) else []
 
 
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
@@ -558,6 +691,13 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
     elif kind == "captured":  # undo data read inside an open transaction, journaled before its commit
         if not isinstance(record.get("entry"), str):
             raise JournalCorrupt(f"record {seq} (captured) names no entry", seq=seq)
+    elif kind == "compacted":  # the history up to `upto` was folded into this record
+        upto = record["upto"]
+        if not isinstance(upto, int) or isinstance(upto, bool) or not 0 < upto < seq \
+                or not isinstance(record.get("hash"), str):
+            raise JournalCorrupt(f"record {seq} (compacted) names no valid base", seq=seq)
+        cur.execute("DELETE FROM entries WHERE seq <= ?", (upto,))
+        cur.execute("DELETE FROM checkpoints WHERE seq <= ?", (upto,))
     elif kind == "reviewed":
         for eid in record["entries"]:
             cur.execute("UPDATE entries SET reviewed = ? WHERE seq = ?", (record["by"], entry_seq(eid)))
@@ -565,12 +705,16 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
                 raise JournalCorrupt(f"record {seq} (reviewed) names unknown entry {eid}", seq=seq)
     elif kind in _STATUS_OF:
         status = _STATUS_OF[kind]
-        target = entry_seq(record["entry"])
+        eids = _named(record, kind in _RANGE_KINDS)
+        seqs = [entry_seq(e) for e in eids]
         if kind == "applied":
-            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, target))
-        else:
-            cur.execute("UPDATE entries SET status = ? WHERE seq = ?", (status, target))
-        if cur.rowcount != 1:
-            raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {record['entry']}", seq=seq)
+            cur.execute("UPDATE entries SET status = ?, after_seq = ? WHERE seq = ?", (status, seq, seqs[0]))
+        else:  # a coalesced undo names hundreds: one statement for them all
+            cur.execute(f"UPDATE entries SET status = ? WHERE seq IN ({', '.join('?' * len(seqs))})", (status, *seqs))
+        if cur.rowcount != len(seqs):
+            known = {r[0] for r in cur.execute(f"SELECT seq FROM entries WHERE seq IN ({', '.join('?' * len(seqs))})",
+                                               seqs)}
+            unknown = next((e for e, s in zip(eids, seqs, strict=True) if s not in known), eids[0])
+            raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {unknown}", seq=seq)
     else:
         raise JournalCorrupt(f"record {seq} has unknown kind {kind!r}", seq=seq)

@@ -57,9 +57,12 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
     replay = sqlite3.connect(":memory:")
     replay.executescript(_SCHEMA)
     cur = replay.cursor()
-    prev, expected_seq = GENESIS, 1
+    row = db.execute("SELECT seq, hash FROM base WHERE id = 1").fetchone() if _has_base(db) else None
+    base = (row[0], row[1]) if row else (0, GENESIS)  # compaction folded the records up to it
+    prev, expected_seq = base[1], base[0] + 1
+    compacted = (0, GENESIS)
     referenced: set[str] = set()
-    hashes = [GENESIS]
+    hashes = {base[0]: base[1]}
     for seq, body, digest in db.execute("SELECT seq, body, hash FROM records ORDER BY seq"):
         where = f"record {seq}"
         if seq != expected_seq:
@@ -78,8 +81,10 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
             index_record(cur, record)
         except (KeyError, TypeError, sqlite3.DatabaseError) as exc:
             raise JournalCorrupt(f"{label}: malformed record ({exc})", seq=seq) from None
+        if record.get("kind") == "compacted":
+            compacted = (record["upto"], record["hash"])
         referenced.update(referenced_chunks(record))
-        hashes.append(digest)
+        hashes[seq] = digest
         prev, expected_seq = digest, seq + 1
     last_seq = expected_seq - 1
     head = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone() or (0, GENESIS)
@@ -88,8 +93,11 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
             f"journal head says record {head[0]} but the log ends at record {last_seq} (truncated or rewound)",
             seq=last_seq + 1,
         )
+    if compacted != base:
+        raise JournalCorrupt(f"the journal starts after record {base[0]} but no compaction record vouches for that "
+                             f"(records 1..{base[0]} removed)", seq=base[0])
     if kept is not None:
-        check_anchor(kept, last_seq, hashes.__getitem__, anchor_file)
+        check_anchor(kept, last_seq, hashes.get, anchor_file)
     if expect_head is not None:
         _check_anchor(db, expect_head, last_seq)
     for table, key in (("entries", "seq"), ("checkpoints", "seq")):
@@ -113,7 +121,11 @@ def _verify(db: sqlite3.Connection, expect_head: str | None, kept: tuple[int, st
     missing = referenced - present
     if missing:
         raise JournalCorrupt(f"blob {sorted(missing)[0][:16]} referenced by the journal is missing (deleted)")
-    return VerifyReport(records=last_seq, blobs=count, head_seq=last_seq, head_hash=prev)
+    return VerifyReport(records=last_seq - base[0], blobs=count, head_seq=last_seq, head_hash=prev)
+
+
+def _has_base(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'base'").fetchone()[0] > 0
 
 
 def _check_anchor(db: sqlite3.Connection, expect_head: str, last_seq: int) -> None:

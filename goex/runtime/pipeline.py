@@ -544,6 +544,28 @@ class Runtime(Approvals, Undo, Recovery):
         """sha256 of the workspace's files, folders, modes and symlinks (the journal excluded)."""
         return self.workspace.fingerprint()
 
+    def compact(self, before: str | None = None) -> dict[str, Any]:
+        """Fold the journal's history before an entry or checkpoint (`before`: an entry id, a
+        checkpoint id or a checkpoint label; None: all of it) into one verified `compacted` record,
+        and remove the before-images nothing references any more. Only finished history folds:
+        undone, refused, failed, or applied and accepted (or not undoable); `CompactionRefused`
+        names what is open. Returns what was folded: `upto` (the last record folded), `records`,
+        `entries` (by status), `blobs_removed`."""
+        if before is None:
+            with self.journal.exclusive():
+                self._ensure_consistent()
+                return self.journal.compact(self.journal.verified_head()[0] + 1)
+        seq = entry_seq(before)
+        if seq < 0 or self.journal.entry(before) is None:
+            found = self.journal.checkpoints(name=before, newest_first=True)
+            if not found:
+                raise GoexError(f"{before!r} names no entry or checkpoint of this journal; `goex log` lists the "
+                                "entries, `goex log --checkpoints` the checkpoints")
+            seq = found[0].seq
+        with self.journal.exclusive():
+            self._ensure_consistent()
+            return self.journal.compact(seq)
+
     def verify(self, expect_head: str | None = None) -> VerifyReport:
         """Check the whole journal; raises `JournalCorrupt` naming the first bad record."""
         return verify(self.journal, expect_head=expect_head)

@@ -1,10 +1,17 @@
 """Undo: entries selected under the lock, newest first, each checked for conflicts, then reverted
-from the plan its verified record holds."""
+from the plan its verified record holds.
+
+Consecutive entries whose adapters can merge their undo (`Adapter.coalesce`) are undone as one
+range: checked together, each object restored once, one `undoing` and one `undone` record for
+the whole range. The outcome is the one undoing them one by one would have, conflicts included:
+an entry that meets one stops the undo there, after the newer entries were undone."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from ..adapters.base import Adapter, Coalesced
 from ..errors import JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
 from ..journal.read import Entry
 from ..journal.store import entry_id
@@ -12,6 +19,23 @@ from ..telemetry import rollback_attributes, undo_attributes
 from .results import Parts
 
 UNDOABLE = ("applied", "undo_failed")
+_WINDOW = 256  # entries whose records are read together
+_MAX_RANGE = 2000  # entries in one coalesced range (one record names them all)
+
+
+@dataclass
+class _Undoable:
+    """One selected entry, read and verified once: its plan, after-state and adapter."""
+
+    row: Entry
+    plan: dict[str, Any]
+    after: dict[str, Any]
+    adapter: Adapter
+    coalesced: Coalesced | None
+
+    @property
+    def id(self) -> str:
+        return self.row.id
 
 
 class Undo(Parts):
@@ -23,46 +47,120 @@ class Undo(Parts):
                        **filters: Any) -> list[str]:
         """Undo, newest first, the undoable entries matching `filters` (as `Journal.entries` takes
         them), selected under the lock so nothing slips in between; one parent span holds the
-        undos' spans."""
+        undos' spans. A forced undo goes entry by entry (each one's conflicts are overridden, and
+        recorded, on its own). `by`: who asked, recorded in each `undoing` record."""
         done: list[str] = []
-        unrecorded: list[tuple[str, dict[str, Any]]] = []  # undone, "undone" record not written yet
         with self._tracer.start_as_current_span("goex rollback") as span:
             if span.is_recording():
                 span.set_attributes(rollback_attributes(filters, force))
             try:
-                self._undo_each(done, unrecorded, force, limit, by, filters)
+                self._undo_each(done, force, limit, by, filters)
             finally:
                 if span.is_recording():
                     span.set_attribute("goex.undo.entries", list(done))
         return done
 
-    def _undo_each(self, done: list[str], unrecorded: list[tuple[str, dict[str, Any]]], force: bool,
-                   limit: int | None, by: str | None, filters: dict[str, Any]) -> None:
+    def _undo_each(self, done: list[str], force: bool, limit: int | None, by: str | None,
+                   filters: dict[str, Any]) -> None:
+        unrecorded: list[dict[str, Any]] = []  # undone, "undone" record not written yet
+        who = {"by": by} if by else {}
         with self.journal.exclusive():
             self._ensure_consistent(always=True)
             try:
-                for entry in self.journal.entries(status=UNDOABLE, undoable=True, newest_first=True, limit=limit,
-                                                  **filters):
-                    try:
-                        details = self._undo_entry(entry, force, finished=unrecorded, by=by)
-                    except UndoConflict as exc:
-                        exc.undone = list(done)
-                        raise
-                    done.append(entry.id)
-                    unrecorded.append((entry.id, details))
+                batch: list[_Undoable] = []
+                groups: dict[tuple[int, str], list[Coalesced]] = {}  # the batch's items by adapter and key
+                rows = self.journal.entries(status=UNDOABLE, undoable=True, newest_first=True, limit=limit, **filters)
+                for i, row in enumerate(rows):
+                    if i % _WINDOW == 0:  # the records of the next entries, read together
+                        records = self._records_of(rows[i:i + _WINDOW])
+                    item = self._undoable(row, force, records)
+                    c = item.coalesced
+                    if c is not None and len(batch) < _MAX_RANGE and _joins(groups, c):
+                        batch.append(item)
+                        groups.setdefault((id(c.adapter), c.key), []).append(c)
+                        continue
+                    self._undo_batch(batch, done, unrecorded, who)
+                    batch, groups = [], {}
+                    if c is None:
+                        self._undo_one(item, force, done, unrecorded, who)
+                    else:
+                        batch, groups = [item], {(id(c.adapter), c.key): [c]}
+                self._undo_batch(batch, done, unrecorded, who)
+            except UndoConflict as exc:
+                exc.undone = list(done)
+                raise
             finally:
-                for eid, details in unrecorded:
-                    self.journal.append("undone", entry=eid, **details)
+                if unrecorded:
+                    with self.journal.transaction(durable=False) as tx:
+                        for fields in unrecorded:
+                            tx.append("undone", **fields)
 
-    def _undo_entry(self, row: Entry, force: bool, finished: list[tuple[str, dict[str, Any]]],
-                    by: str | None = None) -> dict[str, Any]:
-        """Undo one entry. `finished` holds entries already undone whose "undone" records go into
-        the same transaction as this one's "undoing" record (one commit per entry); it is emptied."""
-        eid = row.id
-        entry = self.journal.record(row.seq)
-        after = self.journal.record(row.after_seq)["after"] if row.after_seq else {}
+    def _records_of(self, rows: list[Entry]) -> dict[int, dict[str, Any]]:
+        """The entry, after and capture records of `rows`, verified, by seq."""
+        records = self.journal.records_at([r.seq for r in rows] + [r.after_seq for r in rows if r.after_seq])
+        captured = [seq for r in rows if r.after_seq and isinstance(seq := records[r.after_seq].get("after"), dict)
+                    and isinstance(seq := seq.get("captured"), int)]
+        return {**records, **self.journal.records_at(captured)}
+
+    def _undoable(self, row: Entry, force: bool, records: dict[int, dict[str, Any]]) -> _Undoable:
+        entry = records[row.seq]
+        after = records[row.after_seq]["after"] if row.after_seq else {}
         adapter = self._adapter_for(row.type)
-        plan = self._plan(entry, after)
+        plan = self._plan(entry, after, records)
+        return _Undoable(row, plan, after, adapter, None if force else adapter.coalesce(plan, after))
+
+    def _undo_batch(self, batch: list[_Undoable], done: list[str], unrecorded: list[dict[str, Any]],
+                    who: dict[str, str]) -> None:
+        """Undo coalescable entries (newest first) as one range, or up to the first that conflicts."""
+        if len(batch) <= 1:
+            for item in batch:
+                self._undo_one(item, False, done, unrecorded, who)
+            return
+        self.journal.check_blobs([item.plan for item in batch])  # a damaged before-image stops it before it starts
+        conflicts: dict[int, list[tuple[str, str]]] = {}
+        for members in _groups(batch).values():
+            found = members[0][1].adapter.range_conflicts([c for _, c in members])
+            conflicts.update((i, f) for (i, _), f in zip(members, found, strict=True) if f)
+        first = min(conflicts, default=len(batch))
+        if first > 0:
+            self._revert_range(batch[:first], done, unrecorded, who)
+        if conflicts:
+            raise UndoConflict(batch[first].id, conflicts[first])
+
+    def _revert_range(self, items: list[_Undoable], done: list[str], unrecorded: list[dict[str, Any]],
+                      who: dict[str, str]) -> None:
+        """Undo entries found free of conflicts as one operation, with one record for them all."""
+        named = _named([item.id for item in items])
+        with self._tracer.start_as_current_span("goex undo") as span:
+            with self.journal.transaction(durable=True) as tx:
+                for fields in unrecorded:
+                    tx.append("undone", **fields)
+                unrecorded.clear()
+                tx.append("undoing", forced=False, conflicts=[], **named, **who)
+            try:
+                for members in _groups(items).values():
+                    members[0][1].adapter.revert_range([c for _, c in members], self.journal.read_blob)
+            except Exception as exc:  # noqa: BLE001 - they stay "undoing" for `recover` to finish
+                self._stuck = True
+                raise RecoveryNeeded({item.id: f"undo stopped midway ({exc})" for item in items}) from exc
+            if span.is_recording():
+                span.set_attributes({"goex.entry.id": ",".join(item.id for item in items),
+                                     "goex.session.id": items[0].row.session, "goex.status": "undone",
+                                     "goex.forced": False, "goex.entries": len(items)})
+        done.extend(item.id for item in items)
+        unrecorded.append(named)
+
+    def _undo_one(self, item: _Undoable, force: bool, done: list[str], unrecorded: list[dict[str, Any]],
+                  who: dict[str, str]) -> None:
+        details = self._undo_entry(item, force, finished=unrecorded, who=who)
+        done.append(item.id)
+        unrecorded.append({"entry": item.id, **details})
+
+    def _undo_entry(self, item: _Undoable, force: bool, finished: list[dict[str, Any]],
+                    who: dict[str, str]) -> dict[str, Any]:
+        """Undo one entry. `finished` holds "undone" records not written yet; they go into the same
+        transaction as this one's "undoing" record (one commit per entry); it is emptied."""
+        row, eid, plan, after, adapter = item.row, item.id, item.plan, item.after, item.adapter
         with self._tracer.start_as_current_span("goex undo") as span:
             if span.is_recording():
                 span.set_attributes(undo_attributes(row))
@@ -73,11 +171,10 @@ class Undo(Parts):
                 raise UndoConflict(eid, conflicts)
             self.journal.check_blobs(plan)  # a damaged before-image stops undo before it starts
             with self.journal.transaction(durable=True) as tx:
-                for previous, details in finished:
-                    tx.append("undone", entry=previous, **details)
+                for fields in finished:
+                    tx.append("undone", **fields)
                 finished.clear()
-                tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts],
-                          **({"by": by} if by else {}))
+                tx.append("undoing", entry=eid, forced=bool(conflicts), conflicts=[list(c) for c in conflicts], **who)
             try:
                 details = adapter.revert(plan, after, self.journal.read_blob, force) or {}
             except JournalCorrupt as exc:  # a forged plan, refused before its first op: nothing changed
@@ -96,9 +193,10 @@ class Undo(Parts):
                 span.set_attributes({"goex.status": "undone", "goex.forced": bool(conflicts)})
         return details
 
-    def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
+    def _plan(self, entry: dict[str, Any], after: dict[str, Any] | None,
+              records: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
         """An entry's undo plan, with what was captured inside its transaction when it was staged
-        (`captured`, and the record holding it, `captured_seq`)."""
+        (`captured`, and the record holding it, `captured_seq`; from `records` when read already)."""
         plan: dict[str, Any] = entry["plan"]
         if not plan.get("staged"):
             return plan
@@ -107,8 +205,29 @@ class Undo(Parts):
             seq = self.journal.captured(entry_id(entry["seq"]))
         if seq is None:
             return plan
-        record = self.journal.record(seq)
+        record = records[seq] if records and seq in records else self.journal.record(seq)
         if record.get("kind") != "captured" or record.get("entry") != entry_id(entry["seq"]):
             raise JournalCorrupt(f"entry {entry_id(entry['seq'])} names record {seq} as its capture, which it is not; "
                                  "nothing was undone from it. Run `goex verify`", seq=seq)
         return {**plan, "captured": record["plan"], "captured_seq": seq}
+
+
+def _named(ids: list[str]) -> dict[str, Any]:
+    """How a record names the entries it is about: `entry` for one, `entries` for a range."""
+    return {"entry": ids[0]} if len(ids) == 1 else {"entries": ids}
+
+
+def _groups(items: list[_Undoable]) -> dict[tuple[int, str], list[tuple[int, Coalesced]]]:
+    """The items by (adapter, key), each with its position in `items` (newest first)."""
+    groups: dict[tuple[int, str], list[tuple[int, Coalesced]]] = {}
+    for i, item in enumerate(items):
+        c = item.coalesced
+        assert c is not None
+        groups.setdefault((id(c.adapter), c.key), []).append((i, c))
+    return groups
+
+
+def _joins(groups: dict[tuple[int, str], list[Coalesced]], item: Coalesced) -> bool:
+    """Whether `item` joins the batch: entries of other adapters or keys touch other objects."""
+    same = groups.get((id(item.adapter), item.key))
+    return not same or item.adapter.joins(same, item)

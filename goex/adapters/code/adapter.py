@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ActionFailed, Refused
-from ..base import Adapter, Applied, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
+from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
 from ..fs import tree
 from ..fs.adapter import FileAdapter
 from ..fs.workspace import Workspace, show
@@ -248,6 +248,13 @@ class CodeAdapter(Adapter):
         captured = plan.get("captured")
         if captured:
             self.files.revert(captured, None, get_blob, force)
+
+    def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
+        """A run's file changes are undone with file actions' when their ops allow it."""
+        captured = plan.get("captured")
+        if not isinstance(captured, dict) or not isinstance(captured.get("after"), dict):
+            return None
+        return self.files.coalesce(captured, captured["after"])
 
     def judge(self, prepared: Prepared, staged: Any) -> Judged:
         """A finished run's file effects, as the file actions they amount to (rules, protected

@@ -20,7 +20,7 @@ import stat
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ActionFailed, JournalCorrupt, PathRefused
-from ..base import Adapter, Applied, Context, Damage, GetBlob, Prepared, PutBlob
+from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Prepared, PutBlob
 from . import tree
 from .actions import FS_ACTIONS, FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsPreview, FsRead, FsWrite
 from .workspace import Parts, Workspace, show
@@ -49,6 +49,8 @@ class FileAdapter(Adapter):
     def __init__(self, workspace: Workspace, *, max_read_bytes: int = 16 * 1024 * 1024):
         self.ws = workspace
         self.max_read_bytes = max_read_bytes
+        # the group `joins` last saw: (group, members counted, their paths, folders above them)
+        self._joined: tuple[list[Coalesced], int, set[str], set[str]] | None = None
         self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
@@ -103,8 +105,11 @@ class FileAdapter(Adapter):
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         self.confine_plan(plan)  # before anything is looked at: a forged plan is refused, even forced
-        found = []
-        for path, expected in after.items():
+        return [found for path, expected in after.items() if (found := self._differs(path, expected, None))]
+
+    def _differs(self, path: str, expected: str, now: str | None) -> tuple[str, str] | None:
+        """How `path` differs from `expected`: as it is on disk, or as `now` says it will be."""
+        if now is None:
             parts = self._confined(path)
             try:
                 with self.ws.parent(parts) as dfd:
@@ -112,11 +117,59 @@ class FileAdapter(Adapter):
             except FileNotFoundError:
                 now = "-"
             except (PathRefused, OSError) as exc:
-                found.append((path, f"cannot be checked ({exc})"))
-                continue
-            if now != expected:
-                found.append((path, f"expected {tree.describe(expected)}, found {tree.describe(now)}"))
-        return found
+                return path, f"cannot be checked ({exc})"
+        return None if now == expected else (path, f"expected {tree.describe(expected)}, found {tree.describe(now)}")
+
+    # -- coalesced undo: entries whose ops restore whole nodes or remove created folders --------
+
+    def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
+        ops = plan.get("ops")
+        if not ops or not isinstance(after, dict) or not all(_coalescable(op) for op in ops) \
+                or not all(isinstance(v, str) and _is_deep(v) for v in after.values()):
+            return None
+        return Coalesced(self, "files", plan, after)
+
+    def joins(self, group: list[Coalesced], item: Coalesced) -> bool:
+        """Entries join when no path of one lies inside a path of another (equal paths are fine):
+        then each path's state across the range follows from the journal alone."""
+        known = self._joined
+        if known is None or known[0] is not group or known[1] > len(group):  # a new group: start over
+            known = self._joined = (group, 0, set(), set())
+        _, counted, paths, above = known
+        for member in group[counted:]:  # the group only grows: each member is counted once
+            for p in _paths(member):
+                paths.add(p)
+                above.update(p[:i] for i, ch in enumerate(p) if ch == "/")
+        self._joined = (group, len(group), paths, above)
+        return not any(p in above or any(p[:i] in paths for i, ch in enumerate(p) if ch == "/")
+                       for p in _paths(item))
+
+    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
+        """Each entry's after-state is checked against the disk where no newer entry of the range
+        restores that path, else against the before-image that newer entry restores."""
+        for item in items:
+            self.confine_plan(item.plan)
+        restored: dict[str, str] = {}  # path -> its digest once the newer entries are undone
+        out = []
+        for item in items:
+            out.append([found for path, expected in item.after.items()
+                        if (found := self._differs(path, expected, restored.get(path)))])
+            for op in item.plan["ops"]:
+                restored[op["path"]] = tree.digest_of(op["node"]) if op["op"] == "restore" else "-"
+        return out
+
+    def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
+        """Each path is restored once, to the before-image of the oldest entry that touched it."""
+        for item in items:
+            self.confine_plan(item.plan)
+        older: set[str] = set()
+        runs: list[list[dict[str, Any]]] = []
+        for item in reversed(items):
+            runs.append([op for op in item.plan["ops"] if op["path"] not in older])
+            older.update(op["path"] for op in item.plan["ops"])
+        for ops in reversed(runs):
+            for op in ops:
+                getattr(self, "_revert_" + op["op"])(op, get_blob)
 
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> None:
@@ -563,6 +616,20 @@ class FileAdapter(Adapter):
             tree.set_mode(dfd, parts[-1], state["mode"])
             digest = tree.digest_at(dfd, parts[-1], deep=False)
         return Applied({"path": show(parts), "mode": f"{state['mode']:04o}"}, {show(parts): digest})
+
+
+def _coalescable(op: Any) -> bool:
+    """An op whose end state the journal alone tells: a whole node restored, a folder removed."""
+    if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+        return False
+    node = op.get("node")
+    return op.get("op") == "rmdir" or (op.get("op") == "restore" and isinstance(node, dict)
+                                       and not (node.get("k") in ("f", "d") and "chunks" not in node
+                                                and "children" not in node))
+
+
+def _paths(item: Coalesced) -> set[str]:
+    return {op["path"] for op in item.plan["ops"]} | set(item.after)
 
 
 def _is_deep(digest: str) -> bool:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, ConfigError, GoexError
-from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
+from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
 from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ...journal.read import EntryDetail
 
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
+
+if TYPE_CHECKING:
+    from .sqlite import SqliteEngine
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
 SAMPLE_ROWS = 5
@@ -370,6 +373,29 @@ class SqlAdapter(Adapter):
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> None:
         self._engine_of(plan).revert(plan["before"], plan.get("captured"), get_blob, force)
+
+    def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
+        """SQLite row changes (changesets) of one database are undone together, composed."""
+        db = self.databases.get(plan.get("db", ""))
+        captured = plan.get("captured")
+        if db is None or db.kind != "sqlite" or (plan.get("before") or {}).get("mode") != "changeset" \
+                or not isinstance(captured, dict) or "changeset" not in captured:
+            return None
+        return Coalesced(self, f"sqlite:{db.name}", plan, after)
+
+    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
+        assert self.get_blob is not None, "SqlAdapter needs the journal's get_blob"
+        return self._sqlite(items[0].plan).range_conflicts([c.plan["captured"] for c in items], self.get_blob)
+
+    def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
+        self._sqlite(items[0].plan).revert_range([c.plan["captured"] for c in items], get_blob)
+
+    def _sqlite(self, plan: dict[str, Any]) -> "SqliteEngine":
+        from .sqlite import SqliteEngine
+
+        engine = self._engine_of(plan)
+        assert isinstance(engine, SqliteEngine), "only SQLite entries are coalesced"
+        return engine
 
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
         """An action interrupted by a crash: without a capture record it never committed; with

@@ -38,6 +38,7 @@ import apsw
 from ...errors import ActionFailed, GoexError, PathRefused, Unforceable
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
+from .changesets import RowChain, compose_inverse, row_matches
 from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows, words
 
 # goex owns the transaction and the file: these never run inside an action
@@ -195,6 +196,7 @@ class SqliteEngine:
         self._held: _File | None = None  # the file the work connection is on
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
         self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
+        self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -379,12 +381,9 @@ class SqliteEngine:
     def conflicts(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> list[tuple[str, str]]:
         file, st = self._file()  # a file swapped for a link is refused here, before undo writes anything
         if before.get("mode") == "changeset":
-            then = captured["after"]["schema"]
             if st is None:
                 return [(self.name, f"the database file {self.path} is gone")]
-            now = _schema(self._undo_connection(), list(then))
-            reshaped = [(f"{self.name}.{t}", "dropped since the action" if now[t] is None else
-                         "schema changed since the action") for t in then if now[t] != then[t]]
+            reshaped = self._reshaped(self._undo_connection(), captured["after"]["schema"])
             inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
             return reshaped or self._trial(inverted, self._bound(self._undo_connection(), inverted))
         return _differences(captured["after"]["checksums"], _checksums(file) if st is not None else {}, self.name)
@@ -404,6 +403,10 @@ class SqliteEngine:
             self._remember(file)
             return
         inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
+        self._apply_undo(file, inverted, captured.get("sequence"), force)
+
+    def _apply_undo(self, file: _File, inverted: bytes, sequence: list[list[Any]] | None, force: bool) -> None:
+        """Apply an undo changeset in one transaction, with `sqlite_sequence` as it was before."""
         conn = self._undo_connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -431,12 +434,82 @@ class SqliteEngine:
                 conn.execute("ROLLBACK")
                 raise UndoRefused(f"undo on {self.name} would break foreign keys, nothing was undone: "
                                   + "; ".join(f"{t}: {why}" for t, why in broken), forceable=False)
-            _restore_sequence(conn, captured.get("sequence"))
+            _restore_sequence(conn, sequence)
             conn.execute("COMMIT")
         finally:
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
             self._remember(file)
+
+    # -- undoing a range of entries as one -------------------------------------------------------
+
+    def range_conflicts(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> list[list[tuple[str, str]]]:
+        """For changeset entries, newest first: the conflicts each meets if undone right after the
+        newer ones. The composed undo is tried first; only when it is not clean is each entry
+        tried in turn, to say exactly which one meets what."""
+        _, st = self._file()
+        if st is None:
+            return [[(self.name, f"the database file {self.path} is gone")]] + [[] for _ in captureds[1:]]
+        conn = self._undo_connection()
+        changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
+        if self._composes_cleanly(conn, captureds, changesets):
+            return [[] for _ in captureds]
+        out: list[list[tuple[str, str]]] = []
+        try:
+            conn.execute("BEGIN")
+            for captured, changeset in zip(captureds, changesets, strict=True):
+                inverted = apsw.Changeset.invert(changeset)
+                found = self._reshaped(conn, captured["after"]["schema"]) or \
+                    self._checked_apply(conn, inverted, self._bound(conn, inverted))
+                out.append(found)
+                if found:  # undo stops here: what older entries would meet does not matter
+                    break
+        finally:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+        return out + [[] for _ in captureds[len(out):]]
+
+    def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
+        """Undo changeset entries, newest first, as one composed changeset in one transaction."""
+        file, _ = self._file()
+        changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
+        self._apply_undo(file, self._composed(changesets), captureds[-1].get("sequence"), False)
+
+    def _composed(self, changesets: list[bytes]) -> bytes:
+        """The composed undo of `changesets` (newest first); the last one is kept, as the check of
+        a range is followed by its undo."""
+        key = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in changesets)).digest()
+        if self._last_composed[0] != key:
+            self._last_composed = (key, compose_inverse(changesets))
+        return self._last_composed[1]
+
+    def _composes_cleanly(self, conn: apsw.Connection, captureds: list[dict[str, Any]],
+                          changesets: list[bytes]) -> bool:
+        """Whether undoing the entries as one composed changeset is exact and meets no conflict:
+        the tables keep their schema, every row's states link from entry to entry, the composed
+        undo applies cleanly, and rows the composition drops are as the newest entry left them."""
+        schemas: dict[str, str | None] = {}
+        for captured in captureds:
+            for table, sql in captured["after"]["schema"].items():
+                if schemas.setdefault(table, sql) != sql:
+                    return False
+        if self._reshaped(conn, schemas):
+            return False
+        chain = RowChain()
+        for changeset in reversed(changesets):
+            chain.add(changeset)
+        if chain.broken is not None:
+            return False
+        composed = self._composed(changesets)
+        if self._trial(composed, self._bound(conn, composed)):
+            return False
+        return all(row_matches(conn, table, chain.columns[table], key, chain.pks[table], state)
+                   for (table, key), state in chain.dropped(composed))
+
+    def _reshaped(self, conn: apsw.Connection, then: dict[str, str | None]) -> list[tuple[str, str]]:
+        now = _schema(conn, list(then))
+        return [(f"{self.name}.{t}", "dropped since the action" if now[t] is None else
+                 "schema changed since the action") for t in then if now[t] != then[t]]
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
         file, st = self._file()
@@ -459,26 +532,29 @@ class SqliteEngine:
     def _trial(self, changeset: bytes, bound: list[str] | None = None) -> list[tuple[str, str]]:
         """Apply `changeset` in a transaction that is rolled back; the conflicts it would meet, and
         the rows of the tables `bound` whose foreign keys it would break."""
+        conn = self._undo_connection()
+        try:
+            conn.execute("BEGIN")
+            return self._checked_apply(conn, changeset, bound or [])
+        finally:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+
+    def _checked_apply(self, conn: apsw.Connection, changeset: bytes, bound: list[str]) -> list[tuple[str, str]]:
+        """Apply `changeset` inside the open transaction, skipping what conflicts; the conflicts."""
         found: list[tuple[str, str]] = []
 
         def conflict(reason: int, change: apsw.TableChange) -> int:
             found.append((f"{self.name}.{change.name}", _describe(reason, change)))
             return apsw.SQLITE_CHANGESET_OMIT
 
-        conn = self._undo_connection()
+        held = _violations(conn, bound)
         try:
-            conn.execute("BEGIN")
-            held = _violations(conn, bound or [])
-            try:
-                apsw.Changeset.apply(changeset, conn, conflict=conflict,
-                                     flags=_APPLY_FLAGS)
-            except apsw.SQLError as exc:  # a table it names is gone or reshaped
-                found.append((self.name, f"schema changed since the action ({exc})"))
-            else:
-                found += self._broken(conn, bound or [], held)
-        finally:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
+            apsw.Changeset.apply(changeset, conn, conflict=conflict, flags=_APPLY_FLAGS)
+        except apsw.SQLError as exc:  # a table it names is gone or reshaped
+            found.append((self.name, f"schema changed since the action ({exc})"))
+        else:
+            found += self._broken(conn, bound, held)
         return found
 
     def _bound(self, conn: apsw.Connection, changeset: bytes) -> list[str]:
