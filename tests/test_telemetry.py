@@ -147,9 +147,11 @@ def test_a_rollback_holds_its_undos_and_a_conflict_is_on_its_span(root: Path, sp
             s.undo()
         refused = exporter.get_finished_spans()
     *children, parent = undos
-    assert parent.name == "goex rollback" and [sp.name for sp in children] == ["goex undo", "goex undo"]
+    assert parent.name == "goex rollback" and children and {sp.name for sp in children} == {"goex undo"}
     assert all(sp.parent.span_id == parent.context.span_id for sp in children)
-    assert [sp.attributes["goex.entry.id"] for sp in children] == [b, a]
+    # entry by entry, or one span for a coalesced range naming its entries
+    assert [e for sp in children for e in sp.attributes.get("goex.undo.entries", [sp.attributes["goex.entry.id"]])] \
+        == [b, a]
     assert list(parent.attributes["goex.undo.entries"]) == [b, a]
     undo, rollback = refused
     assert undo.attributes["goex.entry.id"] == c and "c.txt" in undo.attributes["goex.undo.conflict"][0]

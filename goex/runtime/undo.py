@@ -145,6 +145,7 @@ class Undo(Parts):
                 raise RecoveryNeeded({item.id: f"undo stopped midway ({exc})" for item in items}) from exc
             if span.is_recording():
                 span.set_attributes({"goex.entry.id": ",".join(item.id for item in items),
+                                     "goex.undo.entries": [item.id for item in items],
                                      "goex.session.id": items[0].row.session, "goex.status": "undone",
                                      "goex.forced": False, "goex.entries": len(items)})
         done.extend(item.id for item in items)
