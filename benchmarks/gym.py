@@ -5,7 +5,7 @@
   (a plain write; an sqlite3 execute + commit) measured in the same run.
 - `reset` after a 100-action episode (50 file writes and 50 SQL updates, all rolled back through
   the journal, then the state fingerprint checked) against starting a fresh container of the
-  sandbox image (`docker run --rm goex-sandbox:1 true`; target: reset at least 100x faster).
+  sandbox image (`docker run --rm goex-sandbox:2 true`; target: reset at least 100x faster).
 
     python benchmarks/gym.py [--quick]
 """
@@ -84,14 +84,14 @@ def container_start_ms(n: int) -> float | None:
         import docker
 
         client = docker.from_env()
-        client.images.get("goex-sandbox:1")
+        client.images.get("goex-sandbox:2")
     except Exception as exc:  # noqa: BLE001 - no engine or no image: say so
         print(f"  (no container baseline: {exc})")
         return None
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        client.containers.run("goex-sandbox:1", ["true"], remove=True, network_mode="none")
+        client.containers.run("goex-sandbox:2", ["true"], remove=True, network_mode="none")
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
 

@@ -50,25 +50,12 @@ def _scratch() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def pick_sandbox(sandbox: str) -> str:
-    """For "auto", bubblewrap when it works here (fastest), else what the runtime picks."""
-    if sandbox != "auto":
-        return sandbox
-    from ..adapters.code import backends
-
-    b = backends.make("bwrap")
-    try:
-        return "bwrap" if b.unavailable() is None else "auto"
-    finally:
-        b.close()
-
-
 class GoexEnv(gymnasium.Env):
     """One environment over a task (`task=`) or a suite of tasks drawn at each reset (`suite=`).
 
     `home`: the folder holding the episode roots (default: a new temporary folder, removed on
-    close). `sandbox`: where `code.run` actions and test checks run ("auto": bwrap if it works,
-    else docker). `step_penalty`: subtracted from the reward at every step. `malformed_cost`: the
+    close). `sandbox`: where `code.run` actions and test checks run ("auto": as everywhere in goex,
+    docker if it works here, else bwrap; both run on the same image root). `step_penalty`: subtracted from the reward at every step. `malformed_cost`: the
     cost of an action that is not valid JSON or not a valid action. `max_observation`: the
     observation's length bound, in characters (longer text is cut, with a marker). `max_steps`:
     the step limit of every episode (default: each task's own). `servers`: where tasks with
@@ -107,7 +94,7 @@ class GoexEnv(gymnasium.Env):
         self._own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="goex-gym-", dir=_scratch())) if home is None else Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.sandbox = pick_sandbox(sandbox)
+        self.sandbox = sandbox
         self._service: Service | None = None
         self._worlds: dict[str, World] = {}
         self._monitors: dict[str, Monitor] = {}

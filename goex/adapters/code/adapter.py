@@ -76,7 +76,7 @@ class CodeAdapter(Adapter):
 
     def __init__(self, workspace: Workspace, files: FileAdapter, sandbox: str = "auto", *, allow_unsafe: bool = False,
                  image: str = backends.DEFAULT_IMAGE, pool_size: int = 2, max_output_bytes: int = 1 << 20,
-                 docker_url: str | None = None):
+                 docker_url: str | None = None, root: str | None = None):
         if sandbox not in ("auto",) + backends.BACKENDS:
             raise ValueError(f"unknown sandbox {sandbox!r}; choose auto, {', '.join(backends.BACKENDS)}")
         self.ws = workspace
@@ -87,6 +87,7 @@ class CodeAdapter(Adapter):
         self.pool_size = pool_size
         self.max_output_bytes = max_output_bytes
         self.docker_url = docker_url
+        self.root = root  # bwrap's root folder (default: the image's, see backends.image_root)
         self._backend: backends.Backend | None = None
         self._lock = threading.Lock()
 
@@ -105,7 +106,7 @@ class CodeAdapter(Adapter):
             return self._backend
 
     def _choose(self) -> backends.Backend:
-        kw = {"image": self.image, "pool_size": self.pool_size, "base_url": self.docker_url}
+        kw = {"image": self.image, "pool_size": self.pool_size, "base_url": self.docker_url, "root": self.root}
         if self.sandbox != "auto":
             b = backends.make(self.sandbox, **kw)
             why = b.unavailable()
@@ -115,7 +116,7 @@ class CodeAdapter(Adapter):
                                    "(`goex doctor` checks every backend)")
             return b
         reasons = []
-        for name in ("docker", "bwrap"):
+        for name in backends.AUTO_ORDER:
             b = backends.make(name, **kw)
             why = b.unavailable()
             if why is None:
