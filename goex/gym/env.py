@@ -55,8 +55,9 @@ class GoexEnv(gymnasium.Env):
 
     `home`: the folder holding the episode roots (default: a new temporary folder, removed on
     close). `sandbox`: where `code.run` actions and test checks run ("auto": as everywhere in goex,
-    docker if it works here, else bwrap; both run on the same image root). `step_penalty`: subtracted from the reward at every step. `malformed_cost`: the
-    cost of an action that is not valid JSON or not a valid action. `max_observation`: the
+    docker if it works here, else bwrap; both run on the same image root). `step_penalty`:
+    subtracted from the reward at every step. `malformed_cost`: the cost of an action that is not
+    valid JSON or not a valid action. `max_observation`: the
     observation's length bound, in characters (longer text is cut, with a marker). `max_steps`:
     the step limit of every episode (default: each task's own). `servers`: where tasks with
     PostgreSQL or MySQL databases get theirs (a fresh database per world, dropped on close), e.g.
