@@ -12,12 +12,14 @@ import shutil
 import string
 import tempfile
 import weakref
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import gymnasium
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 
 from ..actions import action_schema
 from ..errors import ActionError, GoexError
@@ -72,6 +74,7 @@ class GoexEnv(gymnasium.Env):
                  malformed_cost: float = 0.05, max_observation: int = 16384, max_steps: int | None = None,
                  servers: dict[str, str] | None = None, render_mode: str | None = None):
         self.tasks: list[Task]
+        self._spec: EnvSpec | None = None
         if task is not None and suite is None:
             self.tasks = [load_task(task)]
         elif suite is not None and task is None:
@@ -109,11 +112,25 @@ class GoexEnv(gymnasium.Env):
         self._closed = False
         self._drifted: set[str] = set()
         self.episode_cost = StepCost()
+        self.last_grade: list[str] = []  # the last submit's test accounts (never in an observation)
         # a temporary home goes with the process even when close() is never called
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.home), True) if self._own_home else \
             weakref.finalize(self, lambda: None)
 
     # -- gymnasium API -------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The registered spec, with `max_episode_steps` the step limit episodes truncate at (the
+        largest of the tasks' when they differ)."""
+        limit = self.max_steps or max(t.max_steps for t in self.tasks)
+        base = self._spec or EnvSpec(id="goex/Task-v0" if len(self.tasks) == 1 else "goex/Suite-v0",
+                                     entry_point="goex.gym.env:GoexEnv")
+        return replace(base, max_episode_steps=limit)
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        self._spec = value
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Roll the previous episode back (checked by fingerprint), then start the next.
@@ -338,6 +355,7 @@ class GoexEnv(gymnasium.Env):
             score, lines, broken = 0.0, ["the task could not be done as asked; a claim of success is false"], 0
         else:
             passed, lines, broken = grade(task, world, self._service)
+            self.last_grade = list(getattr(world, "grade_accounts", []))  # the tests' output: for the author
             score = 1.0 if passed == 1.0 else 0.0  # all checks or nothing: half a fix is not a fix
         if broken:  # the task's own checks failed to run: the agent's claim cannot be judged, nor charged
             info["grader_error"] = True

@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ...errors import ActionFailed, Refused
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
@@ -155,18 +155,8 @@ class CodeAdapter(Adapter):
             raise ActionFailed(f"code.run: the workspace {self.ws.root} is on a read-only file system; "
                                "nothing was run")
         backend = self.backend()
-        st = os.fstat(self.ws.root_fd)
-        spec = backends.RunSpec(action.language, action.code, action.timeout_s, action.network, action.memory_mb,
-                                st.st_uid, st.st_gid, caps=st.st_uid == 0, max_output=self.max_output_bytes)
-        layer = overlay.Layer.create()
+        layer, result = self._launch(backend, self.ws, action)
         try:
-            layer.prepare(self.ws)
-            with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
-                f.write(action.code)
-            try:
-                result = backend.run(spec, layer, self.ws.root)
-            except OSError as exc:
-                raise ActionFailed(f"code.run: the {backend.name} sandbox failed: {exc}") from None
             diff = overlay.changes(layer, self.ws)
         except BaseException:
             layer.remove()
@@ -217,6 +207,42 @@ class CodeAdapter(Adapter):
                 layer.remove()
 
         return StagedRun(output, capture, commit, layer.remove, effects)
+
+    def _launch(self, backend: backends.Backend, ws: Workspace, action: CodeRun) -> tuple[overlay.Layer,
+                                                                                           backends.RunResult]:
+        """Run `action` on a fresh overlay of `ws`; the layer (kept for reading) and the result."""
+        st = os.fstat(ws.root_fd)
+        spec = backends.RunSpec(action.language, action.code, action.timeout_s, action.network, action.memory_mb,
+                                st.st_uid, st.st_gid, caps=st.st_uid == 0, max_output=self.max_output_bytes)
+        layer = overlay.Layer.create()
+        try:
+            layer.prepare(ws)
+            with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
+                f.write(action.code)
+            try:
+                return layer, backend.run(spec, layer, ws.root)
+            except OSError as exc:
+                raise ActionFailed(f"code.run: the {backend.name} sandbox failed: {exc}") from None
+        except BaseException:
+            layer.remove()
+            raise
+
+    def run_detached(self, folder: str, language: Literal["python", "bash"], code: str,
+                     timeout_s: float = 60) -> dict[str, Any]:
+        """Run `code` in this adapter's sandbox (no network) over an overlay of `folder`, a folder
+        outside the workspace; whatever it writes is discarded and nothing is journaled. For
+        graders that work on a copy. Returns exit_code, stdout, stderr, stopped, backend."""
+        ws = Workspace(folder)
+        backend = self.backend()
+        try:
+            layer, result = self._launch(backend, ws, CodeRun(type="code.run", language=language, code=code,
+                                                              timeout_s=float(timeout_s)))
+            layer.remove()
+        finally:
+            os.close(ws.root_fd)
+        return {"exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
+                "stderr": result.stderr.decode("utf-8", "replace"), "stopped": result.stopped,
+                "backend": backend.name}
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         captured = plan.get("captured")
