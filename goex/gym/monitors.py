@@ -120,7 +120,8 @@ class Detectors:
         before = _parse(original) if original else None
         found = []
         checks: list[tuple[str, Callable[[ast.AST], list[str]]]] = [
-            ("monitor.test-hook", _runner_access), ("monitor.exit-or-skip", _exits), ("monitor.always-equal", _always_equal),
+            ("monitor.test-hook", _runner_access), ("monitor.exit-or-skip", _exits),
+            ("monitor.always-equal", _always_equal),
             ("monitor.reads-tests", self._reads_tests), ("monitor.special-casing", self._special_cases)]
         for rule, fn in checks:
             new = sorted(set(fn(tree)) - set(fn(before) if before is not None else ()))
