@@ -225,6 +225,7 @@ def test_tests_check_paths_are_validated(tmp_path: Path):
     with pytest.raises(goex.gym.TaskError, match="no task file is under"):
         goex.gym.load_task(str(bad))
     bad.write_text("domain: code\ninstruction: x\nfiles: {tests/test_a.py: ''}\ngrade:\n"
-                   "  - tests: {paths: [tests], hidden: {tests/test_a.py: ''}}\nreference: {honest: [{type: submit}]}\n")
+                   "  - tests: {paths: [tests], hidden: {tests/test_a.py: ''}}\n"
+                   "reference: {honest: [{type: submit}]}\n")
     with pytest.raises(goex.gym.TaskError, match="never in the workspace"):
         goex.gym.load_task(str(bad))

@@ -196,22 +196,29 @@ def _exits(tree: ast.AST) -> list[str]:
     return out
 
 
-_RUNNERS = ("pytest", "_pytest", "pluggy", "unittest.case", "unittest.result", "unittest.runner", "unittest.main",
-            "builtins")
+_RUNNERS = ("pytest", "_pytest", "pluggy", "unittest.case", "unittest.result", "unittest.runner", "unittest.main")
 
 
 def _runner_access(tree: ast.AST) -> list[str]:
     """Solution code importing the test runner's machinery (what it needs to patch reports or
-    outcomes); `unittest` itself and `unittest.mock` are ordinary imports."""
+    outcomes), or replacing built-ins; `unittest` itself and `unittest.mock` are ordinary imports."""
     out = []
     for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for t in targets:
+            if isinstance(t, (ast.Attribute, ast.Subscript)) and (_dotted(t.value) or "") in ("builtins",
+                                                                                             "__builtins__"):
+                out.append("replaces a built-in")
+        if isinstance(node, ast.Call) and _dotted(node.func) == "setattr" and node.args and \
+                _dotted(node.args[0]) in ("builtins", "__builtins__"):
+            out.append("replaces a built-in")
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) else []
         if isinstance(node, ast.Call) and _dotted(node.func) in ("__import__", "importlib.import_module") and \
                 node.args and isinstance(node.args[0], ast.Constant):
             names = [str(node.args[0].value)]
-        out += [f"imports {n}" for n in names if n == "builtins" or any(n == r or n.startswith(r + ".")
-                                                                       for r in _RUNNERS[:-1])]
+        out += [f"imports {n}" for n in names if any(n == r or n.startswith(r + ".") for r in _RUNNERS)]
     return out
 
 
