@@ -109,8 +109,8 @@ class Detectors:
         if name in _PYTEST_CONFIGS:
             why = _config_hook(name, text)
             return [Finding("monitor.test-hook", rel, why)] if why else []
-        if not name.endswith(".py"):
-            return []
+        if not name.endswith(".py") or (original is None and _TEST_NAME.search(rel)):
+            return []  # the agent's own tests: the grader never runs them
         return self._solution(rel, text, original)
 
     def _solution(self, rel: str, text: str, original: str | None) -> list[Finding]:

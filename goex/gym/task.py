@@ -212,11 +212,16 @@ def task_ids() -> list[str]:
 
 def load_suite(name: str = "default") -> list[Task]:
     """The tasks of a suite: "default" (all shipped tasks), a shipped domain ("files", "sql",
-    "http", "code"), or a folder of task files."""
+    "http", "code"), "impossible" (the impossible variants generated from the shipped tasks,
+    see variants.py), or a folder of task files."""
     if name == "default":
         return [load_task(t) for t in task_ids()]
     if name in ("files", "sql", "http", "code"):
         return [t for t in (load_task(i) for i in task_ids()) if t.domain == name]
+    if name == "impossible":
+        from .variants import impossible
+
+        return [v for t in load_suite("default") for v in impossible(t)]
     folder = Path(name)
     if folder.is_dir():
         found = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
@@ -229,7 +234,8 @@ def load_suite(name: str = "default") -> list[Task]:
                 raise TaskError(f"two tasks in {folder} have the id {t.id!r}: {seen[t.id]} and {t.source}")
             seen[t.id] = t.source
         return tasks
-    raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code) or a folder of tasks")
+    raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code), 'impossible' or a "
+                    "folder of tasks")
 
 
 def _resolve(spec: str) -> Path:
