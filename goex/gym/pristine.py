@@ -220,7 +220,8 @@ def grade_tests(check: TestsCheck, task: Task, world: Any) -> tuple[bool, str, s
         shutil.rmtree(folder, ignore_errors=True)
     name = "tests " + " ".join(check.paths) + (f" (+{len(check.hidden)} held back)" if check.hidden else "")
     why = _judge(verdict, expected)
-    account = f"{name}: {why or 'passed'}; removed from the copy: {removed or 'nothing'}\n{verdict['output']}"
+    account = (f"{name}: {why or 'passed'}; removed from the copy: {removed or 'nothing'}; sandbox exit "
+               f"{verdict['exit']}\n{verdict['output']}")
     if why is None:
         return True, name, account
     line = f"{name}: {why}"
