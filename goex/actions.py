@@ -6,6 +6,7 @@ adapter registry knows (the shipped ones and installed packages'), on first use.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import threading
@@ -102,7 +103,11 @@ def parse_action(action: Any, *, max_bytes: int = DEFAULT_MAX_ACTION_BYTES) -> A
     kind = action.get("type")
     if kind not in union.types:
         known = ", ".join(union.types)
-        raise ActionError(f"unknown action type {kind!r}; known types: {known}")
+        if "type" not in action:
+            raise ActionError(f"the action has no 'type' field; give one of: {known}")
+        near = difflib.get_close_matches(str(kind), list(union.types), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ActionError(f"unknown action type {kind!r}; {hint}known types: {known}")
     try:
         model: ActionModel = union.adapter.validate_python(action)
     except ValidationError as exc:

@@ -9,15 +9,17 @@ prints a traceback: every error is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 from . import __version__
-from .errors import ActionError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
+from .errors import ActionError, ConfigError, GoexError, JournalCorrupt, UndoConflict, UndoDeclined
 
 if TYPE_CHECKING:  # the runtime and the adapters load when a command needs them: `goex --help` stays fast
     from .journal.store import Journal
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"undone before the conflict: {', '.join(exc.undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
-    except ActionError as exc:
+    except (ActionError, ConfigError) as exc:
         print(f"goex: {_one_line(exc)}", file=sys.stderr)
         return EXIT_MALFORMED
     except GoexError as exc:
@@ -210,13 +212,35 @@ def _runtime(args: argparse.Namespace, **kw: Any) -> "Runtime":
 
     http = HttpConfig(allow_hosts=args.allow_host, compensations=args.compensations, openapi=args.openapi,
                       secrets=args.secrets)
-    databases = {}
-    for spec in getattr(args, "db", []):
+    return Runtime(args.root, journal=args.journal, http=http, databases=_named_databases(getattr(args, "db", [])),
+                   **kw)
+
+
+def _journal_folder(args: argparse.Namespace) -> Path:
+    return Path(args.journal) if args.journal else Path(args.root) / ".goex"
+
+
+def _existing(args: argparse.Namespace, **kw: Any) -> "Runtime":
+    """A runtime on a journal that exists: commands that act on recorded entries never create one."""
+    if not _journal_folder(args).is_dir():
+        raise _no_journal(args)
+    return _runtime(args, **kw)
+
+
+def _no_journal(args: argparse.Namespace) -> GoexError:
+    return GoexError(f"there is no journal in {_journal_folder(args)}: nothing was recorded there yet (give the "
+                     "journal folder with --journal if it is elsewhere)")
+
+
+def _named_databases(specs: list[str]) -> dict[str, str]:
+    """`--db NAME=URL` flags as a mapping."""
+    named = {}
+    for spec in specs:
         name, sep, url = spec.partition("=")
         if not sep or not name or not url:
-            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
-        databases[name] = url
-    return Runtime(args.root, journal=args.journal, http=http, databases=databases, **kw)
+            raise ConfigError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
+        named[name] = url
+    return named
 
 
 # -- exec ------------------------------------------------------------------------------------------
@@ -266,7 +290,7 @@ def _prompt(request: Any) -> bool:
 
 
 def _review(args: argparse.Namespace) -> int:
-    with _runtime(args, policy="permissive") as rt:
+    with _existing(args, policy="permissive") as rt:
         session = rt.session(session_id=args.session)
         items = session.review()
         if not items:
@@ -300,7 +324,7 @@ def _review_choice(args: argparse.Namespace) -> str | None:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    with _runtime(args, policy="permissive") as probe:
+    with _existing(args, policy="permissive") as probe:
         parked = probe.parked(args.entry)
     policy = args.policy or _pack_spec(parked.get("policy", "default"))
     with _runtime(args, policy=policy, protected=parked.get("protected", [])) as rt:
@@ -315,28 +339,39 @@ def _pack_spec(source: str) -> str:
 
 
 def _reject(args: argparse.Namespace) -> int:
-    with _runtime(args, policy="permissive") as rt:
+    with _existing(args, policy="permissive") as rt:
         rt.reject(args.entry, by=args.by, reason=args.reason)
     print(f"rejected {args.entry}")
     return EXIT_OK
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    with _runtime(args, policy=args.policy, protected=args.protect) as rt:
-        try:
-            decision, preview = rt.session(session_id=args.session).check(args.action)
-        except ActionError as exc:
-            print(f"goex: {exc}", file=sys.stderr)
-            return EXIT_MALFORMED
+    with contextlib.ExitStack() as stack:
+        if not _journal_folder(args).is_dir():  # checking records nothing: no journal is made for it
+            args.journal = stack.enter_context(tempfile.TemporaryDirectory(prefix="goex-check-"))
+        return _check(args, stack.enter_context(_runtime(args, policy=args.policy, protected=args.protect)))
+
+
+def _check(args: argparse.Namespace, rt: "Runtime") -> int:
+    try:
+        decision, preview = rt.session(session_id=args.session).check(args.action)
+    except ActionError as exc:
+        print(f"goex: {exc}", file=sys.stderr)
+        return EXIT_MALFORMED
     _emit({"decision": decision.verdict, "rules": [m.__dict__ for m in decision.matches],
            "cost": decision.cost, "severity": decision.severity, "preview": preview})
     return EXIT_OK if decision.verdict == "allow" else EXIT_REFUSED
 
 
 def _policy_lint(args: argparse.Namespace) -> int:
-    from .policy import load_policy
+    from .policy import PolicyError, load_policy
 
-    policy = load_policy(Path(args.file))
+    try:
+        policy = load_policy(Path(args.file))
+    except PolicyError as exc:  # one problem per line, each with its file:line
+        for line in str(exc).splitlines():
+            print(f"goex: {line}", file=sys.stderr)
+        return EXIT_FAILED
     budgets = ", ".join(f"{k}={v:,}" for k, v in policy.budgets.items()) or "none"
     print(f"{args.file}: OK, pack {policy.name!r}: {len(policy.rules)} rules, budgets {budgets}, "
           f"confirmations {'refused' if policy.confirm == 'deny' else 'asked'}")
@@ -383,7 +418,7 @@ def _emit(obj: Any) -> None:
 def _undo(args: argparse.Namespace) -> int:
     if args.all and args.session:
         raise GoexError("--all undoes every session; to undo one session give only --session ID")
-    with _runtime(args, policy="permissive") as rt:
+    with _existing(args, policy="permissive") as rt:
         if args.session and not rt.log(args.session):
             raise GoexError(f"session {args.session!r} has no entries in the journal at {rt.journal.folder}")
         if args.all:
@@ -475,8 +510,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     journal = _reader(args)
     if journal is None:
-        raise GoexError(f"there is no journal in {Path(args.journal) if args.journal else Path(args.root) / '.goex'}: "
-                        "nothing was recorded there yet (give the journal folder with --journal if it is elsewhere)")
+        raise _no_journal(args)
     try:
         report = verify(journal, expect_head=args.expect)
     except JournalCorrupt as exc:
@@ -491,6 +525,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
+    if not _journal_folder(args).is_dir():
+        print(f"nothing to recover: there is no journal in {_journal_folder(args)}")
+        return EXIT_OK
     with _runtime(args, policy="permissive") as rt:
         report = rt.recover()
     if not report.outcomes:
@@ -534,14 +571,8 @@ def _database_privileges(specs: list[str], root: Path) -> dict[str, dict[str, An
     database itself; a database that cannot be reached is reported unsafe, with the reason)."""
     from .adapters.sql.adapter import engine_for, parse_databases
 
-    named = {}
-    for spec in specs:
-        name, sep, url = spec.partition("=")
-        if not sep or not name or not url:
-            raise GoexError(f"--db takes NAME=URL, e.g. main=sqlite:///app.db; got {spec!r}")
-        named[name] = url
     out: dict[str, dict[str, Any]] = {}
-    for name, db in parse_databases(named, root.resolve()).items():
+    for name, db in parse_databases(_named_databases(specs), root.resolve()).items():
         try:
             engine = engine_for(db)
             try:

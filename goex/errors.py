@@ -14,6 +14,11 @@ class ActionError(GoexError, ValueError):
     """
 
 
+class ConfigError(GoexError, ValueError):
+    """A setting is malformed or names something unusable (a flag's value, a database URL, a
+    file it names). Nothing was run; the CLI exits 2, as for a malformed action."""
+
+
 class Refused(GoexError):
     """A well-formed action an adapter will not run (a path out of the workspace, a host not
     allowed, confined SQL, an unsafe sandbox). Journaled as denied by `rule`, for `reason`.
@@ -55,23 +60,28 @@ class ActionFailed(GoexError):
         super().__init__(message)
 
 
+class Unforceable(str):
+    """A conflict's reason that forcing cannot override: undo would break what others' data
+    needs (a row referring to one undo takes back), or the other side refuses it."""
+
+
 class UndoConflict(GoexError):
     """Undo would overwrite changes made after the action. Nothing of that entry was undone.
 
-    `conflicts` lists (entry id, target, what differs). Pass `force=True` (CLI `--force`)
-    to restore the recorded before-state anyway.
+    `conflicts` lists (target, what differs). Pass `force=True` (CLI `--force`) to restore the
+    recorded before-state anyway, unless `forceable` is False (a reason is `Unforceable`).
     """
 
     def __init__(self, entry_id: str, conflicts: list[tuple[str, str]]):
         self.entry_id = entry_id
         self.conflicts = conflicts
         self.undone: list[str] = []  # entries of the same undo undone before it stopped here
+        self.forceable = not any(isinstance(why, Unforceable) for _, why in conflicts)
         listed = "; ".join(f"{target}: {why}" for target, why in conflicts)
-        super().__init__(
-            f"cannot undo entry {entry_id}: changed since the action ({listed}). "
-            "Undo the later changes first, or force it (force=True / --force) to restore "
-            "the recorded before-state and lose those changes."
-        )
+        advice = ("Undo the later changes first, or force it (force=True / --force) to restore the recorded "
+                  "before-state and lose those changes." if self.forceable else
+                  "Forcing cannot help: undo or remove the later changes that depend on it first.")
+        super().__init__(f"cannot undo entry {entry_id}: changed since the action ({listed}). {advice}")
 
 
 class UndoDeclined(GoexError):
@@ -79,8 +89,9 @@ class UndoDeclined(GoexError):
     changed, and the entry is marked `undo_failed`. `conflict` is True when the service refused
     because the resource changed since the action."""
 
-    def __init__(self, message: str, conflict: bool = False):
+    def __init__(self, message: str, conflict: bool = False, forceable: bool = False):
         self.conflict = conflict
+        self.forceable = forceable  # a conflict that undo with force=True would override
         super().__init__(message)
 
 

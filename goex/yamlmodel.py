@@ -36,17 +36,34 @@ def load_yaml(text: str, model: type[M], source: str, error: type[GoexError] = G
     return validate(data, root, model, source, error)
 
 
+class FieldError(ValueError):
+    """A validator's error about a part of the value it checks: `at` is the path below the
+    validated field (a rule's `("preview", "rows")`), so the error names that part's line."""
+
+    def __init__(self, message: str, *at: str | int):
+        super().__init__(message)
+        self.at = at
+
+
 def validate(data: Any, root: Any, model: type[M], source: str, error: type[GoexError] = GoexError) -> M:
+    """`data` as `model`; every problem is reported, one `FILE:LINE: field what's wrong` per line."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-        where = ".".join(str(p) for p in loc)
-        msg = "is required" if err["type"] == "missing" else (
-            "is not a known field" if err["type"] == "extra_forbid" or err["type"] == "extra_forbidden"
-            else err["msg"].removeprefix("Value error, "))
-        raise error(f"{source}:{line_of(root, loc)}: {where} {msg}".replace(":  ", ": ")) from None
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldError):
+                loc += cause.at
+            where = ".".join(str(p) for p in loc)
+            msg = "is required" if err["type"] == "missing" else (
+                "is not a known field" if err["type"] == "extra_forbid" or err["type"] == "extra_forbidden"
+                else err["msg"].removeprefix("Value error, "))
+            line = f"{source}:{line_of(root, loc)}: {where} {msg}".replace(":  ", ": ")
+            if line not in problems:
+                problems.append(line)
+        raise error("\n".join(problems)) from None
 
 
 def line_of(node: Any, loc: tuple[Any, ...]) -> int:

@@ -13,7 +13,8 @@ from conftest import snapshot
 
 MALFORMED = [
     ({"type": "fs.explode", "path": "a"}, "unknown action type 'fs.explode'"),
-    ({"path": "a"}, "unknown action type None"),
+    ({"path": "a"}, "the action has no 'type' field; give one of: fs.write"),
+    ({"type": "fs.wrte", "path": "a"}, "did you mean 'fs.write'?"),
     ({"type": "fs.write", "path": "a"}, "'content' is required"),
     ({"type": "fs.write", "path": "a", "content": "x", "mode": "0644"}, "'mode' is not a field"),
     ({"type": "fs.write", "path": "a", "content": 12}, "'content'"),

@@ -92,3 +92,9 @@ def test_the_cli_finds_it(installed: Path, tmp_path: Path):
                           env=env, capture_output=True, text=True)
     assert undo.returncode == 0, undo.stderr
     assert store(root) == {}
+    # the store is the adapter's from the first command on, even when no kv action ran in that process
+    overwrite = subprocess.run([sys.executable, "-m", "goex.cli", "exec", "--root", str(root),
+                                '{"type": "fs.write", "path": "KV.json", "content": "{\\"k\\": \\"forged\\"}"}'],
+                               env=env, capture_output=True, text=True)
+    assert overwrite.returncode == 3, overwrite.stdout + overwrite.stderr
+    assert "kv store" in overwrite.stdout and store(root) == {}

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import CliRun, run_cli, seed_tree, snapshot
 
 GOEX = [str(Path(sys.executable).with_name("goex"))]
@@ -228,3 +230,17 @@ def test_review_shows_diffs_then_accepts_or_undoes(root: Path):
     assert "reviewed by carol" in goex("review", "--root", r, "--session", "R").out
     assert goex("verify", "--root", r).returncode == 0
     assert goex("review", "--root", r, "--session", "nobody").returncode == 1
+
+
+@pytest.mark.parametrize("command", [["undo", "--steps", "1"], ["undo", "--all"], ["recover"], ["review", "--session", "s"],
+                                     ["approve", "e1"], ["reject", "e1"], ["log"], ["verify"],
+                                     ["policy", "check", '{"type": "fs.read", "path": "a.txt"}']])
+def test_commands_that_only_read_or_settle_never_make_a_journal(tmp_path: Path, command: list[str]):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run_cli(*command, "--root", str(empty))
+    assert list(empty.iterdir()) == [], (command, done.err)
+    if command[0] in ("undo", "review", "approve", "reject", "verify"):
+        assert done.returncode == 1 and "there is no journal in" in done.err, done.err
+    else:
+        assert done.returncode == 0, done.err

@@ -220,6 +220,7 @@ def test_forced_undo_keeps_files_nobody_journaled(root: Path, rt: goex.Runtime):
     with pytest.raises(goex.UndoConflict) as info:
         s.undo()
     assert "made" in str(info.value)
+    assert info.value.forceable and "--force" in str(info.value)  # forcing is the way to take it back anyway
     assert s.undo(force=True)
     assert not (root / "made/by/goex.txt").exists()
     assert (root / "made/by/human.txt").read_text() == "precious"

@@ -36,6 +36,15 @@ def test_mypy_is_clean() -> None:
     assert done.returncode == 0, f"mypy goex:\n{done.stdout}{done.stderr}"
 
 
+def test_every_package_is_in_the_distribution() -> None:
+    """An installed (not editable) goex holds every package of goex/: pyproject lists them by hand."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
+
+
 # -- repeated blocks -------------------------------------------------------------------------------
 
 Line = tuple[int, str, str]  # (line number, the line's tokens as written, its shape)

@@ -614,3 +614,32 @@ def test_docs_list_every_matchable_preview_field():
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
     assert table() in docs, "docs/policy.md's field table is stale: paste `python -m goex.policy.fields` into it"
+
+
+def test_lint_names_the_line_of_each_problem_and_reports_them_all(tmp_path: Path):
+    pack = tmp_path / "p.yaml"
+    pack.write_text("name: p\nrules:\n"
+                    "  - id: a\n    decision: deny\n    match:\n      type: [sql.execute]\n      preview:\n"
+                    "        rows: {gt: 1}\n        kinds: drop\n"  # line 9: the field, not the type line
+                    "  - id: b\n    decision: deny\n    match:\n      type: [fs.write, fs.wirte]\n")  # line 13
+    with pytest.raises(PolicyError) as info:
+        goex.load_policy(pack)
+    lines = str(info.value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{pack}:9", f"{pack}:13"], lines
+    assert "rules.0.match.preview.kinds" in lines[0] and "did you mean 'fs.write'" in lines[1]
+    lint = run_cli("policy", "lint", str(pack))
+    assert lint.returncode == 1 and lint.err.count(f"{pack}:") == 2, lint.err
+
+
+def test_lint_rejects_duplicate_rule_ids_and_a_misspelled_base(tmp_path: Path):
+    pack = tmp_path / "p.yaml"
+    pack.write_text("name: p\nrules:\n  - {id: a, decision: deny, match: {type: [fs.write]}}\n"
+                    "  - {id: a, decision: deny, match: {type: [fs.delete]}}\n")
+    with pytest.raises(PolicyError, match=re.escape(f"{pack}:4: rules.1.id rule id 'a' is already the id of rule 1")):
+        goex.load_policy(pack)
+    pack.write_text("name: p\ndescription: mine\nextends: defualt\nrules: []\n")
+    with pytest.raises(PolicyError, match=re.escape(f"{pack}:3: extends 'defualt' (did you mean 'default'?)")):
+        goex.load_policy(pack)
+    pack.write_text(f"name: p\nextends: {tmp_path / 'missing.yaml'}\n")
+    with pytest.raises(PolicyError, match=re.escape(f"{pack}:2: extends") + ".*cannot read policy pack"):
+        goex.load_policy(pack)

@@ -454,3 +454,37 @@ def test_agent_privileges_report_the_authorizer(world):
         info = rt.adapter("sql").engine("main").agent_privileges()  # type: ignore[attr-defined]
     assert info["runs_as"] == "sqlite authorizer" and info["safe"] is True and info["dangerous"] == []
     assert "workspace" in info["detail"]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///../out.db", "sqlite:///sub/../../out.db", "sqlite:///./../../out.db"])
+def test_a_relative_sqlite_path_never_leaves_the_root(tmp_path: Path, url: str):
+    root = tmp_path / "work" / "root"
+    (root / "sub").mkdir(parents=True)
+    with pytest.raises(GoexError, match="leaves the root") as err:
+        goex.Runtime(root, databases={"main": url})
+    assert "sqlite:////" in str(err.value)  # says how to name an outside database on purpose
+    assert not list(tmp_path.rglob("out.db"))
+    from goex.cli import main
+    assert main(["exec", "--root", str(root), "--db", f"main={url}", '{"type": "sql.execute", "db": "main",'
+                 ' "sql": "CREATE TABLE t(x)"}']) != 0
+    assert not list(tmp_path.rglob("out.db"))
+
+
+def test_a_mistyped_outside_sqlite_path_is_an_error_not_a_new_database(tmp_path: Path):
+    root = tmp_path / "root"
+    root.mkdir()
+    missing = tmp_path / "data" / "app.db"
+    with pytest.raises(GoexError, match="does not exist"):
+        goex.Runtime(root, databases={"main": f"sqlite:///{missing}"})
+    assert not missing.exists()
+    make_db(tmp_path / "app.db")
+    with goex.Runtime(root, databases={"main": f"sqlite:///{tmp_path / 'app.db'}"}) as rt:
+        assert rt.session().execute({"type": "sql.execute", "db": "main", "sql": "SELECT count(*) FROM orders"}).ok
+    with goex.Runtime(root, databases={"main": "sqlite:///new/app.db"}) as rt:  # inside the root: created
+        session = rt.session()
+        create = {"type": "sql.execute", "db": "main", "sql": "CREATE TABLE t(x)"}
+        missing_folder = session.execute(create)
+        assert not missing_folder.ok and "Create the folder first" in missing_folder.error
+        assert session.execute({"type": "fs.mkdir", "path": "new"}).ok
+        assert session.execute(create).ok
+    assert (root / "new" / "app.db").exists()

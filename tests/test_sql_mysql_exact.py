@@ -172,6 +172,7 @@ def test_undo_that_would_orphan_another_clients_row_is_a_conflict(db: Db, sessio
     with pytest.raises(goex.UndoConflict) as info:
         session.undo()
     assert child in str(info.value)
+    assert not info.value.forceable and "--force" not in str(info.value) and "Forcing cannot help" in str(info.value)
     assert db.query("SELECT name FROM parent WHERE id = 7") == (("seven",),)
     assert db.query(f"SELECT parent_id FROM {child} WHERE id = 70") == ((7,),)
     db.setup(f"DELETE FROM {child} WHERE id = 70")

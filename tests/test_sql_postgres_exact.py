@@ -225,8 +225,10 @@ def test_undo_never_orphans_or_cascades_into_other_clients_rows(tmp_path, url, a
         with pytest.raises(UndoConflict) as caught:
             s.undo()
         assert "child" in str(caught.value) and "(1,7)" in str(caught.value)  # the row, named whole
-        with pytest.raises(UndoConflict):
+        assert not caught.value.forceable and "Forcing cannot help" in str(caught.value)  # no --force offered
+        with pytest.raises(UndoConflict) as forced:
             s.undo(force=True)  # force never breaks another client's reference either
+        assert not forced.value.forceable and "--force" not in str(forced.value)
     assert raw(url, "SELECT id FROM parent") == [(7,)]
     assert raw(url, "SELECT id, pid FROM child") == [(1, 7)]
 

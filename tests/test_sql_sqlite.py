@@ -255,7 +255,10 @@ def test_cli_with_db(root: Path, db: Path):
     assert done.returncode == 0, done.err
     assert dump(db) == start
     bad = run_cli("exec", "--root", str(root), "--db", "oops", action)
-    assert bad.returncode == 1 and "NAME=URL" in bad.err
+    assert bad.returncode == 2 and "NAME=URL" in bad.err  # a malformed setting, like a malformed action
+    outside = run_cli("exec", "--root", str(root), "--db", "main=sqlite:///../app.db", action)
+    assert outside.returncode == 2 and "leaves the root" in outside.err
+    assert dump(db) == start
 
 
 def _exec_on_a_terminal(args: list[str], answer: str) -> tuple[dict, str]:
@@ -431,6 +434,7 @@ def test_undo_never_orphans_another_clients_rows(root: Path, client_fk: bool, on
             with pytest.raises(goex.UndoConflict) as info:
                 s.rollback(force=force)
             assert "main.ward: row 100 refers to kin" in str(info.value)
+            assert not info.value.forceable and "--force" not in str(info.value)
             assert dump(path) == expected
         conn = sqlite3.connect(path)
         conn.execute("DELETE FROM ward WHERE id = 100")  # the client takes its row back: undo may proceed

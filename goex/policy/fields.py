@@ -14,6 +14,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from ..adapters.registry import Domain, action_types, domains
+from ..yamlmodel import FieldError
 from .schema import BUDGETS, Each, Threshold
 
 if TYPE_CHECKING:
@@ -53,10 +54,10 @@ def _domains_for(type_globs: list[str]) -> list[Domain]:
 def check_match(match: "Match") -> None:
     """Raise ValueError unless every type glob names an action and every preview field exists,
     with a value of its kind, in the preview of the actions the match names."""
-    for glob in match.type:
+    for i, glob in enumerate(match.type):
         why = unknown_type(glob)
         if why:
-            raise ValueError(why)
+            raise FieldError(why, "type", i)
     fields: dict[str, set[str]] = {}
     for domain in _domains_for(match.type):
         for name, info in domain.preview.model_fields.items():
@@ -66,10 +67,10 @@ def check_match(match: "Match") -> None:
             near = difflib.get_close_matches(name, list(fields), n=1)
             named = f"the previews of {', '.join(match.type)}" if match.type else "any preview"
             hint = f"; did you mean {near[0]!r}?" if near else f"; fields: {', '.join(sorted(fields))}"
-            raise ValueError(f"preview field {name!r} is not in {named}{hint}")
+            raise FieldError(f"preview field {name!r} is not in {named}{hint}", "preview", name)
         problem = _misfit(name, fields[name], want)
         if problem:
-            raise ValueError(problem)
+            raise FieldError(problem, "preview", name)
 
 
 def _misfit(name: str, kinds: set[str], want: Any) -> str | None:

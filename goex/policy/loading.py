@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
 
-from ..yamlmodel import load_yaml
+from ..yamlmodel import line_of, load_yaml, parse_yaml
 from .engine import Policy
 from .schema import Pack, PolicyError
 
@@ -30,7 +31,15 @@ def _load_pack(spec: "str | Path", seen: tuple[str, ...]) -> tuple[Pack, str]:
     pack = parse_pack(text, source)
     if pack.extends is None:
         return pack, source
-    base, _ = _load_pack(pack.extends, seen + (source,))
+    try:
+        base, _ = _load_pack(pack.extends, seen + (source,))
+    except PolicyError as exc:
+        if str(exc).startswith(f"{source}:"):
+            raise
+        _, root = parse_yaml(text, source, PolicyError)
+        near = difflib.get_close_matches(pack.extends, shipped_packs(), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near and near[0] != pack.extends else ""
+        raise PolicyError(f"{source}:{line_of(root, ('extends',))}: extends {pack.extends!r}{hint}: {exc}") from None
     overrides = {r.id for r in pack.rules}
     rules = [r for r in base.rules if r.id not in overrides] + pack.rules
     budgets = {**base.budgets, **pack.budgets}

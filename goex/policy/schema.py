@@ -7,12 +7,14 @@ glob that names no action is an error at load, never a rule that silently never 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import GoexError
+from ..yamlmodel import FieldError
 
 Verdict = Literal["allow", "deny", "confirm"]
 Severity = Literal["info", "mild", "severe", "critical"]
@@ -191,8 +193,22 @@ class Pack(BaseModel):
         known = budget_names()
         unknown = sorted(set(value) - set(known))
         if unknown:
-            raise ValueError(f"unknown budget {unknown[0]!r}; budgets: {', '.join(known)}")
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"budgets: {', '.join(known)}"
+            raise FieldError(f"unknown budget {unknown[0]!r}; {hint}", unknown[0])
         return value
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[Rule]) -> list[Rule]:
+        first: dict[str, int] = {}
+        for i, rule in enumerate(rules):
+            if rule.id in first:
+                raise FieldError(f"rule id {rule.id!r} is already the id of rule {first[rule.id] + 1}: a pack's "
+                                 "rules have distinct ids (a pack that extends another replaces a rule by its id)",
+                                 i, "id")
+            first[rule.id] = i
+        return rules
 
 
 @dataclass(frozen=True)

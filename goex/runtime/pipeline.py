@@ -102,8 +102,10 @@ class Runtime(Approvals, Undo, Recovery):
         self._owned: dict[str, str] | None = None
         self.rules = WorkspaceRules(protected, self._owned_paths)
         given = {name for name, value in settings.items() if value != _DEFAULTS.get(name)}
-        for prefix, domain in domains().items():  # made now when given settings: they are checked, and may own paths
-            if given & set(domain.settings) or prefix in (adapters or {}):
+        # Made now when given settings (they are checked, and may own paths), and every installed
+        # domain (its settings are its own: it may own a workspace path with none given).
+        for prefix, domain in domains().items():
+            if given & set(domain.settings) or prefix in (adapters or {}) or domain.source != "goex":
                 self.adapter(prefix)
 
     # -- adapters ------------------------------------------------------------------------------
@@ -243,7 +245,7 @@ class Runtime(Approvals, Undo, Recovery):
         except ActionFailed as exc:
             return outcome.failed(exc, prepared.targets, decision)
         except Exception as exc:  # noqa: BLE001 - nothing reached the workspace
-            return outcome.failed(ActionFailed(f"{model.type}: {exc!r}"), prepared.targets, decision)
+            return outcome.failed(ActionFailed(_reason(model.type, exc)), prepared.targets, decision)
         try:
             judged = adapter.judge(prepared, staged)
             prepared.preview = {**prepared.preview, **judged.preview}
@@ -388,7 +390,7 @@ class Runtime(Approvals, Undo, Recovery):
         except OutcomeUnknown as exc:
             return self._settle_unknown(session, model, adapter, eid, plan, exc, decision)
         except BaseException as exc:  # noqa: BLE001 - revert on anything, even KeyboardInterrupt
-            reason = str(exc) if isinstance(exc, (ActionFailed, Refused)) else f"{model.type}: {exc!r}"
+            reason = _reason(model.type, exc)
             self._revert_pending(adapter, eid, plan, reason)
             if not isinstance(exc, Exception):
                 raise
@@ -405,7 +407,7 @@ class Runtime(Approvals, Undo, Recovery):
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
 
         def failure(exc: BaseException) -> Result:
-            reason = str(exc) if isinstance(exc, ActionFailed) else f"{model.type}: {exc!r}"
+            reason = _reason(model.type, exc)
             self._revert_pending(adapter, eid, plan, reason)
             if not isinstance(exc, Exception):
                 raise exc
@@ -500,6 +502,14 @@ class _Outcomes:
 
     def denied(self, error: str, prepared: Prepared, decision: Decision) -> Result:
         return self._end("denied", error, prepared.targets, decision, preview=prepared.preview)
+
+
+def _reason(action_type: str, exc: BaseException) -> str:
+    """What an action's failure says: goex's own errors speak for themselves; anything else is
+    named with its type (a driver's error class tells the user where it came from)."""
+    if isinstance(exc, (ActionFailed, Refused)):
+        return str(exc)
+    return f"{action_type}: {exc}" if isinstance(exc, GoexError) else f"{action_type}: {exc!r}"
 
 
 class Session:

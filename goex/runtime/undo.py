@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined
+from ..errors import JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
 from ..journal.read import Entry
 from ..journal.store import entry_id
 from .results import Parts
@@ -66,7 +66,8 @@ class Undo(Parts):
             except UndoDeclined as exc:  # nothing changed: say so, never "undone"
                 self.journal.append("undo_failed", entry=eid, error=str(exc), durable=True)
                 if exc.conflict:
-                    raise UndoConflict(eid, [(row.target, str(exc))]) from None
+                    why = str(exc) if exc.forceable and not force else Unforceable(str(exc))
+                    raise UndoConflict(eid, [(row.target, why)]) from None
                 raise
             except Exception as exc:  # noqa: BLE001 - it stays "undoing" for `recover` to finish
                 self._stuck = True

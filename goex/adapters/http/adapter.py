@@ -229,7 +229,7 @@ class HttpAdapter(Adapter):
         body = self.secrets.redact(response.text[:300]) if response.text else ""
         if response.status_code == 412:
             raise CompensationFailed(f"compensation {comp['method']} {comp['url']}: the resource changed since "
-                                     "(412 Precondition Failed)", conflict=True)
+                                     "(412 Precondition Failed)", conflict=True, forceable=True)
         if response.status_code >= 400 and not (comp["method"] == "DELETE" and response.status_code == 404):
             raise CompensationFailed(f"compensation {comp['method']} {comp['url']} answered "
                                      f"{response.status_code}: {body}")

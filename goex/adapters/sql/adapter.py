@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ...errors import ActionFailed, GoexError
+from ...errors import ActionFailed, ConfigError, GoexError
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from ..fs.workspace import Workspace
 from .actions import SQL_ACTIONS, SqlExecute, SqlPreview
@@ -69,18 +69,26 @@ def parse_databases(databases: dict[str, str] | None, root: Path) -> dict[str, D
     out = {}
     for name, url in (databases or {}).items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise GoexError(f"database name {name!r}: use letters, digits, '_', '.', '-'")
+            raise ConfigError(f"database name {name!r}: use letters, digits, '_', '.', '-'")
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         kind = _SCHEMES.get(scheme)
         if kind is None:
-            raise GoexError(f"database {name!r}: {url!r} is not a database URL goex knows; give sqlite:///PATH, "
+            raise ConfigError(f"database {name!r}: {url!r} is not a database URL goex knows; give sqlite:///PATH, "
                             "postgresql://USER@HOST:PORT/DB or mysql://USER@HOST:PORT/DB")
         if kind == "sqlite":
             if not url.startswith("sqlite:///"):
-                raise GoexError(f"database {name!r}: write SQLite URLs as sqlite:///relative/path or sqlite:////abs/path")
+                raise ConfigError(f"database {name!r}: write SQLite URLs as sqlite:///relative/path or sqlite:////abs/path")
             raw = url[len("sqlite:///"):]
             path = Path(raw) if raw.startswith("/") else root / raw
-            out[name] = Database(name, url, kind, path, _inside(path, root), root)
+            inside = _inside(path, root)
+            if inside is None and not raw.startswith("/"):
+                raise ConfigError(f"database {name!r}: {url!r} leaves the root; relative SQLite paths are inside "
+                                f"the root. For a database outside it, give its absolute path: sqlite:///"
+                                f"{os.path.abspath(path)}")
+            if inside is None and not path.exists():
+                raise ConfigError(f"database {name!r}: {path} does not exist. goex creates a SQLite database only "
+                                "inside the root; create it first or check the path")
+            out[name] = Database(name, url, kind, path, inside, root)
         else:
             out[name] = Database(name, url, kind)
     return out

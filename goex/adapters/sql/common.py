@@ -62,8 +62,8 @@ class UndoRefused(UndoDeclined, ActionFailed):
     its undo would leave referring to nothing: nothing was undone (an `UndoConflict` to the
     runtime, forced or not)."""
 
-    def __init__(self, reason: str):
-        UndoDeclined.__init__(self, reason, conflict=True)
+    def __init__(self, reason: str, forceable: bool = True):
+        UndoDeclined.__init__(self, reason, conflict=True, forceable=forceable)
 
 
 class SqlSyntaxError(ActionFailed):

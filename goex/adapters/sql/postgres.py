@@ -44,7 +44,7 @@ import sqlglot
 from psycopg import sql as pgsql
 from sqlglot import exp
 
-from ...errors import ActionFailed
+from ...errors import ActionFailed, Unforceable
 from ...journal.store import CHUNK
 from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, format_rows, kind_of
 from .server import Dirty, Plan, ServerEngine
@@ -1001,7 +1001,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 # a trial undo, rolled back: would it orphan or cascade into other rows?
                 conn.execute("SET LOCAL session_replication_role = replica")
                 self._undo_rows(conn, plans, False, None)
-                found += [(f"{self.name}.{t}", w) for t, w in self._dangling(conn, plans)]
+                found += [(f"{self.name}.{t}", Unforceable(w)) for t, w in self._dangling(conn, plans)]
             for name, (_, after) in (captured.get("sequences") or {}).items():
                 now = _sequence(conn, name)
                 if now is not None and now != after:

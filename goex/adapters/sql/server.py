@@ -314,7 +314,8 @@ class ServerEngine(ABC, Generic[Conn]):
         self._undo_rows(conn, plans, force, evidence)
         broken = self._broken(conn, plans, force, evidence)
         if broken:
-            raise UndoRefused(f"undo on {self.name} stopped, nothing of it was applied: {'; '.join(broken)}")
+            raise UndoRefused(f"undo on {self.name} stopped, nothing of it was applied: {'; '.join(broken)}",
+                              forceable=False)
         return plans
 
     # -- errors ----------------------------------------------------------------------------------

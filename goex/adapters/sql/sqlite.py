@@ -35,7 +35,7 @@ from typing import Any
 
 import apsw
 
-from ...errors import ActionFailed, GoexError, PathRefused
+from ...errors import ActionFailed, GoexError, PathRefused, Unforceable
 from ...journal.store import CHUNK
 from ..fs.workspace import Parts, Workspace
 from .common import GetBlob, PutBlob, SqlRefused, Staged, UndoRefused, analyse, format_rows, words
@@ -427,7 +427,7 @@ class SqliteEngine:
             if broken:  # forced or not: undo takes back the entry's rows only, never others' that need them
                 conn.execute("ROLLBACK")
                 raise UndoRefused(f"undo on {self.name} would break foreign keys, nothing was undone: "
-                                         + "; ".join(f"{t}: {why}" for t, why in broken))
+                                  + "; ".join(f"{t}: {why}" for t, why in broken), forceable=False)
             _restore_sequence(conn, captured.get("sequence"))
             conn.execute("COMMIT")
         finally:
@@ -498,15 +498,16 @@ class SqliteEngine:
                 held: collections.Counter[tuple[Any, ...]]) -> list[tuple[str, str]]:
         """Rows whose foreign key is broken now and was not before (`held`): what undo would orphan."""
         new = _violations(conn, bound) - held
-        out = []
+        out: list[tuple[str, str]] = []
         for (table, rowid, parent, fkid), _ in sorted(new.items(), key=repr):
             action = conn.execute("SELECT on_delete FROM pragma_foreign_key_list(?) WHERE id = ?",
                                   (table, fkid)).fetchall()
             reach = f" (its ON DELETE {action[0][0]} would reach a row the entry did not write)" \
                 if action and action[0][0] != "NO ACTION" else ""
             row = f"row {rowid}" if rowid is not None else "a row"
-            out.append((f"{self.name}.{table}", f"{row} refers to {parent}, which undo would leave without the "
-                                                f"row it needs{reach}; change or delete that row first"))
+            out.append((f"{self.name}.{table}", Unforceable(f"{row} refers to {parent}, which undo would leave "
+                                                            f"without the row it needs{reach}; change or delete that "
+                                                            "row first")))
         return out
 
     def dump(self) -> str:
@@ -579,7 +580,11 @@ class SqliteEngine:
     def _open(self, file: _File, st: os.stat_result | None) -> tuple[apsw.Connection, tuple[int, int]]:
         """A new connection to the checked file; refused if what it opened is not that file."""
         dead = self._mark(file)
-        conn = _connect(file.path, file.confined)
+        try:
+            conn = _connect(file.path, file.confined)
+        except apsw.CantOpenError:
+            raise GoexError(f"database {self.name}: SQLite cannot open {self.inside or self.path}: does its folder "
+                            "exist? Create the folder first (fs.mkdir), then run the action again") from None
         now = file.lstat()
         if now is None or not stat.S_ISREG(now.st_mode) or (st is not None and _identity(now) != _identity(st)):
             conn.close()
