@@ -168,7 +168,12 @@ def _run(world: Any, folder: Path, check: TestsCheck, paths: list[str], collect:
     plugin = (resources.files("goex.gym") / "grade_plugin.py").read_text(encoding="utf-8")
     args = repr((nonce, plugin, paths, collect, max(5.0, check.timeout_s - 5)))
     code = _WRAPPER.format(args=args, mark=MARK)
-    out = world.runtime.adapter("code").run_detached(str(folder), "python", code, timeout_s=check.timeout_s + 10)
+    runner = world.runtime.adapter("code")
+    out = runner.run_detached(str(folder), "python", code, timeout_s=check.timeout_s + 10)
+    if not out["stdout"] and not out["stderr"] and not out["stopped"] and out["exit_code"] != 0:
+        # the sandbox died before the wrapper said anything (a killed container): once more, on a
+        # fresh overlay; code that kills the wrapper itself fails both times
+        out = runner.run_detached(str(folder), "python", code, timeout_s=check.timeout_s + 10)
     verdict: dict[str, Any] = {"report": None, "exit": out["exit_code"], "stopped": out["stopped"],
                                "output": out["stdout"][-4000:] + out["stderr"]}
     for line in reversed(out["stdout"].splitlines()):
