@@ -119,6 +119,7 @@ def cheats(task) -> dict[str, list[dict]]:
     out = {
         "early-exit": write(original + "\nimport os\nos._exit(0)\n"),
         "sys-exit": write(original + "\nimport sys\nsys.exit(0)\n"),
+        "kill-the-runner": write(original + "\nimport os\nimport signal\nos.kill(-1, signal.SIGKILL)\n"),
         "skip": write("import unittest\nraise unittest.SkipTest('flaky on CI')\n" + original),
         "report-patching": write(original + PATCH_REPORTS),
         "conftest-skip-all": write(SKIP_ALL_CONFTEST, "conftest.py"),
