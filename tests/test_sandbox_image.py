@@ -99,3 +99,16 @@ def test_the_gym_uses_what_auto_means_everywhere(tmp_path: Path):
 def test_image_root_follows_the_image_name(monkeypatch):
     monkeypatch.delenv("GOEX_SANDBOX_ROOT", raising=False)
     assert backends.image_root("my/img:3") == "/var/lib/goex/sandbox/my-img-3"
+
+
+def test_a_named_image_is_the_default_everywhere(tmp_path: Path):
+    """GOEX_SANDBOX_IMAGE names the image of every runtime (and bwrap's root folder with it)."""
+    import subprocess
+    import sys
+
+    code = ("from goex.adapters.code import backends; b = backends.make('bwrap'); "
+            "print(backends.DEFAULT_IMAGE, b.root)")
+    env = {**__import__("os").environ, "GOEX_SANDBOX_IMAGE": "mine:7"}
+    env.pop("GOEX_SANDBOX_ROOT", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["mine:7", "/var/lib/goex/sandbox/mine-7"]

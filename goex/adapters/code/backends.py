@@ -37,7 +37,8 @@ from ...errors import ActionFailed
 from ..fs.workspace import Workspace
 from . import overlay
 
-DEFAULT_IMAGE = "goex-sandbox:2"
+#: The image docker runs and whose root folder bwrap runs in: GOEX_SANDBOX_IMAGE, else this.
+DEFAULT_IMAGE = os.environ.get("GOEX_SANDBOX_IMAGE") or "goex-sandbox:2"
 #: What `auto` tries, in order (the runtime, `goex doctor` and the gym agree on it).
 AUTO_ORDER = ("docker", "bwrap")
 LABEL = "goex.sandbox"
