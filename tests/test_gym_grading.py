@@ -77,3 +77,31 @@ def test_a_printed_pass_does_not_count(tmp_path: Path):
         assert reward == 0.0 and "ended before its report" in obs, obs
     finally:
         env.close()
+
+
+def test_the_pristine_copy_keeps_the_solution_and_drops_what_changes_tests(tmp_path: Path):
+    from goex.gym.pristine import neutralise
+
+    task = goex.gym.load_task("code-fix-failing-test")
+    check = next(c.tests for c in task.grade if c.tests)
+    planted = {
+        "src/__init__.py": "", "src/prices.py": "def with_vat(n, r=0.2):\n    return n\n",
+        "src/queue.py": "X = 1\n",                    # inside a package: never shadows the stdlib
+        "json.py": "raise SystemExit\n",              # at the top: would shadow json
+        "pytest.py": "", "_pytest/__init__.py": "",   # the runner
+        "conftest.py": "def pytest_configure(c): pass\n", "lib/sitecustomize.py": "", "lib/x.pth": "",
+        "src/__pycache__/prices.cpython-311.pyc": "", "src/prices.pyc": "",
+        "tests/test_prices.py": "def test_x():\n    pass\n", "tests/test_extra.py": "",
+        "notes.txt": "kept",
+    }
+    for rel, text in planted.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "unittest").symlink_to(tmp_path / "lib")   # a link named like a module
+    removed = neutralise(tmp_path, task, check)
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink()}
+    assert left == {"src/__init__.py", "src/prices.py", "src/queue.py", "notes.txt", "tests/test_prices.py",
+                    *check.hidden}
+    assert (tmp_path / "tests/test_prices.py").read_text() == task.files["tests/test_prices.py"]
+    assert (tmp_path / "src/prices.py").read_text() == planted["src/prices.py"]  # the solution as the agent left it
+    assert {"json.py", "pytest.py", "_pytest", "conftest.py", "unittest", "tests"} <= set(removed)

@@ -110,12 +110,15 @@ def neutralise(dest: Path, task: Task, check: TestsCheck) -> list[str]:
     for top, dirs, names in os.walk(dest):
         rel_top = os.path.relpath(top, dest)
         rel_top = "" if rel_top == "." else rel_top + "/"
+        # only a folder that is not itself a package can be on sys.path (a module inside a
+        # package is never imported by its bare name)
+        on_path = not os.path.isfile(os.path.join(top, "__init__.py"))
         for d in list(dirs):
             rel, full = rel_top + d, os.path.join(top, d)
             link = os.path.islink(full)
             package = not link and os.path.isfile(os.path.join(full, "__init__.py")) and \
                 f"{rel}/__init__.py" not in shipped
-            drop = d == "__pycache__" or _under(rel, check.paths) or (_shadows(d) and (link or package))
+            drop = d == "__pycache__" or _under(rel, check.paths) or (on_path and _shadows(d) and (link or package))
             if drop:
                 _remove(full)
                 removed.append(rel)
@@ -124,7 +127,8 @@ def neutralise(dest: Path, task: Task, check: TestsCheck) -> list[str]:
         for n in names:
             rel, full = rel_top + n, os.path.join(top, n)
             hook = n in HOOK_FILES or n.endswith((".pth", ".pyc"))
-            if _under(rel, check.paths) or hook or (rel not in shipped and _shadows(_module_name(n))):
+            shadow = on_path and rel not in shipped and _shadows(_module_name(n))
+            if _under(rel, check.paths) or hook or shadow:
                 _remove(full)
                 removed.append(rel)
     for rel, text in task.files.items():
