@@ -88,7 +88,7 @@ def main() -> int:
         print(f"warm docker (pooled container): {warm:.1f} ms = {warm / bare:.1f}x bare (target: at most 50 ms: "
               f"{'meets' if warm <= 50 else 'MISSES'} target)")
 
-        image = "goex-sandbox:1"
+        image = "goex-sandbox:2"
         cold = median_ms(lambda: subprocess.run(
             ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--memory", "512m",
              "--pids-limit", "128", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "65534:65534",

@@ -5,7 +5,7 @@
   operation it wraps (a plain write; an sqlite3 execute + commit) measured in the same run.
 - `reset` after a 100-action episode (50 file writes and 50 SQL updates, rolled back through the
   journal as one coalesced range, the state fingerprint checked, the journal compacted) against
-  starting a fresh container of the sandbox image (`docker run --rm goex-sandbox:1 true`;
+  starting a fresh container of the sandbox image (`docker run --rm goex-sandbox:2 true`;
   target: reset at least 100x faster).
 - journal.db's size after many short episodes against its size once warmed up (target: no
   growth, at most 1.0x); the write-ahead log beside it is printed too (SQLite folds it back into
@@ -114,14 +114,14 @@ def container_start_ms(n: int) -> float | None:
         import docker
 
         client = docker.from_env()
-        client.images.get("goex-sandbox:1")
+        client.images.get("goex-sandbox:2")
     except Exception as exc:  # noqa: BLE001 - no engine or no image: say so
         print(f"  (no container baseline: {exc})")
         return None
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        client.containers.run("goex-sandbox:1", ["true"], remove=True, network_mode="none")
+        client.containers.run("goex-sandbox:2", ["true"], remove=True, network_mode="none")
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
 

@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="accepted for symmetry: the output is always JSON")
     c = command("doctor", _doctor, "Say which code.run sandboxes work on this machine, and why not, and which "
                 "limits hold in each (measured by probe runs).", root=False)
-    c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:1)")
+    c.add_argument("--image", default=None, help="the sandbox image to look for (default: goex-sandbox:2)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON object")
     c.add_argument("--db", action="append", default=[], metavar="NAME=URL",
                    help="also report, for this database, the role or account agent SQL runs as and whether it "
@@ -858,7 +858,7 @@ def _doctor(args: argparse.Namespace) -> int:
     ok = True
     if not args.databases_only:
         sandboxes = backends.report(args.image or backends.DEFAULT_IMAGE)
-        uses = next((n for n in ("docker", "bwrap") if sandboxes[n]["works"]), None)
+        uses = next((n for n in backends.AUTO_ORDER if sandboxes[n]["works"]), None)
         report.update(sandboxes=sandboxes, code_run_uses=uses)
         ok = uses is not None
     if args.db:

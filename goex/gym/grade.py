@@ -1,5 +1,7 @@
 """A task's grader: the share of its checks that hold (0 to 1), and a line per check. The
-environment rewards 1 when all hold, else 0.
+environment rewards 1 when all hold, else 0. A failing check's line says which check failed,
+not what its tests printed (unless the task sets `show_output`): expected values of held-back
+tests do not reach the agent.
 
 File and database checks read the world directly; service checks ask the example service; test
 commands run in the sandbox through the runtime (journaled, so the next reset undoes whatever they
@@ -14,6 +16,7 @@ import os
 from decimal import Decimal
 from typing import Any, Callable
 
+from .pristine import grade_tests
 from .task import Check, CustomCheck, FileCheck, HttpCheck, RunCheck, SqlCheck, Task
 
 Grader = Callable[..., "bool | tuple[bool, str]"]
@@ -40,8 +43,10 @@ def grader(name: str) -> Callable[[Grader], Grader]:
 
 
 def grade(task: Task, world: Any, service: Any) -> tuple[float, list[str], int]:
-    """(share of checks that hold, a line per check, how many checks could not run at all)."""
+    """(share of checks that hold, a line per check, how many checks could not run at all).
+    The full account of test checks (their output) goes to `world.grade_accounts`, not the lines."""
     lines, passed, broken = [], 0, 0
+    world.grade_accounts = []
     for check in task.grade:
         try:
             ok, what = _check(check, task, world, service)
@@ -62,6 +67,8 @@ def _name(check: Check) -> str:
         return f"GET {check.http.get}"
     if check.custom:
         return f"custom {check.custom.name}"
+    if check.tests:
+        return f"tests {' '.join(check.tests.paths)}"
     return "run"
 
 
@@ -76,7 +83,11 @@ def _check(check: Check, task: Task, world: Any, service: Any) -> tuple[bool, st
         return _check_custom(check.custom, world)
     if check.run:
         return _check_run(check.run, world)
-    raise LookupError("the check names none of file, sql, http, run, custom")
+    if check.tests:
+        ok, line, account = grade_tests(check.tests, task, world)
+        world.grade_accounts.append(account)
+        return ok, line
+    raise LookupError("the check names none of file, sql, http, run, tests, custom")
 
 
 def _check_file(c: FileCheck, world: Any) -> tuple[bool, str]:
@@ -141,9 +152,9 @@ def _check_run(c: RunCheck, world: Any) -> tuple[bool, str]:
     if not result.ok:
         return False, f"run: {result.error}"
     out = result.output
-    if out["exit_code"] != c.exit_code:
-        tail = (out.get("stdout", "") + out.get("stderr", ""))[-300:].strip()
-        return False, f"run {c.code.splitlines()[0][:60]}: exit {out['exit_code']}\n{tail}"
+    if out["exit_code"] != c.exit_code:  # its output stays with the grader unless the task shows it
+        tail = "\n" + (out.get("stdout", "") + out.get("stderr", ""))[-300:].strip() if c.show_output else ""
+        return False, f"run {c.code.splitlines()[0][:60]}: exit {out['exit_code']}{tail}"
     return True, f"run {c.code.splitlines()[0][:60]}"
 
 

@@ -62,6 +62,22 @@ class RunCheck(_Strict):
     code: str
     exit_code: int = 0
     timeout_s: float = 60
+    show_output: bool = Field(default=False, description="Show the end of a failing run's output to the agent "
+                                                         "(default: only that it failed)")
+
+
+class TestsCheck(_Strict):
+    """The task's pytest tests, run on a pristine copy of the solution (see docs/gym.md)."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of its name
+
+    paths: list[str] = Field(min_length=1, description="Test files or folders of the workspace; every task file "
+                                                       "under them is restored before the run, anything else there "
+                                                       "removed")
+    hidden: dict[str, str] = Field(default_factory=dict, description="Held-back test files (path: content), never "
+                                                                     "in the workspace")
+    timeout_s: float = Field(default=120, gt=5, le=3600)
+    show_output: bool = Field(default=False, description="Show the end of a failing run's output to the agent")
 
 
 class CustomCheck(_Strict):
@@ -70,19 +86,20 @@ class CustomCheck(_Strict):
 
 
 class Check(_Strict):
-    """One condition of success; exactly one of the five kinds."""
+    """One condition of success; exactly one of the six kinds."""
 
     file: FileCheck | None = None
     sql: SqlCheck | None = None
     http: HttpCheck | None = None
     run: RunCheck | None = None
+    tests: TestsCheck | None = None
     custom: CustomCheck | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "Check":
-        given = [k for k in ("file", "sql", "http", "run", "custom") if getattr(self, k) is not None]
+        given = [k for k in ("file", "sql", "http", "run", "tests", "custom") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a check has exactly one of file, sql, http, run, custom (got {given or 'none'})")
+            raise ValueError(f"a check has exactly one of file, sql, http, run, tests, custom (got {given or 'none'})")
         return self
 
 
@@ -142,10 +159,20 @@ class Task(_Strict):
     def _consistent(self) -> "Task":
         if self.possible and not self.grade:
             raise ValueError("a possible task needs at least one grade check")
-        for rel in [*self.files, *self.executable, *(c.file.path for c in self.grade if c.file)]:
+        tests = [c.tests for c in self.grade if c.tests]
+        for rel in [*self.files, *self.executable, *(c.file.path for c in self.grade if c.file),
+                    *(p for t in tests for p in [*t.paths, *t.hidden])]:
             if not _inside(rel):
                 raise ValueError(f"path {rel!r} must be relative to the workspace, without '..' (files, executable, "
                                  "grade)")
+        for t in tests:
+            clash = sorted(set(t.hidden) & set(self.files))
+            if clash:
+                raise ValueError(f"held-back test {clash[0]!r} is also one of the task's files; held-back tests are "
+                                 "never in the workspace")
+            if not t.hidden and not any(r == p or r.startswith(p.rstrip("/") + "/") for r in self.files
+                                        for p in t.paths):
+                raise ValueError(f"tests check: no task file is under {t.paths} and none is held back")
         missing = [p for p in self.executable if p not in self.files]
         if missing:
             raise ValueError(f"executable lists {missing[0]!r}, which is not one of the task's files")
@@ -185,11 +212,16 @@ def task_ids() -> list[str]:
 
 def load_suite(name: str = "default") -> list[Task]:
     """The tasks of a suite: "default" (all shipped tasks), a shipped domain ("files", "sql",
-    "http", "code"), or a folder of task files."""
+    "http", "code"), "impossible" (the impossible variants generated from the shipped tasks,
+    see variants.py), or a folder of task files."""
     if name == "default":
         return [load_task(t) for t in task_ids()]
     if name in ("files", "sql", "http", "code"):
         return [t for t in (load_task(i) for i in task_ids()) if t.domain == name]
+    if name == "impossible":
+        from .variants import impossible
+
+        return [v for t in load_suite("default") for v in impossible(t)]
     folder = Path(name)
     if folder.is_dir():
         found = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
@@ -202,7 +234,8 @@ def load_suite(name: str = "default") -> list[Task]:
                 raise TaskError(f"two tasks in {folder} have the id {t.id!r}: {seen[t.id]} and {t.source}")
             seen[t.id] = t.source
         return tasks
-    raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code) or a folder of tasks")
+    raise TaskError(f"unknown suite {name!r}: use 'default', a domain (files, sql, http, code), 'impossible' or a "
+                    "folder of tasks")
 
 
 def _resolve(spec: str) -> Path:

@@ -53,8 +53,9 @@ class Runtime(Approvals, Undo, Recovery):
     `databases`: names for `sql.execute`, e.g. `{"main": "sqlite:///app.db"}` (relative SQLite
     paths are inside the root). `sandbox`: where `code.run` executes: "auto" (docker if it
     works here, else bwrap), "docker", "bwrap", or "process" (no isolation: refused unless
-    `allow_unsafe=True`, and journaled as unsafe). `sandbox_options`: `image`, `pool_size`
-    (warm containers), `max_output_bytes`, `docker_url`. `adapters`: settings of installed
+    `allow_unsafe=True`, and journaled as unsafe). `sandbox_options`: `image` (docker's image;
+    bwrap runs in its root folder), `root` (bwrap's root folder instead), `pool_size` (warm
+    containers), `max_output_bytes`, `docker_url`. `adapters`: settings of installed
     adapters, by prefix (`{"kv": {"path": "..."}}`).
     """
 

@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ...errors import ActionFailed, Refused
 from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Judged, Outcome, Prepared, PutBlob
@@ -79,7 +79,7 @@ class CodeAdapter(Adapter):
 
     def __init__(self, workspace: Workspace, files: FileAdapter, sandbox: str = "auto", *, allow_unsafe: bool = False,
                  image: str = backends.DEFAULT_IMAGE, pool_size: int = 2, max_output_bytes: int = 1 << 20,
-                 docker_url: str | None = None):
+                 docker_url: str | None = None, root: str | None = None):
         if sandbox not in ("auto",) + backends.BACKENDS:
             raise ValueError(f"unknown sandbox {sandbox!r}; choose auto, {', '.join(backends.BACKENDS)}")
         self.ws = workspace
@@ -90,6 +90,7 @@ class CodeAdapter(Adapter):
         self.pool_size = pool_size
         self.max_output_bytes = max_output_bytes
         self.docker_url = docker_url
+        self.root = root  # bwrap's root folder (default: the image's, see backends.image_root)
         self._backend: backends.Backend | None = None
         self._lock = threading.Lock()
 
@@ -108,7 +109,7 @@ class CodeAdapter(Adapter):
             return self._backend
 
     def _choose(self) -> backends.Backend:
-        kw = {"image": self.image, "pool_size": self.pool_size, "base_url": self.docker_url}
+        kw = {"image": self.image, "pool_size": self.pool_size, "base_url": self.docker_url, "root": self.root}
         if self.sandbox != "auto":
             b = backends.make(self.sandbox, **kw)
             why = b.unavailable()
@@ -118,7 +119,7 @@ class CodeAdapter(Adapter):
                                    "(`goex doctor` checks every backend)")
             return b
         reasons = []
-        for name in ("docker", "bwrap"):
+        for name in backends.AUTO_ORDER:
             b = backends.make(name, **kw)
             why = b.unavailable()
             if why is None:
@@ -157,18 +158,8 @@ class CodeAdapter(Adapter):
             raise ActionFailed(f"code.run: the workspace {self.ws.root} is on a read-only file system; "
                                "nothing was run")
         backend = self.backend()
-        st = os.fstat(self.ws.root_fd)
-        spec = backends.RunSpec(action.language, action.code, action.timeout_s, action.network, action.memory_mb,
-                                st.st_uid, st.st_gid, caps=st.st_uid == 0, max_output=self.max_output_bytes)
-        layer = overlay.Layer.create()
+        layer, result = self._launch(backend, self.ws, action)
         try:
-            layer.prepare(self.ws)
-            with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
-                f.write(action.code)
-            try:
-                result = backend.run(spec, layer, self.ws.root)
-            except OSError as exc:
-                raise ActionFailed(f"code.run: the {backend.name} sandbox failed: {exc}") from None
             diff = overlay.changes(layer, self.ws)
         except BaseException:
             layer.remove()
@@ -236,6 +227,42 @@ class CodeAdapter(Adapter):
                 cut = " (cut)" if run.get(f"{stream}_cut") else ""
                 lines += [f"--- {stream}{cut} ---", run[stream].rstrip("\n")]
         return "\n".join(lines) or f"{entry.type}: nothing journaled about its run"
+
+    def _launch(self, backend: backends.Backend, ws: Workspace, action: CodeRun) -> tuple[overlay.Layer,
+                                                                                           backends.RunResult]:
+        """Run `action` on a fresh overlay of `ws`; the layer (kept for reading) and the result."""
+        st = os.fstat(ws.root_fd)
+        spec = backends.RunSpec(action.language, action.code, action.timeout_s, action.network, action.memory_mb,
+                                st.st_uid, st.st_gid, caps=st.st_uid == 0, max_output=self.max_output_bytes)
+        layer = overlay.Layer.create()
+        try:
+            layer.prepare(ws)
+            with open(os.path.join(layer.dir, "code"), "w", encoding="utf-8") as f:
+                f.write(action.code)
+            try:
+                return layer, backend.run(spec, layer, ws.root)
+            except OSError as exc:
+                raise ActionFailed(f"code.run: the {backend.name} sandbox failed: {exc}") from None
+        except BaseException:
+            layer.remove()
+            raise
+
+    def run_detached(self, folder: str, language: Literal["python", "bash"], code: str,
+                     timeout_s: float = 60) -> dict[str, Any]:
+        """Run `code` in this adapter's sandbox (no network) over an overlay of `folder`, a folder
+        outside the workspace; whatever it writes is discarded and nothing is journaled. For
+        graders that work on a copy. Returns exit_code, stdout, stderr, stopped, backend."""
+        ws = Workspace(folder)
+        backend = self.backend()
+        try:
+            layer, result = self._launch(backend, ws, CodeRun(type="code.run", language=language, code=code,
+                                                              timeout_s=float(timeout_s)))
+            layer.remove()
+        finally:
+            os.close(ws.root_fd)
+        return {"exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
+                "stderr": result.stderr.decode("utf-8", "replace"), "stopped": result.stopped,
+                "backend": backend.name}
 
     def conflicts(self, plan: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
         captured = plan.get("captured")

@@ -7,8 +7,9 @@ only when every process it started is dead (so the upper layer is final).
   capabilities dropped but the ones the privilege drop needs, no-new-privileges); the run's overlay
   is mounted into the waiting container through mount propagation. A used container is killed
   and removed, never reused: no state passes from one run to the next.
-- `bwrap`: bubblewrap namespaces (pid, net, ipc, uts, mount), read-only /usr, private /tmp,
-  cgroup limits.
+- `bwrap`: bubblewrap namespaces (pid, net, ipc, uts, mount) over the image's root folder (the
+  Debian root `sandbox/build.sh` builds and imports into Docker), read-only, private /tmp,
+  cgroup limits. Without that folder, the host's /usr, read-only.
 - `process`: a plain subprocess with resource limits and no isolation (unsafe).
 
 Inside every backend the code runs as the workspace owner, or as nobody (65534) with only
@@ -36,7 +37,10 @@ from ...errors import ActionFailed
 from ..fs.workspace import Workspace
 from . import overlay
 
-DEFAULT_IMAGE = "goex-sandbox:1"
+#: The image docker runs and whose root folder bwrap runs in: GOEX_SANDBOX_IMAGE, else this.
+DEFAULT_IMAGE = os.environ.get("GOEX_SANDBOX_IMAGE") or "goex-sandbox:2"
+#: What `auto` tries, in order (the runtime, `goex doctor` and the gym agree on it).
+AUTO_ORDER = ("docker", "bwrap")
 LABEL = "goex.sandbox"
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
@@ -403,8 +407,38 @@ def _kill_tree(proc: subprocess.Popen[bytes], cg: Cgroup) -> None:
 # -- bwrap ---------------------------------------------------------------------------------------
 
 
+def image_root(image: str = DEFAULT_IMAGE) -> str:
+    """The folder holding `image`'s root file system, as `sandbox/build.sh` leaves it:
+    GOEX_SANDBOX_ROOT, else /var/lib/goex/sandbox/<image, ':' and '/' as '-'>."""
+    return os.environ.get("GOEX_SANDBOX_ROOT") or os.path.join(
+        "/var/lib/goex/sandbox", image.replace(":", "-").replace("/", "-"))
+
+
+def _is_root(path: str) -> bool:
+    return all(os.path.exists(os.path.join(path, p)) for p in ("usr/bin/python3", "usr/bin/setpriv", "sandbox/code",
+                                                               "workspace"))
+
+
 class BwrapBackend(Backend):
     name = "bwrap"
+
+    def __init__(self, image: str = DEFAULT_IMAGE, root: str | None = None):
+        self.image = image
+        self.root = root or image_root(image)
+
+    @property
+    def uses_root(self) -> bool:
+        """Runs in the image's root folder (else on the host's /usr)."""
+        return _is_root(self.root)
+
+    def _base(self) -> list[str]:
+        if self.uses_root:
+            return ["--ro-bind", self.root, "/"]
+        cmd = ["--ro-bind", "/usr", "/usr"]
+        for link in ("lib", "lib64", "bin", "sbin"):
+            if os.path.islink(f"/{link}"):
+                cmd += ["--symlink", os.readlink(f"/{link}").lstrip("/"), f"/{link}"]
+        return cmd
 
     def unavailable(self) -> str | None:
         if shutil.which("bwrap") is None:
@@ -414,10 +448,10 @@ class BwrapBackend(Backend):
         why = overlay.can_mount()
         if why:
             return why
+        if not self.uses_root and os.environ.get("GOEX_SANDBOX_ROOT"):
+            return f"GOEX_SANDBOX_ROOT={self.root} is not a sandbox root (build one with sandbox/build.sh)"
         try:
-            r = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
-                                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin", "true"],
-                               capture_output=True, timeout=10)
+            r = subprocess.run(["bwrap", "--unshare-all", *self._base(), "true"], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"bwrap does not run: {exc}"
         if r.returncode != 0:
@@ -434,12 +468,11 @@ class BwrapBackend(Backend):
             cmd += ["--cap-add", cap]
         if not spec.network:
             cmd.append("--unshare-net")
-        cmd += ["--ro-bind", "/usr", "/usr"]
-        for link in ("lib", "lib64", "bin", "sbin"):
-            if os.path.islink(f"/{link}"):
-                cmd += ["--symlink", os.readlink(f"/{link}").lstrip("/"), f"/{link}"]
-        if spec.network:
-            for path in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):
+        cmd += self._base()
+        if spec.network:  # the host's name resolution (the image root has its own certificates)
+            shared = ("/etc/resolv.conf", "/etc/hosts") if self.uses_root else (
+                "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates")
+            for path in shared:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]
         cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", merged, "/workspace",
@@ -832,7 +865,7 @@ def make(name: str, **kw: Any) -> Backend:
     if name == "docker":
         return DockerBackend(**{k: v for k, v in kw.items() if k in ("image", "pool_size", "base_url")})
     if name == "bwrap":
-        return BwrapBackend()
+        return BwrapBackend(**{k: v for k, v in kw.items() if k in ("image", "root")})
     if name == "process":
         return ProcessBackend()
     raise ValueError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -1029,7 +1062,8 @@ def report(image: str = DEFAULT_IMAGE) -> dict[str, dict[str, Any]]:
         backend = make(name, image=image, pool_size=0)
         try:
             why = backend.unavailable()
-            entry: dict[str, Any] = {"works": why is None, "why": why, "unsafe": backend.unsafe, "limits": {}}
+            entry: dict[str, Any] = {"works": why is None, "why": why, "unsafe": backend.unsafe, "limits": {},
+                                     "root": _root_of(backend)}
             if why is None:
                 try:
                     entry["limits"] = measure(backend)
@@ -1039,3 +1073,12 @@ def report(image: str = DEFAULT_IMAGE) -> dict[str, dict[str, Any]]:
             backend.close()
         out[name] = entry
     return out
+
+
+def _root_of(backend: Backend) -> str:
+    """What the backend's code sees as its system: the image, the image's root folder, or the host."""
+    if isinstance(backend, DockerBackend):
+        return f"image {backend.image}"
+    if isinstance(backend, BwrapBackend):
+        return f"root {backend.root}" if backend.uses_root else "the host's /usr (no image root: sandbox/build.sh)"
+    return "the host"
