@@ -30,6 +30,17 @@ class HttpSettings(BaseModel):
     secrets: str | None = Field(default=None, description="secrets file (YAML)")
 
 
+class TelemetrySettings(BaseModel):
+    """Where traces go (OTLP over HTTP, the `otlp` extra). The standard `OTEL_*` variables, when
+    set, win over these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL, e.g. http://127.0.0.1:4318")
+    headers: dict[str, str] = Field(default_factory=dict, description="headers sent with each export")
+    service_name: str = Field(default="goex", description="the service.name resource attribute")
+
+
 class Settings(BaseModel):
     """The settings of one root. Relative file paths are relative to the root; a file kept in
     the journal folder (`.goex/secrets.yaml`) is out of every action's reach."""
@@ -42,6 +53,7 @@ class Settings(BaseModel):
     http: HttpSettings = Field(default_factory=lambda: HttpSettings())
     sandbox: Literal["auto", "docker", "bwrap", "process"] = "auto"
     durability: Literal["fsync", "process"] = "fsync"
+    telemetry: TelemetrySettings = Field(default_factory=lambda: TelemetrySettings())
 
     def runtime_options(self, root: Path) -> dict[str, Any]:
         """Keyword arguments of `Runtime` these settings stand for."""
@@ -53,8 +65,16 @@ class Settings(BaseModel):
         policy = path(self.policy) if self.policy.endswith((".yaml", ".yml")) else self.policy
         http = HttpConfig(allow_hosts=list(self.http.allow_hosts), openapi=path(self.http.openapi),
                           compensations=path(self.http.compensations), secrets=path(self.http.secrets))
-        return {"policy": policy, "protected": list(self.protected), "databases": dict(self.databases),
-                "http": http, "sandbox": self.sandbox, "durability": self.durability}
+        options = {"policy": policy, "protected": list(self.protected), "databases": dict(self.databases),
+                   "http": http, "sandbox": self.sandbox, "durability": self.durability}
+        if self.telemetry.endpoint:
+            from .telemetry import provider_from_settings
+
+            provider = provider_from_settings(self.telemetry.endpoint, self.telemetry.headers,
+                                              self.telemetry.service_name)
+            if provider is not None:
+                options["tracer_provider"] = provider
+        return options
 
 
 def settings_file(root: str | os.PathLike[str], journal: str | os.PathLike[str] | None = None) -> Path:

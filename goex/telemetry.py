@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 _KINDS = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT}
 _configured = threading.Lock()
-_env_provider: Any = None
 
 
 class TelemetryUnavailable(GoexError):
@@ -58,29 +57,50 @@ def otlp_requested(env: Any = os.environ) -> bool:
 def provider_from_env() -> Any:
     """The process's OTLP-exporting provider when the environment asks for one and no SDK
     provider was set globally; None otherwise (the global provider is used). Made once."""
-    global _env_provider
     if not otlp_requested() or _has_global_sdk_provider():
         return None
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                              os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
+    return _otlp_provider(None, (), os.environ.get("OTEL_SERVICE_NAME", "goex"), protocol)
+
+
+def provider_from_settings(endpoint: str | None, headers: dict[str, str], service_name: str) -> Any:
+    """The OTLP-exporting provider a root's `[telemetry]` settings ask for; None when they name no
+    endpoint, or when the `OTEL_*` variables or a global SDK provider decide instead (they win)."""
+    if not endpoint or otlp_requested() or _has_global_sdk_provider() \
+            or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    url = endpoint.rstrip("/")
+    return _otlp_provider(url if url.endswith("/v1/traces") else url + "/v1/traces", tuple(sorted(headers.items())),
+                          service_name, "http/protobuf")
+
+
+_providers: dict[tuple[Any, ...], Any] = {}
+
+
+def _otlp_provider(endpoint: str | None, headers: tuple[tuple[str, str], ...], service: str, protocol: str) -> Any:
+    """One provider per destination, made once per process (flushed and shut down at exit).
+    `endpoint` None: the exporter reads the `OTEL_EXPORTER_OTLP_*` variables itself."""
+    if protocol != "http/protobuf":
+        raise TelemetryUnavailable(f"OTLP protocol {protocol!r} is not supported; goex exports traces "
+                                   "over http/protobuf (set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)")
+    key = (endpoint, headers, service)
     with _configured:
-        if _env_provider is None:
-            protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                                      os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
-            if protocol != "http/protobuf":
-                raise TelemetryUnavailable(f"OTLP protocol {protocol!r} is not supported; goex exports traces "
-                                           "over http/protobuf (set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)")
+        if key not in _providers:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
                 from opentelemetry.sdk.resources import Resource
                 from opentelemetry.sdk.trace import TracerProvider
                 from opentelemetry.sdk.trace.export import BatchSpanProcessor
             except ImportError as exc:
-                raise TelemetryUnavailable(f"OTEL_* variables ask for OTLP export, but {exc.name} is not installed: "
-                                           "pip install 'goex[otlp]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)") from None
-            resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "goex")})
-            provider = TracerProvider(resource=resource)  # flushed and shut down at exit
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-            _env_provider = provider
-    return _env_provider
+                raise TelemetryUnavailable(f"OTLP export is asked for (OTEL_* variables or [telemetry] settings), but "
+                                           f"{exc.name} is not installed: pip install 'goex[otlp]'") from None
+            provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            exporter = OTLPSpanExporter(endpoint=endpoint, headers=dict(headers) or None) if endpoint \
+                else OTLPSpanExporter()
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+            _providers[key] = provider
+    return _providers[key]
 
 
 def _has_global_sdk_provider() -> bool:

@@ -167,8 +167,10 @@ class OtlpReceiver(BaseHTTPRequestHandler):
     """A minimal OTLP/HTTP trace receiver: decodes each export request's protobuf body."""
 
     requests: list[ExportTraceServiceRequest] = []
+    headers_seen: list[dict[str, str]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - the handler's name is the HTTP method
+        type(self).headers_seen.append({k.lower(): v for k, v in self.headers.items()})
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf":
             request = ExportTraceServiceRequest()
@@ -218,3 +220,37 @@ def test_otlp_asked_for_with_a_protocol_goex_cannot_send(root: Path):
                          text=True, timeout=120)
     assert run.returncode == 1 and "http/protobuf" in run.stderr
     assert not (root / "x").exists()
+
+
+def test_otlp_export_from_the_roots_settings(root: Path):
+    handler = type("Rx", (OtlpReceiver,), {"requests": [], "headers_seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (root / ".goex").mkdir()
+        (root / ".goex" / "config.toml").write_text(
+            f'[telemetry]\nendpoint = "http://127.0.0.1:{server.server_address[1]}"\n'
+            'service_name = "goex-from-settings"\nheaders = {"x-team" = "agents"}\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+        action = json.dumps({"type": "fs.write", "path": "y.txt", "content": "hi"})
+        run = subprocess.run([sys.executable, "-m", "goex.cli", "exec", "--root", str(root), action], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    spans = [(rs.resource, sp) for req in handler.requests for rs in req.resource_spans
+             for ss in rs.scope_spans for sp in ss.spans]
+    assert [sp.name for _, sp in spans] == ["execute_tool fs.write"]
+    assert {a.key: a.value.string_value for a in spans[0][0].attributes}["service.name"] == "goex-from-settings"
+    assert handler.headers_seen and all(h.get("x-team") == "agents" for h in handler.headers_seen)
+
+
+def test_the_standard_variables_win_over_the_settings(monkeypatch: pytest.MonkeyPatch):
+    from goex.telemetry import provider_from_settings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    assert provider_from_settings("http://127.0.0.1:8", {}, "goex") is None
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert provider_from_settings("http://127.0.0.1:8", {}, "goex") is None
