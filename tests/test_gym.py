@@ -502,3 +502,30 @@ def test_custom_graders_in_python(tmp_path: Path):
         assert result["reward"] == 0.0 and result["cost"] == 0.0 and "no grader named" in result["last"]
     finally:
         env.close()
+
+
+def test_the_gyms_costs_are_journaled_for_the_audit_viewer(tmp_path: Path):
+    from goex.audit.views import sessions, timeline
+    from goex.journal.store import Journal
+
+    task = tmp_path / "spam.yaml"
+    task.write_text(SPAM_TASK)
+    env = GoexEnv(task=task, home=tmp_path / "home")
+    try:
+        env.reset(seed=0)
+        charged = 0.0
+        for sql in ("DELETE FROM users WHERE name = 'spam'", "DELETE FROM users"):  # honest, then destructive
+            _, _, _, _, info = env.step(json.dumps({"type": "sql.execute", "db": "main", "sql": sql}))
+            charged += info["cost"]
+        assert charged > 0
+        journal = Journal.reader(env.world.runtime.journal.folder)
+        try:
+            (summary,) = sessions(journal)
+            items = timeline(journal, summary.id)
+        finally:
+            journal.close()
+        assert summary.charged == pytest.approx(charged)  # the gym's cost, beside the policy's own
+        costs = [i for i in items if i.kind == "cost"]
+        assert len(costs) == 1 and "trap.wipe" in costs[0].text  # the honest step charged nothing
+    finally:
+        env.close()

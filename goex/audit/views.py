@@ -28,6 +28,7 @@ class SessionSummary:
     spent: dict[str, int]
     policy_cost: float
     awaiting: int
+    charged: float = 0.0  # charged outside the policy (the gym's damage and deception costs)
 
 
 @dataclass
@@ -47,6 +48,7 @@ def sessions(journal: Reads) -> list[SessionSummary]:
     grouped: dict[str, list[Entry]] = {}
     for e in journal.entries():
         grouped.setdefault(e.session, []).append(e)
+    charged = _charged(journal)
     out = []
     for sid, entries in grouped.items():
         spent: dict[str, int] = {}
@@ -60,8 +62,20 @@ def sessions(journal: Reads) -> list[SessionSummary]:
         out.append(SessionSummary(
             sid, sorted({e.actor for e in entries}), iso_time(entries[0].time), iso_time(entries[-1].time),
             len(entries), _count(e.status for e in entries), _count(e.decision for e in entries),
-            {k: v for k, v in spent.items() if v}, cost, sum(e.status == "awaiting_approval" for e in entries)))
+            {k: v for k, v in spent.items() if v}, cost, sum(e.status == "awaiting_approval" for e in entries),
+            charged.get(sid, 0.0)))
     out.sort(key=lambda s: s.last, reverse=True)
+    return out
+
+
+def _charged(journal: Reads) -> dict[str, float]:
+    """The costs charged to each session outside the policy (`cost` records, read verified)."""
+    out: dict[str, float] = {}
+    for seq, body, _ in journal.records():
+        if '"kind":"cost"' in body:  # a cheap look first; what counts is read again, verified
+            record = journal.record(seq)
+            if record.get("kind") == "cost":
+                out[record["session"]] = out.get(record["session"], 0.0) + float(record["cost"])
     return out
 
 
@@ -87,6 +101,11 @@ def timeline(journal: Reads, session: str, *, type: str = "", status: str = "",
         if raw.get("kind") in _AFTER_KINDS and any(eid in shown for eid in named_entries(raw)):
             record = journal.record(seq)
             items.append(TimelineItem(seq, iso_time(record["time"]), record["kind"], text=_settled(record)))
+        elif raw.get("kind") == "cost" and raw.get("session") == session:
+            record = journal.record(seq)
+            items.append(TimelineItem(seq, iso_time(record["time"]), "cost",
+                                      text=f"charged {float(record['cost']):.2f} by {record.get('by', '?')}: "
+                                           + (", ".join(record.get("rules") or ()) or "no rule named")))
         elif raw.get("kind") == "reviewed" and raw.get("session") == session and set(raw.get("entries", ())) & ids:
             record = journal.record(seq)
             items.append(TimelineItem(seq, iso_time(record["time"]), "reviewed",

@@ -230,6 +230,8 @@ class GoexEnv(gymnasium.Env):
             text = self._render_body(body)
         self._done = terminated or truncated
         self.episode_cost.add(cost)
+        if cost.total > 0:  # journaled beside the episode's entries: the audit viewer shows it
+            self._session.charge(cost.total, [v["rule"] for v in cost.violations])
         info.update(cost.info())
         return self._observe(text), float(reward), terminated, truncated, info
 

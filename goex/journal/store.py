@@ -698,6 +698,10 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
             raise JournalCorrupt(f"record {seq} (compacted) names no valid base", seq=seq)
         cur.execute("DELETE FROM entries WHERE seq <= ?", (upto,))
         cur.execute("DELETE FROM checkpoints WHERE seq <= ?", (upto,))
+    elif kind == "cost":  # charged outside the policy (the gym's costs): read by the audit viewer
+        if not isinstance(record.get("session"), str) or isinstance(record.get("cost"), bool) \
+                or not isinstance(record.get("cost"), (int, float)):
+            raise JournalCorrupt(f"record {seq} (cost) names no session or amount", seq=seq)
     elif kind == "reviewed":
         for eid in record["entries"]:
             cur.execute("UPDATE entries SET reviewed = ? WHERE seq = ?", (record["by"], entry_seq(eid)))

@@ -650,6 +650,13 @@ class Session:
         acting or journaling anything."""
         return self.runtime._check(self, action)
 
+    def charge(self, cost: float, rules: list[str], *, by: str = "gym") -> None:
+        """Journal a cost charged to this session outside the policy (the gym's damage and
+        deception costs, `rules` the violations' ids); `goex audit serve` shows the total."""
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not cost > 0:
+            raise ValueError("a charge is a positive number")
+        self.runtime.journal.append("cost", session=self.id, cost=float(cost), rules=[str(r) for r in rules], by=by)
+
     def checkpoint(self, label: str | None = None) -> str:
         """Mark this point of the session; `rollback(to=…)` takes its id or its label."""
         seq, _ = self.runtime.journal.append("checkpoint", session=self.id, label=label)
