@@ -100,7 +100,8 @@ def test_a_tool_without_undo_is_irreversible_and_the_policy_asks(root: Path):
         assert not out.ok and "mail.external" in out.decision.rules
 
 
-def test_a_tool_class_with_undo(root: Path):
+def _notebook() -> tuple[type[goex.Tool], list[str]]:
+    """A tool class appending lines to an in-memory notebook (with undo), and that notebook."""
     notes: list[str] = []
 
     class Note(goex.Tool):
@@ -117,6 +118,12 @@ def test_a_tool_class_with_undo(root: Path):
 
         def undo(self, args: Any, output: Any) -> None:
             notes.remove(args.text)
+
+    return Note, notes
+
+
+def test_a_tool_class_with_undo(root: Path):
+    Note, notes = _notebook()
 
     with goex.Runtime(root) as rt:
         assert rt.add_tool(Note()) == "tool.note"
@@ -178,22 +185,7 @@ def test_custom_tools_in_the_gym_are_actions_and_reset_undoes_them(tmp_path: Pat
     import goex.gym
     from goex.gym import GoexEnv
 
-    notes: list[str] = []
-
-    class Note(goex.Tool):
-        """Append a line to an in-memory notebook."""
-
-        name = "note"
-
-        class Args(BaseModel):
-            text: str
-
-        def run(self, args: Any) -> Any:
-            notes.append(args.text)
-            return {"count": len(notes)}
-
-        def undo(self, args: Any, output: Any) -> None:
-            notes.remove(args.text)
+    Note, notes = _notebook()
 
     env = GoexEnv(task="files-clean-logs", home=tmp_path / "home", tools=[Note()])
     try:

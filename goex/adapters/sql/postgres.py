@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -53,6 +53,7 @@ from .server import convert_params as _convert
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
 VERSION = "v4"
+R = TypeVar("R")
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
 _USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema', 'goex') "
@@ -396,7 +397,7 @@ class _WritesInRead(Exception):
 
 class _Privilege(Exception):
     """The agent role lacks a privilege on a user object (one created outside goex since); its
-    argument is the action's error."""
+    argument is the action's error (an ActionFailed)."""
 
 
 def _plain_target(statements: list[str], counted: int) -> tuple[str | None, int]:
@@ -800,14 +801,19 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         rolled back: `rows` they change (foreign-key actions, triggers, and the rows of tables
         dropped or truncated included), `all_rows` (tables of at least 2 rows every row of which
         they change or remove) and `creates_trigger` (a trigger exists after them that did not)."""
+        return self._adopting(lambda: self._effect(statements, params))
+
+    def _adopting(self, run: Callable[[], R]) -> R:
+        """`run()`; if the agent role lacks a privilege, once more after it took over the objects
+        created outside goex since; the action's error if it still lacks one."""
         try:
-            return self._effect(statements, params)
+            return run()
         except _Privilege:
-            self.adopt()  # objects created outside goex since: the agent role takes them over once
+            self.adopt()
             try:
-                return self._effect(statements, params)
+                return run()
             except _Privilege as exc:
-                raise ActionFailed(f"sql.execute on {self.name}: {exc}; nothing was applied") from None
+                raise exc.args[0] from None
 
     def _effect(self, statements: list[str], params: Any) -> dict[str, Any]:
         rows_mode = self._rows_mode(statements)
@@ -830,7 +836,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                     cur = conn.execute(text, values)
                 except psycopg.Error as exc:
                     if exc.sqlstate == "42501":
-                        raise _Privilege(_message(exc)) from None
+                        raise _Privilege(ActionFailed(f"sql.execute on {self.name}: {_message(exc)}; nothing "
+                                                      "was applied")) from None
                     raise self._failed(exc, "nothing was applied", n, len(statements)) from None
                 counted += max(cur.rowcount, 0)
             try:
@@ -869,14 +876,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         run (4 round trips; a dry run then a separate run took 7). Schema changes: a dry run."""
         if not self._rows_mode(statements):
             return self.dry_run(statements, params), None
-        try:
-            return self._rehearse(statements, params)
-        except _Privilege:
-            self.adopt()  # objects created outside goex since: the agent role takes them over once
-            try:
-                return self._rehearse(statements, params)
-            except _Privilege as exc:
-                raise exc.args[0] from None
+        return self._adopting(lambda: self._rehearse(statements, params))
 
     def _rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged]:
         conn = self._take()
