@@ -232,6 +232,23 @@ def test_review_shows_diffs_then_accepts_or_undoes(root: Path):
     assert goex("review", "--root", r, "--session", "nobody").returncode == 1
 
 
+def test_review_shows_row_images_and_run_output(root: Path):
+    """The review names what SQL changed row by row and what a code run printed, from the journal."""
+    r, db = str(root), "--db=main=sqlite:///app.db"
+    for sql in ("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO t VALUES (1, 'old')",
+                "UPDATE t SET v = 'new' WHERE id = 1"):
+        assert goex("exec", "--root", r, db, "--session", "S", json.dumps(
+            {"type": "sql.execute", "db": "main", "sql": sql})).returncode == 0
+    ran = goex("exec", "--root", r, "--session", "S", "--sandbox", "bwrap", json.dumps(
+        {"type": "code.run", "language": "python", "code": "print('printed-by-the-run')"}))
+    assert ran.returncode == 0, ran.err
+    report = goex("review", "--root", r, db, "--session", "S")
+    assert report.returncode == 0, report.err
+    update = report.out[report.out.index("UPDATE t SET"):]
+    assert '"v": "old"' in update and '"v": "new"' in update  # before and after of the changed row
+    assert "printed-by-the-run" in report.out and "exit code 0" in report.out
+
+
 @pytest.mark.parametrize("command", [["undo", "--steps", "1"], ["undo", "--all"], ["recover"], ["review", "--session", "s"],
                                      ["approve", "e1"], ["reject", "e1"], ["log"], ["verify"],
                                      ["policy", "check", '{"type": "fs.read", "path": "a.txt"}']])
