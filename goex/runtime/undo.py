@@ -140,6 +140,16 @@ class Undo(Parts):
             try:
                 for members in _groups(items).values():
                     members[0][1].adapter.revert_range([c for _, c in members], self.journal.read_blob)
+            except UndoDeclined as exc:  # changed between the check and the undo: nothing was applied
+                if len(_groups(items)) > 1:  # another group may be applied already: recovery settles it
+                    self._stuck = True
+                    raise RecoveryNeeded({item.id: f"undo stopped midway ({exc})" for item in items}) from exc
+                with self.journal.transaction(durable=True) as tx:
+                    for item in items:
+                        tx.append("undo_failed", entry=item.id, error=str(exc))
+                for item in items:  # one by one now, which names the entry that meets the change
+                    self._undo_one(item, False, done, unrecorded, who)
+                return
             except Exception as exc:  # noqa: BLE001 - they stay "undoing" for `recover` to finish
                 self._stuck = True
                 raise RecoveryNeeded({item.id: f"undo stopped midway ({exc})" for item in items}) from exc

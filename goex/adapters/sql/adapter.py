@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
 if TYPE_CHECKING:
+    from .postgres import PostgresEngine
     from .sqlite import SqliteEngine
 
 #: rows of an UPDATE or DELETE shown when asking for confirmation
@@ -375,26 +376,33 @@ class SqlAdapter(Adapter):
         self._engine_of(plan).revert(plan["before"], plan.get("captured"), get_blob, force)
 
     def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
-        """SQLite row changes (changesets) of one database are undone together, composed."""
+        """Row changes of one database are undone together: SQLite's changesets composed into one,
+        PostgreSQL's row images set back in one transaction. Schema changes (a dump kept for
+        undo) and other engines' entries are undone on their own."""
         db = self.databases.get(plan.get("db", ""))
         captured = plan.get("captured")
-        if db is None or db.kind != "sqlite" or (plan.get("before") or {}).get("mode") != "changeset" \
-                or not isinstance(captured, dict) or "changeset" not in captured:
+        if db is None or not isinstance(captured, dict):
             return None
-        return Coalesced(self, f"sqlite:{db.name}", plan, after)
+        mode = (plan.get("before") or {}).get("mode")
+        if db.kind == "sqlite" and mode == "changeset" and "changeset" in captured:
+            return Coalesced(self, f"sqlite:{db.name}", plan, after)
+        if db.kind == "postgresql" and mode != "dump" and captured.get("mode") != "dump" and "xid" in captured:
+            return Coalesced(self, f"postgresql:{db.name}", plan, after)
+        return None
 
     def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
         assert self.get_blob is not None, "SqlAdapter needs the journal's get_blob"
-        return self._sqlite(items[0].plan).range_conflicts([c.plan["captured"] for c in items], self.get_blob)
+        return self._ranged(items[0].plan).range_conflicts([c.plan["captured"] for c in items], self.get_blob)
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
-        self._sqlite(items[0].plan).revert_range([c.plan["captured"] for c in items], get_blob)
+        self._ranged(items[0].plan).revert_range([c.plan["captured"] for c in items], get_blob)
 
-    def _sqlite(self, plan: dict[str, Any]) -> "SqliteEngine":
+    def _ranged(self, plan: dict[str, Any]) -> "SqliteEngine | PostgresEngine":
+        from .postgres import PostgresEngine
         from .sqlite import SqliteEngine
 
         engine = self._engine_of(plan)
-        assert isinstance(engine, SqliteEngine), "only SQLite entries are coalesced"
+        assert isinstance(engine, (SqliteEngine, PostgresEngine)), "only SQLite and PostgreSQL entries are coalesced"
         return engine
 
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:

@@ -28,13 +28,14 @@ temporary table of its own session; neither appears in `dump()`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -613,6 +614,9 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         self.undo_role = f"{self.role}_undo" if self._named else UNDO_ROLE
         self._undo_url: str | None = None  # set up with the roles: None when undo runs as the URL's user
         self._ready = False
+        # per connection in a range undo's transaction: table shapes and foreign keys read once
+        # (steady: the transaction's row changes lock the tables against ALTER until it ends)
+        self._steady: dict[int, dict[str, Any]] = {}
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -1106,6 +1110,68 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
                                    f"{_message(exc)}") from None
 
+    # -- a range of row-mode entries of this database, undone as one transaction -------------------
+
+    def range_conflicts(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> list[list[tuple[str, str]]]:
+        """For row-mode entries, newest first: what each would meet if it were undone right after
+        the newer ones. Each is checked as `conflicts` checks it, then undone in the same
+        transaction, so the next is checked against what its own undo would find; the transaction
+        is rolled back (sequences, which a rollback does not restore, are followed in memory)."""
+        found: list[list[tuple[str, str]]] = [[] for _ in captureds]
+        moved: dict[str, Any] = {}  # sequences as the newer entries' undo would leave them
+        with self._own() as conn, self._steady_in(conn):
+            try:
+                conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
+                for i, captured in enumerate(captureds):
+                    tables = _tables(captured, get_blob)
+                    problems, plans = self._row_conflicts(conn, tables)
+                    plans = [(t, state) for t, state in plans if state != "before"]
+                    for name, (then, after) in (captured.get("sequences") or {}).items():
+                        now = moved[name] if name in moved else _sequence(conn, name)
+                        if now is not None and now != after:
+                            problems.append((f"{self.name}.{name}",
+                                             f"sequence moved since the action: {after} -> {now}"))
+                        moved[name] = then if now is not None else None
+                    if not problems and plans:
+                        self._undo_rows(conn, plans, False, None)
+                        problems = [(f"{self.name}.{t}", Unforceable(w)) for t, w in self._dangling(conn, plans)]
+                    if problems:
+                        found[i] = problems
+                        break
+            except psycopg.Error as exc:
+                raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: {_message(exc)}") from None
+            finally:
+                _rollback(conn)
+        return found
+
+    def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
+        """Undo row-mode entries, newest first, in one transaction: each one's rows checked
+        (locked) and set back as `revert` does, the sequences set to what the oldest entry found,
+        one commit. A row changed since stops it (UndoRefused) with nothing applied."""
+        oldest: dict[str, Any] = {}
+        with self._own() as conn, self._steady_in(conn):
+            try:
+                conn.execute("BEGIN; SET LOCAL session_replication_role = replica")
+                for captured in captureds:
+                    self._revert_rows(conn, _tables(captured, get_blob), False, [])
+                    oldest.update((name, then) for name, (then, _) in (captured.get("sequences") or {}).items())
+                for name, then in oldest.items():
+                    if _sequence(conn, name) is not None:
+                        conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                            pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
+                                   f"{_message(exc)}") from None
+
+    @contextlib.contextmanager
+    def _steady_in(self, conn: psycopg.Connection) -> Iterator[None]:
+        self._steady[id(conn)] = {"shapes": {}, "links": {}}
+        try:
+            yield
+        finally:
+            del self._steady[id(conn)]
+
     def _restore_dump(self, conn: psycopg.Connection, before: dict[str, Any], captured: dict[str, Any],
                       get_blob: GetBlob, force: bool) -> None:
         """The user schemas put back from the dump taken before the action."""
@@ -1129,7 +1195,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
     # the template's steps (see ServerEngine._revert_rows)
 
     def _examine(self, conn: psycopg.Connection, table: Any, lock: bool) -> tuple[str, str, list[str]]:
-        state, problems = _examine(conn, table, lock)
+        steady = self._steady.get(id(conn))
+        state, problems = _examine(conn, table, lock, steady["shapes"] if steady else None)
         return state, table["table"], problems
 
     def _undo_rows(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> None:
@@ -1141,15 +1208,24 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 _delete_added(conn, table, force)
             for table, _ in plans:
                 _insert_removed(conn, table)
+        steady = self._steady.get(id(conn))
+        if steady is not None:  # written now: no ALTER TABLE gets through until the transaction ends
+            steady["shapes"].update((table["table"], table["shape"]) for table, _ in plans)
 
     def _broken(self, conn: psycopg.Connection, plans: list[Plan], force: bool, evidence: Any) -> list[str]:
         """Under force too: undo never leaves a reference dangling."""
         return [f"{t}: {w}" for t, w in self._dangling(conn, plans)]
 
     def _dangling(self, conn: psycopg.Connection, plans: list[Plan]) -> list[tuple[str, str]]:
-        with conn.pipeline():  # pinned in the same round trip: code of the agent's evaluated by the undo
-            conn.execute(_PIN)  # (an index expression) set nothing for us
-            links = _links(conn, [t for t, _ in plans])
+        steady = self._steady.get(id(conn))
+        names = tuple(sorted({t["table"] for t, _ in plans}))
+        links = steady["links"].get(names) if steady is not None else None
+        if links is None:
+            with conn.pipeline():  # pinned in the same round trip: code of the agent's evaluated by the undo
+                conn.execute(_PIN)  # (an index expression) set nothing for us
+                links = _links(conn, [t for t, _ in plans])
+            if steady is not None:  # the tables are written: a new key to or from them waits for the end
+                steady["links"][names] = links
         return _dangling(conn, plans, links) if links else []
 
     def committed(self, before: dict[str, Any], captured: dict[str, Any], get_blob: GetBlob) -> tuple[str, str]:
@@ -1241,11 +1317,14 @@ def _ident(name: str) -> pgsql.Composable:
     return pgsql.SQL(name)
 
 
-def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool) -> tuple[str, list[str]]:
+def _examine(conn: psycopg.Connection, table: dict[str, Any], lock: bool,
+             shapes: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """Whether `table` shows the action's after-state ("after"), the state before it ("before"),
-    or something else ("conflict", with what differs)."""
+    or something else ("conflict", with what differs). `shapes`: column lists known to hold in
+    this transaction (tables it has written), not read again."""
     name = _ident(table["table"])
-    shape = conn.execute(
+    known = (shapes or {}).get(table["table"])
+    shape = (known,) if known is not None else conn.execute(
         "SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)) "
         "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
         (table["table"],)).fetchone()
