@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         if exc.undone:
             print(f"undone before the conflict: {', '.join(exc.undone)}", file=sys.stderr)
         print(f"goex: {exc}", file=sys.stderr)
-        for line in _conflict_makers(args, exc):
-            print(f"goex: {line}", file=sys.stderr)
         return EXIT_CONFLICT
     except (ActionError, ConfigError) as exc:
         print(f"goex: {_one_line(exc)}", file=sys.stderr)
@@ -602,43 +600,6 @@ def _undo(args: argparse.Namespace) -> int:
     _say(args, f"undone {len(undone)} entr{'y' if len(undone) == 1 else 'ies'}{listed}",
          {"undone": undone, "requested": args.steps})
     return EXIT_FAILED if args.steps is not None and len(undone) < args.steps else EXIT_OK
-
-
-def _conflict_makers(args: argparse.Namespace, exc: UndoConflict) -> list[str]:
-    """Who changed what an undo conflicts on since: the later entries of the root whose targets or
-    preview name the same thing, with their sessions; or, when none does, that it was changed
-    outside goex."""
-    if not getattr(args, "root", None):
-        return []
-    journal = _reader(args)
-    if journal is None:
-        return []
-    try:
-        entry = journal.entry(exc.entry_id)
-        later = [] if entry is None else [
-            (e, _named(journal.detail(e.id))) for e in journal.entries(after_seq=entry.seq, status=("applied",))]
-    finally:
-        journal.close()
-    lines = []
-    for target, _ in exc.conflicts:
-        parts = set(target.split(".", 1))  # "db.table": both named by the entry
-        makers = [e for e, named in later if target in named or (len(parts) == 2 and parts <= named)]
-        if makers:
-            who = ", ".join(f"entry {e.id} of session {e.session} ({e.type} by {e.actor})" for e in makers)
-            lines.append(f"{target} was changed since by {who}")
-        else:
-            lines.append(f"{target} was changed since outside goex (no later entry names it)")
-    return lines
-
-
-def _named(detail: Any) -> set[str]:
-    """The names an entry's targets and preview hold (paths, tables, databases)."""
-    if detail is None:
-        return set()
-    names = set(detail.targets)
-    for value in detail.preview.values():
-        names.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
-    return names
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

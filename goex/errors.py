@@ -76,12 +76,19 @@ class UndoConflict(GoexError):
         self.entry_id = entry_id
         self.conflicts = conflicts
         self.undone: list[str] = []  # entries of the same undo undone before it stopped here
+        self.changed_by: list[str] = []  # who changed each target since: later entries, or outside goex
         self.forceable = not any(isinstance(why, Unforceable) for _, why in conflicts)
         listed = "; ".join(f"{target}: {why}" for target, why in conflicts)
         advice = ("Undo the later changes first, or force it (force=True / --force) to restore the recorded "
                   "before-state and lose those changes." if self.forceable else
                   "Forcing cannot help: undo or remove the later changes that depend on it first.")
         super().__init__(f"cannot undo entry {entry_id}: changed since the action ({listed}). {advice}")
+
+    def explain(self, changed_by: list[str]) -> None:
+        """Name who changed each target since (the runtime reads it from the journal)."""
+        self.changed_by = list(changed_by)
+        if changed_by:
+            self.args = (f"{self.args[0]} " + " ".join(f"{line}." for line in changed_by),)
 
 
 class UndoDeclined(GoexError):

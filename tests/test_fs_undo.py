@@ -225,3 +225,21 @@ def test_forced_undo_keeps_files_nobody_journaled(root: Path, rt: goex.Runtime):
     assert not (root / "made/by/goex.txt").exists()
     assert (root / "made/by/human.txt").read_text() == "precious"
     assert [e["status"] for e in s.log()] == ["undone"]
+
+
+def test_a_conflict_names_who_changed_the_target_since(root: Path):
+    """The exception itself says which later entry (and session) changed what the undo would
+    overwrite, or that nothing goex journaled did."""
+    with goex.Runtime(root, policy="permissive", durability="process") as rt:
+        first, second = rt.session(session_id="first"), rt.session(session_id="second")
+        assert run(first, type="fs.write", path="f", content="1").ok
+        later = run(second, type="fs.write", path="f", content="2").entry_id
+        with pytest.raises(goex.UndoConflict) as caught:
+            first.rollback()
+        assert caught.value.changed_by == [f"f was changed since by entry {later} of session second (fs.write by agent)"]
+        assert f"entry {later} of session second" in str(caught.value)
+        assert run(first, type="fs.write", path="g", content="1").ok
+        (root / "g").write_text("by hand")
+        with pytest.raises(goex.UndoConflict) as caught:
+            first.undo()
+        assert "outside goex" in str(caught.value) and caught.value.undone == []

@@ -8,14 +8,16 @@ an entry that meets one stops the undo there, after the newer entries were undon
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from ..adapters.base import Adapter, Coalesced
-from ..errors import JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
+from ..errors import GoexError, JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
 from ..journal.read import Entry
 from ..journal.store import entry_id
 from ..telemetry import rollback_attributes, undo_attributes
+from .conflicts import changed_by
 from .results import Parts
 
 UNDOABLE = ("applied", "undo_failed")
@@ -88,6 +90,8 @@ class Undo(Parts):
                 self._undo_batch(batch, done, unrecorded, who)
             except UndoConflict as exc:
                 exc.undone = list(done)
+                with contextlib.suppress(GoexError):  # naming who changed it is a courtesy, never the error
+                    exc.explain(changed_by(self.journal, exc))
                 raise
             finally:
                 if unrecorded:
