@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 
 import pytest
@@ -443,6 +444,10 @@ STATEMENTS = st.one_of(
 )
 
 
+def _counters_off(dump: str) -> str:
+    return re.sub(r"AUTO_INCREMENT=\d+ ", "", dump)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.lists(STATEMENTS, min_size=1, max_size=3), min_size=1, max_size=4))
 def test_property_any_sequence_reverts_exactly(actions):
@@ -451,15 +456,19 @@ def test_property_any_sequence_reverts_exactly(actions):
         d.setup(SCHEMA)
         start = d.engine.dump()
         done = []
+        failed = False
         for statements in actions:
             sql = ";\n".join(statements)
             state = d.engine.dump()
             try:
                 done.append(d.act(sql))
             except ActionFailed:
-                assert d.engine.dump() == state  # nothing of a failed action stays
+                # nothing of a failed action stays, except the AUTO_INCREMENT values InnoDB handed
+                # out to it (outside any transaction: a known limit, docs/sql.md)
+                failed = True
+                assert _counters_off(d.engine.dump()) == _counters_off(state)
         for entry in reversed(done):
             d.revert(entry)
-        assert d.engine.dump() == start
+        assert (_counters_off(d.engine.dump()) == _counters_off(start)) if failed else d.engine.dump() == start
     finally:
         d.drop()

@@ -206,9 +206,10 @@ class Adapter(abc.ABC):
         """Whether `item` (older than every entry of `group`, same key) can be undone with them."""
         return True
 
-    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
+    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]] | None:
         """For entries of one key, newest first: what each would meet (as `conflicts` says it) if
-        it were undone right after the newer ones. Nothing is changed."""
+        it were undone right after the newer ones. Nothing is changed. None: these entries cannot
+        be undone together after all (found only now); they are undone one by one."""
         raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:

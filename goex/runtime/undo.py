@@ -124,6 +124,10 @@ class Undo(Parts):
         conflicts: dict[int, list[tuple[str, str]]] = {}
         for members in _groups(batch).values():
             found = members[0][1].adapter.range_conflicts([c for _, c in members])
+            if found is None:  # the adapter found it cannot undo them together: one by one
+                for item in batch:
+                    self._undo_one(item, False, done, unrecorded, who)
+                return
             conflicts.update((i, f) for (i, _), f in zip(members, found, strict=True) if f)
         first = min(conflicts, default=len(batch))
         if first > 0:

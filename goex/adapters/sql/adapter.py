@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from .common import IRREVERSIBLE, Engine, SqlRefused, SqlSyntaxError, Staged, analyse, sample_query
 
 if TYPE_CHECKING:
+    from .mysql import MysqlEngine
     from .postgres import PostgresEngine
     from .sqlite import SqliteEngine
 
@@ -377,8 +378,8 @@ class SqlAdapter(Adapter):
 
     def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:
         """Row changes of one database are undone together: SQLite's changesets composed into one,
-        PostgreSQL's row images set back in one transaction. Schema changes (a dump kept for
-        undo) and other engines' entries are undone on their own."""
+        PostgreSQL's and MariaDB's row images set back in one transaction. Schema changes (kept
+        for undo as a dump or an image) and MariaDB sequences are undone entry by entry."""
         db = self.databases.get(plan.get("db", ""))
         captured = plan.get("captured")
         if db is None or not isinstance(captured, dict):
@@ -386,23 +387,29 @@ class SqlAdapter(Adapter):
         mode = (plan.get("before") or {}).get("mode")
         if db.kind == "sqlite" and mode == "changeset" and "changeset" in captured:
             return Coalesced(self, f"sqlite:{db.name}", plan, after)
-        if db.kind == "postgresql" and mode != "dump" and captured.get("mode") != "dump" and "xid" in captured:
-            return Coalesced(self, f"postgresql:{db.name}", plan, after)
+        if db.kind in ("postgresql", "mysql"):
+            from .mysql import MysqlEngine
+            from .postgres import PostgresEngine
+
+            engine = self._engine_of(plan)
+            if isinstance(engine, (PostgresEngine, MysqlEngine)) and engine.coalescable(plan["before"], captured):
+                return Coalesced(self, f"{db.kind}:{db.name}", plan, after)
         return None
 
-    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]]:
+    def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]] | None:
         assert self.get_blob is not None, "SqlAdapter needs the journal's get_blob"
         return self._ranged(items[0].plan).range_conflicts([c.plan["captured"] for c in items], self.get_blob)
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
         self._ranged(items[0].plan).revert_range([c.plan["captured"] for c in items], get_blob)
 
-    def _ranged(self, plan: dict[str, Any]) -> "SqliteEngine | PostgresEngine":
+    def _ranged(self, plan: dict[str, Any]) -> "SqliteEngine | PostgresEngine | MysqlEngine":
+        from .mysql import MysqlEngine
         from .postgres import PostgresEngine
         from .sqlite import SqliteEngine
 
         engine = self._engine_of(plan)
-        assert isinstance(engine, (SqliteEngine, PostgresEngine)), "only SQLite and PostgreSQL entries are coalesced"
+        assert isinstance(engine, (SqliteEngine, PostgresEngine, MysqlEngine)), "an engine that does not coalesce"
         return engine
 
     def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:

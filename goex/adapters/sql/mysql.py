@@ -60,7 +60,7 @@ from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
 
-from ...errors import ActionFailed
+from ...errors import ActionFailed, Unforceable
 from ...journal.anchor import state_dir
 from .common import (
     QUOTED,
@@ -431,7 +431,16 @@ def _row_sql(meta: _Meta, table: str) -> tuple[str, list[str], list[str] | None]
 
 
 def _fp(create: str | None, rows: list[str]) -> str:
-    return f"{_sha(create or '')[:24]}:{_sha(chr(10).join(sorted(rows)))[:40]}"
+    """A table's fingerprint: its definition, its rows, and its AUTO_INCREMENT position apart (a
+    counter is state that undo restores, never a change of someone else's to refuse: `_core`)."""
+    counter = _AI.search(create or "")
+    return (f"{_sha(_definition(create) if create else '')[:24]}:{_sha(chr(10).join(sorted(rows)))[:40]}"
+            + (f":{counter.group(1)}" if counter else ""))
+
+
+def _core(fp: str | None) -> str | None:
+    """A fingerprint without the counter: what undo compares to find another client's change."""
+    return ":".join(fp.split(":")[:2]) if fp else fp
 
 
 def _differs(object_: str, then: str | None, now: str | None) -> str:
@@ -952,10 +961,10 @@ class MysqlEngine(ServerEngine[Any]):
                 keys = None if whole else [k for k, _ in before_rows]
                 after_rows = _select_rows(cur, table, entry, keys) if whole or keys else []
                 diff = _diff(before_rows, after_rows, bool(entry["pk"]))
-                if not diff["keyed"] and not diff["counts"]:
-                    continue
                 if entry["auto_increment"] is not None:
                     entry["auto_after"] = _auto_increment(cur, table)
+                if not diff["keyed"] and not diff["counts"] and entry.get("auto_after") == entry["auto_increment"]:
+                    continue  # neither a row nor the counter moved (rows a trigger added and removed move it)
                 if plan["meta"].triggers.get(table):  # undo drops them for its duration: kept here for recovery
                     entry["triggers"] = _trigger_defs(cur, self.db, table)
                 entry["blob"] = put_blob(json.dumps(diff).encode())
@@ -1184,6 +1193,76 @@ class MysqlEngine(ServerEngine[Any]):
                     if state is not None:
                         _seq_set(cur, name, sequences[name]["before"] if done else state)
 
+    # -- a range of row entries of this database, undone as one transaction -----------------------
+
+    @staticmethod
+    def coalescable(before: dict[str, Any], captured: dict[str, Any]) -> bool:
+        """Row changes without sequences (setting one back is DDL, which commits in MariaDB)."""
+        return isinstance(captured.get("tables"), dict) and captured.get("mode") != "ddl" \
+            and not _legacy(captured) and not captured.get("sequences")
+
+    def range_conflicts(self, captureds: list[dict[str, Any]],
+                        get_blob: GetBlob) -> list[list[tuple[str, str]]] | None:
+        """For row entries, newest first: what each would meet if it were undone right after the
+        newer ones (each checked, then undone, in one transaction that is rolled back). None when
+        a table has triggers: a trial would fire them, and the undo must drop them around each
+        restore, which commits; such entries are undone one by one."""
+        found: list[list[tuple[str, str]]] = [[] for _ in captureds]
+        with self._own() as conn, conn.cursor() as cur:
+            try:
+                links = self._range_links(cur, captureds)
+                if links["triggers"]:
+                    return None
+                for i, captured in enumerate(captureds):
+                    problems, plans = self._row_conflicts(conn, _items(captured["tables"], get_blob))
+                    plans = [(t, state) for t, state in plans if state != "before"]
+                    if not problems and plans:
+                        evidence = self._evidence(conn, plans, False, links)
+                        self._undo_rows(conn, plans, False, evidence)
+                        first = plans[0][0]["table"]
+                        problems = [(f"{self.db}.{first}", Unforceable(w))
+                                    for w in self._broken(conn, plans, False, evidence)]
+                    if problems:
+                        found[i] = problems
+                        break
+            finally:
+                _rollback(conn)
+        return found
+
+    def _range_links(self, cur: Any, captureds: list[dict[str, Any]]) -> dict[str, Any]:
+        names = sorted({t for c in captureds for t in c["tables"]})
+        return _links(cur, self.db, names) if names else {"triggers": set(), "fks": []}
+
+    def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
+        """Undo row entries, newest first, in one transaction: each one's rows checked (locked) and
+        set back as `revert` does, one commit; then each table's AUTO_INCREMENT counter set as
+        undoing the entries one by one would set it. A row changed since, or a trigger added since
+        the check, stops it (UndoRefused) with nothing applied."""
+        counters: dict[str, int | None] = {}
+        with self._own() as conn, conn.cursor() as cur:
+            try:
+                links = self._range_links(cur, captureds)
+                if links["triggers"]:
+                    raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: a table has triggers now, "
+                                      "which its undo drops around each entry")
+                for captured in captureds:
+                    items = _items(captured["tables"], get_blob)
+                    self._revert_rows(conn, items, False, [], links)
+                    for item in items:  # as the newest entry's check read it
+                        counters.setdefault(item["table"], item["counter"])
+                conn.commit()
+            finally:
+                _rollback(conn)
+            for table, now in sorted(counters.items()):
+                start = now
+                for captured in captureds:  # newest first, as each entry's undo would move it
+                    entry = captured["tables"].get(table)
+                    value = entry.get("auto_increment") if entry else None
+                    if value is not None and now is not None and now != value and now == entry.get("auto_after"):
+                        now = value
+                if now != start and now is not None:
+                    cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT={int(now)}")
+
     def _restore_tables(self, conn: Any, cur: Any, items: list[dict[str, Any]], force: bool) -> None:
         """Put back the rows an entry changed, with the tables' triggers dropped meanwhile."""
         tables = {item["table"]: item["entry"] for item in items}
@@ -1270,7 +1349,7 @@ class MysqlEngine(ServerEngine[Any]):
             now = self._now(cur, before, captured)
         changed = self._changed(before, captured)
         return [(f"{self.db}.{obj}", _differs(obj, captured["after"].get(obj), now.get(obj)))
-                for obj in sorted(changed) if now.get(obj) != captured["after"].get(obj)]
+                for obj in sorted(changed) if _core(now.get(obj)) != _core(captured["after"].get(obj))]
 
     def _changed(self, before: dict[str, Any], captured: dict[str, Any]) -> set[str]:
         """The objects the action changed."""
@@ -1306,7 +1385,7 @@ class MysqlEngine(ServerEngine[Any]):
             then = self._before_fps(before, captured)
             after = captured["after"]
             problems = [_differs(obj, after.get(obj), now.get(obj)) for obj in sorted(self._changed(before, captured))
-                        if now.get(obj) not in (after.get(obj), then.get(obj))]
+                        if _core(now.get(obj)) not in (_core(after.get(obj)), _core(then.get(obj)))]
             if problems:
                 raise UndoRefused(f"undo on {self.db} stopped, nothing was undone: {'; '.join(problems)}")
         if captured.get("mode") == "ddl":

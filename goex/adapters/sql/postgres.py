@@ -1112,6 +1112,11 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
     # -- a range of row-mode entries of this database, undone as one transaction -------------------
 
+    @staticmethod
+    def coalescable(before: dict[str, Any], captured: dict[str, Any]) -> bool:
+        """Row changes (not the schema dumps of DDL)."""
+        return before.get("mode") != "dump" and captured.get("mode") != "dump" and "xid" in captured
+
     def range_conflicts(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> list[list[tuple[str, str]]]:
         """For row-mode entries, newest first: what each would meet if it were undone right after
         the newer ones. Each is checked as `conflicts` checks it, then undone in the same
