@@ -127,6 +127,10 @@ FALLBACKS = {
         "CREATE OPERATOR public.+ (LEFTARG = int, RIGHTARG = text, FUNCTION = sneaky)", "",
         "UPDATE t SET v = v + 'x'::text WHERE id = 1", "SELECT v, note FROM t WHERE id IN (1, 5) ORDER BY id",
         [(11, "row 1"), (50, "touched")]),
+    "a view that writes": (
+        "CREATE FUNCTION bump() RETURNS int LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO audit (what) VALUES ('viewed'); RETURN 1; END$$; CREATE VIEW one AS SELECT bump() AS n",
+        "", "UPDATE t SET v = (SELECT n FROM one) WHERE id = 1", "SELECT what FROM audit", [("viewed",)]),
     "a key that changes": ("", "", "UPDATE t SET id = id + 100 WHERE id < 3", "SELECT count(*) FROM t WHERE id > 100",
                            [(2,)]),
     "a writable WITH": ("", "", "WITH gone AS (DELETE FROM audit RETURNING 1) UPDATE t SET v = 3 WHERE id = 1",

@@ -343,67 +343,69 @@ $goex$;
 
 -- The plain path: one INSERT, UPDATE or DELETE of one table that nothing but the statement's own
 -- rows can change, captured by the statement itself (RETURNING, see `_Plain`) without any DDL.
--- `plain_start` resolves the name as the statement will, locks the table as the statement will
--- (ROW EXCLUSIVE: no trigger, rule or foreign key can be added until the transaction ends) and
--- raises SQLSTATE GXNP1 unless the table is plain: an ordinary permanent table with a primary
--- key, no inheritance children, user triggers, rules, row security or foreign keys that act on
--- its rows' removal or change, no user function named by the statement, `keys` (when given) its
--- primary key with pg_catalog equality, every name in `idents` written as quote_ident writes it,
--- and readable by the session user (RETURNING reads it). Returns the table, its key, columns and
--- shape, the sequences, and the transaction's insert/update/delete counts on it so far.
-CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(name text, idents text[], keys text[], funcs text[],
-                                                      path text)
+-- `plain_start` takes the table as the statement's session resolved its name, locks it as the
+-- statement will (ROW EXCLUSIVE: no trigger, rule or foreign key can be added until the
+-- transaction ends), then reads the catalog and raises SQLSTATE GXNP1 unless the table is plain:
+-- an ordinary permanent table with an immediate primary key, no inheritance children, user
+-- triggers, rules, row security or foreign keys that act on its rows' removal or change, no user
+-- function and no view, materialized view or foreign table among the relations it names (`named`,
+-- resolved as the statement resolves them), `keys` (when given) its primary key with pg_catalog equality,
+-- every name in `idents` written as quote_ident writes it, and readable by the session user
+-- (RETURNING reads it). It checks the session as `begin` does. Returns the table, its key, the
+-- version of its columns (see `plain_shape`), the sequences, and the transaction's
+-- insert/update/delete counts on it so far.
+CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(r regclass, idents text[], keys text[], funcs text[],
+                                                      named regclass[])
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE r oid; c record; key text[]; ok boolean; stray text;
+DECLARE why text; out jsonb;
 BEGIN
-  IF current_setting('session_replication_role') <> 'origin' THEN
-    RAISE EXCEPTION 'goex session: session_replication_role is %', current_setting('session_replication_role');
-  END IF;
-  IF pg_my_temp_schema() <> 0 THEN  -- (a session that never had a temporary object has none)
-    SELECT string_agg(t.relname, ', ') INTO stray FROM pg_class t
-      WHERE t.relnamespace = pg_my_temp_schema() AND t.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')
-        AND t.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user);
-    IF stray IS NOT NULL THEN
-      RAISE EXCEPTION 'goex session: temporary objects left by an action: %', stray;
-    END IF;
-  END IF;
-  PERFORM set_config('search_path', path, true);  -- the statement's name, as it will resolve
-  BEGIN
-    r := to_regclass(name);
-  EXCEPTION WHEN OTHERS THEN r := NULL;
-  END;
-  PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
   IF r IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r AND relkind = 'r' AND relpersistence <> 't') THEN
     RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: not an ordinary table';
   END IF;
-  EXECUTE format('LOCK TABLE ONLY %s IN ROW EXCLUSIVE MODE', r::regclass);
-  SELECT t.relrowsecurity, t.relname, n.nspname INTO c FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
-    WHERE t.oid = r;
-  IF c.relrowsecurity OR NOT has_table_privilege(session_user, r, 'SELECT')
-     OR EXISTS (SELECT 1 FROM unnest(idents || keys) i WHERE quote_ident(i) <> i)
-     OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r)
-     OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal)
-     OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r)
-     OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
-                AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))
-     OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')) THEN
-    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: the statement can change more than its rows';
+  EXECUTE format('LOCK TABLE ONLY %s IN ROW EXCLUSIVE MODE', r);
+  SELECT CASE
+    WHEN current_setting('session_replication_role') <> 'origin' THEN
+      'goex session: session_replication_role is ' || current_setting('session_replication_role')
+    WHEN s.stray IS NOT NULL THEN 'goex session: temporary objects left by an action: ' || s.stray
+    WHEN c.relrowsecurity OR NOT has_table_privilege(session_user, r, 'SELECT')
+      OR EXISTS (SELECT 1 FROM unnest(idents || keys) i WHERE quote_ident(i) <> i)
+      OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r)
+      OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal)
+      OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r)
+      OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
+                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))
+      OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
+      OR EXISTS (SELECT 1 FROM pg_class v WHERE v.oid = ANY(named) AND v.relkind NOT IN ('r', 'p'))
+      THEN 'the statement can change more than its rows'
+    WHEN pk.key IS NULL OR (keys IS NOT NULL AND (pk.key <> keys OR NOT pk.ok))
+      THEN 'no immediate primary key, or not the one given'
+    END,
+    jsonb_build_object('rel', r::oid::bigint, 'table', format('%I.%I', n.nspname, c.relname), 'key', to_jsonb(pk.key),
+      'version', (SELECT string_agg(a.xmin::text, ',' ORDER BY a.attnum) FROM pg_attribute a
+                  WHERE a.attrelid = r AND a.attnum > 0),
+      'counts', jsonb_build_array(r::oid::bigint, pg_stat_get_xact_tuples_inserted(r),
+                                  pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)))
+    INTO why, out
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+      LATERAL (SELECT string_agg(t.relname, ', ') AS stray FROM pg_class t  -- (a session that never had a
+               WHERE pg_my_temp_schema() <> 0 AND t.relnamespace = pg_my_temp_schema()  -- temporary object has none)
+                 AND t.relkind IN ('r', 'v', 'm', 'S', 'f', 'p') AND t.relowner <> (SELECT oid FROM pg_roles
+                                                                                WHERE rolname = current_user)) s,
+      LATERAL (SELECT array_agg(a.attname::text ORDER BY k.o) AS key, bool_and(EXISTS (SELECT 1 FROM pg_operator o
+                 WHERE o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprleft = a.atttypid
+                   AND o.oprright = a.atttypid)) AS ok
+               FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
+               WHERE i.indrelid = r AND i.indisprimary AND i.indimmediate) pk
+    WHERE c.oid = r;
+  IF why LIKE 'goex session:%' THEN
+    RAISE EXCEPTION '%', why;
+  ELSIF why IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: ' || why;
   END IF;
-  SELECT array_agg(a.attname::text ORDER BY k.o), bool_and(EXISTS (SELECT 1 FROM pg_operator o
-           WHERE o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprleft = a.atttypid
-             AND o.oprright = a.atttypid)) INTO key, ok
-    FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
-    WHERE i.indrelid = r AND i.indisprimary AND i.indimmediate;
-  IF key IS NULL OR (keys IS NOT NULL AND (key <> keys OR NOT ok)) THEN
-    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no immediate primary key, or not the one given';
-  END IF;
-  PERFORM set_config('goex.plain_rel', r::text, true);
-  RETURN jsonb_build_object('rel', r::bigint, 'table', format('%I.%I', c.nspname, c.relname), 'key', to_jsonb(key),
-    'version', (SELECT string_agg(a.xmin::text, ',' ORDER BY a.attnum) FROM pg_attribute a
-                WHERE a.attrelid = r AND a.attnum > 0),
-    'seqs', goex.sequences_{VERSION}(), 'counts', goex.counted_{VERSION}(r));
+  PERFORM set_config('goex.plain_rel', r::oid::text, true);
+  RETURN out || jsonb_build_object('seqs', goex.sequences_{VERSION}());
 END
 $goex$;
 
@@ -547,12 +549,14 @@ _PLAIN_WORD = re.compile(r"[a-z_][a-z0-9_]*")
 
 class _Plain(NamedTuple):
     """A statement the plain path captures by itself: its kind, the target as written (qualified
-    parts, lower case) and the name its rows are referred to by (alias, or the table's name)."""
+    parts, lower case), the name its rows are referred to by (alias, or the table's name), the
+    functions and the tables it names (quoted, as `_plan` gives them)."""
 
     kind: str
     parts: tuple[str, ...]
     ref: str
     funcs: tuple[str, ...]
+    tables: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -581,7 +585,7 @@ def _plain(statement: str) -> _Plain | None:
     comment, dollar quote or backslash (see `_lexically_plain`). The server checks the rest."""
     if not _lexically_plain(statement):
         return None
-    rows, _, funcs, kind, _, _ = _plan(statement)
+    rows, tables, funcs, kind, _, _ = _plan(statement)
     if not rows or kind not in ("insert", "update", "delete"):
         return None
     try:
@@ -604,7 +608,7 @@ def _plain(statement: str) -> _Plain | None:
     folded = [p.name.translate(_ASCII_LOWER) for p in names]  # as PostgreSQL folds an unquoted name
     if not all(_PLAIN_WORD.fullmatch(p) for p in folded):
         return None
-    return _Plain(kind, tuple(folded[:len(parts)]), folded[-1], funcs)
+    return _Plain(kind, tuple(folded[:len(parts)]), folded[-1], funcs, tables)
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -1174,13 +1178,15 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             with conn.pipeline():
                 conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
                 conn.execute("RESET ALL")
-                first = conn.execute(pgsql.SQL(
-                    "SELECT pg_advisory_unlock_all(), session_user, goex.plain_start_{}(%s, %s, %s, %s, "
-                    "current_setting('search_path'))").format(pgsql.SQL(VERSION)),
-                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs)))
+                first = conn.execute(pgsql.SQL(  # the names resolved here, as the statement will resolve them
+                    "SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{}("
+                    "pg_catalog.to_regclass(%s), %s, %s, %s, ARRAY(SELECT pg_catalog.to_regclass(n) "
+                    "FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS n))").format(pgsql.SQL(VERSION)),
+                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs), list(plain.tables)),
+                    prepare=True)
                 cur = conn.execute(text, values)
-                conn.execute(_PIN)
-                last = conn.execute(pgsql.SQL("SELECT goex.plain_finish_{}()").format(pgsql.SQL(VERSION)))
+                last = conn.execute(pgsql.SQL("{}, goex.plain_finish_{}()").format(pgsql.SQL(_PIN), pgsql.SQL(VERSION)),
+                                    prepare=True)  # pinned first: the statement's settings must not steer ours
         except psycopg.Error as exc:
             if (exc.diag.message_primary or "").startswith("goex session:"):
                 raise Dirty(_message(exc)) from None
@@ -1192,7 +1198,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         who, started = self._started(first, seqs)
         if who != self.role:
             raise Dirty(f"the session user is {who!r}, not the agent role {self.role!r}")
-        done = (last.fetchone() or [None])[0] if last is not None else None
+        done = (last.fetchone() or [None, None])[1] if last is not None else None
         if done is None or started is None:
             return None
         after.update(done)
