@@ -13,6 +13,9 @@ Two ways of keeping what undo needs, chosen per action:
   log is reduced to its net effect per table: the rows the action added and the rows it
   removed. Undo deletes the added rows and puts the removed ones back, in one transaction with
   `session_replication_role = replica`, so neither user triggers nor foreign-key actions fire.
+  A single INSERT, UPDATE or DELETE of a table nothing else hangs on (the plain path) needs no
+  trigger: the statement runs with a RETURNING clause that gives the same rows, believed only
+  when the server's own counts agree (see `_Plain` and `PostgresEngine._rehearse_plain`).
 
 * Statements that change the schema (DDL, TRUNCATE, and SQL sqlglot cannot read) take the
   simplest exact route: a `pg_dump` of every user schema taken before the action, restored in
@@ -1110,7 +1113,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
     def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
         """Row changes run once: capture started, the statements run, the effect read off the
         capture log and capture finished, all in the transaction that stays open as the action's
-        run (4 round trips; a dry run then a separate run took 7). Schema changes: a dry run."""
+        run (2 round trips before the commit), or, for a single statement on a plain table, the
+        plain path (`_rehearse_plain`, 1 round trip before the commit). Schema changes: a dry run."""
         if not self._rows_mode(statements):
             return self.dry_run(statements, params), None
         return self._adopting(lambda: self._rehearse_plain(statements, params) or self._rehearse(statements, params))
@@ -1219,6 +1223,8 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         rows = [[text, count] for text, count in sorted(net.items()) if count]
         shape = self._shapes.get((rel, started["version"]))
         if shape is None and rows:  # the table is locked: its columns cannot change before the commit
+            if len(self._shapes) > 1000:
+                self._shapes.clear()
             try:
                 shape = self._shapes[(rel, started["version"])] = _one(conn, pgsql.SQL(
                     "SELECT goex.plain_shape_{}({})").format(pgsql.SQL(VERSION), pgsql.Literal(rel)))
