@@ -106,6 +106,15 @@ _REFUSED_FUNCS = {
     "pg_import_system_collations", "txid_current_snapshot", "pg_export_snapshot",
 }
 
+# Every user sequence's position into `seqs` (plpgsql; declares sq record, seqs jsonb, lv bigint,
+# ic boolean): shared by goex.sequences and the plain path's functions, which run it inline.
+_SEQUENCES = f"""FOR sq IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_sequence s
+    JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'S' AND {_USER_NS} LOOP
+    EXECUTE format('SELECT last_value, is_called FROM %s', sq.q) INTO lv, ic;
+    seqs := seqs || jsonb_build_object(sq.q, jsonb_build_array(lv, ic));
+  END LOOP;"""
+
 _SETUP = f"""
 CREATE SCHEMA IF NOT EXISTS goex;
 COMMENT ON SCHEMA goex IS 'goex: undo support for actions run through goex; do not edit';
@@ -120,14 +129,10 @@ $goex$;
 
 CREATE OR REPLACE FUNCTION goex.sequences_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE r record; out jsonb := '{{}}'; lv bigint; ic boolean;
+DECLARE sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
 BEGIN
-  FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND {_USER_NS} LOOP
-    EXECUTE format('SELECT last_value, is_called FROM %s', r.q) INTO lv, ic;
-    out := out || jsonb_build_object(r.q, jsonb_build_array(lv, ic));
-  END LOOP;
-  RETURN out;
+  {_SEQUENCES}
+  RETURN seqs;
 END
 $goex$;
 
@@ -360,7 +365,7 @@ $goex$;
 CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(r regclass, idents text[], keys text[], funcs text[],
                                                       named regclass[])
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE why text; out jsonb;
+DECLARE why text; out jsonb; sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
 BEGIN
   IF r IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r AND relkind = 'r' AND relpersistence <> 't') THEN
     RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: not an ordinary table';
@@ -370,15 +375,17 @@ BEGIN
     WHEN current_setting('session_replication_role') <> 'origin' THEN
       'goex session: session_replication_role is ' || current_setting('session_replication_role')
     WHEN s.stray IS NOT NULL THEN 'goex session: temporary objects left by an action: ' || s.stray
+    -- (relhassubclass, relhastriggers, relhasrules: true once a child, trigger or rule was added,
+    -- and a foreign key referencing the table adds triggers to it; false, there is none)
     WHEN c.relrowsecurity OR NOT has_table_privilege(session_user, r, 'SELECT')
       OR EXISTS (SELECT 1 FROM unnest(idents || keys) i WHERE quote_ident(i) <> i)
-      OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r)
-      OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal)
-      OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r)
-      OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
-                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))
-      OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                 WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
+      OR (c.relhassubclass AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r))
+      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal))
+      OR (c.relhasrules AND EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r))
+      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
+                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))))
+      OR (cardinality(funcs) > 0 AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')))
       OR EXISTS (SELECT 1 FROM pg_class v WHERE v.oid = ANY(named) AND v.relkind NOT IN ('r', 'p'))
       THEN 'the statement can change more than its rows'
     WHEN pk.key IS NULL OR (keys IS NOT NULL AND (pk.key <> keys OR NOT pk.ok))
@@ -408,7 +415,8 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: ' || why;
   END IF;
   PERFORM set_config('goex.plain_rel', r::oid::text, true);
-  RETURN out || jsonb_build_object('seqs', goex.sequences_{VERSION}());
+  {_SEQUENCES}
+  RETURN out || jsonb_build_object('seqs', seqs);
 END
 $goex$;
 
@@ -442,20 +450,18 @@ BEGIN
 END
 $goex$;
 
--- This transaction's inserts, updates and deletes of `rel` so far (the server's own counts).
-CREATE OR REPLACE FUNCTION goex.counted_{VERSION}(rel oid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-  SELECT jsonb_build_array(rel::bigint, pg_stat_get_xact_tuples_inserted(rel), pg_stat_get_xact_tuples_updated(rel),
-                           pg_stat_get_xact_tuples_deleted(rel))
-$goex$;
-
 -- After the statement: the transaction, the sequences, and the counts on the table `plain_start` took.
 CREATE OR REPLACE FUNCTION goex.plain_finish_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE r oid := nullif(current_setting('goex.plain_rel', true), '')::oid; sq record; seqs jsonb := '{{}}';
+  lv bigint; ic boolean;
 BEGIN
-  PERFORM goex.outside_{VERSION}();
-  RETURN jsonb_build_object('xid', pg_current_xact_id()::text, 'seqs', goex.sequences_{VERSION}(),
-    'counts', goex.counted_{VERSION}(nullif(current_setting('goex.plain_rel', true), '')::oid));
+  IF EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE xmin = pg_current_xact_id()::xid) THEN
+    PERFORM goex.outside_{VERSION}();  -- (its error)
+  END IF;
+  {_SEQUENCES}
+  RETURN jsonb_build_object('xid', pg_current_xact_id()::text, 'seqs', seqs, 'counts', jsonb_build_array(r::bigint,
+    pg_stat_get_xact_tuples_inserted(r), pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)));
 END
 $goex$;
 
@@ -1186,11 +1192,10 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                     "SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{}("
                     "pg_catalog.to_regclass(%s), %s, %s, %s, ARRAY(SELECT pg_catalog.to_regclass(n) "
                     "FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS n))").format(pgsql.SQL(VERSION)),
-                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs), list(plain.tables)),
-                    prepare=True)
+                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs), list(plain.tables)))
                 cur = conn.execute(text, values)
-                last = conn.execute(pgsql.SQL("{}, goex.plain_finish_{}()").format(pgsql.SQL(_PIN), pgsql.SQL(VERSION)),
-                                    prepare=True)  # pinned first: the statement's settings must not steer ours
+                # pinned first: the statement's settings must not steer goex's queries
+                last = conn.execute(pgsql.SQL("{}, goex.plain_finish_{}()").format(pgsql.SQL(_PIN), pgsql.SQL(VERSION)))
         except psycopg.Error as exc:
             if (exc.diag.message_primary or "").startswith("goex session:"):
                 raise Dirty(_message(exc)) from None
