@@ -367,11 +367,12 @@ CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(r regclass, idents text[],
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
 DECLARE why text; out jsonb; sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
 BEGIN
-  IF r IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r AND relkind = 'r' AND relpersistence <> 't') THEN
-    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: not an ordinary table';
+  IF r IS NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no such table';
   END IF;
   EXECUTE format('LOCK TABLE ONLY %s IN ROW EXCLUSIVE MODE', r);
   SELECT CASE
+    WHEN c.relkind <> 'r' OR c.relpersistence = 't' THEN 'not an ordinary table'
     WHEN current_setting('session_replication_role') <> 'origin' THEN
       'goex session: session_replication_role is ' || current_setting('session_replication_role')
     WHEN s.stray IS NOT NULL THEN 'goex session: temporary objects left by an action: ' || s.stray
@@ -406,7 +407,7 @@ BEGIN
                  WHERE o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprleft = a.atttypid
                    AND o.oprright = a.atttypid)) AS ok
                FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
+               JOIN pg_attribute a ON a.attrelid = r AND a.attnum = k.num
                WHERE i.indrelid = r AND i.indisprimary AND i.indimmediate) pk
     WHERE c.oid = r;
   IF why LIKE 'goex session:%' THEN
