@@ -575,7 +575,9 @@ class _Plain(NamedTuple):
     def returning(self, keys: list[str] | None) -> str:
         """The capture appended to the statement: per row, the table it is in and the row as
         text (the new row; the removed row for DELETE), and for UPDATE the row it replaced, read
-        by the primary key in the statement's own snapshot, with the transaction that replaced it.
+        by the primary key in the statement's own snapshot, with the transaction that replaced it
+        and where it was (n rows replaced by this transaction, n different places: the rows the
+        statement replaced, whatever the keys did).
         Every name is one `plain_start` checked needs no quotes; operators and types are
         pg_catalog's, whatever the search path."""
         r = self.ref
@@ -584,7 +586,8 @@ class _Plain(NamedTuple):
             assert keys
             match = " AND ".join(f"goex_o.{k} OPERATOR(pg_catalog.=) {r}.{k}" for k in keys)
             out += (", (SELECT ARRAY[ROW(goex_o.*)::pg_catalog.text, goex_o.xmax::pg_catalog.text, "
-                    f"goex_o.tableoid::pg_catalog.text] FROM ONLY {self.name} goex_o WHERE {match})")
+                    "goex_o.tableoid::pg_catalog.text, goex_o.ctid::pg_catalog.text] "
+                    f"FROM ONLY {self.name} goex_o WHERE {match})")
         return out
 
 
@@ -1217,6 +1220,9 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         xid = int(done["xid"]) & 0xFFFFFFFF
         diff = [b - a for a, b in zip(started["counts"][1:], done["counts"][1:], strict=True)]
         expected = {"insert": [n, 0, 0], "update": [0, n, 0], "delete": [0, 0, n]}[plain.kind]
+        replaced = {row[2][3] for row in returned if plain.kind == "update" and row[2] is not None}
+        if plain.kind == "update" and len(replaced) != n:  # each new row replaced a row of its own
+            return None
         if done["counts"][0] != rel or diff != expected or any(
                 row[0] != rel or (plain.kind == "update" and (row[2] is None or int(row[2][2]) != rel
                                                               or int(row[2][1]) != xid)) for row in returned):
