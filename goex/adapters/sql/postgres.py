@@ -387,7 +387,7 @@ BEGIN
                  AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))))
       OR (cardinality(funcs) > 0 AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                  WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')))
-      OR EXISTS (SELECT 1 FROM pg_class v WHERE v.oid = ANY(named) AND v.relkind NOT IN ('r', 'p'))
+      OR EXISTS (SELECT 1 FROM unnest(named) AS u(o) JOIN pg_class v ON v.oid = u.o WHERE v.relkind NOT IN ('r', 'p'))
       THEN 'the statement can change more than its rows'
     WHEN pk.key IS NULL OR (keys IS NOT NULL AND (pk.key <> keys OR NOT pk.ok))
       THEN 'no immediate primary key, or not the one given'
