@@ -13,6 +13,9 @@ Two ways of keeping what undo needs, chosen per action:
   log is reduced to its net effect per table: the rows the action added and the rows it
   removed. Undo deletes the added rows and puts the removed ones back, in one transaction with
   `session_replication_role = replica`, so neither user triggers nor foreign-key actions fire.
+  A single INSERT, UPDATE or DELETE of a table nothing else hangs on (the plain path) needs no
+  trigger: the statement runs with a RETURNING clause that gives the same rows, believed only
+  when the server's own counts agree (see `_Plain` and `PostgresEngine._rehearse_plain`).
 
 * Statements that change the schema (DDL, TRUNCATE, and SQL sqlglot cannot read) take the
   simplest exact route: a `pg_dump` of every user schema taken before the action, restored in
@@ -33,9 +36,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
-from typing import Any, Callable, Iterator, TypeVar
+import time
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -53,7 +58,7 @@ from .server import convert_params as _convert
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
-VERSION = "v4"
+VERSION = "v5"
 R = TypeVar("R")
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
@@ -102,6 +107,15 @@ _REFUSED_FUNCS = {
     "pg_import_system_collations", "txid_current_snapshot", "pg_export_snapshot",
 }
 
+# Every user sequence's position into `seqs` (plpgsql; declares sq record, seqs jsonb, lv bigint,
+# ic boolean): shared by goex.sequences and the plain path's functions, which run it inline.
+_SEQUENCES = f"""FOR sq IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_sequence s
+    JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'S' AND {_USER_NS} LOOP
+    EXECUTE format('SELECT last_value, is_called FROM %s', sq.q) INTO lv, ic;
+    seqs := seqs || jsonb_build_object(sq.q, jsonb_build_array(lv, ic));
+  END LOOP;"""
+
 _SETUP = f"""
 CREATE SCHEMA IF NOT EXISTS goex;
 COMMENT ON SCHEMA goex IS 'goex: undo support for actions run through goex; do not edit';
@@ -116,14 +130,10 @@ $goex$;
 
 CREATE OR REPLACE FUNCTION goex.sequences_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE r record; out jsonb := '{{}}'; lv bigint; ic boolean;
+DECLARE sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
 BEGIN
-  FOR r IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
-           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND {_USER_NS} LOOP
-    EXECUTE format('SELECT last_value, is_called FROM %s', r.q) INTO lv, ic;
-    out := out || jsonb_build_object(r.q, jsonb_build_array(lv, ic));
-  END LOOP;
-  RETURN out;
+  {_SEQUENCES}
+  RETURN seqs;
 END
 $goex$;
 
@@ -303,25 +313,157 @@ $goex$;
 -- single UPDATE or DELETE run without capture triggers.
 CREATE OR REPLACE FUNCTION goex.all_rows_{VERSION}(target oid, net bigint, touched bigint) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE r record; out jsonb := '[]'; me xid := pg_current_xact_id()::xid; untouched boolean; cnt bigint;
+DECLARE r record; out jsonb := '[]';
 BEGIN
   FOR r IN
     SELECT l.rel, sum((l.new IS NOT NULL)::int - (l.old IS NOT NULL)::int) AS net FROM pg_temp.goex_log l
       GROUP BY l.rel HAVING count(l.old) >= 2
     UNION ALL SELECT target, net WHERE target IS NOT NULL AND touched >= 2
   LOOP
-    CONTINUE WHEN r.rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r.rel AND relkind = 'r');
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s x WHERE x.xmin <> $1)', r.rel::regclass)
-      INTO untouched USING me;
-    CONTINUE WHEN untouched;
-    EXECUTE format('SELECT count(*) FROM ONLY %s', r.rel::regclass) INTO cnt;
-    IF cnt - r.net >= 2 THEN
-      out := out || (SELECT to_jsonb(CASE WHEN n.nspname = 'public' THEN c.relname::text
-                                         ELSE n.nspname || '.' || c.relname END)
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = r.rel);
-    END IF;
+    out := out || goex.emptied_{VERSION}(r.rel, r.net);
   END LOOP;
   RETURN out;
+END
+$goex$;
+
+-- [the table's name] when this transaction wrote every row `rel` holds and at least 2 rows were
+-- there before it (`net`: rows it added), else [].
+CREATE OR REPLACE FUNCTION goex.emptied_{VERSION}(rel oid, net bigint) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE untouched boolean; cnt bigint;
+BEGIN
+  IF rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind = 'r') THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s x WHERE x.xmin <> $1)', rel::regclass)
+    INTO untouched USING pg_current_xact_id()::xid;
+  IF untouched THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE format('SELECT count(*) FROM ONLY %s', rel::regclass) INTO cnt;
+  IF cnt - net < 2 THEN
+    RETURN '[]';
+  END IF;
+  RETURN (SELECT jsonb_build_array(CASE WHEN n.nspname = 'public' THEN c.relname::text
+                                         ELSE n.nspname || '.' || c.relname END)
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel);
+END
+$goex$;
+
+-- The plain path: one INSERT, UPDATE or DELETE of one table that nothing but the statement's own
+-- rows can change, captured by the statement itself (RETURNING, see `_Plain`) without any DDL.
+-- `plain_start` takes the table as the statement's session resolved its name, locks it as the
+-- statement will (ROW EXCLUSIVE: no trigger, rule or foreign key can be added until the
+-- transaction ends), then reads the catalog and raises SQLSTATE GXNP1 unless the table is plain:
+-- an ordinary permanent table with an immediate primary key, no inheritance children, user
+-- triggers, rules, row security or foreign keys that act on its rows' removal or change, no user
+-- function and no view, materialized view or foreign table among the relations it names (`named`,
+-- resolved as the statement resolves them), `keys` (when given) its primary key with pg_catalog equality,
+-- every name in `idents` written as quote_ident writes it, and readable by the session user
+-- (RETURNING reads it). It checks the session as `begin` does. Returns the table, its key, the
+-- version of its columns (see `plain_shape`), the sequences, and the transaction's
+-- insert/update/delete counts on it so far.
+CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(r regclass, idents text[], keys text[], funcs text[],
+                                                      named regclass[])
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE why text; out jsonb; sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
+BEGIN
+  IF r IS NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no such table';
+  END IF;
+  EXECUTE format('LOCK TABLE ONLY %s IN ROW EXCLUSIVE MODE', r);
+  SELECT CASE
+    WHEN c.relkind <> 'r' OR c.relpersistence = 't' THEN 'not an ordinary table'
+    WHEN current_setting('session_replication_role') <> 'origin' THEN
+      'goex session: session_replication_role is ' || current_setting('session_replication_role')
+    WHEN s.stray IS NOT NULL THEN 'goex session: temporary objects left by an action: ' || s.stray
+    -- (relhassubclass, relhastriggers, relhasrules: true once a child, trigger or rule was added,
+    -- and a foreign key referencing the table adds triggers to it; false, there is none)
+    WHEN c.relrowsecurity OR NOT has_table_privilege(session_user, r, 'SELECT')
+      OR EXISTS (SELECT 1 FROM unnest(idents || keys) i WHERE quote_ident(i) <> i)
+      OR (c.relhassubclass AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r))
+      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal))
+      OR (c.relhasrules AND EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r))
+      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
+                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))))
+      OR (cardinality(funcs) > 0 AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')))
+      OR EXISTS (SELECT 1 FROM unnest(named) AS u(o) JOIN pg_class v ON v.oid = u.o WHERE v.relkind NOT IN ('r', 'p'))
+      THEN 'the statement can change more than its rows'
+    WHEN pk.key IS NULL OR (keys IS NOT NULL AND (pk.key <> keys OR NOT pk.ok))
+      THEN 'no immediate primary key, or not the one given'
+    END,
+    jsonb_build_object('rel', r::oid::bigint, 'table', format('%I.%I', n.nspname, c.relname), 'key', to_jsonb(pk.key),
+      'version', (SELECT string_agg(a.xmin::text, ',' ORDER BY a.attnum) FROM pg_attribute a
+                  WHERE a.attrelid = r AND a.attnum > 0),
+      'counts', jsonb_build_array(r::oid::bigint, pg_stat_get_xact_tuples_inserted(r),
+                                  pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)))
+    INTO why, out
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+      LATERAL (SELECT string_agg(t.relname, ', ') AS stray FROM pg_class t  -- (a session that never had a
+               WHERE pg_my_temp_schema() <> 0 AND t.relnamespace = pg_my_temp_schema()  -- temporary object has none)
+                 AND t.relkind IN ('r', 'v', 'm', 'S', 'f', 'p') AND t.relowner <> (SELECT oid FROM pg_roles
+                                                                                WHERE rolname = current_user)) s,
+      LATERAL (SELECT array_agg(a.attname::text ORDER BY k.o) AS key, bool_and(EXISTS (SELECT 1 FROM pg_operator o
+                 WHERE o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprleft = a.atttypid
+                   AND o.oprright = a.atttypid)) AS ok
+               FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
+               JOIN pg_attribute a ON a.attrelid = r AND a.attnum = k.num
+               WHERE i.indrelid = r AND i.indisprimary AND i.indimmediate) pk
+    WHERE c.oid = r;
+  IF why LIKE 'goex session:%' THEN
+    RAISE EXCEPTION '%', why;
+  ELSIF why IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: ' || why;
+  END IF;
+  PERFORM set_config('goex.plain_rel', r::oid::text, true);
+  {_SEQUENCES}
+  RETURN out || jsonb_build_object('seqs', seqs);
+END
+$goex$;
+
+-- A table's columns (those undo writes) and shape (names and types, which undo checks are unchanged).
+-- `plain_start`'s version (the row versions of its columns' catalog rows) changes whenever they do.
+CREATE OR REPLACE FUNCTION goex.plain_shape_{VERSION}(rel oid) RETURNS jsonb LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+  SELECT jsonb_build_object(
+    'columns', (SELECT jsonb_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
+                WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+    'shape', (SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum))
+              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped))
+$goex$;
+
+-- The primary key of the table `name` resolves to on `path`, when its names need no quotes; else NULL.
+CREATE OR REPLACE FUNCTION goex.plain_key_{VERSION}(name text, path text) RETURNS text[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE r oid; key text[];
+BEGIN
+  PERFORM set_config('search_path', path, true);
+  BEGIN
+    r := to_regclass(name);
+  EXCEPTION WHEN OTHERS THEN r := NULL;
+  END;
+  PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+  SELECT array_agg(a.attname::text ORDER BY k.o) INTO key
+    FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(num, o)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
+    WHERE i.indrelid = r AND i.indisprimary;
+  RETURN CASE WHEN EXISTS (SELECT 1 FROM unnest(key) i WHERE quote_ident(i) <> i) THEN NULL ELSE key END;
+END
+$goex$;
+
+-- After the statement: the transaction, the sequences, and the counts on the table `plain_start` took.
+CREATE OR REPLACE FUNCTION goex.plain_finish_{VERSION}() RETURNS jsonb LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
+DECLARE r oid := nullif(current_setting('goex.plain_rel', true), '')::oid; sq record; seqs jsonb := '{{}}';
+  lv bigint; ic boolean;
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE xmin = pg_current_xact_id()::xid) THEN
+    PERFORM goex.outside_{VERSION}();  -- (its error)
+  END IF;
+  {_SEQUENCES}
+  RETURN jsonb_build_object('xid', pg_current_xact_id()::text, 'seqs', seqs, 'counts', jsonb_build_array(r::bigint,
+    pg_stat_get_xact_tuples_inserted(r), pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)));
 END
 $goex$;
 
@@ -384,12 +526,117 @@ def _plan(statement: str) -> tuple[bool, tuple[str, ...], tuple[str, ...], str, 
     return rows, tuple(sorted(tables)), tuple(sorted(funcs)), kind, simple, name
 
 
+def _lexically_plain(text: str) -> bool:
+    """Whether PostgreSQL's lexer reads `text` to its end in its first state, whatever the
+    server's settings: strings and quoted names close where this scan says (no backslash
+    anywhere, so escapes never matter; `''` and `""` are the only quotes inside them), and
+    outside them no dollar quote, comment or backslash. Then a RETURNING clause appended to the
+    statement is read as written and nothing else."""
+    if "\\" in text:
+        return False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"":
+            j = i + 1
+            while True:
+                k = text.find(c, j)
+                if k < 0:
+                    return False
+                if text.startswith(c, k + 1):
+                    j = k + 2
+                    continue
+                break
+            i = k + 1
+            continue
+        if c in "$`" or text.startswith(("--", "/*", "*/"), i):
+            return False
+        i += 1
+    return True
+
+
+_PLAIN_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class _Plain(NamedTuple):
+    """A statement the plain path captures by itself: its kind, the target as written (qualified
+    parts, lower case), the name its rows are referred to by (alias, or the table's name), the
+    functions and the tables it names (quoted, as `_plan` gives them)."""
+
+    kind: str
+    parts: tuple[str, ...]
+    ref: str
+    funcs: tuple[str, ...]
+    tables: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.parts)
+
+    def returning(self, keys: list[str] | None) -> str:
+        """The capture appended to the statement: per row, the table it is in and the row as
+        text (the new row; the removed row for DELETE), and for UPDATE the row it replaced, read
+        by the primary key in the statement's own snapshot, with the transaction that replaced it
+        and where it was (n rows replaced by this transaction, n different places: the rows the
+        statement replaced, whatever the keys did).
+        Every name is one `plain_start` checked needs no quotes; operators and types are
+        pg_catalog's, whatever the search path."""
+        r = self.ref
+        out = f"\nRETURNING {r}.tableoid, ROW({r}.*)::pg_catalog.text"
+        if self.kind == "update":
+            assert keys
+            match = " AND ".join(f"goex_o.{k} OPERATOR(pg_catalog.=) {r}.{k}" for k in keys)
+            out += (", (SELECT ARRAY[ROW(goex_o.*)::pg_catalog.text, goex_o.xmax::pg_catalog.text, "
+                    "goex_o.tableoid::pg_catalog.text, goex_o.ctid::pg_catalog.text] "
+                    f"FROM ONLY {self.name} goex_o WHERE {match})")
+        return out
+
+
+@functools.lru_cache(maxsize=512)
+def _plain(statement: str) -> _Plain | None:
+    """The plain path's reading of `statement`, or None when it does not apply: one INSERT (no
+    ON CONFLICT), UPDATE or DELETE of one named table, no WITH, no RETURNING of its own, and no
+    comment, dollar quote or backslash (see `_lexically_plain`). The server checks the rest."""
+    if not _lexically_plain(statement):
+        return None
+    rows, tables, funcs, kind, _, _ = _plan(statement)
+    if not rows or kind not in ("insert", "update", "delete"):
+        return None
+    try:
+        tree = sqlglot.parse_one(statement, read="postgres")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if (not isinstance(tree, (exp.Insert, exp.Update, exp.Delete)) or tree.find(exp.With) is not None
+            or tree.args.get("returning") or tree.args.get("conflict")
+            or len(list(tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge))) != 1):
+        return None
+    target = tree.this.this if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema) else tree.this
+    if not isinstance(target, exp.Table) or target.args.get("catalog") is not None:
+        return None
+    parts = [p for p in (target.args.get("db"), target.this) if p is not None]
+    alias = target.args.get("alias")
+    names = [*parts, *([alias.this] if isinstance(alias, exp.TableAlias) and alias.this is not None else [])]
+    if (not all(isinstance(p, exp.Identifier) and not p.quoted for p in names)
+            or (alias is not None and len(names) == len(parts))):
+        return None
+    folded = [p.name.translate(_ASCII_LOWER) for p in names]  # as PostgreSQL folds an unquoted name
+    if not all(_PLAIN_WORD.fullmatch(p) for p in folded):
+        return None
+    return _Plain(kind, tuple(folded[:len(parts)]), folded[-1], funcs, tables)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 # goex's own queries resolve names the same way on every connection, whatever an action set:
 # pg_catalog first, temporary objects last (catalog text such as defaults is qualified by it)
 _PATH = "public, pg_temp"
 _PIN = f"SELECT pg_catalog.set_config('search_path', '{_PATH}', true)"
 _TRIGGERS = ("SELECT coalesce(array_agg(oid ORDER BY oid), '{}') FROM pg_catalog.pg_trigger "
              "WHERE NOT tgisinternal AND tgname <> 'goex_capture'")
+
+
+_NOT_PLAIN_FOR = 5.0  # seconds a name the plain path refused goes to the capture-trigger path directly
 
 
 class _WritesInRead(Exception):
@@ -617,6 +864,9 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         # per connection in a range undo's transaction: table shapes and foreign keys read once
         # (steady: the transaction's row changes lock the tables against ALTER until it ends)
         self._steady: dict[int, dict[str, Any]] = {}
+        self._keys: dict[str, list[str]] = {}  # the plain path: a table's primary key, by the name as written
+        self._not_plain: dict[str, float] = {}  # names the plain path refused lately, until when
+        self._shapes: dict[tuple[int, str], dict[str, Any]] = {}  # the plain path: columns and shape by table, version
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -877,10 +1127,151 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
     def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
         """Row changes run once: capture started, the statements run, the effect read off the
         capture log and capture finished, all in the transaction that stays open as the action's
-        run (4 round trips; a dry run then a separate run took 7). Schema changes: a dry run."""
+        run (2 round trips before the commit), or, for a single statement on a plain table, the
+        plain path (`_rehearse_plain`, 1 round trip before the commit). Schema changes: a dry run."""
         if not self._rows_mode(statements):
             return self.dry_run(statements, params), None
-        return self._adopting(lambda: self._rehearse(statements, params))
+        return self._adopting(lambda: self._rehearse_plain(statements, params) or self._rehearse(statements, params))
+
+    def _rehearse_plain(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged] | None:
+        """One INSERT, UPDATE or DELETE of a plain table, captured by the statement itself: the
+        transaction opened, the table checked (`goex.plain_start`), the statement run with the
+        capture appended (`_Plain.returning`) and the figures read, in one round trip; no trigger
+        is created, so no DDL. What the statement returned is believed only when the server's own
+        counts agree: every row is in the checked table, the transaction inserted, updated or
+        deleted exactly that many rows of it and nothing else of it, and each replaced row was
+        replaced by this transaction. None (nothing applied, sequences set back) when the path
+        does not apply or anything fails: the capture-trigger path then runs the statement."""
+        plain = _plain(statements[0]) if len(statements) == 1 and psycopg.Pipeline.is_supported() else None
+        if plain is None or self._not_plain.get(plain.name, 0.0) > time.monotonic():
+            return None
+        conn = self._take()
+        seqs: dict[str, Any] = {}  # before the statement, then "after" too once read
+        after: dict[str, Any] = {}
+
+        def fail() -> None:
+            _rollback(conn)
+            _reset_sequences(conn, seqs, after.get("seqs"))
+            self._give(conn)
+
+        try:
+            result = self._plain_run(conn, plain, statements[0], params, seqs, after)
+        except Dirty:
+            _rollback(conn)
+            _reset_sequences(conn, seqs, after.get("seqs"))
+            conn.close()
+            return None
+        except BaseException:
+            fail()
+            raise
+        if result is None:
+            fail()
+            return None
+        effect, done, output = result
+
+        return effect, Staged(output, lambda put_blob: _rows_capture(done, seqs, put_blob),
+                              lambda: self._commit(conn, fail, True), fail)
+
+    def _plain_run(self, conn: psycopg.Connection, plain: _Plain, statement: str, params: Any, seqs: dict[str, Any],
+                   after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+        """`_rehearse_plain`'s run on `conn`: (effect, what `goex.finish` would return, output),
+        or None when the plain path does not apply; `seqs` is filled with the sequences before,
+        `after` with what `goex.plain_finish` returned. Raises Dirty when the session is not as
+        goex left it."""
+        keys = self._keys.get(plain.name) if plain.kind == "update" else None
+        if plain.kind == "update" and keys is None:
+            try:
+                keys = _one(conn, pgsql.SQL("SELECT goex.plain_key_{}(%s, current_setting('search_path'))").format(
+                    pgsql.SQL(VERSION)), (plain.name,))
+            except psycopg.Error:
+                return None
+            if not keys:
+                self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
+                return None
+            self._keys[plain.name] = keys
+        text, values = convert_params(statement, params)
+        text = text.rstrip().rstrip(";").rstrip() + plain.returning(keys)
+        first = last = None
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
+                conn.execute("RESET ALL")
+                first = conn.execute(pgsql.SQL(  # the names resolved here, as the statement will resolve them
+                    "SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{}("
+                    "pg_catalog.to_regclass(%s), %s, %s, %s, ARRAY(SELECT pg_catalog.to_regclass(n) "
+                    "FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS n))").format(pgsql.SQL(VERSION)),
+                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs), list(plain.tables)))
+                cur = conn.execute(text, values)
+                # pinned first: the statement's settings must not steer goex's queries
+                last = conn.execute(pgsql.SQL("{}, goex.plain_finish_{}()").format(pgsql.SQL(_PIN), pgsql.SQL(VERSION)))
+        except psycopg.Error as exc:
+            if (exc.diag.message_primary or "").startswith("goex session:"):
+                raise Dirty(_message(exc)) from None
+            if exc.sqlstate == "GXNP1":
+                self._keys.pop(plain.name, None)
+                self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
+            self._started(first, seqs)
+            return None
+        who, started = self._started(first, seqs)
+        if who != self.role:
+            raise Dirty(f"the session user is {who!r}, not the agent role {self.role!r}")
+        done = (last.fetchone() or [None, None])[1] if last is not None else None
+        if done is None or started is None:
+            return None
+        after.update(done)
+        returned = cur.fetchall()
+        rel, n = started["rel"], len(returned)
+        xid = int(done["xid"]) & 0xFFFFFFFF
+        diff = [b - a for a, b in zip(started["counts"][1:], done["counts"][1:], strict=True)]
+        expected = {"insert": [n, 0, 0], "update": [0, n, 0], "delete": [0, 0, n]}[plain.kind]
+        replaced = {row[2][3] for row in returned if plain.kind == "update" and row[2] is not None}
+        if plain.kind == "update" and len(replaced) != n:  # each new row replaced a row of its own
+            return None
+        if done["counts"][0] != rel or diff != expected or any(
+                row[0] != rel or (plain.kind == "update" and (row[2] is None or int(row[2][2]) != rel
+                                                              or int(row[2][1]) != xid)) for row in returned):
+            return None  # the server's counts disagree with what the statement returned
+        net: dict[str, int] = {}
+        for row in returned:
+            net[row[1]] = net.get(row[1], 0) + (-1 if plain.kind == "delete" else 1)
+            if plain.kind == "update":
+                net[row[2][0]] = net.get(row[2][0], 0) - 1
+        rows = [[text, count] for text, count in sorted(net.items()) if count]
+        shape = self._shapes.get((rel, started["version"]))
+        if shape is None and rows:  # the table is locked: its columns cannot change before the commit
+            if len(self._shapes) > 1000:
+                self._shapes.clear()
+            try:
+                shape = self._shapes[(rel, started["version"])] = _one(conn, pgsql.SQL(
+                    "SELECT goex.plain_shape_{}({})").format(pgsql.SQL(VERSION), pgsql.Literal(rel)))
+            except psycopg.Error:
+                return None
+        tables = [{"table": started["table"], "key": started["key"], "columns": shape["columns"],
+                   "shape": shape["shape"], "rows": rows, "counts": None}] if rows and shape else []
+        all_rows: list[str] = []
+        if n >= 2 and plain.kind != "insert":
+            try:
+                all_rows = _after_pin(conn, pgsql.SQL("SELECT goex.emptied_{}({}, {})").format(
+                    pgsql.SQL(VERSION), pgsql.Literal(rel), pgsql.Literal(-n if plain.kind == "delete" else 0)))[0]
+            except psycopg.Error:
+                return None
+        effect = {"rows": n, "all_rows": sorted(set(all_rows)), "creates_trigger": False}
+        return effect, {"xid": done["xid"], "tables": tables, "seqs": done["seqs"]}, {"rows_changed": n}
+
+    @staticmethod
+    def _started(first: psycopg.Cursor[Any] | None, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The session user and what `goex.plain_start` returned, when it ran (its sequences
+        into `seqs`)."""
+        if first is None:
+            return None, None
+        try:
+            row = first.fetchone()
+        except psycopg.Error:
+            return None, None
+        if row is None:
+            return None, None
+        seqs.update(row[2]["seqs"])
+        return row[1], row[2]
 
     def _rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged]:
         conn = self._take()
