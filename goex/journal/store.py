@@ -96,7 +96,8 @@ class Transaction:
         self.seq: int
         self.hash: str
         self.seq, self.hash = row if row else (0, GENESIS)
-        self.start = self.seq
+        self.start, self.start_hash = self.seq, self.hash
+        self.written: list[tuple[int, str, dict[str, Any]]] = []  # (seq, hash, record) appended here
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -128,6 +129,7 @@ class Transaction:
         self._cur.execute("INSERT INTO records VALUES (?, ?, ?)", (seq, body, digest))
         index_record(self._cur, record)
         self.seq, self.hash = seq, digest
+        self.written.append((seq, digest, record))
         return seq, digest
 
 
@@ -194,6 +196,8 @@ class Journal(Reads):
         self._replay = Replay()
         self._identity = None
         self._synchronous = ""
+        # called after each commit with the head it started from and the records appended
+        self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
 
     @classmethod
     def reader(cls, folder: str | os.PathLike[str]) -> "Journal":
@@ -287,10 +291,23 @@ class Journal(Reads):
                 if self.db.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+            if tx.seq != tx.start:  # committed: what follows may not fail the transaction
+                self._committed(tx)
 
     def append(self, kind: str, *, durable: bool = False, **fields: Any) -> tuple[int, str]:
         with self.transaction(durable=durable) as tx:
             return tx.append(kind, **fields)
+
+    def _committed(self, tx: Transaction) -> None:
+        """Records this process just committed: the verified replay takes them from memory when it
+        stood exactly where the transaction began (the chain from there is the one just computed,
+        so reading them back would vouch for nothing more); then the listeners see them."""
+        try:
+            self._replay.vouch((tx.start, tx.start_hash), tx.written)
+        except Exception:  # noqa: BLE001 - the replay stays where it was: the records are verified when read
+            pass
+        for listener in self.listeners:
+            listener(tx.start, [record for _, _, record in tx.written])
 
     def _set_sync(self, *, durable: bool) -> None:
         level = "FULL" if durable and self.durability == "fsync" else "NORMAL"
@@ -582,6 +599,28 @@ class Replay:
             self.compacted = compacted
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+
+
+    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Index records this process appended and committed right after `start`, from memory, when
+        the watermark is exactly `start`; otherwise (or for a compaction) they are verified from the
+        journal when next read."""
+        if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for _, _, record in written:
+                index_record(cur, record)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        for seq, digest, record in written:
+            self.hashes[seq] = digest
+            if record["kind"] == "captured":
+                self.captured.setdefault(record["entry"], seq)
+        self.seq, self.hash = written[-1][0], written[-1][1]
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:

@@ -96,6 +96,7 @@ class Runtime(Approvals, Undo, Recovery):
         self.approver = approver
         self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, as of journal record _usage_seq
         self._usage_seq = 0
+        self.journal.listeners.append(self._count_written)
         self._lock = threading.RLock()
         self.custom_tools = Tools()
         settings = {"http": http, "databases": databases, "sandbox": sandbox, "allow_unsafe": allow_unsafe,
@@ -409,6 +410,19 @@ class Runtime(Approvals, Undo, Recovery):
             if session_id not in self._usage:
                 self._usage[session_id] = self._load_usage(session_id, self._usage_seq)
             return dict(self._usage[session_id])
+
+    def _count_written(self, start: int, records: list[dict[str, Any]]) -> None:
+        """Records this runtime just committed: counted from memory when the counts stood where they
+        begin (nothing to read back); otherwise `_session_usage` reads them from the journal."""
+        if not self._usage or self._usage_seq != start:
+            return
+        try:
+            for record in records:
+                self._count_usage(record)
+        except Exception:  # noqa: BLE001 - counted again from the journal on the next look
+            self._usage.clear()
+            return
+        self._usage_seq = records[-1]["seq"]
 
     def _load_usage(self, session_id: str, upto: int) -> dict[str, int]:
         totals: dict[str, int] = {}
