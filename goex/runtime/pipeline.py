@@ -96,6 +96,7 @@ class Runtime(Approvals, Undo, Recovery):
         self.approver = approver
         self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, as of journal record _usage_seq
         self._usage_seq = 0
+        self._written_entry: dict[str, Any] = {}  # the last `entry` record this runtime committed
         self.journal.listeners.append(self._count_written)
         self._lock = threading.RLock()
         self.custom_tools = Tools()
@@ -414,6 +415,9 @@ class Runtime(Approvals, Undo, Recovery):
     def _count_written(self, start: int, records: list[dict[str, Any]]) -> None:
         """Records this runtime just committed: counted from memory when the counts stood where they
         begin (nothing to read back); otherwise `_session_usage` reads them from the journal."""
+        for record in records:
+            if record["kind"] == "entry":
+                self._written_entry = record
         if not self._usage or self._usage_seq != start:
             return
         try:
@@ -480,7 +484,7 @@ class Runtime(Approvals, Undo, Recovery):
             status = "denied" if isinstance(exc, Refused) else "failed"
             return Result(False, eid, error=reason, status=status, session=session.id, type=model.type,
                           decision=decision)
-        self.journal.append("applied", entry=eid, after=applied.after)
+        self.journal.defer("applied", entry=eid, after=applied.after)  # written with the next commit
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
 
     def _apply_staged(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, eid: str,
@@ -523,7 +527,7 @@ class Runtime(Approvals, Undo, Recovery):
                     raise
                 return Result(False, eid, error=error, status="failed", session=session.id, type=model.type,
                               decision=decision)
-        self.journal.append("applied", entry=eid, after={"captured": cseq})
+        self.journal.defer("applied", entry=eid, after={"captured": cseq})  # written with the next commit
         return Result(True, eid, staged.output, session=session.id, type=model.type, decision=decision)
 
     # -- journaling ----------------------------------------------------------------------------
@@ -547,6 +551,12 @@ class Runtime(Approvals, Undo, Recovery):
         }
 
     # -- reading the journal -------------------------------------------------------------------
+
+    def entry_record(self, eid: str) -> dict[str, Any]:
+        """The `entry` record of `eid`: the one this runtime just committed, from memory (read only,
+        do not change it), else as the journal's chain vouches for it."""
+        written = self._written_entry
+        return written if written.get("seq") == entry_seq(eid) else self.journal.entry_record(eid)
 
     def log(self, session: str | None = None) -> list[dict[str, Any]]:
         """Every entry, oldest first: id, time, session, actor, type, target, decision, status."""
