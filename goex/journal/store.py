@@ -213,6 +213,7 @@ class Journal(Reads):
         self._holding = False  # the lock is kept past the action for the deferred records
         self._wake = threading.Condition(self._thread_lock)
         self._flusher: threading.Thread | None = None
+        self._flusher_idle = False
 
     @classmethod
     def reader(cls, folder: str | os.PathLike[str]) -> "Journal":
@@ -379,7 +380,7 @@ class Journal(Reads):
                     self._flusher = threading.Thread(target=self._flush_when_idle, name="goex-journal-flush",
                                                      daemon=True)
                     self._flusher.start()
-                else:
+                elif self._flusher_idle:  # it waits for a deferral: wake it (otherwise it wakes by itself)
                     self._wake.notify()
 
     def flush(self) -> None:
@@ -405,7 +406,10 @@ class Journal(Reads):
         with self._wake:
             while self._connection is not None:
                 if not self._deferred:
-                    if not self._wake.wait(1.0) and not self._deferred:
+                    self._flusher_idle = True
+                    woken = self._wake.wait(1.0)
+                    self._flusher_idle = False
+                    if not woken and not self._deferred:
                         break
                     continue
                 left = self._deferred_at + DEFER_BOUND - time.monotonic()
@@ -546,6 +550,7 @@ class Journal(Reads):
             self._verify_new()
 
     def _verify_new(self) -> None:
+        self._replay.index_vouched()
         kept = self.anchor.read()  # before the snapshot's first read: the anchor never runs ahead of it
         row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         head = tuple(row) if row else (0, GENESIS)
@@ -679,6 +684,22 @@ class Replay:
         self.hashes: dict[int, str] = {0: GENESIS}  # seq -> hash
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
+        self.unindexed: list[dict[str, Any]] = []  # vouched records whose index rows are not written yet
+
+    def index_vouched(self) -> None:
+        """Write the index rows of the records `vouch` took (before anything reads the index)."""
+        if not self.unindexed:
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for record in self.unindexed:
+                index_record(cur, record)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        self.unindexed = []
 
     def start(self, base: tuple[int, str]) -> None:
         """Begin after the records compaction folded away (checked once a compaction record names it)."""
@@ -726,20 +747,12 @@ class Replay:
 
 
     def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
-        """Index records this process appended and committed right after `start`, from memory, when
-        the watermark is exactly `start`; otherwise (or for a compaction) they are verified from the
-        journal when next read."""
+        """Take records this process appended and committed right after `start` from memory, when
+        the watermark is exactly `start` (their index rows wait for the next verified read);
+        otherwise (or for a compaction) they are verified from the journal when next read."""
         if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
             return
-        cur = self.db.cursor()
-        cur.execute("BEGIN")
-        try:
-            for _, _, record in written:
-                index_record(cur, record)
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+        self.unindexed.extend(record for _, _, record in written)
         for seq, digest, record in written:
             self.hashes[seq] = digest
             if record["kind"] == "captured":

@@ -455,14 +455,25 @@ class Runtime(Approvals, Undo, Recovery):
     def _apply(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, extra: dict[str, Any],
                staged: Any = None) -> Result:
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
+        # A judged run, staged in isolation before it is journaled, is journaled with its capture in
+        # the entry's own commit. An entry whose stage changes nothing until its commit need not be
+        # durable yet: the capture's durable commit, before the effect, makes it durable too.
+        durable = staged is not None or not (adapter.staged and adapter.isolated_stage(prepared))
+        staging = False
         try:
-            with self.journal.transaction(durable=True) as tx:
+            with self.journal.transaction(durable=durable) as tx:
                 plan = adapter.capture(prepared, tx.put_blob)
                 seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview, **extra,
                                    **self._entry_fields(tx, session, model, adapter, prepared.targets, decision))
+                if staged is not None:
+                    staging = True
+                    captured = staged.capture(tx.put_blob)
+                    cseq, _ = tx.append("captured", entry=entry_id(seq), plan=captured)
         except BaseException as exc:
-            if staged is not None:  # staged and judged already: its layer goes
+            if staged is not None:  # staged (and judged) already: its transaction or layer goes
                 staged.abort()
+            if staging and isinstance(exc, Exception):  # nothing was journaled: the entry says it failed
+                return outcome.failed(ActionFailed(_reason(model.type, exc)), prepared.targets, decision)
             if isinstance(exc, Refused):
                 return outcome.refused(exc, prepared.targets)
             if isinstance(exc, (ActionFailed, OSError)):
@@ -470,8 +481,10 @@ class Runtime(Approvals, Undo, Recovery):
                                       prepared.targets, decision)
             raise
         eid = entry_id(seq)
+        if staged is not None:
+            return self._commit_staged(outcome, decision, eid, plan, staged, captured, cseq)
         if adapter.staged:
-            return self._apply_staged(outcome, prepared, decision, eid, plan, staged)
+            return self._apply_staged(outcome, prepared, decision, eid, plan)
         try:
             applied = adapter.apply(prepared)
         except OutcomeUnknown as exc:
@@ -488,7 +501,7 @@ class Runtime(Approvals, Undo, Recovery):
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
 
     def _apply_staged(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, eid: str,
-                      plan: dict[str, Any], staged: Any = None) -> Result:
+                      plan: dict[str, Any]) -> Result:
         """Run in an open transaction; journal what was captured inside it, durably; then commit.
         Every committed change has its undo data on disk, whenever the process dies."""
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
@@ -502,7 +515,7 @@ class Runtime(Approvals, Undo, Recovery):
                           decision=decision)
 
         try:
-            staged = staged if staged is not None else adapter.stage(prepared)  # judged runs come staged
+            staged = adapter.stage(prepared)
         except BaseException as exc:  # noqa: BLE001 - nothing committed
             return failure(exc)
         try:
@@ -512,6 +525,12 @@ class Runtime(Approvals, Undo, Recovery):
         except BaseException as exc:  # noqa: BLE001 - not committed: roll it back
             staged.abort()
             return failure(exc)
+        return self._commit_staged(outcome, decision, eid, plan, staged, captured, cseq)
+
+    def _commit_staged(self, outcome: "_Outcomes", decision: Decision, eid: str, plan: dict[str, Any],
+                       staged: Any, captured: dict[str, Any], cseq: int) -> Result:
+        """Commit a staged run whose capture is journaled (durably)."""
+        session, model, adapter = outcome.session, outcome.model, outcome.adapter
         try:
             staged.commit()
         except BaseException as exc:  # noqa: BLE001 - did the commit happen? the adapter reads it off the world
