@@ -70,9 +70,12 @@ PENDING, APPLIED, FAILED, DENIED, UNDOING, UNDONE = "pending", "applied", "faile
 UNDO_FAILED, NEEDS_REVIEW = "undo_failed", "needs_review"
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps with these, made once
+
+
 def canonical(obj: Any) -> str:
     # ASCII-only: file names that are not UTF-8 (surrogate escapes) survive as \udcXX
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def chain(prev: str, body: str) -> str:
@@ -587,7 +590,11 @@ class Journal(Reads):
             finally:
                 self.db.execute("COMMIT")
 
-    def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+    def records(self, after: int = 0, *, flush: bool = True) -> Iterator[tuple[int, str, str]]:
+        """(seq, body, hash) of the stored records after `after`, unverified; deferred records are
+        written first unless `flush` is False (they are then not among them)."""
+        if flush:
+            self.flush()
         yield from self.db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
 
     def head(self) -> tuple[int, str]:

@@ -12,8 +12,11 @@ import json
 import os
 import secrets
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from opentelemetry import trace
 
 from .. import telemetry
 from ..actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action, parse_json_action
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 _DEFAULTS: dict[str, Any] = {"sandbox": "auto", "allow_unsafe": False}  # other settings default to None
 _NOT_SPENT = ("denied", "failed", "awaiting_approval", "rejected", "approved")  # entries that spent no budget
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # when nothing would record the action's span
 
 
 class Runtime(Approvals, Undo, Recovery):
@@ -213,7 +217,8 @@ class Runtime(Approvals, Undo, Recovery):
                     telemetry.malformed(span, session.id, session.actor, self._redacted(str(exc)))
             raise
         with self._tracer.start_as_current_span(telemetry.action_span_name(model.type),
-                                                kind=telemetry.span_kind(adapter.span_kind)) as span:
+                                                kind=telemetry.span_kind(adapter.span_kind)) \
+                if self._tracing() else _NO_SPAN as span:
             if span.is_recording():
                 span.set_attributes(telemetry.action_attributes(model.type, session.id, session.actor))
             with self.journal.exclusive():
@@ -234,6 +239,12 @@ class Runtime(Approvals, Undo, Recovery):
                 telemetry.end_action(span, result, adapter.redact(", ".join(model.targets())), self.journal.head()[1],
                                      adapter.span_attributes(model, result.output if result.ok else None))
         return result
+
+    def _tracing(self) -> bool:
+        """Whether an action's span could be recorded: no when this runtime's tracer is the API's
+        proxy and no provider was set globally (no exporter: the span would record nothing)."""
+        return not (isinstance(self._tracer, trace.ProxyTracer)
+                    and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider))
 
     def _redacted(self, text: str) -> str:
         for adapter in list(self._adapters.values()):
@@ -405,7 +416,8 @@ class Runtime(Approvals, Undo, Recovery):
             if not self._usage:  # nothing known yet: nothing to bring up to date
                 self._usage_seq = self.journal.head()[0]
             else:
-                for seq, body, _ in self.journal.records(self._usage_seq):
+                # the deferred records (`applied`) spend nothing; the listener counts them once written
+                for seq, body, _ in self.journal.records(self._usage_seq, flush=False):
                     self._count_usage(json.loads(body))
                     self._usage_seq = seq
             if session_id not in self._usage:
