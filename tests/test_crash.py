@@ -451,7 +451,8 @@ time.sleep(120)
 '''
 
 
-def start_deferring(tmp_path: Path, root: Path, bound: float, count: int, sql: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+def start_deferring(tmp_path: Path, root: Path, bound: float, count: int,
+                    sql: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     script = tmp_path / "deferring.py"
     script.write_text(DEFERRING)
     proc = subprocess.Popen([sys.executable, str(script), str(root), str(bound), str(count), "sql" if sql else "fs"],

@@ -16,6 +16,8 @@ outside the workspace (`anchor.py`), so a tail rewritten with recomputed hashes 
 
 Every process appends under one exclusive lock (`lock` file, flock), held across an action's
 capture, apply and record, so concurrent sessions on one root never interleave inside an action.
+An action's `applied` record is written with the next commit (`Journal.defer`), and the lock
+stays held until it is: at most DEFER_BOUND seconds, or not at all when another process waits.
 See docs/journal.md for the format.
 """
 
