@@ -754,7 +754,6 @@ class Replay:
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
 
-
     def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
         """Take records this process appended and committed right after `start` from memory, when
         the watermark is exactly `start` (their index rows wait for the next verified read);
