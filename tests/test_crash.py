@@ -428,3 +428,112 @@ def test_no_action_runs_while_an_entry_cannot_be_reverted(ws, monkeypatch: pytes
     assert (root / "a.txt").read_text() == "original content\n" * 100
     assert session.execute({"type": "fs.write", "path": "b.txt", "content": "later\n"}).ok
     rt.verify()
+
+
+# -- the applied record written with the next commit ---------------------------------------------
+
+DEFERRING = r'''
+import sqlite3, sys, time
+import goex
+from goex.journal import store
+
+root, bound, count, sql = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "sql"
+store.DEFER_BOUND = bound  # how long the last applied record may wait for a next commit
+rt = goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"} if sql else None)
+session = rt.session(actor="deferring")
+for i in range(count):
+    action = ({"type": "sql.execute", "db": "main", "sql": "UPDATE t SET v = ? WHERE id = 1", "params": [i + 1]}
+              if sql else {"type": "fs.write", "path": f"f{i % 3}.txt", "content": f"version {i}\n"})
+    result = session.execute(action)
+    assert result.ok, result.error
+print("acted", result.entry_id, flush=True)
+time.sleep(120)
+'''
+
+
+def start_deferring(tmp_path: Path, root: Path, bound: float, count: int,
+                    sql: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    script = tmp_path / "deferring.py"
+    script.write_text(DEFERRING)
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(bound), str(count), "sql" if sql else "fs"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    line = proc.stdout.readline().decode() if ready else ""  # type: ignore[union-attr]
+    if not line.startswith("acted "):
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"worker did not act: {line!r}\n{err.decode(errors='replace')}")
+    return proc, line.split()[1]
+
+
+def test_killed_before_its_deferred_applied_record_is_written_is_reverted_exactly(tmp_path: Path):
+    """The last action returned, its `applied` record waits for the next commit, the process dies:
+    its entry is pending, recovery reverts it exactly, and every earlier action stays applied."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f1.txt").write_text("first\n")
+    before = snapshot(root)
+    proc, last = start_deferring(tmp_path, root, bound=3600, count=5)
+    kill(proc)
+    with goex.Runtime(root, policy="permissive") as rt:
+        statuses = {r["id"]: r["status"] for r in rt.log()}
+        rt.verify()
+    assert statuses[last] == "pending"
+    assert [s for e, s in statuses.items() if e != last] == ["applied"] * 4
+    rec = goex_cli("recover", "--root", str(root))
+    assert rec.returncode == 0 and rec.out.strip() == f"{last}: reverted", rec.out + rec.err
+    # the fifth write (f1.txt, "version 4") is undone; the fourth (f0.txt, "version 3") stays
+    assert (root / "f1.txt").read_text() == "version 1\n"
+    assert (root / "f0.txt").read_text() == "version 3\n"
+    assert (root / "f2.txt").read_text() == "version 2\n"
+    outcomes = recover_undo_and_check(root, before)
+    assert outcomes == {}
+
+
+def test_a_second_process_waits_for_a_deferred_record_and_never_reverts_it(tmp_path: Path):
+    """While a live process keeps its last `applied` record for its next commit it keeps the lock:
+    `goex recover` and another runtime wait for the record, then find the entry applied."""
+    root = tmp_path / "root"
+    root.mkdir()
+    proc, last = start_deferring(tmp_path, root, bound=1.0, count=2)
+    try:
+        started = time.monotonic()
+        rec = subprocess.run([sys.executable, "-m", "goex.cli", "recover", "--root", str(root)],
+                             capture_output=True, text=True, timeout=120)
+        assert rec.returncode == 0 and "nothing to recover" in rec.stdout, rec.stdout + rec.stderr
+        with goex.Runtime(root, policy="permissive") as rt:
+            assert rt.recover().outcomes == {}
+            assert [r["status"] for r in rt.log()] == ["applied", "applied"]
+            rt.verify()
+        assert (root / "f1.txt").read_text() == "version 1\n"
+        assert time.monotonic() - started < 60
+    finally:
+        kill(proc)
+    with goex.Runtime(root, policy="permissive") as rt:  # written before the kill: nothing to settle
+        assert rt.recover().outcomes == {}
+        assert {r["id"]: r["status"] for r in rt.log()}[last] == "applied"
+    assert (root / "f1.txt").read_text() == "version 1\n"
+
+
+def test_killed_sqlite_action_with_its_applied_record_deferred_is_settled_from_the_database(tmp_path: Path):
+    """A SQLite action's commit happened and its `applied` record had not been written when the
+    process died: recovery reads the database, finds the commit, and records it applied."""
+    root = tmp_path / "root"
+    root.mkdir()
+    con = sqlite3.connect(root / "app.db")
+    con.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t VALUES (1, 0);")
+    con.close()
+    proc, last = start_deferring(tmp_path, root, bound=3600, count=3, sql=True)
+    kill(proc)
+    with goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"}) as rt:
+        assert {r["id"]: r["status"] for r in rt.log()}[last] == "pending"
+        report = rt.recover()
+        assert report.outcomes == {last: "applied"}
+        assert [r["status"] for r in rt.log()] == ["applied"] * 3
+        rt.verify()
+        read = rt.session().execute({"type": "sql.execute", "db": "main", "sql": "SELECT v FROM t"})
+        assert read.ok and read.output["rows"] == [[3]], read
+        assert len(rt.rollback_all()) == 3
+    con = sqlite3.connect(root / "app.db")
+    assert con.execute("SELECT v FROM t").fetchall() == [(0,)]
+    con.close()

@@ -226,6 +226,13 @@ class Adapter(abc.ABC):
         """A digest of the state this domain manages, or None when it keeps none of its own."""
         return None
 
+    def isolated_stage(self, prepared: Prepared) -> bool:
+        """Whether `stage(prepared)` changes nothing anyone can see until its `commit`, and nothing
+        at all when it is aborted or the process dies (one database transaction): its entry is then
+        journaled together with the capture, in one commit, once it is staged. False (the default):
+        the entry is journaled durably before `stage` runs, as for any effect."""
+        return False
+
     def release(self, prepared: Prepared) -> None:  # noqa: B027 - optional: most hold nothing between steps
         """The prepared action is not going to be staged now (refused, parked, asked about, only
         checked, or failed first): let go of what `prepare` holds open for it; nothing by default."""

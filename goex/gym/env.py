@@ -338,7 +338,7 @@ class GoexEnv(gymnasium.Env):
             return f"error: {exc}"
         except GoexError as exc:
             return f"error: {exc}"
-        record = self._world.runtime.journal.entry_record(result.entry_id) if result.entry_id else {}
+        record = self._world.runtime.entry_record(result.entry_id) if result.entry_id else {}
         step = self._monitor.entry(record, result.output, result.status)
         cost.add(step)
         info["entry"], info["status"] = result.entry_id, result.status

@@ -16,11 +16,14 @@ outside the workspace (`anchor.py`), so a tail rewritten with recomputed hashes 
 
 Every process appends under one exclusive lock (`lock` file, flock), held across an action's
 capture, apply and record, so concurrent sessions on one root never interleave inside an action.
+An action's `applied` record is written with the next commit (`Journal.defer`), and the lock
+stays held until it is: at most DEFER_BOUND seconds, or not at all when another process waits.
 See docs/journal.md for the format.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -28,6 +31,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +44,10 @@ from .read import Reads
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
 CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
+#: How long (seconds) a deferred record (an action's `applied`) may wait for the next commit; the
+#: journal's lock stays held meanwhile, so no other process acts or recovers before it is written.
+DEFER_BOUND = 0.005
+_WITH_DEFERRED: "weakref.WeakSet[Journal]" = weakref.WeakSet()  # written out at interpreter exit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,9 +72,12 @@ PENDING, APPLIED, FAILED, DENIED, UNDOING, UNDONE = "pending", "applied", "faile
 UNDO_FAILED, NEEDS_REVIEW = "undo_failed", "needs_review"
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps with these, made once
+
+
 def canonical(obj: Any) -> str:
     # ASCII-only: file names that are not UTF-8 (surrogate escapes) survive as \udcXX
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def chain(prev: str, body: str) -> str:
@@ -96,7 +107,8 @@ class Transaction:
         self.seq: int
         self.hash: str
         self.seq, self.hash = row if row else (0, GENESIS)
-        self.start = self.seq
+        self.start, self.start_hash = self.seq, self.hash
+        self.written: list[tuple[int, str, dict[str, Any]]] = []  # (seq, hash, record) appended here
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -128,6 +140,7 @@ class Transaction:
         self._cur.execute("INSERT INTO records VALUES (?, ?, ?)", (seq, body, digest))
         index_record(self._cur, record)
         self.seq, self.hash = seq, digest
+        self.written.append((seq, digest, record))
         return seq, digest
 
 
@@ -147,6 +160,8 @@ class Journal(Reads):
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # a process waiting for the lock holds this one shared: the holder then keeps nothing back
+            self._wait_fd = os.open(self.folder / "lock.waiting", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._connection = sqlite3.connect(
                 self.folder / "journal.db", isolation_level=None, check_same_thread=False, timeout=60.0
             )
@@ -189,11 +204,21 @@ class Journal(Reads):
         self._data_version = -1
         self._checked: dict[str, bytes] = {}
         self._lock_fd = -1
+        self._wait_fd = -1
         self._connection = None
         self.anchor = Anchor(self.folder)
         self._replay = Replay()
         self._identity = None
         self._synchronous = ""
+        # called after each commit with the head it started from and the records appended
+        self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
+        self._deferred: list[tuple[str, dict[str, Any]]] = []  # records for the next commit (`defer`)
+        self._deferred_at = 0.0
+        self._deferred_pid = 0
+        self._holding = False  # the lock is kept past the action for the deferred records
+        self._wake = threading.Condition(self._thread_lock)
+        self._flusher: threading.Thread | None = None
+        self._flusher_idle = False
 
     @classmethod
     def reader(cls, folder: str | os.PathLike[str]) -> "Journal":
@@ -218,6 +243,14 @@ class Journal(Reads):
         return journal
 
     def close(self) -> None:
+        if getattr(self, "_wake", None) is not None:
+            with self._wake:
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - unwritten, the entry stays pending: recovery settles it
+                    pass
+                self._deferred.clear()
+                self._wake.notify_all()
         if getattr(self, "anchor", None) is not None:
             self.anchor.close()
         if getattr(self, "_connection", None) is not None:
@@ -226,6 +259,9 @@ class Journal(Reads):
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._wait_fd >= 0:
+            os.close(self._wait_fd)
+            self._wait_fd = -1
 
     # -- locking -----------------------------------------------------------------------------
 
@@ -237,12 +273,15 @@ class Journal(Reads):
         process; the kernel drops the lock of a process that dies.
         """
         with self._thread_lock:
-            if self._lock_depth == 0:
+            if self._lock_depth == int(self._holding):  # taken now, or kept only for deferred records
                 if self._lock_fd < 0:
                     raise JournalUnavailable("this journal was opened to read only; open it with a goex.Runtime to act"
                                              if self.readonly else "this runtime is closed; open a new goex.Runtime")
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                if not self._holding:
+                    self._take_lock()
                 if self._identity is not None and _identity(self.folder / "journal.db") != self._identity:
+                    self._deferred.clear()  # nowhere to write them any more
+                    self._holding, self._lock_depth = False, 0
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                     raise JournalUnavailable(f"the journal {self.folder / 'journal.db'} was deleted or replaced "
                                              "while this runtime had it open; nothing more is recorded there")
@@ -253,6 +292,25 @@ class Journal(Reads):
                 self._lock_depth -= 1
                 if self._lock_depth == 0:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _take_lock(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # busy: say so (see `defer`), then queue in the kernel
+            fcntl.flock(self._wait_fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            finally:
+                fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+
+    def _others_waiting(self) -> bool:
+        """Whether another process (or runtime) waits for the lock: it holds `lock.waiting` shared."""
+        try:
+            fcntl.flock(self._wait_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+        return False
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -269,6 +327,9 @@ class Journal(Reads):
                 raise JournalUnavailable(f"cannot write the journal in {self.folder}: {exc}") from None
             try:
                 tx = Transaction(self, cur)
+                folded = len(self._deferred)
+                for kind, fields in self._deferred[:folded]:  # what an earlier action left for this commit
+                    tx.append(kind, **fields)
                 yield tx
                 cur.execute(
                     "INSERT INTO head VALUES (1, ?, ?) "
@@ -287,10 +348,95 @@ class Journal(Reads):
                 if self.db.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+            if folded:
+                del self._deferred[:folded]
+                self._release_held()
+            if tx.seq != tx.start:  # committed: what follows may not fail the transaction
+                self._committed(tx)
 
     def append(self, kind: str, *, durable: bool = False, **fields: Any) -> tuple[int, str]:
         with self.transaction(durable=durable) as tx:
             return tx.append(kind, **fields)
+
+    def defer(self, kind: str, **fields: Any) -> None:
+        """Append a record with this journal's next commit instead of a commit of its own: an
+        action's `applied` record rides with the next action's `entry`. Call it holding the lock
+        (`exclusive`). When another process or runtime waits for the lock, the record is written
+        at once instead (turns stay fair). Otherwise the lock stays held until it is written: by
+        the next commit, any read of the index (`select`, `head`, `query`, `snapshot`), `flush`,
+        `close`, interpreter exit, or a helper thread once DEFER_BOUND seconds passed without a
+        commit. No other process can act, undo or recover meanwhile; a process killed before it
+        is written leaves its entry pending, and recovery settles it as any action interrupted
+        before its record."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                raise RuntimeError("Journal.defer is called holding the journal's lock")
+            if self._others_waiting():  # someone waits for the lock: written now, and the lock goes after the action
+                self.append(kind, **fields)
+                return
+            self._deferred.append((kind, {"time": round(time.time(), 6), **fields}))
+            self._deferred_at = time.monotonic()
+            if not self._holding:
+                self._holding = True
+                self._lock_depth += 1  # `exclusive` does not unlock while this is counted
+                self._deferred_pid = os.getpid()
+                _WITH_DEFERRED.add(self)
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_when_idle, name="goex-journal-flush",
+                                                     daemon=True)
+                    self._flusher.start()
+                elif self._flusher_idle:  # it waits for a deferral: wake it (otherwise it wakes by itself)
+                    self._wake.notify()
+
+    def flush(self) -> None:
+        """Write the deferred records now (one commit), and let the lock go if nothing else holds it."""
+        with self._thread_lock:
+            if not self._deferred or self._connection is None or self.db.in_transaction:
+                return
+            if self._deferred_pid != os.getpid():  # a forked child: the records are its parent's to write
+                self._deferred.clear()
+                self._holding = False
+                return
+            with self.transaction(durable=False):
+                pass
+
+    def _release_held(self) -> None:
+        if self._holding and not self._deferred:
+            self._holding = False
+            self._lock_depth -= 1  # called inside `exclusive`: the lock goes when it ends
+
+    def _flush_when_idle(self) -> None:
+        """The helper thread: writes deferred records DEFER_BOUND after the last action left them;
+        ends after a second with nothing deferred."""
+        with self._wake:
+            while self._connection is not None:
+                if not self._deferred:
+                    self._flusher_idle = True
+                    woken = self._wake.wait(1.0)
+                    self._flusher_idle = False
+                    if not woken and not self._deferred:
+                        break
+                    continue
+                left = self._deferred_at + DEFER_BOUND - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - tried again after the bound; the lock stays held meanwhile
+                    self._deferred_at = time.monotonic()
+            self._flusher = None
+
+    def _committed(self, tx: Transaction) -> None:
+        """Records this process just committed: the verified replay takes them from memory when it
+        stood exactly where the transaction began (the chain from there is the one just computed,
+        so reading them back would vouch for nothing more); then the listeners see them."""
+        try:
+            self._replay.vouch((tx.start, tx.start_hash), tx.written)
+        except Exception:  # noqa: BLE001 - the replay stays where it was: the records are verified when read
+            pass
+        for listener in self.listeners:
+            listener(tx.start, [record for _, _, record in tx.written])
 
     def _set_sync(self, *, durable: bool) -> None:
         level = "FULL" if durable and self.durability == "fsync" else "NORMAL"
@@ -409,6 +555,7 @@ class Journal(Reads):
             self._verify_new()
 
     def _verify_new(self) -> None:
+        self._replay.index_vouched()
         kept = self.anchor.read()  # before the snapshot's first read: the anchor never runs ahead of it
         row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         head = tuple(row) if row else (0, GENESIS)
@@ -438,16 +585,22 @@ class Journal(Reads):
             if self.db.in_transaction:
                 yield
                 return
+            self.flush()  # deferred records first: every read sees what this process did
             self.db.execute("BEGIN")
             try:
                 yield
             finally:
                 self.db.execute("COMMIT")
 
-    def records(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+    def records(self, after: int = 0, *, flush: bool = True) -> Iterator[tuple[int, str, str]]:
+        """(seq, body, hash) of the stored records after `after`, unverified; deferred records are
+        written first unless `flush` is False (they are then not among them)."""
+        if flush:
+            self.flush()
         yield from self.db.execute("SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq", (after,))
 
     def head(self) -> tuple[int, str]:
+        self.flush()
         row = self.db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         return row if row else (0, GENESIS)
 
@@ -505,6 +658,7 @@ class Journal(Reads):
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """The stored index as it is, unverified: for figures only; what acts goes through `select`."""
         with self._thread_lock:
+            self.flush()
             cur = self.db.cursor()
             cur.row_factory = sqlite3.Row
             return cur.execute(sql, params).fetchall()
@@ -517,6 +671,7 @@ class Journal(Reads):
 
     def raw(self) -> sqlite3.Connection:
         """The underlying connection, for `verify` and tests."""
+        self.flush()
         return self.db
 
     @property
@@ -538,6 +693,22 @@ class Replay:
         self.hashes: dict[int, str] = {0: GENESIS}  # seq -> hash
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
+        self.unindexed: list[dict[str, Any]] = []  # vouched records whose index rows are not written yet
+
+    def index_vouched(self) -> None:
+        """Write the index rows of the records `vouch` took (before anything reads the index)."""
+        if not self.unindexed:
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for record in self.unindexed:
+                index_record(cur, record)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        self.unindexed = []
 
     def start(self, base: tuple[int, str]) -> None:
         """Begin after the records compaction folded away (checked once a compaction record names it)."""
@@ -582,6 +753,19 @@ class Replay:
             self.compacted = compacted
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+
+    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Take records this process appended and committed right after `start` from memory, when
+        the watermark is exactly `start` (their index rows wait for the next verified read);
+        otherwise (or for a compaction) they are verified from the journal when next read."""
+        if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
+            return
+        self.unindexed.extend(record for _, _, record in written)
+        for seq, digest, record in written:
+            self.hashes[seq] = digest
+            if record["kind"] == "captured":
+                self.captured.setdefault(record["entry"], seq)
+        self.seq, self.hash = written[-1][0], written[-1][1]
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
@@ -722,3 +906,14 @@ def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
             raise JournalCorrupt(f"record {seq} ({kind}) names unknown entry {unknown}", seq=seq)
     else:
         raise JournalCorrupt(f"record {seq} has unknown kind {kind!r}", seq=seq)
+
+
+def _flush_at_exit() -> None:
+    for journal in list(_WITH_DEFERRED):
+        try:
+            journal.flush()
+        except Exception:  # noqa: BLE001 - left pending: recovery settles it
+            pass
+
+
+atexit.register(_flush_at_exit)

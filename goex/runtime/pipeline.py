@@ -12,8 +12,11 @@ import json
 import os
 import secrets
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from opentelemetry import trace
 
 from .. import telemetry
 from ..actions import DEFAULT_MAX_ACTION_BYTES, action_to_json, parse_action, parse_json_action
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 _INLINE_LIMIT = 4096  # action strings longer than this are journaled as blobs
 _DEFAULTS: dict[str, Any] = {"sandbox": "auto", "allow_unsafe": False}  # other settings default to None
 _NOT_SPENT = ("denied", "failed", "awaiting_approval", "rejected", "approved")  # entries that spent no budget
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # when nothing would record the action's span
 
 
 class Runtime(Approvals, Undo, Recovery):
@@ -96,6 +100,8 @@ class Runtime(Approvals, Undo, Recovery):
         self.approver = approver
         self._usage: dict[str, dict[str, int]] = {}  # budget spent per session, as of journal record _usage_seq
         self._usage_seq = 0
+        self._written_entry: dict[str, Any] = {}  # the last `entry` record this runtime committed
+        self.journal.listeners.append(self._count_written)
         self._lock = threading.RLock()
         self.custom_tools = Tools()
         settings = {"http": http, "databases": databases, "sandbox": sandbox, "allow_unsafe": allow_unsafe,
@@ -211,7 +217,8 @@ class Runtime(Approvals, Undo, Recovery):
                     telemetry.malformed(span, session.id, session.actor, self._redacted(str(exc)))
             raise
         with self._tracer.start_as_current_span(telemetry.action_span_name(model.type),
-                                                kind=telemetry.span_kind(adapter.span_kind)) as span:
+                                                kind=telemetry.span_kind(adapter.span_kind)) \
+                if self._tracing() else _NO_SPAN as span:
             if span.is_recording():
                 span.set_attributes(telemetry.action_attributes(model.type, session.id, session.actor))
             with self.journal.exclusive():
@@ -232,6 +239,12 @@ class Runtime(Approvals, Undo, Recovery):
                 telemetry.end_action(span, result, adapter.redact(", ".join(model.targets())), self.journal.head()[1],
                                      adapter.span_attributes(model, result.output if result.ok else None))
         return result
+
+    def _tracing(self) -> bool:
+        """Whether an action's span could be recorded: no when this runtime's tracer is the API's
+        proxy and no provider was set globally (no exporter: the span would record nothing)."""
+        return not (isinstance(self._tracer, trace.ProxyTracer)
+                    and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider))
 
     def _redacted(self, text: str) -> str:
         for adapter in list(self._adapters.values()):
@@ -403,12 +416,29 @@ class Runtime(Approvals, Undo, Recovery):
             if not self._usage:  # nothing known yet: nothing to bring up to date
                 self._usage_seq = self.journal.head()[0]
             else:
-                for seq, body, _ in self.journal.records(self._usage_seq):
+                # the deferred records (`applied`) spend nothing; the listener counts them once written
+                for seq, body, _ in self.journal.records(self._usage_seq, flush=False):
                     self._count_usage(json.loads(body))
                     self._usage_seq = seq
             if session_id not in self._usage:
                 self._usage[session_id] = self._load_usage(session_id, self._usage_seq)
             return dict(self._usage[session_id])
+
+    def _count_written(self, start: int, records: list[dict[str, Any]]) -> None:
+        """Records this runtime just committed: counted from memory when the counts stood where they
+        begin (nothing to read back); otherwise `_session_usage` reads them from the journal."""
+        for record in records:
+            if record["kind"] == "entry":
+                self._written_entry = record
+        if not self._usage or self._usage_seq != start:
+            return
+        try:
+            for record in records:
+                self._count_usage(record)
+        except Exception:  # noqa: BLE001 - counted again from the journal on the next look
+            self._usage.clear()
+            return
+        self._usage_seq = records[-1]["seq"]
 
     def _load_usage(self, session_id: str, upto: int) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -437,14 +467,25 @@ class Runtime(Approvals, Undo, Recovery):
     def _apply(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, extra: dict[str, Any],
                staged: Any = None) -> Result:
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
+        # A judged run, staged in isolation before it is journaled, is journaled with its capture in
+        # the entry's own commit. An entry whose stage changes nothing until its commit need not be
+        # durable yet: the capture's durable commit, before the effect, makes it durable too.
+        durable = staged is not None or not (adapter.staged and adapter.isolated_stage(prepared))
+        staging = False
         try:
-            with self.journal.transaction(durable=True) as tx:
+            with self.journal.transaction(durable=durable) as tx:
                 plan = adapter.capture(prepared, tx.put_blob)
                 seq, _ = tx.append("entry", status="pending", plan=plan, preview=prepared.preview, **extra,
                                    **self._entry_fields(tx, session, model, adapter, prepared.targets, decision))
+                if staged is not None:
+                    staging = True
+                    captured = staged.capture(tx.put_blob)
+                    cseq, _ = tx.append("captured", entry=entry_id(seq), plan=captured)
         except BaseException as exc:
-            if staged is not None:  # staged and judged already: its layer goes
+            if staged is not None:  # staged (and judged) already: its transaction or layer goes
                 staged.abort()
+            if staging and isinstance(exc, Exception):  # nothing was journaled: the entry says it failed
+                return outcome.failed(ActionFailed(_reason(model.type, exc)), prepared.targets, decision)
             if isinstance(exc, Refused):
                 return outcome.refused(exc, prepared.targets)
             if isinstance(exc, (ActionFailed, OSError)):
@@ -452,8 +493,10 @@ class Runtime(Approvals, Undo, Recovery):
                                       prepared.targets, decision)
             raise
         eid = entry_id(seq)
+        if staged is not None:
+            return self._commit_staged(outcome, decision, eid, plan, staged, captured, cseq)
         if adapter.staged:
-            return self._apply_staged(outcome, prepared, decision, eid, plan, staged)
+            return self._apply_staged(outcome, prepared, decision, eid, plan)
         try:
             applied = adapter.apply(prepared)
         except OutcomeUnknown as exc:
@@ -466,11 +509,11 @@ class Runtime(Approvals, Undo, Recovery):
             status = "denied" if isinstance(exc, Refused) else "failed"
             return Result(False, eid, error=reason, status=status, session=session.id, type=model.type,
                           decision=decision)
-        self.journal.append("applied", entry=eid, after=applied.after)
+        self.journal.defer("applied", entry=eid, after=applied.after)  # written with the next commit
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
 
     def _apply_staged(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, eid: str,
-                      plan: dict[str, Any], staged: Any = None) -> Result:
+                      plan: dict[str, Any]) -> Result:
         """Run in an open transaction; journal what was captured inside it, durably; then commit.
         Every committed change has its undo data on disk, whenever the process dies."""
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
@@ -484,7 +527,7 @@ class Runtime(Approvals, Undo, Recovery):
                           decision=decision)
 
         try:
-            staged = staged if staged is not None else adapter.stage(prepared)  # judged runs come staged
+            staged = adapter.stage(prepared)
         except BaseException as exc:  # noqa: BLE001 - nothing committed
             return failure(exc)
         try:
@@ -494,6 +537,12 @@ class Runtime(Approvals, Undo, Recovery):
         except BaseException as exc:  # noqa: BLE001 - not committed: roll it back
             staged.abort()
             return failure(exc)
+        return self._commit_staged(outcome, decision, eid, plan, staged, captured, cseq)
+
+    def _commit_staged(self, outcome: "_Outcomes", decision: Decision, eid: str, plan: dict[str, Any],
+                       staged: Any, captured: dict[str, Any], cseq: int) -> Result:
+        """Commit a staged run whose capture is journaled (durably)."""
+        session, model, adapter = outcome.session, outcome.model, outcome.adapter
         try:
             staged.commit()
         except BaseException as exc:  # noqa: BLE001 - did the commit happen? the adapter reads it off the world
@@ -509,7 +558,7 @@ class Runtime(Approvals, Undo, Recovery):
                     raise
                 return Result(False, eid, error=error, status="failed", session=session.id, type=model.type,
                               decision=decision)
-        self.journal.append("applied", entry=eid, after={"captured": cseq})
+        self.journal.defer("applied", entry=eid, after={"captured": cseq})  # written with the next commit
         return Result(True, eid, staged.output, session=session.id, type=model.type, decision=decision)
 
     # -- journaling ----------------------------------------------------------------------------
@@ -533,6 +582,12 @@ class Runtime(Approvals, Undo, Recovery):
         }
 
     # -- reading the journal -------------------------------------------------------------------
+
+    def entry_record(self, eid: str) -> dict[str, Any]:
+        """The `entry` record of `eid`: the one this runtime just committed, from memory (read only,
+        do not change it), else as the journal's chain vouches for it."""
+        written = self._written_entry
+        return written if written.get("seq") == entry_seq(eid) else self.journal.entry_record(eid)
 
     def log(self, session: str | None = None) -> list[dict[str, Any]]:
         """Every entry, oldest first: id, time, session, actor, type, target, decision, status."""

@@ -359,6 +359,11 @@ class SqlAdapter(Adapter):
         return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                                           prepared.state.get("before", {}))
 
+    def isolated_stage(self, prepared: Prepared) -> bool:
+        # SQLite runs the statements in one transaction, DDL included, rolled back if the process
+        # dies; PostgreSQL's sequences and MySQL's implicit DDL commits act before the commit
+        return isinstance(prepared.state, dict) and prepared.state["db"].kind == "sqlite"
+
     def release(self, prepared: Prepared) -> None:
         held = prepared.state.pop("held", None) if isinstance(prepared.state, dict) else None
         if held is not None:
