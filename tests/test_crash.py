@@ -438,8 +438,10 @@ import goex
 from goex.journal import store
 
 root, bound, count, sql = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "sql"
+defers = sys.argv[5] == "defers"
 store.DEFER_BOUND = bound  # how long the last applied record may wait for a next commit
 rt = goex.Runtime(root, policy="permissive", databases={"main": "sqlite:///app.db"} if sql else None)
+rt.journal.defers = defers
 session = rt.session(actor="deferring")
 for i in range(count):
     action = ({"type": "sql.execute", "db": "main", "sql": "UPDATE t SET v = ? WHERE id = 1", "params": [i + 1]}
@@ -452,10 +454,11 @@ time.sleep(120)
 
 
 def start_deferring(tmp_path: Path, root: Path, bound: float, count: int,
-                    sql: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+                    sql: bool = False, defers: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     script = tmp_path / "deferring.py"
     script.write_text(DEFERRING)
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(bound), str(count), "sql" if sql else "fs"],
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(bound), str(count), "sql" if sql else "fs",
+                             "defers" if defers else "commits"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     line = proc.stdout.readline().decode() if ready else ""  # type: ignore[union-attr]
@@ -464,6 +467,20 @@ def start_deferring(tmp_path: Path, root: Path, bound: float, count: int,
         _, err = proc.communicate()
         pytest.fail(f"worker did not act: {line!r}\n{err.decode(errors='replace')}")
     return proc, line.split()[1]
+
+
+def test_by_default_an_action_that_returned_survives_a_kill_right_after(tmp_path: Path):
+    """Outside the gym's worlds the `applied` record is committed before the action returns: a
+    process killed at once after its last action leaves every entry applied, nothing to recover."""
+    root = tmp_path / "root"
+    root.mkdir()
+    proc, last = start_deferring(tmp_path, root, bound=3600, count=3, defers=False)
+    kill(proc)
+    with goex.Runtime(root, policy="permissive") as rt:
+        assert {r["id"]: r["status"] for r in rt.log()}[last] == "applied"
+        assert rt.recover().outcomes == {}
+        rt.verify()
+    assert (root / "f2.txt").read_text() == "version 2\n"
 
 
 def test_killed_before_its_deferred_applied_record_is_written_is_reverted_exactly(tmp_path: Path):

@@ -76,6 +76,9 @@ class World:
             http = HttpConfig(allow_hosts=[service.hostport], openapi=service.openapi)
         self.runtime = Runtime(self.root, policy=task.policy, durability="process", protected=task.protected,
                                databases=self.urls, http=http, sandbox=sandbox)
+        # a world is rebuilt or verified at every reset: its `applied` records ride with the next
+        # commit (one commit per step); a step's result survives a killed process once it is written
+        self.runtime.journal.defers = True
         self.start_parts = self.parts()
         self.start = self.fingerprint(self.start_parts)
 

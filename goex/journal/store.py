@@ -16,8 +16,9 @@ outside the workspace (`anchor.py`), so a tail rewritten with recomputed hashes 
 
 Every process appends under one exclusive lock (`lock` file, flock), held across an action's
 capture, apply and record, so concurrent sessions on one root never interleave inside an action.
-An action's `applied` record is written with the next commit (`Journal.defer`), and the lock
-stays held until it is: at most DEFER_BOUND seconds, or not at all when another process waits.
+Where `Journal.defers` is set (the gym's worlds), an action's `applied` record is written with the
+next commit (`Journal.defer`), and the lock stays held until it is: at most DEFER_BOUND seconds,
+or not at all when another process waits. Otherwise it is committed before the action returns.
 See docs/journal.md for the format.
 """
 
@@ -212,6 +213,9 @@ class Journal(Reads):
         self._synchronous = ""
         # called after each commit with the head it started from and the records appended
         self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
+        # `defer` keeps records for the next commit only when this is set (the gym's worlds): an
+        # action's result then survives a killed process only once its record is written
+        self.defers = False
         self._deferred: list[tuple[str, dict[str, Any]]] = []  # records for the next commit (`defer`)
         self._deferred_at = 0.0
         self._deferred_pid = 0
@@ -361,17 +365,17 @@ class Journal(Reads):
     def defer(self, kind: str, **fields: Any) -> None:
         """Append a record with this journal's next commit instead of a commit of its own: an
         action's `applied` record rides with the next action's `entry`. Call it holding the lock
-        (`exclusive`). When another process or runtime waits for the lock, the record is written
-        at once instead (turns stay fair). Otherwise the lock stays held until it is written: by
-        the next commit, any read of the index (`select`, `head`, `query`, `snapshot`), `flush`,
-        `close`, interpreter exit, or a helper thread once DEFER_BOUND seconds passed without a
-        commit. No other process can act, undo or recover meanwhile; a process killed before it
-        is written leaves its entry pending, and recovery settles it as any action interrupted
-        before its record."""
+        (`exclusive`). Unless `defers` is set, and when another process or runtime waits for the
+        lock, the record is written at once instead (turns stay fair). Otherwise the lock stays
+        held until it is written: by the next commit, any read of the index (`select`, `head`,
+        `query`, `snapshot`), `flush`, `close`, interpreter exit, or a helper thread once
+        DEFER_BOUND seconds passed without a commit. No other process can act, undo or recover
+        meanwhile; a process killed before it is written leaves its entry pending, and recovery
+        settles it as any action interrupted before its record."""
         with self._thread_lock:
             if self._lock_depth == 0:
                 raise RuntimeError("Journal.defer is called holding the journal's lock")
-            if self._others_waiting():  # someone waits for the lock: written now, and the lock goes after the action
+            if not self.defers or self._others_waiting():  # written now; the lock goes after the action
                 self.append(kind, **fields)
                 return
             self._deferred.append((kind, {"time": round(time.time(), 6), **fields}))
