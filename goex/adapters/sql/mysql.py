@@ -115,11 +115,11 @@ _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 # what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
 # body names the tables it writes) and the foreign keys of other tables that reference it
-_LINKS_OF = ("SELECT 'G',TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
-             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s UNION ALL "
-             "SELECT 'R',CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE,NULL FROM "
+_LINKS_OF = ("SELECT TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
+             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
+             "SELECT CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE FROM "
              "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
-             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2, 3")
+             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -1073,7 +1073,6 @@ class MysqlEngine(ServerEngine[Any]):
         if cached is not None and (self._fast(statements, params, cached[1]) is None or
                                    _may_use_sequence(statements, cached[1])):
             return None  # the usual path: triggers, cascades, sequences or keys that change
-        show = f"SHOW CREATE TABLE {_q(name)}"
         plan: dict[str, Any] = {}
         conn, reset = self._kept(_plain([params, self.db]))
         try:
@@ -1084,26 +1083,26 @@ class MysqlEngine(ServerEngine[Any]):
                     if fast is None or _may_use_sequence(statements, cached[1]):
                         break
                 with conn.cursor() as cur:
-                    links = cur.mogrify(_LINKS_OF, (self.db, name, self.db, self.db, name))
-                    if cached is None or fast is None:
-                        queries = [show, links, cur.mogrify(*_Meta.query(self.db, only=name))]
-                    else:
+                    keyed = self._key_queries(cur, name)
+                    if cached is None or fast is None:  # the schema, then the image under its locks
+                        queries = [cur.mogrify(*_Meta.query(self.db, only=name)), *keyed]
+                    else:  # the image (its locks), then what the schema was kept under, read under them
                         table, where, args = fast
                         head = f"SELECT {_row_sql(cached[1], table)[0]} FROM {_q(table)} "
                         queries = [cur.mogrify((head.replace("%", "%%") if args is not None else head)
-                                               + f"{where} FOR UPDATE", args), show, links]
+                                               + f"{where} FOR UPDATE", args), *keyed]
                 if reset:
                     conn, results = self._after_reset(conn, queries)
                     reset = False
                 else:
                     results = _pipeline(conn, queries)
-                if cached is None or fast is None:  # no schema kept: read it, then image the rows under their locks
-                    if any(isinstance(r, Exception) for r in results):
+                key = _schema_key(results[1:])
+                if cached is None or fast is None:
+                    if key is None or isinstance(results[0], Exception):
                         break  # not a table (gone, or never was): the usual path says what it is
-                    cached = self._keep_meta(name, _rows(results[0])[0][1], _rows(results[1]), _rows(results[2]))
+                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[0])))
                     continue
-                if isinstance(results[1], Exception) or isinstance(results[2], Exception) or \
-                        (_AI.sub("", _rows(results[1])[0][1]), tuple(_rows(results[2]))) != cached[0]:
+                if key != cached[0]:
                     _rollback(conn)  # the schema changed since it was kept: read again, image again
                     with self._lock:
                         self._metas.pop(name.lower(), None)
@@ -1121,17 +1120,6 @@ class MysqlEngine(ServerEngine[Any]):
             raise
         self._give(conn)
         return None
-
-    def _keep_meta(self, name: str, create: str, links: list[tuple[Any, ...]],
-                   found: list[tuple[Any, ...]]) -> tuple[Any, _Meta]:
-        """One table's schema kept, under what it was read with (its SHOW CREATE TABLE text
-        without the AUTO_INCREMENT position; its triggers and the foreign keys referring to it)."""
-        kept = ((_AI.sub("", create), tuple(links)), _Meta(None, self.db, only=name, found=found))
-        with self._lock:
-            if len(self._metas) >= 256:
-                self._metas.clear()
-            self._metas[name.lower()] = kept
-        return kept
 
     def _run_fast(self, conn: Any, sql: str, params: Any, meta: _Meta, table: str, image: list[tuple[Any, ...]],
                   create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1190,23 +1178,32 @@ class MysqlEngine(ServerEngine[Any]):
     def _table_meta(self, cur: Any, table: str) -> _Meta:
         """One table's schema (`_Meta(only=table)`), read again only when its definition (SHOW
         CREATE TABLE), its triggers or the foreign keys that reference it changed since it was
-        read: two cheap reads instead of information_schema's column and key tables. The key is
-        read before the schema, so a change in between makes the next look-up read it again."""
-        try:
-            create = _AI.sub("", _show_create(cur, table))
-        except pymysql.Error:  # not a table (gone, or never was): read as before
+        read (`_schema_key`: three cheap reads, in one round trip, instead of information_schema's
+        column and key tables). The key is read before the schema, so a change in between makes
+        the next look-up read it again."""
+        results = _pipeline(cur.connection, self._key_queries(cur, table))
+        key = _schema_key(results)
+        if key is None:  # not a table (gone, or never was): read as before
             return _Meta(cur, self.db, only=table)
-        key = (create, tuple(_fetch(cur, _LINKS_OF, (self.db, table, self.db, self.db, table))))
         with self._lock:
             cached = self._metas.get(table.lower())
         if cached is not None and cached[0] == key:
             return cached[1]
-        meta = _Meta(cur, self.db, only=table)
+        return self._keep_meta(table, key, _Meta(cur, self.db, only=table))[1]
+
+    def _key_queries(self, cur: Any, table: str) -> list[str]:
+        """What a table's schema is kept under (see `_schema_key`): SHOW CREATE TABLE, the
+        table's triggers, the foreign keys that refer to it."""
+        return [f"SHOW CREATE TABLE {_q(table)}", cur.mogrify(_LINKS_OF[0], (self.db, table)),
+                cur.mogrify(_LINKS_OF[1], (self.db, self.db, table))]
+
+    def _keep_meta(self, name: str, key: Any, meta: _Meta) -> tuple[Any, _Meta]:
+        """One table's schema kept under its key (see `_schema_key`)."""
         with self._lock:
             if len(self._metas) >= 256:
                 self._metas.clear()
-            self._metas[table.lower()] = (key, meta)
-        return meta
+            self._metas[name.lower()] = (key, meta)
+        return key, meta
 
     def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
         """A single UPDATE/DELETE whose rows its own WHERE identifies: (table, WHERE text, its params)."""
@@ -1759,6 +1756,16 @@ def _plain(value: Any) -> bool:
     if isinstance(value, (list, tuple, set, frozenset)):
         return all(_plain(v) for v in value)
     return True
+
+
+def _schema_key(results: list[Any]) -> tuple[Any, ...] | None:
+    """What a table's schema is kept under, from the results of `_key_queries`: its SHOW CREATE
+    TABLE text without the AUTO_INCREMENT position (columns, keys, engine, its own foreign keys,
+    defaults), its triggers and the foreign keys of other tables that refer to it. None when
+    one of them failed (not a table)."""
+    if any(isinstance(r, Exception) for r in results):
+        return None
+    return _AI.sub("", _rows(results[0])[0][1]), tuple(_rows(results[1])), tuple(_rows(results[2]))
 
 
 def _rows(result: Any) -> list[tuple[Any, ...]]:
