@@ -466,7 +466,25 @@ class _Connection(pymysql.connections.Connection):
     once per process: building one reads the system's CA store, about 20 ms per connection."""
 
     _preferred: Any = None
-    ended = False  # its transaction just committed (nothing to roll back before it is kept)
+    ended = False  # the last command was a COMMIT or ROLLBACK: no transaction is open
+
+    def query(self, sql: Any, unbuffered: bool = False) -> int:
+        self.ended = False
+        return super().query(sql, unbuffered)
+
+    def begin(self) -> None:
+        self.ended = False
+        super().begin()
+
+    def commit(self) -> None:
+        super().commit()
+        self.ended = True
+
+    def rollback(self) -> None:
+        """ROLLBACK, unless the last command ended the transaction already (one round trip less)."""
+        if not self.ended:
+            super().rollback()
+            self.ended = True
 
     def _create_ssl_ctx(self, sslp: Any) -> Any:
         if sslp != {}:  # TLS options of the caller's own: as PyMySQL builds them
@@ -552,9 +570,6 @@ class MysqlEngine(ServerEngine[Any]):
         return bool(conn.open)
 
     def _rollback(self, conn: Any) -> None:
-        if conn.ended:  # just committed: no transaction is open
-            conn.ended = False
-            return
         _rollback(conn)
 
     def _close(self, conn: Any) -> None:
@@ -1042,7 +1057,6 @@ class MysqlEngine(ServerEngine[Any]):
             except pymysql.Error as exc:
                 _close(conn)
                 raise self._failed(exc, "the commit failed") from None
-            conn.ended = True
             cur.close()
             self._recent = {}
             self._give(conn)
@@ -1707,6 +1721,7 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
     if conn._result is not None and (conn._result.unbuffered_active or conn._result.has_next):
         raise pymysql.err.InterfaceError(0, "a result is still being read")
     conn._result = None
+    conn.ended = False
     packets: list[bytes] = []
     kinds: list[tuple[int, int]] = []
     for item in commands:
@@ -1733,6 +1748,8 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
                     more.read()
                     result.has_next = more.has_next
                 conn._result = result
+                if result.server_status is not None:
+                    conn.server_status = result.server_status
                 out.append(result)
             else:
                 out.append(conn._read_ok_packet())
@@ -1889,18 +1906,20 @@ def _rows_now(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any],
               lock: bool = False) -> tuple[str, str, int | None]:
     """Where the rows an entry changed stand now: ("after" | "before" | "changed" | "definition" |
     "gone", what differs, the table's AUTO_INCREMENT position). `lock`: with locking reads."""
-    try:
-        create = _show_create(cur, table)
-    except pymysql.Error as exc:
-        if exc.args and exc.args[0] == 1146:
-            return "gone", f"{table} is gone", None
-        raise
+    keyed = [k for k, _, _ in diff["keyed"]]
+    # the definition and the rows by key in one round trip (the rows are not used unless the
+    # definition is the action's)
+    results = _pipeline(cur.connection, [f"SHOW CREATE TABLE {_q(table)}",
+                                         *(_rows_queries(table, entry, keyed, lock) if keyed else [])])
+    if isinstance(results[0], pymysql.Error) and results[0].args and results[0].args[0] == 1146:
+        return "gone", f"{table} is gone", None
+    create = _rows(results[0])[0][1]
     found = _AI.search(create)
     counter = int(found.group(1)) if found else None
     if _definition(create) != entry["definition"]:
         return "definition", f"the definition of {table} changed since the action", counter
     if diff["keyed"]:
-        now: dict[Any, Any] = dict(_select_rows(cur, table, entry, [k for k, _, _ in diff["keyed"]], lock))
+        now: dict[Any, Any] = dict(row for r in results[1:] for row in _rows(r))
         differ = [k for k, _, a in diff["keyed"] if now.get(k) != a]
         if differ and all(now.get(k) == b for k, b, _ in diff["keyed"]):
             return "before", "", counter
@@ -1957,10 +1976,14 @@ def _put_back(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any])
     if diff["keyed"]:
         cols = ",".join(_q(c) for c in entry["pk"])
         keys = [k for k, _, _ in diff["keyed"]]
-        for i in range(0, len(keys), 500):
-            cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
-                        + ",".join(f"({k})" for k in keys[i:i + 500]) + ")")
-        _insert(cur, table, columns, [b for _, b, _ in diff["keyed"] if b is not None])
+        # the deletes and inserts in one round trip: inside undo's transaction, which any error
+        # among them rolls back whole
+        for result in _pipeline(cur.connection, [
+                *(f"DELETE FROM {_q(table)} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + ")"
+                  for i in range(0, len(keys), 500)),
+                *_insert_queries(table, columns, [b for _, b, _ in diff["keyed"] if b is not None])]):
+            if isinstance(result, Exception):
+                raise result
         return
     expr = _row_expr(entry)
     now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]])
@@ -2206,19 +2229,25 @@ def _creates_trigger(statement: str) -> bool:
 
 
 def _insert(cur: Any, table: str, columns: list[str], rows: list[str]) -> None:
-    if not rows:
-        return
+    for query in _insert_queries(table, columns, rows):
+        cur.execute(query)
+
+
+def _insert_queries(table: str, columns: list[str], rows: list[str]) -> list[str]:
+    """INSERTs of row literals, in batches of about `_BATCH` bytes."""
     head = f"INSERT INTO {_q(table)} (" + ",".join(_q(c) for c in columns) + ") VALUES "
+    out: list[str] = []
     batch: list[str] = []
     size = 0
     for row in rows:
         batch.append(f"({row})")
         size += len(row) + 3
         if size >= _BATCH:
-            cur.execute(head + ",".join(batch))
+            out.append(head + ",".join(batch))
             batch, size = [], 0
     if batch:
-        cur.execute(head + ",".join(batch))
+        out.append(head + ",".join(batch))
+    return out
 
 
 def _all_triggers(cur: Any, db: str) -> dict[str, dict[str, Any]]:
