@@ -5,6 +5,7 @@ exact; parameters any quoting mode reads differently, failing statements and hos
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,36 @@ def test_two_statements_run_one_by_one(db: Db, session: goex.Session):
     run(session, "UPDATE t SET v = 1 WHERE id = 1; UPDATE t SET v = 2 WHERE id = 2")
     assert db.query("SELECT v FROM t WHERE id IN (1, 2) ORDER BY id") == ((1,), (2,))
     undone_exactly(db, session, before, 1)
+
+
+@pytest.mark.parametrize("tail", ["", " -- a comment", " # a comment"])
+def test_the_image_rows_are_locked_before_the_statement_runs(db: Db, monkeypatch, tail: str):
+    from goex.adapters.sql import mysql
+
+    seen: list[str] = []
+    pipeline = mysql._pipeline
+
+    def watched(conn, commands):
+        results = pipeline(conn, commands)
+        image = [found for c in commands if isinstance(c, str)
+                 for found in [re.search(r"^SELECT .* WHERE id = (\d+).*FOR UPDATE$", c, re.S)] if found]
+        if image:  # the before-image of the statement's own WHERE
+            key = image[0].group(1)
+            other = db.conn()  # another client: the image's rows are locked by now
+            try:
+                with pytest.raises(pymysql.err.OperationalError):
+                    other.cursor().execute(f"SELECT * FROM t WHERE id = {key} FOR UPDATE NOWAIT")
+                seen.append("locked")
+            finally:
+                other.close()
+        return results
+
+    monkeypatch.setattr(mysql, "_pipeline", watched)
+    before = db.engine.dump()
+    db.act("UPDATE t SET v = v + 1 WHERE id = 2")  # the schema of t is kept
+    entry = db.act("UPDATE t SET v = v + 1 WHERE id = 1" + tail)
+    assert seen == ["locked", "locked"]
+    db.revert(entry)
+    db.revert(db.act("UPDATE t SET v = v - 1 WHERE id = 2"))
+    assert db.query("SELECT v FROM t ORDER BY id") == ((10,), (21,), (30,))
+    assert before != db.engine.dump()

@@ -1104,7 +1104,7 @@ class MysqlEngine(ServerEngine[Any]):
                         table, where, args = fast
                         head = f"SELECT {_row_sql(cached[1], table)[0]} FROM {_q(table)} "
                         queries = [cur.mogrify((head.replace("%", "%%") if args is not None else head)
-                                               + f"{where} FOR UPDATE", args), *keyed]
+                                               + f"{where}\nFOR UPDATE", args), *keyed]
                 if reset:
                     conn, results = self._after_reset(conn, queries)
                     reset = False
@@ -1176,7 +1176,8 @@ class MysqlEngine(ServerEngine[Any]):
             table, where, args = fast
             select, _, _ = _row_sql(meta, table)
             head = f"SELECT {select} FROM {_q(table)} "
-            cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where} FOR UPDATE", args)
+            # on a line of its own: a comment the WHERE's text ends with (`-- ...`, `# ...`) stops at the line's end
+            cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where}\nFOR UPDATE", args)
             plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=False)
         else:
             names: set[str] = set()
