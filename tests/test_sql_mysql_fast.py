@@ -192,3 +192,26 @@ def test_the_image_rows_are_locked_before_the_statement_runs(db: Db, monkeypatch
     db.revert(db.act("UPDATE t SET v = v - 1 WHERE id = 2"))
     assert db.query("SELECT v FROM t ORDER BY id") == ((10,), (21,), (30,))
     assert before != db.engine.dump()
+
+
+def test_a_row_the_image_missed_sends_the_statement_the_usual_way(db: Db, session: goex.Session, monkeypatch):
+    """As when a row slips in between the image and the statement (READ COMMITTED takes no gap
+    locks): the statement matched more rows than the image holds; it is rolled back and run again
+    with whole-table images."""
+    from goex.adapters.sql import mysql
+
+    pipeline = mysql._pipeline
+
+    def short(conn, commands):
+        results = pipeline(conn, commands)
+        if len(commands) >= 4 and isinstance(commands[-4], str) and commands[-4].endswith("\nFOR UPDATE") and results[-4].rows:
+            results[-4].rows = results[-4].rows[:-1]  # the image as if the last row were not there yet
+        return results
+
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [3])  # the schema of t is kept
+    before = db.engine.dump()
+    monkeypatch.setattr(mysql, "_pipeline", short)
+    assert run(session, "UPDATE t SET v = v + 1 WHERE id IN (?, ?)", [1, 2]).output == {"rows_changed": 2}
+    monkeypatch.undo()
+    assert db.query("SELECT v FROM t ORDER BY id") == ((11,), (21,), (31,))
+    undone_exactly(db, session, before, 1)

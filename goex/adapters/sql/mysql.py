@@ -1124,8 +1124,12 @@ class MysqlEngine(ServerEngine[Any]):
                     continue
                 if isinstance(results[0], Exception):
                     break  # the usual path runs it and reports the server's error
-                return conn, *self._run_fast(conn, statements[0], params, cached[1], fast[0],
-                                             _rows(results[0]), _rows(results[1])[0][1], plan)
+                done = self._run_fast(conn, statements[0], params, cached[1], fast[0], _rows(results[0]),
+                                      _rows(results[1])[0][1], plan)
+                if done is None:  # it matched rows the image does not hold: rolled back, the usual path runs it
+                    self._fail(conn, before, plan, statements)
+                    return None
+                return conn, *done
         except pymysql.Error as exc:
             self._fail(conn, before, plan, statements)
             raise self._failed(exc) from None
@@ -1136,8 +1140,10 @@ class MysqlEngine(ServerEngine[Any]):
         return None
 
     def _run_fast(self, conn: Any, sql: str, params: Any, meta: _Meta, table: str, image: list[tuple[Any, ...]],
-                  create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The statement, with the rows it changed read after it in the same round trip."""
+                  create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The statement, with the rows it changed read after it in the same round trip. None
+        when it matched another number of rows than the image holds (a row that slipped in
+        between, as under READ COMMITTED, which takes no gap locks): the caller rolls it back."""
         entry = _image_of(create, meta, table, image, whole=False)
         plan.update({"meta": meta, "tables": {table: entry}, "counters": {table: entry["auto_increment"]},
                      "sequences": {}})
@@ -1152,6 +1158,8 @@ class MysqlEngine(ServerEngine[Any]):
         count = results[0].affected_rows
         found = re.search(rb"Rows matched: (\d+)", results[0].message or b"")
         plan["count"], plan["matched"] = count, int(found.group(1)) if found else count
+        if plan["matched"] != len(image):
+            return None
         entry["after_rows"] = [row for r in results[1:1 + len(queries) - 1 - (entry["auto_increment"] is not None)]
                                for row in _rows(r)]
         if entry["auto_increment"] is not None:
