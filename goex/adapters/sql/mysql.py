@@ -7,6 +7,13 @@ a content-addressed blob (unchanged images deduplicate across entries):
 * A single `UPDATE`/`DELETE` on one table with a primary key, no triggers and no foreign keys
   that cascade from it, whose WHERE is a plain deterministic predicate, images only the rows
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
+  It runs in three round trips (see `_stage_fast`), several statements written at once on the
+  agent connection and their results read in order (`_pipeline`; still one statement per
+  command, no multi-statements): the session reset and its check, the image, then the table's
+  definition, triggers and referring foreign keys read under the image's locks and compared
+  with those the kept schema was read under (a difference drops the image and reads the schema
+  again); the statement and its after-rows; the commit. One that matches more rows than the
+  image holds is rolled back and runs the general way.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
