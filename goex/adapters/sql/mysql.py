@@ -7,6 +7,13 @@ a content-addressed blob (unchanged images deduplicate across entries):
 * A single `UPDATE`/`DELETE` on one table with a primary key, no triggers and no foreign keys
   that cascade from it, whose WHERE is a plain deterministic predicate, images only the rows
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
+  It runs in three round trips (see `_stage_fast`), several statements written at once on the
+  agent connection and their results read in order (`_pipeline`; still one statement per
+  command, no multi-statements): the session reset and its check, the image, then the table's
+  definition, triggers and referring foreign keys read under the image's locks and compared
+  with those the kept schema was read under (a difference drops the image and reads the schema
+  again); the statement and its after-rows; the commit. One that matches more rows than the
+  image holds is rolled back and runs the general way.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
@@ -42,11 +49,13 @@ MEMORY) cannot be rolled back if an action fails half-way; goex restores them fr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
+import struct
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -55,7 +64,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import sqlglot
-from pymysql.constants import CLIENT
+from pymysql.connections import MAX_PACKET_LEN, MySQLResult
+from pymysql.constants import CLIENT, COMMAND
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
@@ -112,11 +122,11 @@ _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 # what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
 # body names the tables it writes) and the foreign keys of other tables that reference it
-_LINKS_OF = ("SELECT 'G',TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
-             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s UNION ALL "
-             "SELECT 'R',CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE,NULL FROM "
+_LINKS_OF = ("SELECT TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
+             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
+             "SELECT CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE FROM "
              "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
-             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2, 3")
+             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -328,8 +338,18 @@ def _names(statement: str) -> set[str]:
 class _Meta:
     """The schema of the database, read from information_schema in one query."""
 
-    def __init__(self, cur: Any, db: str, only: str | None = None):
-        # `only`: just one table's columns, key, triggers and foreign keys (a cheaper read)
+    def __init__(self, cur: Any, db: str, only: str | None = None,
+                 found: list[tuple[Any, ...]] | None = None):
+        # `only`: just one table's columns, key, triggers and foreign keys (a cheaper read);
+        # `found`: the rows of `query(db, only)`, read already
+        if found is None:
+            cur.execute(*self.query(db, only))
+            found = list(cur.fetchall())
+        self._read(found)
+
+    @staticmethod
+    def query(db: str, only: str | None = None) -> tuple[str, tuple[str, ...]]:
+        """The one query the schema is read with, and its arguments."""
         one = " AND TABLE_NAME=%s" if only else ""
         args: tuple[str, ...] = (db, only) if only else (db,)
         parts = [
@@ -349,8 +369,9 @@ class _Meta:
         if not only:
             parts.append(("SELECT 'V',TABLE_NAME,VIEW_DEFINITION,NULL,NULL,NULL,0 FROM information_schema.VIEWS "
                           "WHERE TABLE_SCHEMA=%s", (db,)))
-        cur.execute(" UNION ALL ".join(q for q, _ in parts), tuple(a for _, values in parts for a in values))
-        found = cur.fetchall()
+        return " UNION ALL ".join(q for q, _ in parts), tuple(a for _, values in parts for a in values)
+
+    def _read(self, found: list[tuple[Any, ...]]) -> None:
         self.tables: dict[str, str] = {}
         self.views: set[str] = set()
         self.sequences: dict[str, str] = {}  # lowercased name -> name
@@ -461,6 +482,25 @@ class _Connection(pymysql.connections.Connection):
     once per process: building one reads the system's CA store, about 20 ms per connection."""
 
     _preferred: Any = None
+    ended = False  # the last command was a COMMIT or ROLLBACK: no transaction is open
+
+    def query(self, sql: Any, unbuffered: bool = False) -> int:
+        self.ended = False
+        return super().query(sql, unbuffered)
+
+    def begin(self) -> None:
+        self.ended = False
+        super().begin()
+
+    def commit(self) -> None:
+        super().commit()
+        self.ended = True
+
+    def rollback(self) -> None:
+        """ROLLBACK, unless the last command ended the transaction already (one round trip less)."""
+        if not self.ended:
+            super().rollback()
+            self.ended = True
 
     def _create_ssl_ctx(self, sslp: Any) -> Any:
         if sslp != {}:  # TLS options of the caller's own: as PyMySQL builds them
@@ -558,14 +598,9 @@ class MysqlEngine(ServerEngine[Any]):
         conn._execute_command(_COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
         while True:
-            same = " AND ".join(f"@@session.{v} <=> @@global.{v}" for v in self._clean)
             try:
                 with conn.cursor() as cur:
-                    # NO_DIR_IN_CREATE: the server ignores DATA/INDEX DIRECTORY, which would put table
-                    # files in any server folder without the FILE privilege
-                    cur.execute(f"SET autocommit = IF({same} AND CURRENT_ROLE() IS NULL AND @@in_transaction = 0 "
-                                "AND @@character_set_client = 'utf8mb4', 0, NULL), "
-                                "sql_mode = CONCAT_WS(',', NULLIF(@@global.sql_mode, ''), 'NO_DIR_IN_CREATE')")
+                    cur.execute(self._clean_check())
                 return
             except pymysql.err.OperationalError as exc:
                 unknown = re.search(r"Unknown system variable '(\w+)'", str(exc))
@@ -577,6 +612,42 @@ class MysqlEngine(ServerEngine[Any]):
                     raise ActionFailed(f"sql.execute on {self.db}: the agent connection's session still held "
                                        "settings after a reset; nothing was applied") from None
                 raise
+
+    def _clean_check(self) -> str:
+        """The statement that follows a reset (see `_reset`)."""
+        same = " AND ".join(f"@@session.{v} <=> @@global.{v}" for v in self._clean)
+        # NO_DIR_IN_CREATE: the server ignores DATA/INDEX DIRECTORY, which would put table files in
+        # any server folder without the FILE privilege
+        return (f"SET autocommit = IF({same} AND CURRENT_ROLE() IS NULL AND @@in_transaction = 0 "
+                "AND @@character_set_client = 'utf8mb4', 0, NULL), "
+                "sql_mode = CONCAT_WS(',', NULLIF(@@global.sql_mode, ''), 'NO_DIR_IN_CREATE')")
+
+    def _kept(self, plain: bool) -> tuple[Any, bool]:
+        """An agent connection and whether it still needs its reset: a kept one not reset yet
+        when what will be sent on it is `plain` (quoted the same whatever the session's
+        NO_BACKSLASH_ESCAPES, which the reset may change), else one `_take` reset."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle and plain else None
+        return (conn, True) if conn is not None else (self._take(), False)
+
+    def _after_reset(self, conn: Any, queries: list[str]) -> tuple[Any, list[Any]]:
+        """`queries` run on a kept connection (see `_pipeline`) right after its reset and the
+        check that follows it, all in one round trip. Were the reset or its check to fail, the
+        queries' results are dropped (they only read) and the connection closed; a new one runs
+        them."""
+        try:
+            results = _pipeline(conn, [(_COM_RESET_CONNECTION, b""), self._clean_check(), *queries])
+            if not any(isinstance(r, Exception) for r in results[:2]):
+                return conn, results[2:]
+        except pymysql.Error:
+            pass
+        _close(conn)
+        conn = self._take()
+        try:
+            return conn, _pipeline(conn, queries)
+        except BaseException:
+            _close(conn)
+            raise
 
     def _agent_connect(self, checked: bool = True) -> Any:
         """A connection as the least-privilege account agent statements run as (see `_account`);
@@ -914,10 +985,25 @@ class MysqlEngine(ServerEngine[Any]):
     def _stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
                before: dict[str, Any]) -> tuple[Staged, dict[str, Any], Any]:
         """`stage`, with the plan (before-images) and the transaction's cursor."""
-        conn = self._take()
-        cur = conn.cursor()
         reads = all(a.get("kind") in _READS for a in analyses) and all(a.get("parsed") for a in analyses)
         ddl = before.get("mode") == "ddl"
+        plan: dict[str, Any] = {}
+        fast = None
+        if not ddl and len(statements) == 1 and analyses[0].get("parsed") and \
+                analyses[0].get("kind") in ("update", "delete"):
+            fast = self._stage_fast(statements, params, before)
+        if fast is not None:
+            conn, plan, output = fast
+            cur = conn.cursor()
+        else:
+            conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
+        return self._staged(conn, cur, plan, output, before, statements, ddl), plan, cur
+
+    def _stage_slow(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
+                    before: dict[str, Any], reads: bool, ddl: bool) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        """The statements run one by one in a new transaction, after their plan is taken."""
+        conn = self._take()
+        cur = conn.cursor()
         plan: dict[str, Any] = {}
         try:
             # the reset left autocommit off and no transaction open: the first statement opens it
@@ -949,6 +1035,11 @@ class MysqlEngine(ServerEngine[Any]):
         except BaseException:
             self._fail(conn, before, plan, statements)
             raise
+        return conn, cur, plan, output
+
+    def _staged(self, conn: Any, cur: Any, plan: dict[str, Any], output: dict[str, Any], before: dict[str, Any],
+                statements: list[str], ddl: bool) -> Staged:
+        """The open transaction as the pipeline takes it: capture, commit, abort."""
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             sequences = _sequences_after(cur, plan.get("sequences") or before.get("sequences") or {}, statements)
@@ -959,10 +1050,13 @@ class MysqlEngine(ServerEngine[Any]):
                 before_rows = entry.pop("rows")
                 whole = entry.pop("whole")
                 keys = None if whole else [k for k, _ in before_rows]
-                after_rows = _select_rows(cur, table, entry, keys) if whole or keys else []
+                after_rows = entry.pop("after_rows", None)  # read with the statement, when it ran pipelined
+                if after_rows is None:
+                    after_rows = _select_rows(cur, table, entry, keys) if whole or keys else []
                 diff = _diff(before_rows, after_rows, bool(entry["pk"]))
+                counter = entry.pop("counter_after", None)
                 if entry["auto_increment"] is not None:
-                    entry["auto_after"] = _auto_increment(cur, table)
+                    entry["auto_after"] = counter if counter is not None else _auto_increment(cur, table)
                 if not diff["keyed"] and not diff["counts"] and entry.get("auto_after") == entry["auto_increment"]:
                     continue  # neither a row nor the counter moved (rows a trigger added and removed move it)
                 if plan["meta"].triggers.get(table):  # undo drops them for its duration: kept here for recovery
@@ -987,7 +1081,107 @@ class MysqlEngine(ServerEngine[Any]):
             cur.close()
             self._fail(conn, before, plan, statements)
 
-        return Staged(output, capture, commit, abort), plan, cur
+        return Staged(output, capture, commit, abort)
+
+    def _stage_fast(self, statements: list[str], params: Any,
+                    before: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+        """A single UPDATE/DELETE whose own WHERE selects its rows (see `_fast`) on a table whose
+        schema this engine has read, in three round trips: (1) the session reset and its check,
+        the before-image of the rows (`SELECT ... FOR UPDATE`), the table's SHOW CREATE TABLE text
+        and its triggers and the foreign keys referring to it; (2) the statement and the rows
+        with the same keys after it (and its AUTO_INCREMENT position); (3) the commit. The image
+        is read with the schema kept from an earlier action, the schema then read again in the
+        same transaction after the row locks, which also hold the table's metadata lock (no
+        ALTER, trigger or DROP on it can land until the commit): when it differs, the image is
+        dropped and taken again with the schema read now. None: the usual path (`_plan`) runs it."""
+        shape = _shape(statements[0])
+        if shape is None or _SEQUENCE_CALL.search(_uncommented(statements[0])):
+            return None
+        name = shape[0]
+        with self._lock:
+            cached = self._metas.get(name.lower())
+        if cached is not None and (self._fast(statements, params, cached[1]) is None or
+                                   _may_use_sequence(statements, cached[1])):
+            return None  # the usual path: triggers, cascades, sequences or keys that change
+        plan: dict[str, Any] = {}
+        conn, reset = self._kept(_plain([params, self.db]))
+        try:
+            for _ in range(3):
+                fast = None
+                if cached is not None:
+                    fast = self._fast(statements, params, cached[1])
+                    if fast is None or _may_use_sequence(statements, cached[1]):
+                        break
+                with conn.cursor() as cur:
+                    keyed = self._key_queries(cur, name)
+                    if cached is None or fast is None:  # the schema, then the image under its locks
+                        queries = [cur.mogrify(*_Meta.query(self.db, only=name)), *keyed]
+                    else:  # the image (its locks), then what the schema was kept under, read under them
+                        table, where, args = fast
+                        head = f"SELECT {_row_sql(cached[1], table)[0]} FROM {_q(table)} "
+                        queries = [cur.mogrify((head.replace("%", "%%") if args is not None else head)
+                                               + f"{where}\nFOR UPDATE", args), *keyed]
+                if reset:
+                    conn, results = self._after_reset(conn, queries)
+                    reset = False
+                else:
+                    results = _pipeline(conn, queries)
+                key = _schema_key(results[1:])
+                if cached is None or fast is None:
+                    if key is None or isinstance(results[0], Exception):
+                        break  # not a table (gone, or never was): the usual path says what it is
+                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[0])))
+                    continue
+                if key != cached[0]:
+                    _rollback(conn)  # the schema changed since it was kept: read again, image again
+                    with self._lock:
+                        self._metas.pop(name.lower(), None)
+                    cached = None
+                    continue
+                if isinstance(results[0], Exception):
+                    break  # the usual path runs it and reports the server's error
+                done = self._run_fast(conn, statements[0], params, cached[1], fast[0], _rows(results[0]),
+                                      _rows(results[1])[0][1], plan)
+                if done is None:  # it matched rows the image does not hold: rolled back, the usual path runs it
+                    self._fail(conn, before, plan, statements)
+                    return None
+                return conn, *done
+        except pymysql.Error as exc:
+            self._fail(conn, before, plan, statements)
+            raise self._failed(exc) from None
+        except BaseException:
+            self._fail(conn, before, plan, statements)
+            raise
+        self._give(conn)
+        return None
+
+    def _run_fast(self, conn: Any, sql: str, params: Any, meta: _Meta, table: str, image: list[tuple[Any, ...]],
+                  create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The statement, with the rows it changed read after it in the same round trip. None
+        when it matched another number of rows than the image holds (a row that slipped in
+        between, as under READ COMMITTED, which takes no gap locks): the caller rolls it back."""
+        entry = _image_of(create, meta, table, image, whole=False)
+        plan.update({"meta": meta, "tables": {table: entry}, "counters": {table: entry["auto_increment"]},
+                     "sequences": {}})
+        keys = [k for k, _ in image]
+        with conn.cursor() as cur:
+            queries = [cur.mogrify(*convert_params(sql, params)), *_rows_queries(table, entry, keys)]
+        if entry["auto_increment"] is not None:
+            queries.append(f"SHOW CREATE TABLE {_q(table)}")
+        results = _pipeline(conn, queries)
+        if isinstance(results[0], Exception):
+            raise results[0]
+        count = results[0].affected_rows
+        found = re.search(rb"Rows matched: (\d+)", results[0].message or b"")
+        plan["count"], plan["matched"] = count, int(found.group(1)) if found else count
+        if plan["matched"] != len(image):
+            return None
+        entry["after_rows"] = [row for r in results[1:1 + len(queries) - 1 - (entry["auto_increment"] is not None)]
+                               for row in _rows(r)]
+        if entry["auto_increment"] is not None:
+            counter = _AI.search(_rows(results[-1])[0][1])
+            entry["counter_after"] = int(counter.group(1)) if counter else None
+        return plan, {"rows_changed": count if count and count > 0 else 0}
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
         """Take the before-images (locking reads) of what the statements can change: the rows a
@@ -1006,7 +1200,8 @@ class MysqlEngine(ServerEngine[Any]):
             table, where, args = fast
             select, _, _ = _row_sql(meta, table)
             head = f"SELECT {select} FROM {_q(table)} "
-            cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where} FOR UPDATE", args)
+            # on a line of its own: a comment the WHERE's text ends with (`-- ...`, `# ...`) stops at the line's end
+            cur.execute((head.replace("%", "%%") if args is not None else head) + f"{where}\nFOR UPDATE", args)
             plan["tables"][table] = _image(cur, meta, table, list(cur.fetchall()), whole=False)
         else:
             names: set[str] = set()
@@ -1022,67 +1217,46 @@ class MysqlEngine(ServerEngine[Any]):
     def _table_meta(self, cur: Any, table: str) -> _Meta:
         """One table's schema (`_Meta(only=table)`), read again only when its definition (SHOW
         CREATE TABLE), its triggers or the foreign keys that reference it changed since it was
-        read: two cheap reads instead of information_schema's column and key tables. The key is
-        read before the schema, so a change in between makes the next look-up read it again."""
-        try:
-            create = _AI.sub("", _show_create(cur, table))
-        except pymysql.Error:  # not a table (gone, or never was): read as before
+        read (`_schema_key`: three cheap reads, in one round trip, instead of information_schema's
+        column and key tables). The key is read before the schema, so a change in between makes
+        the next look-up read it again."""
+        results = _pipeline(cur.connection, self._key_queries(cur, table))
+        key = _schema_key(results)
+        if key is None:  # not a table (gone, or never was): read as before
             return _Meta(cur, self.db, only=table)
-        key = (create, tuple(_fetch(cur, _LINKS_OF, (self.db, table, self.db, self.db, table))))
         with self._lock:
             cached = self._metas.get(table.lower())
         if cached is not None and cached[0] == key:
             return cached[1]
-        meta = _Meta(cur, self.db, only=table)
+        return self._keep_meta(table, key, _Meta(cur, self.db, only=table))[1]
+
+    def _key_queries(self, cur: Any, table: str) -> list[str]:
+        """What a table's schema is kept under (see `_schema_key`): SHOW CREATE TABLE, the
+        table's triggers, the foreign keys that refer to it."""
+        return [f"SHOW CREATE TABLE {_q(table)}", cur.mogrify(_LINKS_OF[0], (self.db, table)),
+                cur.mogrify(_LINKS_OF[1], (self.db, self.db, table))]
+
+    def _keep_meta(self, name: str, key: Any, meta: _Meta) -> tuple[Any, _Meta]:
+        """One table's schema kept under its key (see `_schema_key`)."""
         with self._lock:
             if len(self._metas) >= 256:
                 self._metas.clear()
-            self._metas[table.lower()] = (key, meta)
-        return meta
+            self._metas[name.lower()] = (key, meta)
+        return key, meta
 
     def _fast(self, statements: list[str], params: Any, meta: _Meta) -> tuple[str, str, Any] | None:
         """A single UPDATE/DELETE whose rows its own WHERE identifies: (table, WHERE text, its params)."""
-        sql = statements[0]
-        try:
-            tree = sqlglot.parse_one(sql, read="mysql")
-        except sqlglot.errors.ParseError:
+        shape = _shape(statements[0])
+        if shape is None:
             return None
-        if not isinstance(tree, (exp.Update, exp.Delete)):
-            return None
-        target = tree.this if isinstance(tree, exp.Update) else tree.args.get("this")
-        if not isinstance(target, exp.Table) or target.alias or target.args.get("db"):
-            return None
-        table = meta.tables.get(target.name.lower())
+        name, start, marks, assigned = shape
+        table = meta.tables.get(name.lower())
         if table is None or not meta.pk.get(table) or meta.triggers.get(table) or meta.children.get(table):
             return None
-        if any(tree.args.get(k) for k in ("from", "joins", "order", "limit", "using", "tables", "with")):
+        if assigned & {c.lower() for c in meta.pk[table]}:  # keys stay put, so the after-rows are found by them
             return None
-        where = tree.args.get("where")
-        if where is None or any(not isinstance(node, _SAFE_WHERE + (exp.Where,)) for node in where.walk()):
-            return None
-        if isinstance(tree, exp.Update):
-            assigned = {e.this.name.lower() for e in tree.expressions if isinstance(e, exp.EQ)
-                        and isinstance(e.this, exp.Column)}
-            if len(assigned) != len(tree.expressions):
-                return None
-            keys = {c.lower() for c in meta.pk[table]}
-            if assigned & keys:  # keys stay put, so the after-rows are found by the same keys
-                return None
-        tokens = _tokens(sql)
-        level = 0
-        marks = 0
-        for tok in tokens:
-            if tok.token_type == TokenType.L_PAREN:
-                level += 1
-            elif tok.token_type == TokenType.R_PAREN:
-                level -= 1
-            elif tok.token_type == TokenType.WHERE and level == 0:
-                text = sql[tok.start:]
-                query, args = convert_params(text, _where_params(params, marks))
-                return table, query, args
-            elif tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
-                marks += 1
-        return None
+        query, args = convert_params(statements[0][start:], _where_params(params, marks))
+        return table, query, args
 
     def _peek_sequences(self, conn: Any, meta: _Meta, statements: list[str]) -> dict[str, Any]:
         """The exact state of every sequence the statements may take values from or set (named,
@@ -1591,6 +1765,128 @@ def _target(sql: str) -> str | None:
     return found.group(1) if found else None
 
 
+@functools.lru_cache(maxsize=512)
+def _shape(sql: str) -> tuple[str, int, int, frozenset[str]] | None:
+    """What a single UPDATE/DELETE's rows depend on, read from its text alone (parsed once per
+    text): the table it names, where its top-level WHERE starts, how many `?` come before it, and
+    the columns an UPDATE sets. None unless its own plain, deterministic WHERE selects its rows."""
+    try:
+        tree = sqlglot.parse_one(sql, read="mysql")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
+        return None
+    if not isinstance(tree, (exp.Update, exp.Delete)):
+        return None
+    target = tree.this if isinstance(tree, exp.Update) else tree.args.get("this")
+    if not isinstance(target, exp.Table) or target.alias or target.args.get("db"):
+        return None
+    if (_target(sql) or "").lower() != target.name.lower():  # the table its first words name, as the regex reads
+        return None
+    if any(tree.args.get(k) for k in ("from", "joins", "order", "limit", "using", "tables", "with")):
+        return None
+    where = tree.args.get("where")
+    if where is None or any(not isinstance(node, _SAFE_WHERE + (exp.Where,)) for node in where.walk()):
+        return None
+    assigned: frozenset[str] = frozenset()
+    if isinstance(tree, exp.Update):
+        assigned = frozenset(e.this.name.lower() for e in tree.expressions if isinstance(e, exp.EQ)
+                             and isinstance(e.this, exp.Column))
+        if len(assigned) != len(tree.expressions):
+            return None
+    level = marks = 0
+    for tok in _tokens(sql):
+        if tok.token_type == TokenType.L_PAREN:
+            level += 1
+        elif tok.token_type == TokenType.R_PAREN:
+            level -= 1
+        elif tok.token_type == TokenType.WHERE and level == 0:
+            return target.name, tok.start, marks, assigned
+        elif tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
+            marks += 1
+    return None
+
+
+def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
+    """Several commands written in one go, their results read in order: one round trip instead
+    of one per command. Each command is a statement (text: a COM_QUERY) or (command, payload);
+    each is still one statement, run by the server one after the other exactly as if sent one
+    by one (the connection has no multi-statements). A statement that fails does not stop the
+    ones after it: its error takes its place in the list. A broken connection raises."""
+    if conn._sock is None:
+        raise pymysql.err.InterfaceError(0, "")
+    if conn._result is not None and (conn._result.unbuffered_active or conn._result.has_next):
+        raise pymysql.err.InterfaceError(0, "a result is still being read")
+    conn._result = None
+    conn.ended = False
+    packets: list[bytes] = []
+    kinds: list[tuple[int, int]] = []
+    for item in commands:
+        command, data = (COMMAND.COM_QUERY, item.encode(conn.encoding)) if isinstance(item, str) else item
+        payload = bytes([command]) + data
+        seq = 0
+        while True:  # a payload of 16 MiB or more goes in several packets, numbered on
+            chunk, payload = payload[:MAX_PACKET_LEN], payload[MAX_PACKET_LEN:]
+            packets.append(struct.pack("<I", len(chunk))[:3] + bytes([seq % 256]) + chunk)
+            seq += 1
+            if len(chunk) < MAX_PACKET_LEN:
+                break
+        kinds.append((command, seq))
+    conn._write_bytes(b"".join(packets))
+    out: list[Any] = []
+    for command, seq in kinds:
+        conn._next_seq_id = seq % 256
+        try:
+            if command == COMMAND.COM_QUERY:
+                result = MySQLResult(conn)
+                result.read()
+                while result.has_next:  # more result sets (none of goex's statements makes them)
+                    more = MySQLResult(conn)
+                    more.read()
+                    result.has_next = more.has_next
+                conn._result = result
+                if result.server_status is not None:
+                    conn.server_status = result.server_status
+                out.append(result)
+            else:
+                out.append(conn._read_ok_packet())
+        except pymysql.err.MySQLError as exc:
+            if conn._sock is None:  # the connection is gone, not just the statement
+                raise
+            out.append(exc)
+    return out
+
+
+_SPECIAL = re.compile(r"[\\'\"\x00\n\r\x1a]")
+
+
+def _plain(value: Any) -> bool:
+    """Whether `value` is quoted the same with and without NO_BACKSLASH_ESCAPES: no string in it
+    holds a character either mode escapes (bytes are hex, numbers and dates have none)."""
+    if isinstance(value, str):
+        return not _SPECIAL.search(value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_plain(v) for v in value)
+    return True
+
+
+def _schema_key(results: list[Any]) -> tuple[Any, ...] | None:
+    """What a table's schema is kept under, from the results of `_key_queries`: its SHOW CREATE
+    TABLE text without the AUTO_INCREMENT position (columns, keys, engine, its own foreign keys,
+    defaults), its triggers and the foreign keys of other tables that refer to it. None when
+    one of them failed (not a table)."""
+    if any(isinstance(r, Exception) for r in results):
+        return None
+    return _AI.sub("", _rows(results[0])[0][1]), tuple(_rows(results[1])), tuple(_rows(results[2]))
+
+
+def _rows(result: Any) -> list[tuple[Any, ...]]:
+    """A pipelined statement's rows; its error raised."""
+    if isinstance(result, Exception):
+        raise result
+    return list(result.rows or ())
+
+
 def _own_session(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute("SET SESSION foreign_key_checks=0, sql_mode='NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', "
@@ -1613,7 +1909,12 @@ def _definition(create: str) -> str:
 
 
 def _image(cur: Any, meta: _Meta, table: str, rows: list[tuple[str | None, str]], whole: bool) -> dict[str, Any]:
-    create = _show_create(cur, table)
+    return _image_of(_show_create(cur, table), meta, table, rows, whole)
+
+
+def _image_of(create: str, meta: _Meta, table: str, rows: list[tuple[str | None, str]],
+              whole: bool) -> dict[str, Any]:
+    """A table's before-image: its rows, with its definition and AUTO_INCREMENT position from `create`."""
     counter = _AI.search(create)
     cols = meta.insertable(table)
     return {"scope": "rows", "whole": whole, "columns": [c for c, _ in cols], "types": [t for _, t in cols],
@@ -1633,16 +1934,20 @@ def _key_expr(entry: dict[str, Any]) -> str:
 def _select_rows(cur: Any, table: str, entry: dict[str, Any], keys: list[str] | None,
                  lock: bool = False) -> list[tuple[str | None, str]]:
     """(key literal, row literal) of the whole table, or of the rows with these keys."""
+    if keys is None:
+        return _fetch(cur, _rows_queries(table, entry, None, lock)[0])
+    return [row for query in _rows_queries(table, entry, keys, lock) for row in _fetch(cur, query)]
+
+
+def _rows_queries(table: str, entry: dict[str, Any], keys: list[str] | None, lock: bool = False) -> list[str]:
+    """The queries `_select_rows` reads with (none for no keys)."""
     head = f"SELECT {_key_expr(entry) if entry['pk'] else 'NULL'},{_row_expr(entry)} FROM {_q(table)}"
     tail = " FOR UPDATE" if lock else ""
     if keys is None:
-        return _fetch(cur, head + tail)
+        return [head + tail]
     cols = ",".join(_q(c) for c in entry["pk"])
-    out: list[tuple[str | None, str]] = []
-    for i in range(0, len(keys), 500):
-        marks = ",".join(f"({k})" for k in keys[i:i + 500])
-        out.extend(_fetch(cur, f"{head} WHERE ({cols}) IN ({marks}){tail}"))
-    return out
+    return [f"{head} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + f"){tail}"
+            for i in range(0, len(keys), 500)]
 
 
 def _counts(cur: Any, table: str, entry: dict[str, Any], rows: list[str], lock: bool = False) -> Counter:
@@ -1696,18 +2001,20 @@ def _rows_now(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any],
               lock: bool = False) -> tuple[str, str, int | None]:
     """Where the rows an entry changed stand now: ("after" | "before" | "changed" | "definition" |
     "gone", what differs, the table's AUTO_INCREMENT position). `lock`: with locking reads."""
-    try:
-        create = _show_create(cur, table)
-    except pymysql.Error as exc:
-        if exc.args and exc.args[0] == 1146:
-            return "gone", f"{table} is gone", None
-        raise
+    keyed = [k for k, _, _ in diff["keyed"]]
+    # the definition and the rows by key in one round trip (the rows are not used unless the
+    # definition is the action's)
+    results = _pipeline(cur.connection, [f"SHOW CREATE TABLE {_q(table)}",
+                                         *(_rows_queries(table, entry, keyed, lock) if keyed else [])])
+    if isinstance(results[0], pymysql.Error) and results[0].args and results[0].args[0] == 1146:
+        return "gone", f"{table} is gone", None
+    create = _rows(results[0])[0][1]
     found = _AI.search(create)
     counter = int(found.group(1)) if found else None
     if _definition(create) != entry["definition"]:
         return "definition", f"the definition of {table} changed since the action", counter
     if diff["keyed"]:
-        now: dict[Any, Any] = dict(_select_rows(cur, table, entry, [k for k, _, _ in diff["keyed"]], lock))
+        now: dict[Any, Any] = dict(row for r in results[1:] for row in _rows(r))
         differ = [k for k, _, a in diff["keyed"] if now.get(k) != a]
         if differ and all(now.get(k) == b for k, b, _ in diff["keyed"]):
             return "before", "", counter
@@ -1764,10 +2071,14 @@ def _put_back(cur: Any, table: str, entry: dict[str, Any], diff: dict[str, Any])
     if diff["keyed"]:
         cols = ",".join(_q(c) for c in entry["pk"])
         keys = [k for k, _, _ in diff["keyed"]]
-        for i in range(0, len(keys), 500):
-            cur.execute(f"DELETE FROM {_q(table)} WHERE ({cols}) IN ("
-                        + ",".join(f"({k})" for k in keys[i:i + 500]) + ")")
-        _insert(cur, table, columns, [b for _, b, _ in diff["keyed"] if b is not None])
+        # the deletes and inserts in one round trip: inside undo's transaction, which any error
+        # among them rolls back whole
+        for result in _pipeline(cur.connection, [
+                *(f"DELETE FROM {_q(table)} WHERE ({cols}) IN (" + ",".join(f"({k})" for k in keys[i:i + 500]) + ")"
+                  for i in range(0, len(keys), 500)),
+                *_insert_queries(table, columns, [b for _, b, _ in diff["keyed"] if b is not None])]):
+            if isinstance(result, Exception):
+                raise result
         return
     expr = _row_expr(entry)
     now = _counts(cur, table, entry, [r for r, _, _ in diff["counts"]])
@@ -2013,19 +2324,25 @@ def _creates_trigger(statement: str) -> bool:
 
 
 def _insert(cur: Any, table: str, columns: list[str], rows: list[str]) -> None:
-    if not rows:
-        return
+    for query in _insert_queries(table, columns, rows):
+        cur.execute(query)
+
+
+def _insert_queries(table: str, columns: list[str], rows: list[str]) -> list[str]:
+    """INSERTs of row literals, in batches of about `_BATCH` bytes."""
     head = f"INSERT INTO {_q(table)} (" + ",".join(_q(c) for c in columns) + ") VALUES "
+    out: list[str] = []
     batch: list[str] = []
     size = 0
     for row in rows:
         batch.append(f"({row})")
         size += len(row) + 3
         if size >= _BATCH:
-            cur.execute(head + ",".join(batch))
+            out.append(head + ",".join(batch))
             batch, size = [], 0
     if batch:
-        cur.execute(head + ",".join(batch))
+        out.append(head + ",".join(batch))
+    return out
 
 
 def _all_triggers(cur: Any, db: str) -> dict[str, dict[str, Any]]:
