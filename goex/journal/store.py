@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -40,6 +41,7 @@ from .read import Reads
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
 CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
+_PARSED_KEPT = 4096  # records kept parsed after their verification, for undo to read without parsing again
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -304,12 +306,7 @@ class Journal(Reads):
         if digest in self._checked:
             return self._checked[digest]
         row = self.db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
-        if row is None:
-            raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
-        data = unpack_blob(row[0])
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
-        return data
+        return _intact(digest, row[0] if row else None)
 
     def check_blobs(self, obj: Any) -> None:
         """Raise `JournalCorrupt` unless every blob `obj` references is present and intact.
@@ -317,11 +314,17 @@ class Journal(Reads):
         them right after, some more than once (a range's changesets are tried, then applied)."""
         self._checked.clear()
         room = 8 << 20
-        for digest in set(referenced_chunks(obj)):
-            data = self.read_blob(digest)
-            if len(data) <= room:
-                self._checked[digest] = data
-                room -= len(data)
+        wanted = sorted(set(referenced_chunks(obj)))
+        for i in range(0, len(wanted), 500):  # read together: one query for a range's hundreds
+            part = wanted[i:i + 500]
+            with self._thread_lock:
+                stored = dict(self.db.execute(f"SELECT hash, data FROM blobs WHERE hash IN "
+                                              f"({', '.join('?' * len(part))})", part).fetchall())
+            for digest in part:
+                data = _intact(digest, stored.get(digest))
+                if len(data) <= room:
+                    self._checked[digest] = data
+                    room -= len(data)
 
     def record(self, seq: int) -> dict[str, Any]:
         """One record, exactly as the hash chain vouches for it (verified up to it first if needed)."""
@@ -344,16 +347,23 @@ class Journal(Reads):
                 bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
                                               f"({', '.join('?' * len(part))})", part).fetchall())
                 for seq in wanted[i:i + 500]:
-                    out[seq] = self._vouched(seq, bodies.get(seq))
+                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.parsed.pop(seq, None))
         return out
 
-    def _vouched(self, seq: int, body: str | None) -> dict[str, Any]:
+    def _vouched(self, seq: int, body: str | None,
+                 parsed: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The record `body` stored at `seq`, once its chain hash matches the verified one. `parsed`:
+        the record as the replay parsed it when it verified it, with the hash it had then; when the
+        body read now has that same hash it is that same text, and is not parsed again."""
         if body is None:
             raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
         hashes = self._replay.hashes
-        if seq - 1 not in hashes or chain(hashes[seq - 1], body) != hashes.get(seq):
+        digest = hashes.get(seq)
+        if seq - 1 not in hashes or chain(hashes[seq - 1], body) != digest:
             raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone "
                                  "from it. Run `goex verify`", seq=seq)
+        if parsed is not None and parsed[0] == digest:
+            return parsed[1]
         record: dict[str, Any] = json.loads(body)
         return record
 
@@ -538,6 +548,9 @@ class Replay:
         self.hashes: dict[int, str] = {0: GENESIS}  # seq -> hash
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
+        # the newest records as parsed when verified, with their hash: `records_at` takes each one
+        # (at most once, so no caller shares a dict) instead of parsing its body again
+        self.parsed: dict[int, tuple[str, dict[str, Any]]] = {}
 
     def start(self, base: tuple[int, str]) -> None:
         """Begin after the records compaction folded away (checked once a compaction record names it)."""
@@ -549,6 +562,7 @@ class Replay:
         seq, prev = self.seq, self.hash
         hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
+        parsed: list[tuple[int, tuple[str, dict[str, Any]]]] = []
         compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
@@ -570,18 +584,23 @@ class Replay:
                 elif record["kind"] == "compacted":
                     compacted = (record["upto"], record["hash"])
                 hashes[rseq] = digest
+                parsed.append((rseq, (digest, record)))
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         self.hashes.update(hashes)
+        self.parsed.update(parsed[-_PARSED_KEPT:])
+        for old in list(itertools.islice(self.parsed, max(0, len(self.parsed) - _PARSED_KEPT))):
+            del self.parsed[old]  # the oldest first: seqs only grow
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
         if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
             self.compacted = compacted
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+            self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
@@ -592,6 +611,16 @@ def _parse(seq: int, body: str) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("seq") != seq or not isinstance(record.get("kind"), str):
         raise JournalCorrupt(f"record {seq} is not a record stored at {seq} (edited or reordered)", seq=seq)
     return record
+
+
+def _intact(digest: str, stored: bytes | None) -> bytes:
+    """The bytes of the blob `digest` as stored, once they are found to hash to it."""
+    if stored is None:
+        raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
+    data = unpack_blob(stored)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
+    return data
 
 
 def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], str | None], where: str) -> None:
