@@ -151,11 +151,12 @@ class FileAdapter(Adapter):
             self.confine_plan(item.plan)
         restored: dict[str, str] = {}  # path -> its digest once the newer entries are undone
         out = []
-        for item in items:
-            out.append([found for path, expected in item.after.items()
-                        if (found := self._differs(path, expected, restored.get(path)))])
-            for op in item.plan["ops"]:
-                restored[op["path"]] = tree.digest_of(op["node"]) if op["op"] == "restore" else "-"
+        with self.ws.reusing_folders():  # no path of the range lies inside another (`joins`)
+            for item in items:
+                out.append([found for path, expected in item.after.items()
+                            if (found := self._differs(path, expected, restored.get(path)))])
+                for op in item.plan["ops"]:
+                    restored[op["path"]] = tree.digest_of(op["node"]) if op["op"] == "restore" else "-"
         return out
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
@@ -167,9 +168,10 @@ class FileAdapter(Adapter):
         for item in reversed(items):
             runs.append([op for op in item.plan["ops"] if op["path"] not in older])
             older.update(op["path"] for op in item.plan["ops"])
-        for ops in reversed(runs):
-            for op in ops:
-                getattr(self, "_revert_" + op["op"])(op, get_blob)
+        with self.ws.reusing_folders():  # no path of the range lies inside another (`joins`)
+            for ops in reversed(runs):
+                for op in ops:
+                    getattr(self, "_revert_" + op["op"])(op, get_blob)
 
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> None:

@@ -251,19 +251,28 @@ def restore(dfd: int, name: str, node: Node, get: GetBlob) -> None:
 
 
 def _rewrite(dfd: int, name: str, node: Node, get: GetBlob) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    # written over, then cut to length: no O_TRUNC, whose truncation to zero of a file with data
+    # makes ext4 allocate and write its blocks out at once (auto_da_alloc), some 0.4 ms a file
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _special(name, st)
-        _fill(fd, node, get)
+        _fill(fd, node, get, cut=True)
     finally:
         os.close(fd)
 
 
-def _fill(fd: int, node: Node, get: GetBlob) -> None:
+def _fill(fd: int, node: Node, get: GetBlob, *, cut: bool = False) -> None:
+    """Write `node`'s content from the start of `fd`, then its mode and mtime; `cut`: then end the
+    file there (it may have been longer)."""
+    size = 0
     for chunk in node["chunks"]:
-        write_all(fd, get(chunk))
+        data = get(chunk)
+        write_all(fd, data)
+        size += len(data)
+    if cut:
+        os.ftruncate(fd, size)
     os.fchmod(fd, node["mode"])
     os.utime(fd, ns=(node["mtime"], node["mtime"]))
 
