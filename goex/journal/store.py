@@ -646,16 +646,20 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def referenced_chunks(obj: Any) -> Iterator[str]:
     """Every blob hash named under a "chunks" key anywhere in a record."""
     stack = [obj]
+    pop, push = stack.pop, stack.append
     while stack:  # a loop, not nested generators: undo of a range walks hundreds of plans
-        item = stack.pop()
+        item = pop()
         if isinstance(item, dict):
+            chunks = item.get("chunks")
+            if isinstance(chunks, list):
+                yield from (v for v in chunks if isinstance(v, str))
             for key, value in item.items():
-                if key == "chunks" and isinstance(value, list):
-                    yield from (v for v in value if isinstance(v, str))
-                elif isinstance(value, (dict, list)):
-                    stack.append(value)
+                if isinstance(value, (dict, list)) and not (key == "chunks" and isinstance(value, list)):
+                    push(value)
         elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            for value in item:
+                if isinstance(value, (dict, list)):
+                    push(value)
 
 
 def unpack_blob(stored: bytes) -> bytes:

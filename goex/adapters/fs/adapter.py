@@ -51,6 +51,7 @@ class FileAdapter(Adapter):
         self.max_read_bytes = max_read_bytes
         # the group `joins` last saw: (group, members counted, their paths, folders above them)
         self._joined: tuple[list[Coalesced], int, set[str], set[str]] | None = None
+        self._confined_paths: dict[str, Parts] = {}  # journal paths found confined (a check of spelling only)
         self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
@@ -194,7 +195,13 @@ class FileAdapter(Adapter):
                     self._confine_node(parts, op.get("node"))
 
     def _confined(self, path: Any) -> Parts:
-        """The components of a path read from the journal, confined again as an agent's path is."""
+        """The components of a path read from the journal, confined again as an agent's path is.
+        Only the spelling is checked here (each op opens its path without following links): the
+        answer for a path never changes, so paths found confined are remembered (undo of a range
+        checks each several times)."""
+        known = self._confined_paths.get(path) if isinstance(path, str) else None
+        if known is not None:
+            return known
         try:
             parts = self.ws.split(path) if isinstance(path, str) else None
         except PathRefused:
@@ -202,6 +209,9 @@ class FileAdapter(Adapter):
         if not parts or show(parts) != path or self.ws.holds_journal(parts):
             raise JournalCorrupt(f"an undo plan names {path!r}, which is not a path inside the workspace goex "
                                  "could have journaled: the journal was forged; nothing was undone. Run `goex verify`")
+        if len(self._confined_paths) >= 4096:
+            self._confined_paths.clear()
+        self._confined_paths[path] = parts
         return parts
 
     def _confine_node(self, parts: Parts, node: Any) -> None:
