@@ -52,6 +52,7 @@ class FileAdapter(Adapter):
         # the group `joins` last saw: (group, members counted, their paths, folders above them)
         self._joined: tuple[list[Coalesced], int, set[str], set[str]] | None = None
         self._confined_paths: dict[str, Parts] = {}  # journal paths found confined (a check of spelling only)
+        self._confined_items: list[Coalesced] = []  # the range `range_conflicts` last confined
         self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
@@ -150,6 +151,7 @@ class FileAdapter(Adapter):
         restores that path, else against the before-image that newer entry restores."""
         for item in items:
             self.confine_plan(item.plan)
+        self._confined_items = list(items)  # `revert_range` of these same items need not check them again
         restored: dict[str, str] = {}  # path -> its digest once the newer entries are undone
         out = []
         with self.ws.reusing_folders():  # no path of the range lies inside another (`joins`)
@@ -162,8 +164,11 @@ class FileAdapter(Adapter):
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
         """Each path is restored once, to the before-image of the oldest entry that touched it."""
+        checked = {id(c) for c in self._confined_items}  # held in that list: no id was reused
         for item in items:
-            self.confine_plan(item.plan)
+            if id(item) not in checked:
+                self.confine_plan(item.plan)
+        self._confined_items = []
         older: set[str] = set()
         runs: list[list[dict[str, Any]]] = []
         for item in reversed(items):
