@@ -258,22 +258,24 @@ def _rewrite(dfd: int, name: str, node: Node, get: GetBlob) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _special(name, st)
-        _fill(fd, node, get, cut=True)
+        _fill(fd, node, get, st)
     finally:
         os.close(fd)
 
 
-def _fill(fd: int, node: Node, get: GetBlob, *, cut: bool = False) -> None:
-    """Write `node`'s content from the start of `fd`, then its mode and mtime; `cut`: then end the
-    file there (it may have been longer)."""
+def _fill(fd: int, node: Node, get: GetBlob, st: os.stat_result | None = None) -> None:
+    """Write `node`'s content from the start of `fd`, then its mode and mtime. `st`: the file was
+    there, as `st` says: it is cut after the content if it was longer, its mode set if it differs
+    (or holds set-user/group-ID bits)."""
     size = 0
     for chunk in node["chunks"]:
         data = get(chunk)
         write_all(fd, data)
         size += len(data)
-    if cut:
+    if st is not None and st.st_size > size:
         os.ftruncate(fd, size)
-    os.fchmod(fd, node["mode"])
+    if st is None or stat.S_IMODE(st.st_mode) != node["mode"] or node["mode"] & (stat.S_ISUID | stat.S_ISGID):
+        os.fchmod(fd, node["mode"])  # (a write clears set-user/group-ID bits: those are set again)
     os.utime(fd, ns=(node["mtime"], node["mtime"]))
 
 
