@@ -208,3 +208,21 @@ def test_verify_against_a_kept_head(root: Path):
     assert forged.returncode == 1 and "rewritten" in forged.err
     future = verify_cli(root, "--expect", f"{int(seq) + 100}:{digest}")
     assert future.returncode == 1 and "truncated" in future.err
+
+
+def test_the_replay_keeps_a_bounded_number_of_records_parsed():
+    """The records kept parsed after verification (for undo to read without parsing again) are
+    the newest ones, and no more than the bound, however many are verified."""
+    from goex.journal.store import _PARSED_KEPT, GENESIS, Replay, canonical, chain
+
+    rows, prev = [], GENESIS
+    for seq in range(1, _PARSED_KEPT + 100):
+        body = canonical({"kind": "checkpoint", "label": None, "seq": seq, "session": "s", "time": 0.0})
+        prev = chain(prev, body)
+        rows.append((seq, body, prev))
+    replay = Replay()
+    replay.extend(rows[:50])
+    assert sorted(replay.parsed) == list(range(1, 51))
+    replay.extend(rows[50:])
+    assert sorted(replay.parsed) == list(range(100, _PARSED_KEPT + 100))
+    assert replay.parsed[_PARSED_KEPT + 99] == (prev, json.loads(rows[-1][1]))
