@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import itertools
 import json
 import os
 import sqlite3
@@ -42,6 +41,7 @@ FORMAT_VERSION = 1
 GENESIS = "0" * 64
 CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
 _PARSED_KEPT = 4096  # records kept parsed after their verification, for undo to read without parsing again
+_PARSED_BYTES = 8 << 20  # ... and at most this much of their text (a record over a 16th of it is not kept)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -347,7 +347,7 @@ class Journal(Reads):
                 bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
                                               f"({', '.join('?' * len(part))})", part).fetchall())
                 for seq in wanted[i:i + 500]:
-                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.parsed.pop(seq, None))
+                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.take(seq))
         return out
 
     def _vouched(self, seq: int, body: str | None,
@@ -548,9 +548,10 @@ class Replay:
         self.hashes: dict[int, str] = {0: GENESIS}  # seq -> hash
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
-        # the newest records as parsed when verified, with their hash: `records_at` takes each one
-        # (at most once, so no caller shares a dict) instead of parsing its body again
-        self.parsed: dict[int, tuple[str, dict[str, Any]]] = {}
+        # the newest records as parsed when verified, with their hash and text size: `records_at`
+        # takes each one (at most once, so no caller shares a dict) instead of parsing it again
+        self.parsed: dict[int, tuple[str, dict[str, Any], int]] = {}
+        self.parsed_bytes = 0
 
     def start(self, base: tuple[int, str]) -> None:
         """Begin after the records compaction folded away (checked once a compaction record names it)."""
@@ -562,7 +563,7 @@ class Replay:
         seq, prev = self.seq, self.hash
         hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
-        parsed: list[tuple[int, tuple[str, dict[str, Any]]]] = []
+        parsed: list[tuple[int, tuple[str, dict[str, Any], int]]] = []
         compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
@@ -584,16 +585,15 @@ class Replay:
                 elif record["kind"] == "compacted":
                     compacted = (record["upto"], record["hash"])
                 hashes[rseq] = digest
-                parsed.append((rseq, (digest, record)))
+                if len(body) <= _PARSED_BYTES >> 4:
+                    parsed.append((rseq, (digest, record, len(body))))
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         self.hashes.update(hashes)
-        self.parsed.update(parsed[-_PARSED_KEPT:])
-        for old in list(itertools.islice(self.parsed, max(0, len(self.parsed) - _PARSED_KEPT))):
-            del self.parsed[old]  # the oldest first: seqs only grow
+        self._keep(parsed)
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
         if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
@@ -601,6 +601,24 @@ class Replay:
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
             self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
+            self.parsed_bytes = sum(p[2] for p in self.parsed.values())
+
+    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], int]]]) -> None:
+        """Keep `parsed` (newer than every record kept), then drop the oldest kept records while
+        there are more than `_PARSED_KEPT` of them or more than `_PARSED_BYTES` of their text."""
+        for seq, item in parsed[-_PARSED_KEPT:]:
+            self.parsed[seq] = item
+            self.parsed_bytes += item[2]
+        while self.parsed and (len(self.parsed) > _PARSED_KEPT or self.parsed_bytes > _PARSED_BYTES):
+            self.parsed_bytes -= self.parsed.pop(next(iter(self.parsed)))[2]  # the oldest: seqs only grow
+
+    def take(self, seq: int) -> tuple[str, dict[str, Any]] | None:
+        """Record `seq` as parsed when verified, with its hash then, if kept; it is kept no longer."""
+        item = self.parsed.pop(seq, None)
+        if item is None:
+            return None
+        self.parsed_bytes -= item[2]
+        return item[0], item[1]
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
