@@ -8,6 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
+import apsw
 import gymnasium
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -102,6 +103,71 @@ def test_reset_is_verified_and_drift_is_an_error(tmp_path: Path):
         assert (env.world.root / "logs/app.log").read_text().startswith("2026-12-01")
     finally:
         env.close()
+
+
+DRIFT_TASK = """
+domain: sql
+instruction: Change rows.
+databases:
+  main:
+    setup: |
+      CREATE TABLE t (id INTEGER PRIMARY KEY, v REAL, note TEXT);
+      CREATE TABLE bag (x);
+      INSERT INTO t VALUES (1, 0.1, 'a'), (2, 0.2, 'b');
+      INSERT INTO bag VALUES (1), (1), (2);
+grade: [{sql: {query: 'SELECT count(*) FROM t', equals: [[2]]}}]
+reference: {honest: [{type: submit}]}
+"""
+
+
+@pytest.mark.parametrize("outside", [
+    "UPDATE t SET v = 0.10000000000000002 WHERE id = 1",  # a real off by its last bit
+    "UPDATE t SET note = 'a' || char(10) || '''b''' WHERE id = 1",
+    "DELETE FROM bag WHERE rowid = 1",  # one of two equal rows of a table without a key
+    "INSERT INTO bag VALUES (2)",
+    "PRAGMA user_version = 3",
+])
+def test_a_database_changed_outside_goex_is_drift(tmp_path: Path, outside: str):
+    """Rows goex restored and rows it never touched are both checked after a reset."""
+    (tmp_path / "task.yaml").write_text(DRIFT_TASK)
+    env = GoexEnv(task=tmp_path / "task.yaml", home=tmp_path / "home")
+    try:
+        _, info = env.reset(seed=0)
+        for i in range(3):
+            env.step(json.dumps({"type": "sql.execute", "db": "main", "sql": "UPDATE t SET v = ? WHERE id = 2",
+                                 "params": [i + 0.5]}))
+        env.step(json.dumps({"type": "sql.execute", "db": "main", "sql": "INSERT INTO bag VALUES (3)"}))
+        assert env.reset(seed=0)[1]["fingerprint"] == info["fingerprint"]
+        conn = apsw.Connection(str(env.world.db_dir / "main.db"))
+        conn.execute(outside)
+        conn.close()
+        with pytest.raises(ResetDrift, match="differs from the task.s start in: database main"):
+            env.reset()
+    finally:
+        env.close()
+
+
+def test_the_database_fingerprint_is_its_logical_state(tmp_path: Path):
+    """Equal rows in another physical order fingerprint alike; every changed value shows."""
+    from goex.adapters.sql.sqlite import fingerprint_path
+
+    rows = "INSERT INTO k VALUES (1, 'x'), (2, x'00'); INSERT INTO n VALUES (1, NULL), (2, 2.5), (1, NULL);"
+
+    def build(name: str, sql: str) -> Path:
+        conn = apsw.Connection(str(tmp_path / name))
+        conn.execute("CREATE TABLE k (id INTEGER PRIMARY KEY, v); CREATE TABLE n (a, b);" + sql)
+        conn.close()
+        return tmp_path / name
+
+    one = build("one.db", rows)
+    two = build("two.db", "INSERT INTO k VALUES (2, x'00'), (1, 'x'); "
+                          "INSERT INTO n VALUES (1, NULL), (1, NULL), (2, 2.5)")
+    assert fingerprint_path(one) == fingerprint_path(two)
+    for i, change in enumerate(["UPDATE k SET v = '00' WHERE id = 2", "UPDATE n SET b = '2.5' WHERE a = 2",
+                                "DELETE FROM n WHERE rowid = 3", "UPDATE n SET b = 0 WHERE rowid = 1",
+                                "UPDATE k SET v = 'x,''y' WHERE id = 1", "CREATE INDEX n_a ON n(a)"]):
+        assert fingerprint_path(build(f"c{i}.db", rows + change)) != fingerprint_path(one), change
+    assert fingerprint_path(tmp_path / "absent.db") != fingerprint_path(one)
 
 
 def test_malformed_actions_cost_a_little_and_the_episode_goes_on(tmp_path: Path):

@@ -208,3 +208,36 @@ def test_verify_against_a_kept_head(root: Path):
     assert forged.returncode == 1 and "rewritten" in forged.err
     future = verify_cli(root, "--expect", f"{int(seq) + 100}:{digest}")
     assert future.returncode == 1 and "truncated" in future.err
+
+
+def test_the_replay_keeps_a_bounded_number_of_records_parsed():
+    """The records kept parsed after verification (for undo to read without parsing again) are
+    the newest ones, no more than the bounds (a count, a size of text) however many are verified,
+    and each is handed out once."""
+    from goex.journal.store import _PARSED_BYTES, _PARSED_KEPT, GENESIS, Replay, canonical, chain
+
+    rows, prev = [], GENESIS
+
+    def add(n: int, label: str | None = None) -> None:
+        nonlocal prev
+        for seq in range(len(rows) + 1, len(rows) + 1 + n):
+            body = canonical({"kind": "checkpoint", "label": label, "seq": seq, "session": "s", "time": 0.0})
+            prev = chain(prev, body)
+            rows.append((seq, body, prev))
+
+    add(_PARSED_KEPT + 99)
+    replay = Replay()
+    replay.extend(rows[:50])
+    assert sorted(replay.parsed) == list(range(1, 51))
+    replay.extend(rows[50:])
+    assert sorted(replay.parsed) == list(range(100, _PARSED_KEPT + 100))
+    assert replay.take(_PARSED_KEPT + 99) == (prev, json.loads(rows[-1][1]))
+    assert replay.take(_PARSED_KEPT + 99) is None  # handed out once: no two callers share a record
+    big = "x" * (_PARSED_BYTES // 64)  # records of a 64th of the bound: 64 fit, minus what is kept already
+    add(64, big)
+    replay.extend(rows[-64:])
+    assert replay.parsed_bytes <= _PARSED_BYTES and 50 < len(replay.parsed) < 64
+    assert min(replay.parsed) > _PARSED_KEPT + 99 and max(replay.parsed) == len(rows)
+    add(1, "x" * (_PARSED_BYTES // 8))  # over a 16th of the bound: verified, not kept
+    replay.extend(rows[-1:])
+    assert replay.seq == len(rows) and len(rows) not in replay.parsed

@@ -156,6 +156,22 @@ def test_edited_index_is_caught_by_a_runtime_already_open(root: Path):
         assert (root / "a.txt").read_text() == "1" and (root / "b.txt").read_text() == "2"
 
 
+def test_record_edited_after_this_runtime_verified_it_makes_rollback_refuse(root: Path):
+    """The runtime keeps the records it verified parsed; undo still reads each body again and
+    checks it against the verified hash before using the parsed record."""
+    with goex.Runtime(root, policy="permissive") as rt:
+        s = rt.session()
+        for name in ("a.txt", "b.txt", "c.txt"):
+            s.execute({"type": "fs.write", "path": name, "content": "new"}).raise_for_error()
+        assert len(rt.log()) == 3  # verified, and parsed, by this runtime
+        with db(root) as c:
+            body = c.execute("SELECT body FROM records WHERE seq = 1").fetchone()[0]
+            c.execute("UPDATE records SET body = ? WHERE seq = 1", (body.replace('"a.txt"', '"z.txt"'),))
+        with pytest.raises(goex.JournalCorrupt, match="record 1 does not match its hash chain"):
+            s.rollback()
+        assert [(root / n).read_text() for n in ("a.txt", "b.txt", "c.txt")] == ["new"] * 3
+
+
 # -- (b) a tail rewritten consistently: the anchor catches it; plan paths are confined anyway --
 
 

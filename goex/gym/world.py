@@ -20,6 +20,7 @@ import apsw
 import httpx
 
 from ..adapters.http.adapter import HttpConfig
+from ..adapters.sql.sqlite import fingerprint_path
 from ..errors import CompactionRefused, GoexError
 from ..journal.anchor import forget_anchor
 from ..runtime import Runtime
@@ -84,10 +85,13 @@ class World:
 
     def parts(self) -> dict[str, str]:
         """The state, part by part: the workspace tree's hash, each database's canonical dump (as
-        its hash) and the service's state (as its hash)."""
+        its hash; a SQLite database's rows written and sorted by SQLite) and the service's state
+        (as its hash)."""
         out = {"files": self.runtime.fingerprint()}
         for name in sorted(self.urls):
-            out[f"database {name}"] = hashlib.sha256(dump(self.urls[name]).encode()).hexdigest()
+            url = self.urls[name]
+            out[f"database {name}"] = fingerprint_path(Path(url[len("sqlite:///"):])) if url.startswith("sqlite:") \
+                else hashlib.sha256(dump(url).encode()).hexdigest()
         if self.task.service is not None and self.service is not None and self.service.owner is self:
             out["service"] = hashlib.sha256(self.service.state().encode()).hexdigest()
         return out

@@ -49,6 +49,8 @@ CHUNK = 1 << 20  # before-images are stored in 1 MiB content-addressed chunks
 #: journal's lock stays held meanwhile, so no other process acts or recovers before it is written.
 DEFER_BOUND = 0.005
 _WITH_DEFERRED: "weakref.WeakSet[Journal]" = weakref.WeakSet()  # written out at interpreter exit
+_PARSED_KEPT = 4096  # records kept parsed after their verification, for undo to read without parsing again
+_PARSED_BYTES = 8 << 20  # ... and at most this much of their text (a record over a 16th of it is not kept)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -454,12 +456,7 @@ class Journal(Reads):
         if digest in self._checked:
             return self._checked[digest]
         row = self.db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
-        if row is None:
-            raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
-        data = unpack_blob(row[0])
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
-        return data
+        return _intact(digest, row[0] if row else None)
 
     def check_blobs(self, obj: Any) -> None:
         """Raise `JournalCorrupt` unless every blob `obj` references is present and intact.
@@ -467,11 +464,17 @@ class Journal(Reads):
         them right after, some more than once (a range's changesets are tried, then applied)."""
         self._checked.clear()
         room = 8 << 20
-        for digest in set(referenced_chunks(obj)):
-            data = self.read_blob(digest)
-            if len(data) <= room:
-                self._checked[digest] = data
-                room -= len(data)
+        wanted = sorted(set(referenced_chunks(obj)))
+        for i in range(0, len(wanted), 500):  # read together: one query for a range's hundreds
+            part = wanted[i:i + 500]
+            with self._thread_lock:
+                stored = dict(self.db.execute(f"SELECT hash, data FROM blobs WHERE hash IN "
+                                              f"({', '.join('?' * len(part))})", part).fetchall())
+            for digest in part:
+                data = _intact(digest, stored.get(digest))
+                if len(data) <= room:
+                    self._checked[digest] = data
+                    room -= len(data)
 
     def record(self, seq: int) -> dict[str, Any]:
         """One record, exactly as the hash chain vouches for it (verified up to it first if needed)."""
@@ -494,16 +497,23 @@ class Journal(Reads):
                 bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
                                               f"({', '.join('?' * len(part))})", part).fetchall())
                 for seq in wanted[i:i + 500]:
-                    out[seq] = self._vouched(seq, bodies.get(seq))
+                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.take(seq))
         return out
 
-    def _vouched(self, seq: int, body: str | None) -> dict[str, Any]:
+    def _vouched(self, seq: int, body: str | None,
+                 parsed: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The record `body` stored at `seq`, once its chain hash matches the verified one. `parsed`:
+        the record as the replay parsed it when it verified it, with the hash it had then; when the
+        body read now has that same hash it is that same text, and is not parsed again."""
         if body is None:
             raise JournalCorrupt(f"record {seq} is missing from the journal; run `goex verify`", seq=seq)
         hashes = self._replay.hashes
-        if seq - 1 not in hashes or chain(hashes[seq - 1], body) != hashes.get(seq):
+        digest = hashes.get(seq)
+        if seq - 1 not in hashes or chain(hashes[seq - 1], body) != digest:
             raise JournalCorrupt(f"record {seq} does not match its hash chain (edited); nothing was undone "
                                  "from it. Run `goex verify`", seq=seq)
+        if parsed is not None and parsed[0] == digest:
+            return parsed[1]
         record: dict[str, Any] = json.loads(body)
         return record
 
@@ -698,6 +708,10 @@ class Replay:
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
         self.unindexed: list[dict[str, Any]] = []  # vouched records whose index rows are not written yet
+        # the newest records as parsed when verified, with their hash and text size: `records_at`
+        # takes each one (at most once, so no caller shares a dict) instead of parsing it again
+        self.parsed: dict[int, tuple[str, dict[str, Any], int]] = {}
+        self.parsed_bytes = 0
 
     def index_vouched(self) -> None:
         """Write the index rows of the records `vouch` took (before anything reads the index)."""
@@ -724,6 +738,7 @@ class Replay:
         seq, prev = self.seq, self.hash
         hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
+        parsed: list[tuple[int, tuple[str, dict[str, Any], int]]] = []
         compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
@@ -745,18 +760,40 @@ class Replay:
                 elif record["kind"] == "compacted":
                     compacted = (record["upto"], record["hash"])
                 hashes[rseq] = digest
+                if len(body) <= _PARSED_BYTES >> 4:
+                    parsed.append((rseq, (digest, record, len(body))))
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         self.hashes.update(hashes)
+        self._keep(parsed)
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
         if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
             self.compacted = compacted
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+            self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
+            self.parsed_bytes = sum(p[2] for p in self.parsed.values())
+
+    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], int]]]) -> None:
+        """Keep `parsed` (newer than every record kept), then drop the oldest kept records while
+        there are more than `_PARSED_KEPT` of them or more than `_PARSED_BYTES` of their text."""
+        for seq, item in parsed[-_PARSED_KEPT:]:
+            self.parsed[seq] = item
+            self.parsed_bytes += item[2]
+        while self.parsed and (len(self.parsed) > _PARSED_KEPT or self.parsed_bytes > _PARSED_BYTES):
+            self.parsed_bytes -= self.parsed.pop(next(iter(self.parsed)))[2]  # the oldest: seqs only grow
+
+    def take(self, seq: int) -> tuple[str, dict[str, Any]] | None:
+        """Record `seq` as parsed when verified, with its hash then, if kept; it is kept no longer."""
+        item = self.parsed.pop(seq, None)
+        if item is None:
+            return None
+        self.parsed_bytes -= item[2]
+        return item[0], item[1]
 
     def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
         """Take records this process appended and committed right after `start` from memory, when
@@ -782,6 +819,16 @@ def _parse(seq: int, body: str) -> dict[str, Any]:
     return record
 
 
+def _intact(digest: str, stored: bytes | None) -> bytes:
+    """The bytes of the blob `digest` as stored, once they are found to hash to it."""
+    if stored is None:
+        raise JournalCorrupt(f"before-image blob {digest[:16]} is missing from the journal; run `goex verify`")
+    data = unpack_blob(stored)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise JournalCorrupt(f"before-image blob {digest[:16]} does not match its hash; run `goex verify`")
+    return data
+
+
 def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], str | None], where: str) -> None:
     """The journal must still hold the anchored record, with the anchored hash."""
     seq, digest = kept
@@ -805,16 +852,20 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def referenced_chunks(obj: Any) -> Iterator[str]:
     """Every blob hash named under a "chunks" key anywhere in a record."""
     stack = [obj]
+    pop, push = stack.pop, stack.append
     while stack:  # a loop, not nested generators: undo of a range walks hundreds of plans
-        item = stack.pop()
+        item = pop()
         if isinstance(item, dict):
+            chunks = item.get("chunks")
+            if isinstance(chunks, list):
+                yield from (v for v in chunks if isinstance(v, str))
             for key, value in item.items():
-                if key == "chunks" and isinstance(value, list):
-                    yield from (v for v in value if isinstance(v, str))
-                elif isinstance(value, (dict, list)):
-                    stack.append(value)
+                if isinstance(value, (dict, list)) and not (key == "chunks" and isinstance(value, list)):
+                    push(value)
         elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            for value in item:
+                if isinstance(value, (dict, list)):
+                    push(value)
 
 
 def unpack_blob(stored: bytes) -> bytes:

@@ -51,6 +51,8 @@ class FileAdapter(Adapter):
         self.max_read_bytes = max_read_bytes
         # the group `joins` last saw: (group, members counted, their paths, folders above them)
         self._joined: tuple[list[Coalesced], int, set[str], set[str]] | None = None
+        self._confined_paths: dict[str, Parts] = {}  # journal paths found confined (a check of spelling only)
+        self._confined_items: list[Coalesced] = []  # the range `range_conflicts` last confined
         self._prepare: dict[str, Callable[[Any], Prepared]] = {
             "fs.write": self._prepare_write, "fs.read": self._prepare_read, "fs.list": self._prepare_list,
             "fs.delete": self._prepare_delete, "fs.move": self._prepare_move, "fs.mkdir": self._prepare_mkdir,
@@ -149,27 +151,33 @@ class FileAdapter(Adapter):
         restores that path, else against the before-image that newer entry restores."""
         for item in items:
             self.confine_plan(item.plan)
+        self._confined_items = list(items)  # `revert_range` of these same items need not check them again
         restored: dict[str, str] = {}  # path -> its digest once the newer entries are undone
         out = []
-        for item in items:
-            out.append([found for path, expected in item.after.items()
-                        if (found := self._differs(path, expected, restored.get(path)))])
-            for op in item.plan["ops"]:
-                restored[op["path"]] = tree.digest_of(op["node"]) if op["op"] == "restore" else "-"
+        with self.ws.reusing_folders():  # no path of the range lies inside another (`joins`)
+            for item in items:
+                out.append([found for path, expected in item.after.items()
+                            if (found := self._differs(path, expected, restored.get(path)))])
+                for op in item.plan["ops"]:
+                    restored[op["path"]] = tree.digest_of(op["node"]) if op["op"] == "restore" else "-"
         return out
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
         """Each path is restored once, to the before-image of the oldest entry that touched it."""
+        checked = {id(c) for c in self._confined_items}  # held in that list: no id was reused
         for item in items:
-            self.confine_plan(item.plan)
+            if id(item) not in checked:
+                self.confine_plan(item.plan)
+        self._confined_items = []
         older: set[str] = set()
         runs: list[list[dict[str, Any]]] = []
         for item in reversed(items):
             runs.append([op for op in item.plan["ops"] if op["path"] not in older])
             older.update(op["path"] for op in item.plan["ops"])
-        for ops in reversed(runs):
-            for op in ops:
-                getattr(self, "_revert_" + op["op"])(op, get_blob)
+        with self.ws.reusing_folders():  # no path of the range lies inside another (`joins`)
+            for ops in reversed(runs):
+                for op in ops:
+                    getattr(self, "_revert_" + op["op"])(op, get_blob)
 
     def revert(self, plan: dict[str, Any], after: dict[str, Any] | None, get_blob: GetBlob,
                force: bool = False) -> None:
@@ -192,7 +200,13 @@ class FileAdapter(Adapter):
                     self._confine_node(parts, op.get("node"))
 
     def _confined(self, path: Any) -> Parts:
-        """The components of a path read from the journal, confined again as an agent's path is."""
+        """The components of a path read from the journal, confined again as an agent's path is.
+        Only the spelling is checked here (each op opens its path without following links): the
+        answer for a path never changes, so paths found confined are remembered (undo of a range
+        checks each several times)."""
+        known = self._confined_paths.get(path) if isinstance(path, str) else None
+        if known is not None:
+            return known
         try:
             parts = self.ws.split(path) if isinstance(path, str) else None
         except PathRefused:
@@ -200,6 +214,9 @@ class FileAdapter(Adapter):
         if not parts or show(parts) != path or self.ws.holds_journal(parts):
             raise JournalCorrupt(f"an undo plan names {path!r}, which is not a path inside the workspace goex "
                                  "could have journaled: the journal was forged; nothing was undone. Run `goex verify`")
+        if len(self._confined_paths) >= 4096:
+            self._confined_paths.clear()
+        self._confined_paths[path] = parts
         return parts
 
     def _confine_node(self, parts: Parts, node: Any) -> None:

@@ -251,20 +251,31 @@ def restore(dfd: int, name: str, node: Node, get: GetBlob) -> None:
 
 
 def _rewrite(dfd: int, name: str, node: Node, get: GetBlob) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    # written over, then cut to length: no O_TRUNC, whose truncation to zero of a file with data
+    # makes ext4 allocate and write its blocks out at once (auto_da_alloc), some 0.4 ms a file
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _special(name, st)
-        _fill(fd, node, get)
+        _fill(fd, node, get, st)
     finally:
         os.close(fd)
 
 
-def _fill(fd: int, node: Node, get: GetBlob) -> None:
+def _fill(fd: int, node: Node, get: GetBlob, st: os.stat_result | None = None) -> None:
+    """Write `node`'s content from the start of `fd`, then its mode and mtime. `st`: the file was
+    there, as `st` says: it is cut after the content if it was longer, its mode set if it differs
+    (or holds set-user/group-ID bits)."""
+    size = 0
     for chunk in node["chunks"]:
-        write_all(fd, get(chunk))
-    os.fchmod(fd, node["mode"])
+        data = get(chunk)
+        write_all(fd, data)
+        size += len(data)
+    if st is not None and st.st_size > size:
+        os.ftruncate(fd, size)
+    if st is None or stat.S_IMODE(st.st_mode) != node["mode"] or node["mode"] & (stat.S_ISUID | stat.S_ISGID):
+        os.fchmod(fd, node["mode"])  # (a write clears set-user/group-ID bits: those are set again)
     os.utime(fd, ns=(node["mtime"], node["mtime"]))
 
 

@@ -40,6 +40,7 @@ class Workspace:
             raise NotADirectoryError(f"workspace root {self.root} is not a folder") from None
         self._hidden: tuple[int, int] | None = None
         self._hidden_parts: Parts | None = None
+        self._folders: dict[Parts, int] | None = None  # folders kept open by `reusing_folders`
         self.hidden = os.path.realpath(hidden) if hidden is not None else None  # goex's own state lives here
         if hidden is not None and os.path.isdir(hidden):
             st = os.stat(hidden)
@@ -168,8 +169,36 @@ class Workspace:
         return nfd
 
     @contextmanager
+    def reusing_folders(self) -> Iterator[None]:
+        """Within it, `parent` opens each folder once (each from its own parent, without following
+        links, as always) and hands out that fd again. Only for operations on many paths none of
+        which lies inside another (a coalesced undo): none of them changes a folder they open."""
+        if self._folders is not None:
+            yield
+            return
+        self._folders = {}
+        try:
+            yield
+        finally:
+            folders, self._folders = self._folders, None
+            for fd in folders.values():
+                os.close(fd)
+
+    def _kept_folder(self, parts: Parts, path: str) -> int:
+        assert self._folders is not None
+        if not parts:
+            return self.root_fd
+        fd = self._folders.get(parts)
+        if fd is None:
+            fd = self._folders[parts] = self._open_dir(self._kept_folder(parts[:-1], path), parts[-1], path)
+        return fd
+
+    @contextmanager
     def parent(self, parts: Parts) -> Iterator[int]:
         """An open fd of the folder holding `parts` (canonical), opened without following links."""
+        if self._folders is not None:
+            yield self._kept_folder(parts[:-1], show(parts))
+            return
         fd = os.dup(self.root_fd)
         try:
             for name in parts[:-1]:
