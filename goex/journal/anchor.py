@@ -13,6 +13,7 @@ its chain with that hash; an anchor beyond the last record means the journal was
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -81,6 +82,10 @@ class Anchor:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def __del__(self) -> None:  # an anchor nobody closed: its descriptor goes with it
+        with contextlib.suppress(OSError, AttributeError):
+            self.close()
 
     def write(self, seq: int, digest: str) -> None:
         """Move the anchor to the journal's new head: one in-place write, cheap enough for every commit."""

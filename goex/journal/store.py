@@ -25,6 +25,7 @@ See docs/journal.md for the format.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -268,6 +269,17 @@ class Journal(Reads):
         if self._wait_fd >= 0:
             os.close(self._wait_fd)
             self._wait_fd = -1
+
+    def __del__(self) -> None:
+        """A journal nobody closed (its runtime dropped without `close`): its own descriptors go
+        with it; SQLite closes its connection itself. A deferred record keeps its journal alive
+        (the helper thread holds it) until it is written."""
+        for name in ("_lock_fd", "_wait_fd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
 
     # -- locking -----------------------------------------------------------------------------
 

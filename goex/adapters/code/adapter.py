@@ -259,7 +259,7 @@ class CodeAdapter(Adapter):
                                                               timeout_s=float(timeout_s)))
             layer.remove()
         finally:
-            os.close(ws.root_fd)
+            ws.close()
         return {"exit_code": result.exit_code, "stdout": result.stdout.decode("utf-8", "replace"),
                 "stderr": result.stderr.decode("utf-8", "replace"), "stopped": result.stopped,
                 "backend": backend.name}

@@ -66,6 +66,10 @@ class Workspace:
             os.close(self.root_fd)
             self.root_fd = -1
 
+    def __del__(self) -> None:  # a workspace nobody closed: its folder's descriptor goes with it
+        if getattr(self, "root_fd", -1) >= 0:
+            self.close()
+
     # -- names --------------------------------------------------------------------------------
 
     def split(self, path: str) -> Parts:
