@@ -40,8 +40,13 @@ MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
 MNT_DETACH = 2
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # No `userxattr`: the mount keeps its metadata in trusted.overlay.*, out of the code's reach; it
-# follows no redirect, as the reading of the upper layer interprets none.
+# follows no redirect, as the reading of the upper layer interprets none. `volatile` (Linux 5.10+):
+# no sync of the upper file system, at every fsync the code makes nor when the overlay goes away
+# (which otherwise flushes the whole disk the layer is on, several ms per run on a busy machine);
+# a layer is read while still cached and never reused, and what lands in the workspace is synced
+# by goex's own writes, so nothing depends on the layer being on disk.
 OPTIONS = "redirect_dir=nofollow,index=off,metacopy=off,xino=off"
+_volatile: list[bool] = [True]  # until the kernel refuses the option
 OPAQUE = "trusted.overlay.opaque"
 REFUSED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH  # what fs.chmod's rules refuse
 
@@ -141,8 +146,16 @@ class Layer:
 
     def mount(self, lower: str, at: str | None = None) -> str:
         target = at or self.merged
-        mount("overlay", target, "overlay", 0,
-              f"lowerdir={_escape(lower)},upperdir={_escape(self.upper)},workdir={_escape(self.work)},{OPTIONS}")
+        data = f"lowerdir={_escape(lower)},upperdir={_escape(self.upper)},workdir={_escape(self.work)},{OPTIONS}"
+        if _volatile[0]:
+            try:
+                mount("overlay", target, "overlay", 0, data + ",volatile")
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _volatile[0] = False  # an older kernel: mounted without it from now on
+        if not _volatile[0]:
+            mount("overlay", target, "overlay", 0, data)
         self.mounted_at = target
         self.mounted = True
         return target
