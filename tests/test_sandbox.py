@@ -4,6 +4,7 @@ dockerd, the goex-sandbox image and bwrap, which `./dev test` installs, starts a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -193,6 +194,80 @@ open('/tmp/scratch', 'w').write('tmp is private')
     assert not target.exists() and not Path("/etc/planted").exists() and not Path("/planted").exists()
     r = run(s, "import os; print(os.path.exists('/tmp/scratch'))")
     assert r.output["stdout"] == "False\n"  # nothing passes from one run to the next
+
+
+# A run plants state everywhere it can reach; the next run looks for it. Warm sandboxes fork each
+# run from a waiting interpreter (bwrap reuses the sandbox itself): none of it may pass.
+PLANT = r"""
+import builtins, ctypes, os, subprocess, sys, threading, time
+planted = []
+sys.modules['goex_planted'] = type(sys)('goex_planted'); planted.append('module')
+import json, sqlite3; planted.append('imports')
+builtins.goex_planted = 1; planted.append('builtin')
+goex_planted_global = 1; planted.append('global')
+os.environ['GOEX_PLANTED'] = '1'; os.putenv('GOEX_PLANTED_C', '1'); planted.append('env')
+sys.setrecursionlimit(4321); sys.path.append('/goex-planted'); planted.append('interpreter')
+for path in ('/tmp/goex-planted', '/dev/shm/goex-planted'):
+    try:
+        open(path, 'w').write('x'); planted.append(path)
+    except OSError as e:
+        print('could not plant', path, e)
+threading.Thread(target=time.sleep, args=(300,), daemon=True, name='goex-planted').start(); planted.append('thread')
+subprocess.Popen(['bash', '-c', 'exec -a goex-abuse-marker sleep 300'], start_new_session=True)
+planted.append('process')
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.shmget(0x60E7, 4096, 0o1000 | 0o666) >= 0:  # IPC_CREAT: a System V segment outlives its creator
+    planted.append('sysv-shm')
+print(' '.join(planted))
+"""
+
+FIND = r"""
+import builtins, ctypes, json, os, sys, threading, time
+time.sleep(0.2)
+libc = ctypes.CDLL(None, use_errno=True)
+procs = []
+for pid in os.listdir('/proc'):
+    try:
+        if pid.isdigit() and b'goex-abuse-marker' in open(f'/proc/{pid}/cmdline', 'rb').read():
+            procs.append(pid)
+    except OSError:
+        pass
+print(json.dumps({
+    'module': 'goex_planted' in sys.modules, 'builtin': hasattr(builtins, 'goex_planted'),
+    'global': 'goex_planted_global' in globals(), 'env': [k for k in os.environ if k.startswith('GOEX_PLANTED')],
+    'recursionlimit': sys.getrecursionlimit(), 'path': '/goex-planted' in sys.path,
+    'files': [p for p in ('/tmp/goex-planted', '/dev/shm/goex-planted', '/tmp/goex-planted-sh') if os.path.exists(p)],
+    'threads': [t.name for t in threading.enumerate()], 'processes': procs,
+    'sysv-shm': libc.shmget(0x60E7, 0, 0) >= 0,
+}))
+"""
+
+
+def test_a_run_leaves_nothing_for_the_next(sbx):
+    rt, s = sbx
+    clean = json.loads(run(s, FIND).output["stdout"])
+    backend = rt.adapter("code").backend()
+    sandboxes = _warm_sandboxes(backend)
+    r = run(s, PLANT)
+    assert r.ok and r.output["exit_code"] == 0, r.output
+    assert r.output["stdout"].split() == ["module", "imports", "builtin", "global", "env", "interpreter",
+                                          "/tmp/goex-planted", "/dev/shm/goex-planted", "thread", "process",
+                                          "sysv-shm"], r.output
+    r = run(s, "echo x > /tmp/goex-planted-sh; (exec -a goex-abuse-marker sleep 300 &); export GOEX_PLANTED_SH=1",
+            language="bash")
+    assert r.ok and r.output["exit_code"] == 0, r.output
+    after = json.loads(run(s, FIND).output["stdout"])
+    assert after == clean, (after, clean)
+    assert after["threads"] == ["MainThread"] and after["processes"] == [] and not after["sysv-shm"]
+    assert "json" not in run(s, "import sys; print(sorted(sys.modules))").output["stdout"]
+    if isinstance(backend, backends.BwrapBackend):  # the same sandbox served every run
+        assert _warm_sandboxes(backend) == sandboxes and sandboxes
+
+
+def _warm_sandboxes(backend: backends.Backend) -> list[int]:
+    if isinstance(backend, backends.BwrapBackend):
+        return sorted(w.proc.pid for idle in backend._idle.values() for w in idle)
+    return []
 
 
 def test_fork_bomb_is_contained(sbx):
