@@ -20,6 +20,7 @@ no-new-privileges.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import pathlib
@@ -762,7 +763,10 @@ class BwrapBackend(Backend):
     def _run_in(self, warm: _Warm, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
         layer.mount(lower, at=os.path.join(warm.dir, "ws"))
         try:
-            with open(os.path.join(warm.dir, "in", "code"), "w", encoding="utf-8") as f:
+            code = os.path.join(warm.dir, "in", "code")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(code)  # a new file: rewriting one in place makes ext4 flush it at close
+            with open(code, "x", encoding="utf-8") as f:
                 f.write(spec.code)
             cg = warm.cgroup
             ooms = cg.oom_kills()
@@ -907,8 +911,13 @@ class DockerBackend(Backend):
 
     # -- pool --------------------------------------------------------------------------------
 
-    def warm(self, spec: RunSpec) -> None:
-        """Start filling the pool for runs like `spec` (called at the first run)."""
+    #: After a run, the refill and the removal of the used container wait this long (seconds), so
+    #: that their work in the engine (creating a container costs a few hundred ms of CPU) does not
+    #: slow down the end of the action that ran.
+    AFTER_RUN_DELAY = 0.1
+
+    def warm(self, spec: RunSpec, delay: float = 0.0) -> None:
+        """Start filling the pool for runs like `spec` (called at the first run), after `delay` s."""
         with self._lock:
             if self._caps != spec.caps or self._memory != spec.memory_mb:
                 self._caps, self._memory = spec.caps, spec.memory_mb
@@ -917,7 +926,9 @@ class DockerBackend(Backend):
             need = self.pool_size - len(self._pool) - self._filling
             self._filling += max(need, 0)
         for _ in range(max(need, 0)):
-            threading.Thread(target=self._fill_one, args=(spec,), daemon=True).start()
+            filler = threading.Timer(delay, self._fill_one, args=(spec,))
+            filler.daemon = True
+            filler.start()
 
     def _fill_one(self, spec: RunSpec) -> None:
         try:
@@ -1024,9 +1035,9 @@ class DockerBackend(Backend):
                 except ProcessLookupError:
                     pass
             layer.mounted = False  # the reaper unmounts it with the container
-            self._retire(c)
+            self._retire(c, self.AFTER_RUN_DELAY)
             if not spec.network:
-                self.warm(spec)
+                self.warm(spec, self.AFTER_RUN_DELAY)
 
     def engine_gaps(self) -> dict[str, str]:
         """Limits the engine says it cannot apply (it then starts the container without them)."""
@@ -1070,11 +1081,12 @@ class DockerBackend(Backend):
         os.close(c.pidfd)
         c.pidfd = -1
 
-    def _retire(self, c: _Container) -> None:
+    def _retire(self, c: _Container, delay: float = 0.0) -> None:
         with self._lock:
             self._dead.append(c)
             if self._reaper is None or not self._reaper.is_alive():
-                self._reaper = threading.Thread(target=self._reap, daemon=True)
+                self._reaper = threading.Timer(delay, self._reap)
+                self._reaper.daemon = True
                 self._reaper.start()
 
     def _reap(self) -> None:
