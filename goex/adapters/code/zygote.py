@@ -24,8 +24,8 @@ FOWNER when `caps` (a root-owned workspace) and emptied otherwise, no-new-privil
 file imported are dropped from `sys.modules`, so the run finds the modules a fresh interpreter
 has. The parent holds no state of a run: it keeps nothing of a request once it answered.
 
-When goex goes away (the socket closes), it exits at once, even mid-run: in bwrap the sandbox's
-pid namespace then ends, and every process in it with it.
+When goex goes away (the socket closes), it exits at once; mid-run, it first kills every process
+of the run's user, so the sandbox ends (bwrap's init exits once it has no child left).
 """
 
 import os
@@ -166,26 +166,34 @@ def _run(sock: "_socket.socket", req: dict[str, str], fds: list[int]) -> bool:
     while chunk := os.read(r, 1000):
         why += chunk
     os.close(r)
-    _wait(sock, pid)
+    if not _wait(sock, pid):  # goex went away (or broke the protocol): the run ends, and the sandbox
+        _kill_all(int(req["uid"]))
+        os._exit(1)
     _, status = os.waitpid(pid, 0)
     if req["reap"] == "1":
-        _reap(int(req["uid"]))
+        _kill_all(int(req["uid"]))
+        while True:  # as the sandbox's pid 1, every process ends up a child: reap until none is left
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
     sock.send(b"fail " + why if why else f"exit {status}".encode())
     return False
 
 
-def _wait(sock: "_socket.socket", pid: int) -> None:
-    """Until `pid` ended; if goex goes away (or breaks the protocol) meanwhile, end the sandbox now."""
+def _wait(sock: "_socket.socket", pid: int) -> bool:
+    """Until `pid` ended (True), or until the socket stirs first (False)."""
     pidfd = os.pidfd_open(pid)
     ready, _, _ = select.select([sock.fileno(), pidfd], [], [])
-    if pidfd not in ready:
-        os._exit(1)
+    ended = pidfd in ready
     os.close(pidfd)
+    return ended
 
 
-def _reap(uid: int) -> None:
-    """As the sandbox's pid 1: kill what the run left running (as its user: kill(-1) spares only
-    the caller and pid 1) and reap every process until none is left, so the run is over."""
+def _kill_all(uid: int) -> None:
+    """Kill every process of the run's user in this pid namespace: from a child that becomes
+    that user (this interpreter may not signal it otherwise), as kill(-1) spares only the caller
+    and pid 1."""
     killer = os.fork()
     if killer == 0:
         try:
@@ -193,11 +201,7 @@ def _reap(uid: int) -> None:
             os.kill(-1, signal.SIGKILL)
         finally:
             os._exit(0)
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+    os.waitpid(killer, 0)
 
 
 def serve() -> None:
