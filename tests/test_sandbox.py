@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -262,6 +263,38 @@ def test_a_run_leaves_nothing_for_the_next(sbx):
     assert "json" not in run(s, "import sys; print(sorted(sys.modules))").output["stdout"]
     if isinstance(backend, backends.BwrapBackend):  # the same sandbox served every run
         assert _warm_sandboxes(backend) == sandboxes and sandboxes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_ends_when_goex_dies_mid_run(root: Path, backend: str):
+    """goex killed (SIGKILL) in the middle of a run: the sandbox kills the run instead of letting
+    it go on with nobody to stop it."""
+    script = f"""
+import os, sys, threading, time, goex
+rt = goex.Runtime(sys.argv[1], policy='permissive', sandbox={backend!r}, sandbox_options={{'pool_size': 1}})
+s = rt.session()
+s.execute({{'type': 'code.run', 'code': 'print(1)'}})
+code = "(exec -a goex-abuse-marker sleep 300 &)\\nexec -a goex-abuse-marker sleep 301"
+threading.Thread(target=s.execute, args=({{'type': 'code.run', 'code': code, 'language': 'bash', 'timeout_s': 600}},),
+                 daemon=True).start()
+def running():
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and open(f'/proc/{{p}}/cmdline', 'rb').read().startswith(b'goex-abuse-marker\\x00301'):
+                return True
+        except OSError:
+            pass
+while not running():
+    time.sleep(0.05)
+print('running', flush=True)
+os.kill(os.getpid(), 9)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
+    assert "running" in proc.stdout, proc.stderr
+    end = time.monotonic() + 10
+    while _procs("goex-abuse-marker") and time.monotonic() < end:
+        time.sleep(0.1)
+    assert _procs("goex-abuse-marker") == []
 
 
 def _warm_sandboxes(backend: backends.Backend) -> list[int]:
