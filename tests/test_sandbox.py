@@ -4,10 +4,12 @@ dockerd, the goex-sandbox image and bwrap, which `./dev test` installs, starts a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -193,6 +195,112 @@ open('/tmp/scratch', 'w').write('tmp is private')
     assert not target.exists() and not Path("/etc/planted").exists() and not Path("/planted").exists()
     r = run(s, "import os; print(os.path.exists('/tmp/scratch'))")
     assert r.output["stdout"] == "False\n"  # nothing passes from one run to the next
+
+
+# A run plants state everywhere it can reach; the next run looks for it. Warm sandboxes fork each
+# run from a waiting interpreter (bwrap reuses the sandbox itself): none of it may pass.
+PLANT = r"""
+import builtins, ctypes, os, subprocess, sys, threading, time
+planted = []
+sys.modules['goex_planted'] = type(sys)('goex_planted'); planted.append('module')
+import json, sqlite3; planted.append('imports')
+builtins.goex_planted = 1; planted.append('builtin')
+goex_planted_global = 1; planted.append('global')
+os.environ['GOEX_PLANTED'] = '1'; os.putenv('GOEX_PLANTED_C', '1'); planted.append('env')
+sys.setrecursionlimit(4321); sys.path.append('/goex-planted'); planted.append('interpreter')
+for path in ('/tmp/goex-planted', '/dev/shm/goex-planted'):
+    try:
+        open(path, 'w').write('x'); planted.append(path)
+    except OSError as e:
+        print('could not plant', path, e)
+threading.Thread(target=time.sleep, args=(300,), daemon=True, name='goex-planted').start(); planted.append('thread')
+subprocess.Popen(['bash', '-c', 'exec -a goex-abuse-marker sleep 300'], start_new_session=True)
+planted.append('process')
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.shmget(0x60E7, 4096, 0o1000 | 0o666) >= 0:  # IPC_CREAT: a System V segment outlives its creator
+    planted.append('sysv-shm')
+print(' '.join(planted))
+"""
+
+FIND = r"""
+import builtins, ctypes, json, os, sys, threading, time
+time.sleep(0.2)
+libc = ctypes.CDLL(None, use_errno=True)
+procs = []
+for pid in os.listdir('/proc'):
+    try:
+        if pid.isdigit() and b'goex-abuse-marker' in open(f'/proc/{pid}/cmdline', 'rb').read():
+            procs.append(pid)
+    except OSError:
+        pass
+print(json.dumps({
+    'module': 'goex_planted' in sys.modules, 'builtin': hasattr(builtins, 'goex_planted'),
+    'global': 'goex_planted_global' in globals(), 'env': [k for k in os.environ if k.startswith('GOEX_PLANTED')],
+    'recursionlimit': sys.getrecursionlimit(), 'path': '/goex-planted' in sys.path,
+    'files': [p for p in ('/tmp/goex-planted', '/dev/shm/goex-planted', '/tmp/goex-planted-sh') if os.path.exists(p)],
+    'threads': [t.name for t in threading.enumerate()], 'processes': procs,
+    'sysv-shm': libc.shmget(0x60E7, 0, 0) >= 0,
+}))
+"""
+
+
+def test_a_run_leaves_nothing_for_the_next(sbx):
+    rt, s = sbx
+    clean = json.loads(run(s, FIND).output["stdout"])
+    backend = rt.adapter("code").backend()
+    sandboxes = _warm_sandboxes(backend)
+    r = run(s, PLANT)
+    assert r.ok and r.output["exit_code"] == 0, r.output
+    assert r.output["stdout"].split() == ["module", "imports", "builtin", "global", "env", "interpreter",
+                                          "/tmp/goex-planted", "/dev/shm/goex-planted", "thread", "process",
+                                          "sysv-shm"], r.output
+    r = run(s, "echo x > /tmp/goex-planted-sh; (exec -a goex-abuse-marker sleep 300 &); export GOEX_PLANTED_SH=1",
+            language="bash")
+    assert r.ok and r.output["exit_code"] == 0, r.output
+    after = json.loads(run(s, FIND).output["stdout"])
+    assert after == clean, (after, clean)
+    assert after["threads"] == ["MainThread"] and after["processes"] == [] and not after["sysv-shm"]
+    assert "json" not in run(s, "import sys; print(sorted(sys.modules))").output["stdout"]
+    if isinstance(backend, backends.BwrapBackend):  # the same sandbox served every run
+        assert _warm_sandboxes(backend) == sandboxes and sandboxes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_ends_when_goex_dies_mid_run(root: Path, backend: str):
+    """goex killed (SIGKILL) in the middle of a run: the sandbox kills the run instead of letting
+    it go on with nobody to stop it."""
+    script = f"""
+import os, sys, threading, time, goex
+rt = goex.Runtime(sys.argv[1], policy='permissive', sandbox={backend!r}, sandbox_options={{'pool_size': 1}})
+s = rt.session()
+s.execute({{'type': 'code.run', 'code': 'print(1)'}})
+code = "(exec -a goex-abuse-marker sleep 300 &)\\nexec -a goex-abuse-marker sleep 301"
+threading.Thread(target=s.execute, args=({{'type': 'code.run', 'code': code, 'language': 'bash', 'timeout_s': 600}},),
+                 daemon=True).start()
+def running():
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and open(f'/proc/{{p}}/cmdline', 'rb').read().startswith(b'goex-abuse-marker\\x00301'):
+                return True
+        except OSError:
+            pass
+while not running():
+    time.sleep(0.05)
+print('running', flush=True)
+os.kill(os.getpid(), 9)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
+    assert "running" in proc.stdout, proc.stderr
+    end = time.monotonic() + 10
+    while _procs("goex-abuse-marker") and time.monotonic() < end:
+        time.sleep(0.1)
+    assert _procs("goex-abuse-marker") == []
+
+
+def _warm_sandboxes(backend: backends.Backend) -> list[int]:
+    if isinstance(backend, backends.BwrapBackend):
+        return sorted(w.proc.pid for idle in backend._idle.values() for w in idle)
+    return []
 
 
 def test_fork_bomb_is_contained(sbx):

@@ -19,19 +19,23 @@ no-new-privileges.
 
 from __future__ import annotations
 
+import array
+import contextlib
 import json
 import os
+import pathlib
 import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ...errors import ActionFailed
 from ..fs.workspace import Workspace
@@ -117,6 +121,141 @@ def setpriv(spec: RunSpec) -> list[str]:
 REAPER = '"$@"; rc=$?; kill -KILL -1 2>/dev/null; exit $rc'
 
 
+# The warm interpreter (zygote.py), started as `python3 -c ZYGOTE_BOOT <its source>`: it runs its
+# source in a namespace of its own and, in each run's forked child, then the run's code in the
+# untouched `__main__`, as `python3 -c PYTHON_BOOT` would (same line 1 in tracebacks, same argv).
+ZYGOTE_SOURCE = (pathlib.Path(__file__).parent / "zygote.py").read_text(encoding="utf-8")
+ZYGOTE_BOOT = ("exec(__import__('sys').argv.pop(), {'__name__': 'goex-zygote'}); "
+               "exec(compile(open('/sandbox/code','rb').read(),'<code>','exec'))")
+ZYGOTE_COMMAND = ["python3", "-c", ZYGOTE_BOOT, ZYGOTE_SOURCE]
+
+
+class SandboxGone(ActionFailed):
+    """The sandbox's waiting interpreter went away before it answered (killed, or it broke);
+    `result` holds the output read until then."""
+
+    def __init__(self, message: str, result: "RunResult | None" = None):
+        super().__init__(message)
+        self.result = result
+
+
+class Zygote:
+    """goex's end of a sandbox's waiting interpreter (see zygote.py): one run at a time."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.healthy = True  # answered every request so far: may serve another
+
+    def wait_ready(self, timeout: float, why: Callable[[], str] = lambda: "") -> None:
+        self.sock.settimeout(timeout)
+        try:
+            msg = self.sock.recv(64)
+        except OSError as exc:
+            msg = b""
+            reason = str(exc)
+        else:
+            reason = "it exited"
+        self.sock.settimeout(None)
+        if msg != b"ready":
+            self.healthy = False
+            raise ActionFailed(f"the sandbox's interpreter did not start ({reason}{why()})")
+
+    def run(self, spec: RunSpec, kill: Callable[[], None], *, fresh: bool, reap: bool,
+            rlimits: Sequence[tuple[int, int]] = ()) -> RunResult:
+        """Run `spec` in a fresh child of the interpreter. When the child ended, whatever the run
+        left running is killed: by the interpreter itself with `reap` (the sandbox's pid 1), else
+        by `kill`, which also ends the run at a stop. Returns once every process of the run is dead."""
+        out = _Output(spec.max_output)
+        t0 = time.perf_counter()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        limits = ",".join(f"{which}:{value}" for which, value in [(resource.RLIMIT_CORE, 0), *rlimits])
+        uid, gid = (65534, 65534) if spec.caps else (spec.uid, spec.gid)  # as `setpriv` drops to
+        request = (f"uid={uid} gid={gid} caps={int(spec.caps)} fresh={int(fresh)} reap={int(reap)} "
+                   f"lang={spec.language} rlimits={limits}")
+        try:
+            self.sock.sendmsg([request.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                     array.array("i", [w_out, w_err]))])
+        except OSError as exc:
+            self.healthy = False
+            for fd in (r_out, w_out, r_err, w_err):
+                os.close(fd)
+            raise SandboxGone(f"the sandbox's interpreter is gone ({exc}); nothing was run") from None
+        os.close(w_out)
+        os.close(w_err)
+        fds = {r_out: 1, r_err: 2}
+        status: int | None = None
+        answered = gone = False
+        stopped = None
+        deadline = time.monotonic() + spec.timeout_s
+        try:
+            while fds or not answered:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stopped = "timeout"
+                    break
+                watch = list(fds) + ([self.sock.fileno()] if not answered else [])
+                ready, _, _ = select.select(watch, [], [], left)
+                for fd in ready:
+                    if fd == self.sock.fileno():
+                        answered = True
+                        status = self._answer()
+                        gone = status is None
+                        if gone or not reap:
+                            kill()  # whatever the program left running: its output ends with it
+                    else:
+                        data = os.read(fd, 1 << 16)
+                        if not data:
+                            del fds[fd]
+                        elif not out.add(fds[fd], data):
+                            stopped = "output"
+                            fds.clear()
+                            break
+                if stopped:
+                    break
+        finally:
+            if status is None or stopped is not None:
+                kill()
+            os.close(r_out)
+            os.close(r_err)
+            if not answered and self.healthy:
+                self._settle()
+        if stopped is not None:
+            return out.result(137, stopped, t0)
+        if gone or status is None:
+            raise SandboxGone("the sandbox's interpreter ended before the run did; nothing was applied",
+                              out.result(137, None, t0))
+        code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return out.result(code, None, t0)
+
+    def _answer(self) -> int | None:
+        """The child's wait status; None when the interpreter went away instead."""
+        try:
+            msg = self.sock.recv(4096)
+        except OSError:
+            msg = b""
+        if msg.startswith(b"exit "):
+            return int(msg.split()[1])
+        self.healthy = False
+        if msg.startswith(b"fail "):
+            raise ActionFailed(f"the sandbox could not prepare the run: {msg[5:].decode(errors='replace')}; "
+                               "nothing was run")
+        return None
+
+    def _settle(self) -> None:
+        """After a stop: take the answer about the killed child, so the next request starts clean."""
+        ready, _, _ = select.select([self.sock], [], [], 5.0)
+        try:
+            if not ready or not self.sock.recv(4096).startswith(b"exit "):
+                self.healthy = False
+        except OSError:
+            self.healthy = False
+
+    def close(self) -> None:
+        self.healthy = False
+        self.sock.close()
+
+
 def command(spec: RunSpec, code_path: str = "/sandbox/code") -> list[str]:
     if spec.language == "python":
         program = ["python3", "-c", PYTHON_BOOT.replace("/sandbox/code", code_path)]
@@ -176,6 +315,7 @@ class Cgroup:
     def __init__(self, spec: RunSpec):
         self.dirs: list[str] = []
         self.how: dict[str, str] = {}
+        self.where: dict[str, str] = {}  # controller -> the cgroup dir holding its limit
         self.missing: dict[str, str] = {}
         self.memory: str | None = None  # the dir whose OOM counters tell a memory stop
         self.v2: str | None = None
@@ -217,6 +357,7 @@ class Cgroup:
                     self.missing[ctrl] = f"cgroup v1 {ctrl}: cannot set {key} ({exc.strerror})"
                     return
         self.how[ctrl] = "cgroup v1"
+        self.where[ctrl] = d
         if ctrl == "memory":
             self.memory = d
 
@@ -253,6 +394,7 @@ class Cgroup:
                                       "start goex in a cgroup with delegated controllers")
                 continue
             self.how[ctrl] = "cgroup v2"
+            self.where[ctrl] = d
             if ctrl == "memory":
                 self.memory = d
 
@@ -274,11 +416,11 @@ class Cgroup:
         if "cpu" not in self.how:
             self.missing["cpu"] += "; only the timeout bounds the run's CPU"
 
-    def enter(self) -> None:
+    def enter(self, rlimits: bool = True) -> None:
         """In the child before exec: move itself into every cgroup, take the fallback rlimits."""
         for d in self.dirs:
             _write(os.path.join(d, "cgroup.procs"), "0")
-        for which, value in self.rlimits:
+        for which, value in self.rlimits if rlimits else ():
             resource.setrlimit(which, (value, value))
 
     def pids(self) -> set[int]:
@@ -291,31 +433,48 @@ class Cgroup:
                 pass
         return found
 
-    def oom_killed(self) -> bool:
+    def oom_kills(self) -> int:
+        """How many processes the memory limit killed in this cgroup so far."""
         if self.memory is None:
-            return False
+            return 0
         name = "memory.events" if self.memory == self.v2 else "memory.oom_control"
         try:
             with open(os.path.join(self.memory, name)) as f:
-                return any(line.startswith("oom_kill ") and int(line.split()[1]) > 0 for line in f)
+                return sum(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
         except OSError:
-            return False
+            return 0
 
-    def kill_all(self, deadline: float = 5.0) -> None:
-        if self.v2 is not None:
+    def oom_killed(self) -> bool:
+        return self.oom_kills() > 0
+
+    def limit(self, spec: RunSpec) -> None:
+        """Set the memory and CPU limits of `spec` (a warm sandbox's cgroup, between runs)."""
+        self.spec = spec
+        for ctrl in ("memory", "cpu"):
+            if ctrl in self.where:
+                d = self.where[ctrl]
+                for key, value in self._settings(ctrl, v2=d == self.v2):
+                    try:
+                        _write(os.path.join(d, key), value)
+                    except OSError:
+                        pass  # as when the cgroup was made: a setting it lacks (swap) stays unset
+
+    def kill_all(self, deadline: float = 5.0, spare: frozenset[int] = frozenset()) -> None:
+        """Kill every process in the cgroup but those in `spare` (a warm sandbox's own)."""
+        if self.v2 is not None and not spare:
             try:
                 _write(os.path.join(self.v2, "cgroup.kill"), "1")  # the kernel kills all, forks included
             except OSError:
                 pass
         end = time.monotonic() + deadline
-        while (pids := self.pids()) and time.monotonic() < end:
+        while (pids := self.pids() - spare) and time.monotonic() < end:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             time.sleep(0.002)
-        if self.pids():
+        if self.pids() - spare:
             raise ActionFailed("sandboxed processes survived SIGKILL; the run's effects are not applied")
 
     def remove(self) -> None:
@@ -419,19 +578,43 @@ def _is_root(path: str) -> bool:
                                                                "workspace"))
 
 
+@dataclass
+class _Warm:
+    """A started bwrap sandbox with its interpreter waiting: one run at a time, many runs."""
+
+    proc: subprocess.Popen[bytes]
+    zygote: Zygote
+    dir: str  # <dir>/ws is the sandbox's /workspace (each run's overlay is mounted there), <dir>/in its /sandbox
+    key: tuple[bool, bool, int, float]  # (caps, network, memory_mb, cpus)
+    cgroup: "Cgroup"  # the sandbox's, with the runs' limits: a run's child is forked into it, not moved
+    own: frozenset[int] = frozenset()  # the sandbox's processes in it (bwrap, its init, the interpreter)
+
+
 class BwrapBackend(Backend):
+    """Warm sandboxes: bwrap namespaces with an interpreter (zygote.py) waiting in them, started at
+    the first run and reused; each run is a fresh child of that interpreter, in fresh mount and IPC
+    namespaces, under the sandbox's cgroup limits; when it ends, everything it started is killed.
+
+    The sandbox's cgroup, not one per run: moving a process into a cgroup waits for an RCU grace
+    period (about 10 ms here), which a child forked inside it never pays."""
+
     name = "bwrap"
+    idle_max = 2  # warm sandboxes kept per kind of run (uid 0 or not, network, memory, CPU)
 
     def __init__(self, image: str = DEFAULT_IMAGE, root: str | None = None):
         self.image = image
         self.root = root or image_root(image)
+        self._idle: dict[tuple[bool, bool, int, float], list[_Warm]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._base: str | None = None
 
     @property
     def uses_root(self) -> bool:
         """Runs in the image's root folder (else on the host's /usr)."""
         return _is_root(self.root)
 
-    def _base(self) -> list[str]:
+    def _system(self) -> list[str]:
         if self.uses_root:
             return ["--ro-bind", self.root, "/"]
         cmd = ["--ro-bind", "/usr", "/usr"]
@@ -443,47 +626,173 @@ class BwrapBackend(Backend):
     def unavailable(self) -> str | None:
         if shutil.which("bwrap") is None:
             return "bubblewrap is not installed (apt-get install bubblewrap)"
-        if shutil.which("setpriv") is None:
-            return "setpriv (util-linux) is not installed"
         why = overlay.can_mount()
         if why:
             return why
         if not self.uses_root and os.environ.get("GOEX_SANDBOX_ROOT"):
             return f"GOEX_SANDBOX_ROOT={self.root} is not a sandbox root (build one with sandbox/build.sh)"
         try:
-            r = subprocess.run(["bwrap", "--unshare-all", *self._base(), "true"], capture_output=True, timeout=10)
+            r = subprocess.run(["bwrap", "--unshare-all", *self._system(), "true"], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"bwrap does not run: {exc}"
         if r.returncode != 0:
             return f"bwrap cannot create namespaces here: {r.stderr.decode(errors='replace').strip()}"
         return None
 
-    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
-        merged = layer.mount(lower)
-        code_path = os.path.join(layer.dir, "code")
-        cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
-               "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    def base(self) -> str:
+        """A shared folder: overlays mounted below it reach the sandboxes' /workspace."""
+        if self._base is None:
+            base = os.path.join(overlay.state_dir(), "bwrap")
+            os.makedirs(base, mode=0o711, exist_ok=True)
+            overlay.ensure_shared(base)
+            for name in os.listdir(base):  # sandboxes of goex processes that died
+                pid = name.split("-")[0]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    overlay.umount(os.path.join(base, name, "ws"))
+                    shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            self._base = base
+        return self._base
+
+    def _start(self, spec: RunSpec) -> _Warm:
+        d = os.path.join(self.base(), f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        for sub in ("ws", "in"):
+            os.makedirs(os.path.join(d, sub), mode=0o755)
+        os.chmod(d, 0o711)
+        with open(os.path.join(d, "in", "code"), "w"):
+            pass
+        cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try", "--new-session",
+               "--cap-drop", "ALL"]
+        # SYS_ADMIN: each run's child makes its own mount and IPC namespaces, then drops every capability
         extra_caps = ("CAP_DAC_OVERRIDE", "CAP_FOWNER") if spec.caps else ()
-        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") + extra_caps:
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_SYS_ADMIN") + extra_caps:
             cmd += ["--cap-add", cap]
         if not spec.network:
             cmd.append("--unshare-net")
-        cmd += self._base()
+        cmd += self._system()
         if spec.network:  # the host's name resolution (the image root has its own certificates)
             shared = ("/etc/resolv.conf", "/etc/hosts") if self.uses_root else (
                 "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates")
             for path in shared:
                 if os.path.exists(path):
                     cmd += ["--ro-bind", path, path]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", merged, "/workspace",
-                "--ro-bind", code_path, "/sandbox/code", "--chdir", "/workspace", "--hostname", "sandbox",
-                "--remount-ro", "/"]
-        cmd += setpriv(spec) + command(spec)
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/tmp",
+                "--bind", os.path.join(d, "ws"), "/workspace", "--ro-bind", os.path.join(d, "in"), "/sandbox",
+                "--chdir", "/", "--hostname", "sandbox", "--remount-ro", "/"]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(ENV, GOEX_CTL_FD=str(theirs.fileno()))
         cg = Cgroup(spec)
         try:
-            return _run_subprocess(cmd, spec, "/", dict(ENV), cg)
-        finally:
+            proc = subprocess.Popen(cmd + ZYGOTE_COMMAND, cwd="/", env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                                    start_new_session=True, preexec_fn=lambda: cg.enter(rlimits=False))
+        except (OSError, subprocess.SubprocessError):
+            ours.close()
             cg.remove()
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        finally:
+            theirs.close()
+        warm = _Warm(proc, Zygote(ours), d, self._key(spec), cg)
+
+        def why() -> str:
+            warm.proc.kill()
+            assert warm.proc.stderr is not None
+            err = warm.proc.stderr.read().decode(errors="replace").strip()
+            return f": {err[-500:]}" if err else ""
+
+        try:
+            warm.zygote.wait_ready(30, why)
+        except ActionFailed:
+            self._stop(warm)
+            raise
+        assert proc.stderr is not None
+        proc.stderr.close()  # started: nothing more to learn from it
+        warm.own = frozenset(cg.pids())
+        return warm
+
+    @staticmethod
+    def _key(spec: RunSpec) -> tuple[bool, bool, int, float]:
+        return (spec.caps, spec.network, spec.memory_mb, spec.cpus)
+
+    def _stop(self, warm: _Warm) -> None:
+        warm.zygote.close()  # the interpreter exits, and the sandbox with it
+        try:
+            warm.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            warm.proc.kill()
+            warm.proc.wait()
+        try:
+            warm.cgroup.kill_all()
+        except ActionFailed:
+            pass  # removing the cgroup below fails too; nothing of a run is applied from here
+        warm.cgroup.remove()
+        overlay.umount(os.path.join(warm.dir, "ws"))
+        shutil.rmtree(warm.dir, ignore_errors=True)
+
+    def _take(self, spec: RunSpec) -> _Warm:
+        key = self._key(spec)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            while idle:
+                warm = idle.pop()
+                if warm.proc.poll() is None and warm.zygote.healthy:
+                    return warm
+                self._stop(warm)
+        return self._start(spec)
+
+    def _give_back(self, warm: _Warm) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(warm.key, [])
+            if not self._closed and warm.zygote.healthy and warm.proc.poll() is None and len(idle) < self.idle_max:
+                idle.append(warm)
+                return
+        self._stop(warm)
+
+    def run(self, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        for attempt in (1, 2):
+            warm = self._take(spec)
+            try:
+                return self._run_in(warm, spec, layer, lower)
+            except SandboxGone as exc:
+                if exc.result is not None or attempt == 2:  # gone mid-run, or twice before: not retried
+                    raise
+            finally:
+                self._give_back(warm)
+        raise AssertionError("unreachable")
+
+    def _run_in(self, warm: _Warm, spec: RunSpec, layer: overlay.Layer, lower: str) -> RunResult:
+        layer.mount(lower, at=os.path.join(warm.dir, "ws"))
+        try:
+            code = os.path.join(warm.dir, "in", "code")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(code)  # a new file: rewriting one in place makes ext4 flush it at close
+            with open(code, "x", encoding="utf-8") as f:
+                f.write(spec.code)
+            cg = warm.cgroup
+            ooms = cg.oom_kills()
+            try:
+                result = warm.zygote.run(spec, lambda: cg.kill_all(spare=warm.own), fresh=True, reap=False,
+                                         rlimits=cg.rlimits)
+            except SandboxGone as exc:  # the memory limit may have taken the waiting interpreter too
+                if exc.result is None or cg.oom_kills() == ooms:
+                    raise
+                result = exc.result
+            if cg.oom_kills() > ooms:
+                result.stopped = result.stopped or "memory"
+            if not cg.dirs:  # no cgroup to find what the run left running: the sandbox ends with the run
+                warm.zygote.healthy = False
+            result.limits_not_enforced = dict(cg.missing)
+            return result
+        finally:
+            layer.unmount()  # every process of the run is dead: the sandbox is free for the next
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            todo = [w for idle in self._idle.values() for w in idle]
+            self._idle.clear()
+        for warm in todo:
+            self._stop(warm)
 
 
 # -- process (unsafe) ----------------------------------------------------------------------------
@@ -525,6 +834,7 @@ class _Container:
     network: bool
     memory_mb: int
     caps: bool
+    zygote: Zygote | None = None
 
 
 class DockerBackend(Backend):
@@ -601,8 +911,13 @@ class DockerBackend(Backend):
 
     # -- pool --------------------------------------------------------------------------------
 
-    def warm(self, spec: RunSpec) -> None:
-        """Start filling the pool for runs like `spec` (called at the first run)."""
+    #: After a run, the refill and the removal of the used container wait this long (seconds), so
+    #: that their work in the engine (creating a container costs a few hundred ms of CPU) does not
+    #: slow down the end of the action that ran.
+    AFTER_RUN_DELAY = 0.1
+
+    def warm(self, spec: RunSpec, delay: float = 0.0) -> None:
+        """Start filling the pool for runs like `spec` (called at the first run), after `delay` s."""
         with self._lock:
             if self._caps != spec.caps or self._memory != spec.memory_mb:
                 self._caps, self._memory = spec.caps, spec.memory_mb
@@ -611,7 +926,9 @@ class DockerBackend(Backend):
             need = self.pool_size - len(self._pool) - self._filling
             self._filling += max(need, 0)
         for _ in range(max(need, 0)):
-            threading.Thread(target=self._fill_one, args=(spec,), daemon=True).start()
+            filler = threading.Timer(delay, self._fill_one, args=(spec,))
+            filler.daemon = True
+            filler.start()
 
     def _fill_one(self, spec: RunSpec) -> None:
         try:
@@ -636,9 +953,13 @@ class DockerBackend(Backend):
         os.makedirs(os.path.join(d, "in"))
         os.chmod(d, 0o711)
         caps = ["SETUID", "SETGID", "SETPCAP"] + (["DAC_OVERRIDE", "FOWNER"] if spec.caps else [])
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # the zygote connects to /sandbox/ctl
+        ctl = os.path.join(d, "in", "ctl")
+        listener.bind(ctl)
+        listener.listen(1)
         try:
             container = client.containers.run(
-                self.image, ["sleep", "infinity"], detach=True, user="0:0", working_dir="/",
+                self.image, ZYGOTE_COMMAND, detach=True, user="0:0", working_dir="/",
                 network_mode="bridge" if spec.network else "none", read_only=True,
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.memory_mb}m,mode=1777"},
                 mem_limit=f"{spec.memory_mb}m", memswap_limit=f"{spec.memory_mb}m", pids_limit=PIDS_MAX,
@@ -648,20 +969,29 @@ class DockerBackend(Backend):
                 mounts=[docker.types.Mount("/workspace", os.path.join(d, "ws"), type="bind", propagation="rslave"),
                         docker.types.Mount("/sandbox", os.path.join(d, "in"), type="bind", read_only=True)])
         except docker.errors.ImageNotFound:
+            listener.close()
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the sandbox image {self.image} is missing; build it with sandbox/build.sh "
                                "(`./dev test` builds it)") from None
         except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
+            listener.close()
             shutil.rmtree(d, ignore_errors=True)
             raise ActionFailed(f"the Docker engine could not start a sandbox container ({_short(exc)})") from None
+        c = _Container(container.id, d, -1, spec.network, spec.memory_mb, spec.caps)
         try:
             container.reload()
-            pid = container.attrs["State"]["Pid"]
-            pidfd = os.pidfd_open(pid)
+            c.pidfd = os.pidfd_open(container.attrs["State"]["Pid"])
+            listener.settimeout(30)
+            conn, _ = listener.accept()
+            c.zygote = Zygote(conn)
+            c.zygote.wait_ready(30)
         except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
-            self._dead.append(_Container(container.id, d, -1, spec.network, spec.memory_mb, spec.caps))
+            self._retire(c)
             raise ActionFailed(f"the sandbox container did not start ({_short(exc)})") from None
-        return _Container(container.id, d, pidfd, spec.network, spec.memory_mb, spec.caps)
+        finally:
+            listener.close()
+            os.unlink(ctl)
+        return c
 
     def _take(self, spec: RunSpec) -> _Container:
         if not spec.network:
@@ -681,74 +1011,33 @@ class DockerBackend(Backend):
             with open(os.path.join(c.dir, "in", "code"), "w", encoding="utf-8") as f:
                 f.write(spec.code)
             os.chmod(os.path.join(c.dir, "in", "code"), 0o644)
-            result = self._exec(c, spec)
+            assert c.zygote is not None  # set when the container started
+            try:
+                result = c.zygote.run(spec, lambda: self._kill(c), fresh=False, reap=True)
+            except SandboxGone as exc:  # the memory limit may have taken the waiting interpreter too
+                if exc.result is None or not self._oom(c):
+                    raise
+                result = exc.result
+                result.stopped = "memory"
+            if result.stopped is None and self._oom(c):
+                result.stopped = "memory"
+            try:  # the engine that holds the container must still answer for the run to count
+                self.client().api.ping()
+            except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
+                raise ActionFailed(f"the Docker engine went away mid-run ({_short(exc)}); "
+                                   "the run was killed and nothing was applied") from None
             result.limits_not_enforced = self.engine_gaps()
             return result
         finally:
-            self._kill(c)
-            layer.mounted = False  # every process is dead; the reaper unmounts it with the container
-            self._retire(c)
+            if c.pidfd >= 0:  # the run is over (every process of it dead): the container goes in the background
+                try:
+                    signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            layer.mounted = False  # the reaper unmounts it with the container
+            self._retire(c, self.AFTER_RUN_DELAY)
             if not spec.network:
-                self.warm(spec)
-
-    def _exec(self, c: _Container, spec: RunSpec) -> RunResult:
-        api = self.client().api
-        out = _Output(spec.max_output)
-        t0 = time.perf_counter()
-        cmd = setpriv(spec) + command(spec)
-        try:
-            eid = api.exec_create(c.id, cmd, stdout=True, stderr=True, stdin=False, tty=False, user="0:0",
-                                  workdir="/workspace", environment=ENV)["Id"]
-            sock = api.exec_start(eid, socket=True)
-        except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
-            raise ActionFailed(f"the Docker engine failed to run the code ({_short(exc)})") from None
-        raw = getattr(sock, "_sock", sock)
-        deadline = time.monotonic() + spec.timeout_s
-        stopped = None
-        buf = b""
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    stopped = "timeout"
-                    break
-                ready, _, _ = select.select([raw], [], [], left)
-                if not ready:
-                    continue
-                data = raw.recv(1 << 16)
-                if not data:
-                    break
-                buf += data
-                while len(buf) >= 8:
-                    size = int.from_bytes(buf[4:8], "big")
-                    if len(buf) < 8 + size:
-                        break
-                    stream, payload, buf = buf[0], buf[8:8 + size], buf[8 + size:]
-                    if not out.add(2 if stream == 2 else 1, payload):
-                        stopped = "output"
-                        break
-                if stopped:
-                    break
-        except OSError as exc:
-            raise ActionFailed(f"the connection to the Docker engine broke mid-run ({exc})") from None
-        finally:
-            try:
-                sock.close()
-            except Exception:  # noqa: BLE001 - closing a broken socket: nothing more to do
-                pass
-        exit_code: int | None = 137
-        if stopped is None:
-            try:
-                info = api.exec_inspect(eid)
-            except Exception as exc:  # noqa: BLE001 - the Docker SDK raises many types: each becomes one ActionFailed
-                raise ActionFailed(f"the Docker engine went away mid-run ({_short(exc)})") from None
-            exit_code = info.get("ExitCode")
-            if info.get("Running") or exit_code is None:
-                raise ActionFailed("the Docker engine closed the run's output before the program ended; "
-                                   "the run was killed and nothing was applied")
-            if self._oom(c):
-                stopped = "memory"
-        return out.result(exit_code, stopped, t0)
+                self.warm(spec, self.AFTER_RUN_DELAY)
 
     def engine_gaps(self) -> dict[str, str]:
         """Limits the engine says it cannot apply (it then starts the container without them)."""
@@ -792,11 +1081,12 @@ class DockerBackend(Backend):
         os.close(c.pidfd)
         c.pidfd = -1
 
-    def _retire(self, c: _Container) -> None:
+    def _retire(self, c: _Container, delay: float = 0.0) -> None:
         with self._lock:
             self._dead.append(c)
             if self._reaper is None or not self._reaper.is_alive():
-                self._reaper = threading.Thread(target=self._reap, daemon=True)
+                self._reaper = threading.Timer(delay, self._reap)
+                self._reaper.daemon = True
                 self._reaper.start()
 
     def _reap(self) -> None:
@@ -821,6 +1111,8 @@ class DockerBackend(Backend):
         if c.pidfd >= 0:
             os.close(c.pidfd)
             c.pidfd = -1
+        if c.zygote is not None:
+            c.zygote.close()
         overlay.umount(os.path.join(c.dir, "ws"))
         shutil.rmtree(c.dir, ignore_errors=True)
         return True
