@@ -124,6 +124,11 @@ def _prepare(req: dict[str, str], fds: list[int], report: int) -> None:
         which, value = (int(x) for x in item.split(":"))
         resource.setrlimit(which, (value, value))
     os.chdir("/workspace")
+    try:  # when the run exhausts its memory, the kernel kills the run's processes, never the waiting interpreter
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
     _drop_privileges(int(req["uid"]), int(req["gid"]), req["caps"] == "1")
     if req["lang"] == "bash":
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; a fresh program does not
@@ -194,7 +199,14 @@ def _kill_all(uid: int) -> None:
     """Kill every process of the run's user in this pid namespace: from a child that becomes
     that user (this interpreter may not signal it otherwise), as kill(-1) spares only the caller
     and pid 1."""
-    killer = os.fork()
+    for _ in range(3000):  # a fork bomb holds every process slot: one comes free as its processes come and go
+        try:
+            killer = os.fork()
+            break
+        except BlockingIOError:
+            select.select([], [], [], 0.001)
+    else:  # none did: the sandbox's own end kills them (the container goes, the cgroup is killed)
+        return
     if killer == 0:
         try:
             os.setresuid(uid, uid, uid)
