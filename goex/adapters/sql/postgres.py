@@ -1492,10 +1492,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                     if now is not None and now not in (after, then) and not force:
                         problems.append(f"{name}: sequence moved since the action: {after} -> {now}")
                 self._revert_rows(conn, _tables(captured, get_blob), force, problems)
-                for name, (then, _) in sequences.items():
-                    if _sequence(conn, name) is not None:
-                        conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
-                            pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
+                _set_sequences(conn, {name: then for name, (then, _) in sequences.items()})
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
@@ -1551,10 +1548,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 for captured in captureds:
                     self._revert_rows(conn, _tables(captured, get_blob), False, [])
                     oldest.update((name, then) for name, (then, _) in (captured.get("sequences") or {}).items())
-                for name, then in oldest.items():
-                    if _sequence(conn, name) is not None:
-                        conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
-                            pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
+                _set_sequences(conn, oldest)
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 raise ActionFailed(f"undo on {self.name} failed, nothing of it was applied: "
@@ -1878,6 +1872,14 @@ def _insert_removed(conn: psycopg.Connection, table: dict[str, Any]) -> None:
 
 def _changed_sequences(then: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     return {k: [then[k], now[k]] for k in sorted(now) if k in then and then[k] != now[k]}
+
+
+def _set_sequences(conn: psycopg.Connection, positions: dict[str, Any]) -> None:
+    """Sequences set back to [last_value, is_called] as an entry found them (those still there)."""
+    for name, then in positions.items():
+        if _sequence(conn, name) is not None:
+            conn.execute(pgsql.SQL("SELECT setval({}::regclass, {}, {})").format(
+                pgsql.Literal(name), pgsql.Literal(then[0]), pgsql.Literal(then[1])))
 
 
 def _sequence(conn: psycopg.Connection, name: str) -> list[Any] | None:
