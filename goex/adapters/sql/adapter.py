@@ -237,6 +237,15 @@ class SqlAdapter(Adapter):
             if unread:  # the engine's message, and where sqlglot lost track of the text
                 raise SqlSyntaxError(f"{exc} (the SQL does not parse: {unread[0]})") from None
             raise
+        try:
+            return self._prepared(action, db, statements, analysed, kinds, writes, effect, output, held)
+        except BaseException:
+            if held is not None:  # nothing may stay open past a prepare that failed
+                held.abort()
+            raise
+
+    def _prepared(self, action: SqlExecute, db: Database, statements: list[str], analysed: list[dict[str, Any]],
+                  kinds: list[str], writes: bool, effect: dict[str, Any], output: Any, held: Staged | None) -> Prepared:
         preview = {
             "db": db.name, "engine": db.kind, "statements": [{k: v for k, v in a.items() if k != "parse_error"}
                                                               for a in analysed], "kinds": kinds,
@@ -352,12 +361,18 @@ class SqlAdapter(Adapter):
 
     def stage(self, prepared: Prepared) -> Staged:
         held = prepared.state.pop("held", None)
-        if held is not None:  # the statements ran in prepare, in the transaction kept open since
-            return held
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action
-        return self.engine(db.name).stage(prepared.state["statements"], action.params, prepared.state["analysed"],
-                                          prepared.state.get("before", {}))
+        engine = self.engine(db.name)
+        if held is not None:  # the statements ran in prepare, in the transaction kept open since
+            from .sqlite import SqliteEngine
+
+            if not isinstance(engine, SqliteEngine):
+                return held
+            return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
+                                prepared.state.get("before", {}), held)  # SQLite's stage adopts it
+        return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
+                            prepared.state.get("before", {}))
 
     def isolated_stage(self, prepared: Prepared) -> bool:
         # SQLite runs the statements in one transaction, DDL included, rolled back if the process

@@ -191,6 +191,7 @@ class SqliteEngine:
         self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}  # -wal / -shm as they were while goex held the file open
         self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
+        self._shaped: tuple[Any, bool, dict[str, str]] = (None, False, {})  # (file, schema version): `_shape`
         self._linked: tuple[int, dict[str, set[str]]] = (-1, {})  # schema version, tables tied by foreign keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
@@ -244,7 +245,68 @@ class SqliteEngine:
         return *self._file(), False
 
     def rehearse(self, statements: list[str], params: Any) -> tuple[dict[str, Any], Staged | None]:
-        return self.dry_run(statements, params), None  # staged later: its write lock is taken then
+        """Row changes run once: the transaction opened, the session attached, the statements run
+        and their effect read off that run (SQLite's change count, the session's changeset and the
+        update hook's count of rows touched); the transaction stays open as the action's run, its
+        changeset captured, committed if the action is allowed, rolled back when it is released.
+
+        The effect is the dry run's, exactly: `rows` is the same change count; `all_rows` is
+        decided from the changeset (the rows there before that the action changed or deleted: a
+        lower bound of those it touched) and the update hook (the rows it updated or deleted: an
+        upper bound); where the two bounds do not settle a table, or where the update hook may
+        miss rows (WITHOUT ROWID tables, REPLACE conflict resolution), or the statements change
+        the schema, the run is rolled back and the dry run and a later staged run do it."""
+        if (any(not (a := analyse(s, self.dialect))["parsed"] or a["ddl"] for s in statements)
+                or any("replace" in s.lower() for s in statements)):
+            return self.dry_run(statements, params), None
+        file, st = self._file()
+        if st is None:  # the action creates the database: the dry run leaves no file behind
+            return self.dry_run(statements, params), None
+        conn = self._work_connection(file, st)
+        session = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            hooked, tables = self._shape(conn)
+            if not hooked:
+                self._release(conn, None)
+                return self.dry_run(statements, params), None
+            sequence = _sequence(conn) if "sqlite_sequence" in tables else None
+            session = _session(conn)
+            authorizer, counted = _Authorizer(), _Counted()
+            conn.set_update_hook(counted)
+            conn.authorizer = authorizer
+            output, changed = _execute(conn, statements, params)
+            conn.authorizer = None
+            conn.set_update_hook(None)
+            changeset = b"" if authorizer.reshapes else session.changeset()
+            all_rows = None if authorizer.reshapes else counted.every_row(conn, changeset)
+        except apsw.Error as exc:
+            self._release(conn, session)
+            raise _error(self.name, exc, "nothing was applied") from None
+        except BaseException:
+            self._release(conn, session)
+            raise
+        if all_rows is None:  # the schema or statistics changed, or the bounds did not settle it
+            self._release(conn, session)
+            return self.dry_run(statements, params), None
+        self._found = (file, st)
+        self._reshapes = False
+        effect = {"rows": changed, "all_rows": all_rows, "creates_trigger": authorizer.creates_trigger}
+        return effect, self._staged(conn, session, sequence, output, (changeset, tables))
+
+    def _shape(self, conn: apsw.Connection) -> tuple[bool, dict[str, str]]:
+        """What a run of row changes needs of the schema, read inside its transaction, and read
+        again only when the schema changed: whether SQLite's update hook sees every row it updates
+        or deletes (no WITHOUT ROWID table: the hook skips them; no REPLACE conflict resolution
+        declared in the schema: the rows it deletes pass the hook by), and each table's SQL."""
+        assert self._work is not None
+        key = (self._work[1], _fetch(conn, "PRAGMA schema_version")[0][0])
+        if self._shaped[0] != key:
+            tables = dict(_fetch(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+            unhooked = _fetch(conn, "SELECT 1 FROM pragma_table_list WHERE schema = 'main' AND wr UNION ALL "
+                                    "SELECT 1 FROM sqlite_master WHERE lower(sql) LIKE '%replace%' LIMIT 1")
+            self._shaped = (key, not unhooked, tables)
+        return self._shaped[1], self._shaped[2]
 
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
         """What the statements would do, by running them in a transaction that is rolled back:
@@ -323,7 +385,11 @@ class SqliteEngine:
         return staged.output
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
-              before: dict[str, Any]) -> Staged:
+              before: dict[str, Any], held: Staged | None = None) -> Staged:
+        """The statements run in an open transaction, a session recording them when `before` says
+        so; or `held`, the transaction `rehearse` ran them in, still open: it is the action's run."""
+        if held is not None:
+            return held
         file, st, checked = self._file_of_action()
         self._found = None  # used once: what follows (undo, the next action) checks again
         conn = self._work_connection(file, st, checked)
@@ -333,45 +399,45 @@ class SqliteEngine:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             sequence = _sequence(conn)
             if before.get("mode") == "changeset":
-                session = apsw.Session(conn, "main")
-                session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)  # tables without a primary key too
-                session.attach()
+                session = _session(conn)
             conn.authorizer = _authorize
-            output: dict[str, Any] = {}
-            start = conn.total_changes()
-            for sql in statements:
-                columns, cursor = _query(conn, sql, params)
-                if columns:
-                    output = format_rows(columns, cursor)
+            output, _ = _execute(conn, statements, params)
             conn.authorizer = None
-            if not output:
-                output = {"rows_changed": conn.total_changes() - start}
         except apsw.Error as exc:
             self._release(conn, session)
             raise _error(self.name, exc) from None
         except BaseException:
             self._release(conn, session)
             raise
+        return self._staged(conn, session, sequence, output)
+
+    def _staged(self, conn: apsw.Connection, session: apsw.Session | None, sequence: list[list[Any]] | None,
+                output: dict[str, Any], ran: tuple[bytes, dict[str, str]] | None = None) -> Staged:
+        """The open transaction on the work connection as a `Staged`: its capture (the session's
+        changeset, or the after-state's checksums without a session), commit and rollback. `ran`:
+        the changeset, already read, and the tables' SQL, which the run did not change."""
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             out: dict[str, Any] = {"sequence": sequence}
             if session is not None:
-                changeset = session.changeset()
-                out["changeset"] = {"chunks": [put_blob(changeset[i:i + CHUNK])
-                                               for i in range(0, len(changeset), CHUNK)]}
-                tables = sorted({change.name for change in apsw.Changeset.iter(changeset)})
-                out["after"] = {"changeset": hashlib.sha256(changeset).hexdigest(), "schema": _schema(conn, tables)}
+                rows = session.changeset() if ran is None else ran[0]
+                out["changeset"] = {"chunks": [put_blob(rows[i:i + CHUNK]) for i in range(0, len(rows), CHUNK)]}
+                tables = sorted({change.name for change in apsw.Changeset.iter(rows)})
+                schema = _schema(conn, tables) if ran is None else {t: ran[1].get(t) for t in tables}
+                out["after"] = {"changeset": hashlib.sha256(rows).hexdigest(), "schema": schema}
             else:
                 out["after"] = {"checksums": _checksums_conn(conn)}
             return out
 
         def commit() -> None:
+            self._found = None  # what the run checked is not trusted after it
             try:
                 conn.execute("COMMIT")
             finally:
                 self._release(conn, session)
 
         def abort() -> None:
+            self._found = None
             self._release(conn, session)
 
         return Staged(output, capture, commit, abort)
@@ -701,6 +767,7 @@ class SqliteEngine:
             if session is not None:
                 session.close()
             conn.authorizer = None
+            conn.set_update_hook(None)
             if not conn.get_autocommit():
                 conn.execute("ROLLBACK")
         except BaseException:
@@ -789,6 +856,27 @@ class SqliteEngine:
 def _fetch(conn: apsw.Connection, sql: str, params: Any = None) -> list[Any]:
     """The rows of a query of goex's own (catalog values: their types are known)."""
     return list(conn.execute(sql, params).fetchall())
+
+
+def _session(conn: apsw.Connection) -> apsw.Session:
+    """A session recording every row change of the main database, from now on."""
+    session = apsw.Session(conn, "main")
+    session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)  # tables without a primary key too
+    session.attach()
+    return session
+
+
+def _execute(conn: apsw.Connection, statements: list[str], params: Any) -> tuple[dict[str, Any], int]:
+    """Run the statements: the output (the rows of the last one that returns rows, else the rows
+    changed) and the rows changed (SQLite's count: triggers and foreign-key actions included)."""
+    output: dict[str, Any] = {}
+    start = conn.total_changes()
+    for sql in statements:
+        columns, cursor = _query(conn, sql, params)
+        if columns:
+            output = format_rows(columns, cursor)
+    changed = conn.total_changes() - start
+    return output or {"rows_changed": changed}, changed
 
 
 def _run(conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
@@ -911,6 +999,48 @@ def _row_counts(conn: apsw.Connection) -> dict[str, int]:
 
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+class _Counted:
+    """SQLite's update hook: per table of the main database, how many times a row was updated or
+    deleted. A row there before the action that it updated or deleted was touched at least once:
+    the count bounds those rows from above (where the hook sees every change: `_shape`)."""
+
+    def __init__(self) -> None:
+        self.touches: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, op: int, database: str, table: str, rowid: int) -> None:
+        if database == "main" and op != apsw.SQLITE_INSERT:
+            self.touches[table] += 1
+
+    def every_row(self, conn: apsw.Connection, changeset: bytes) -> list[str] | None:
+        """`_Touched.every_row`, from the run itself: tables that held at least 2 rows, every one
+        of which the action updated or deleted; None when the bounds do not settle a table. The
+        changeset names each row there before that the action changed or deleted (a lower bound:
+        a row updated to the values it had is not in it) and the net rows inserted."""
+        candidates = {table for table, most in self.touches.items() if most >= 2}
+        if not candidates:
+            return []
+        changed: collections.Counter[str] = collections.Counter()
+        net: collections.Counter[str] = collections.Counter()
+        for change in apsw.Changeset.iter(changeset):
+            if change.name in candidates:
+                if change.op != "INSERT":
+                    changed[change.name] += 1
+                if change.op != "UPDATE":
+                    net[change.name] += 1 if change.op == "INSERT" else -1
+        out = []
+        for table in sorted(candidates):
+            try:
+                held = _fetch(conn, f"SELECT count(*) FROM {_quoted(table)}")[0][0] - net[table]
+            except apsw.SQLError:  # not a table of main after all: the dry run reads it
+                return None
+            if held < 2 or self.touches[table] < held:
+                continue
+            if changed[table] < held:
+                return None  # between the bounds: only the dry run's hook can tell
+            out.append(table)
+        return out
 
 
 class _Touched:
