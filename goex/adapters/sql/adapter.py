@@ -11,6 +11,7 @@ point leaves either nothing applied or an entry whose outcome recovery can read 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -61,7 +62,7 @@ class Database:
     inside: str | None = None  # SQLite: its path relative to the workspace root, when it is inside it
     root: Path | None = None  # SQLite: the workspace root it was named against
 
-    @property
+    @functools.cached_property
     def shown(self) -> str:
         """The URL without its passwords (the account's, and a `goex_password` or `goex_role_password` option's)."""
         parts = urlsplit(self.url)

@@ -195,6 +195,7 @@ class SqliteEngine:
         self._linked: tuple[int, dict[str, set[str]]] = (-1, {})  # schema version, tables tied by foreign keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
+        self._outside: _File | None = None  # the file outside the workspace, where its path last led
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
         self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
         self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
@@ -682,7 +683,10 @@ class SqliteEngine:
                 raise DatabaseRefused(self.name, exc.reason if exc.path == self.inside else str(exc)) from None
             file = _File(Path(self.workspace.root, *parts), parts, self.workspace)
         else:  # named by the user outside the workspace: where its links lead is their choice
-            file = _File(Path(os.path.realpath(self.path)), None, None)
+            real = os.path.realpath(self.path)
+            if self._outside is None or str(self._outside.path) != real:
+                self._outside = _File(Path(real), None, None)
+            file = self._outside
             st = file.lstat()
         self._check_sidecars(file, st)
         return file, st
