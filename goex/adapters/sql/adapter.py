@@ -1,5 +1,6 @@
-"""The SQL adapter: statements analysed with sqlglot, counted by a dry run, run as one
-transaction, and undone exactly, on SQLite, PostgreSQL and MySQL/MariaDB.
+"""The SQL adapter: statements analysed with sqlglot, counted by a dry run (or by the run itself,
+kept open until the policy has decided, where the engine can), run as one transaction, and
+undone exactly, on SQLite, PostgreSQL and MySQL/MariaDB.
 
 The adapter is engine-neutral; each engine (`sqlite.py`, `postgres.py`, `mysql.py`) decides how
 it captures undo data (see `common.py` for the protocol). The runtime drives a write in stages:

@@ -6,6 +6,9 @@ changeset. Undo applies the inverted changeset with triggers and foreign-key act
 nothing fires twice; a row someone else changed since shows up as a conflict. `sqlite_sequence`
 (AUTOINCREMENT positions) is kept beside it, since sessions do not track it.
 
+Row changes run once (`rehearse`): the run that gives the policy its preview is the session's
+transaction, kept open until the action is applied (committed) or released (rolled back).
+
 Statements that change the schema (DDL, or SQL sqlglot cannot read) take the simplest exact
 route instead: the whole database image, stored before the action in content-addressed 1 MiB
 chunks (unchanged pages deduplicate across entries), copied back with SQLite's backup API.
