@@ -187,3 +187,25 @@ def test_a_row_another_client_changed_meanwhile_is_captured_as_it_was_replaced(t
         assert len(s.undo()) == 1
         assert raw(url, "SELECT v FROM t WHERE id = 1") == [(1000,)]  # the other client's value, not the older one
     assert paths["trigger"] == 1
+
+
+def test_sequences_called_or_not_are_set_back_exactly(tmp_path, url, paths):
+    """Sequence positions around a plain statement: a called sequence's (read by
+    pg_sequence_last_value) and ones never called or set back with is_called false (read by
+    their own SELECT) are each restored as they were."""
+    raw(url, TABLES + "CREATE SEQUENCE fresh; CREATE SEQUENCE reset_one; SELECT setval('reset_one', 40, false); "
+        "CREATE SEQUENCE used; SELECT nextval('used'), nextval('used');")
+    start = pg_dump(url)
+    with goex.Runtime(tmp_path, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+        run(s, "INSERT INTO t (id, v) VALUES (nextval('fresh') + 100, nextval('reset_one'))")
+        run(s, "INSERT INTO t (id, v) VALUES (nextval('used') + 200, 0)")
+        assert paths == {"plain": 2, "trigger": 0}
+        assert raw(url, "SELECT id, v FROM t WHERE id > 100 ORDER BY id") == [(101, 40), (203, 0)]
+        assert raw(url, "SELECT last_value, is_called FROM reset_one") == [(40, True)]
+        s.undo()
+        assert raw(url, "SELECT last_value, is_called FROM used") == [(2, True)]
+        s.rollback()
+    assert raw(url, "SELECT last_value, is_called FROM fresh") == [(1, False)]
+    assert raw(url, "SELECT last_value, is_called FROM reset_one") == [(40, False)]
+    assert pg_dump(url) == start

@@ -58,7 +58,7 @@ from .server import convert_params as _convert
 
 __all__ = ["PostgresEngine", "convert_params", "dump"]
 
-VERSION = "v5"
+VERSION = "v6"
 R = TypeVar("R")
 INLINE_LIMIT = 32 * 1024  # capture data above this size goes to blobs
 ROW_KINDS = {"select", "insert", "update", "delete", "merge", "union", "intersect", "except", "values"}
@@ -109,10 +109,17 @@ _REFUSED_FUNCS = {
 
 # Every user sequence's position into `seqs` (plpgsql; declares sq record, seqs jsonb, lv bigint,
 # ic boolean): shared by goex.sequences and the plain path's functions, which run it inline.
-_SEQUENCES = f"""FOR sq IN SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_sequence s
-    JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+# A called sequence's position is read by pg_sequence_last_value (no statement parsed per
+# sequence); one not called since it was created or set (NULL there) by its own SELECT.
+_SEQUENCES = f"""FOR sq IN SELECT format('%I.%I', n.nspname, c.relname) AS q, pg_sequence_last_value(c.oid) AS lv
+    FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = 'S' AND {_USER_NS} LOOP
-    EXECUTE format('SELECT last_value, is_called FROM %s', sq.q) INTO lv, ic;
+    IF sq.lv IS NULL THEN
+      EXECUTE format('SELECT last_value, is_called FROM %s', sq.q) INTO lv, ic;
+    ELSE
+      lv := sq.lv;
+      ic := true;
+    END IF;
     seqs := seqs || jsonb_build_object(sq.q, jsonb_build_array(lv, ic));
   END LOOP;"""
 
@@ -366,44 +373,22 @@ $goex$;
 CREATE OR REPLACE FUNCTION goex.plain_start_{VERSION}(r regclass, idents text[], keys text[], funcs text[],
                                                       named regclass[])
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $goex$
-DECLARE why text; out jsonb; sq record; seqs jsonb := '{{}}'; lv bigint; ic boolean;
+DECLARE rel record; stray text; w text; nm regclass; more boolean; sq record; seqs jsonb := '{{}}'; lv bigint;
+  ic boolean;
 BEGIN
   IF r IS NULL THEN
     RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no such table';
   END IF;
   EXECUTE format('LOCK TABLE ONLY %s IN ROW EXCLUSIVE MODE', r);
-  SELECT CASE
-    WHEN c.relkind <> 'r' OR c.relpersistence = 't' THEN 'not an ordinary table'
-    WHEN current_setting('session_replication_role') <> 'origin' THEN
-      'goex session: session_replication_role is ' || current_setting('session_replication_role')
-    WHEN s.stray IS NOT NULL THEN 'goex session: temporary objects left by an action: ' || s.stray
-    -- (relhassubclass, relhastriggers, relhasrules: true once a child, trigger or rule was added,
-    -- and a foreign key referencing the table adds triggers to it; false, there is none)
-    WHEN c.relrowsecurity OR NOT has_table_privilege(session_user, r, 'SELECT')
-      OR EXISTS (SELECT 1 FROM unnest(idents || keys) i WHERE quote_ident(i) <> i)
-      OR (c.relhassubclass AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r))
-      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal))
-      OR (c.relhasrules AND EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = r))
-      OR (c.relhastriggers AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
-                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))))
-      OR (cardinality(funcs) > 0 AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                 WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema')))
-      OR EXISTS (SELECT 1 FROM unnest(named) AS u(o) JOIN pg_class v ON v.oid = u.o WHERE v.relkind NOT IN ('r', 'p'))
-      THEN 'the statement can change more than its rows'
-    WHEN pk.key IS NULL OR (keys IS NOT NULL AND (pk.key <> keys OR NOT pk.ok))
-      THEN 'no immediate primary key, or not the one given'
-    END,
-    jsonb_build_object('rel', r::oid::bigint, 'table', format('%I.%I', n.nspname, c.relname), 'key', to_jsonb(pk.key),
-      'version', (SELECT string_agg(a.xmin::text, ',' ORDER BY a.attnum) FROM pg_attribute a
-                  WHERE a.attrelid = r AND a.attnum > 0),
-      'counts', jsonb_build_array(r::oid::bigint, pg_stat_get_xact_tuples_inserted(r),
-                                  pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)))
-    INTO why, out
+  -- One query reads what every table needs; each other check is a statement of its own, run only
+  -- when the table's flags or the statement call for it (a subquery costs its executor start-up
+  -- even when it never runs, and those start-ups were most of this function's time).
+  SELECT c.relkind, c.relpersistence, c.relrowsecurity, c.relhassubclass, c.relhastriggers, c.relhasrules,
+    format('%I.%I', n.nspname, c.relname) AS name, has_table_privilege(session_user, r, 'SELECT') AS readable,
+    (SELECT string_agg(a.xmin::text, ',' ORDER BY a.attnum) FROM pg_attribute a
+     WHERE a.attrelid = r AND a.attnum > 0) AS version, pk.key, pk.ok
+    INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
-      LATERAL (SELECT string_agg(t.relname, ', ') AS stray FROM pg_class t  -- (a session that never had a
-               WHERE pg_my_temp_schema() <> 0 AND t.relnamespace = pg_my_temp_schema()  -- temporary object has none)
-                 AND t.relkind IN ('r', 'v', 'm', 'S', 'f', 'p') AND t.relowner <> (SELECT oid FROM pg_roles
-                                                                                WHERE rolname = current_user)) s,
       LATERAL (SELECT array_agg(a.attname::text ORDER BY k.o) AS key, bool_and(EXISTS (SELECT 1 FROM pg_operator o
                  WHERE o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprleft = a.atttypid
                    AND o.oprright = a.atttypid)) AS ok
@@ -411,14 +396,63 @@ BEGIN
                JOIN pg_attribute a ON a.attrelid = r AND a.attnum = k.num
                WHERE i.indrelid = r AND i.indisprimary AND i.indimmediate) pk
     WHERE c.oid = r;
-  IF why LIKE 'goex session:%' THEN
-    RAISE EXCEPTION '%', why;
-  ELSIF why IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: ' || why;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no such table';
+  END IF;
+  IF rel.relkind <> 'r' OR rel.relpersistence = 't' THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: not an ordinary table';
+  END IF;
+  IF current_setting('session_replication_role') <> 'origin' THEN
+    RAISE EXCEPTION '%', 'goex session: session_replication_role is ' || current_setting('session_replication_role');
+  END IF;
+  IF pg_my_temp_schema() <> 0 THEN  -- (a session that never had a temporary object has none)
+    SELECT string_agg(t.relname, ', ') INTO stray FROM pg_class t
+      WHERE t.relnamespace = pg_my_temp_schema() AND t.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')
+        AND t.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user);
+    IF stray IS NOT NULL THEN
+      RAISE EXCEPTION '%', 'goex session: temporary objects left by an action: ' || stray;
+    END IF;
+  END IF;
+  -- (relhassubclass, relhastriggers, relhasrules: true once a child, trigger or rule was added,
+  -- and a foreign key referencing the table adds triggers to it; false, there is none)
+  more := rel.relrowsecurity OR NOT rel.readable;  -- (neither is ever null)
+  FOREACH w IN ARRAY coalesce(idents || keys, '{{}}') LOOP
+    IF quote_ident(w) <> w THEN
+      more := true;
+    END IF;
+  END LOOP;
+  IF NOT more AND rel.relhassubclass THEN
+    more := EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = r);
+  END IF;
+  IF NOT more AND rel.relhastriggers THEN
+    more := EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = r AND NOT g.tgisinternal)
+      OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = r
+                 AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')));
+  END IF;
+  IF NOT more AND rel.relhasrules THEN
+    more := EXISTS (SELECT 1 FROM pg_rewrite x WHERE x.ev_class = r);
+  END IF;
+  IF NOT more AND cardinality(funcs) > 0 THEN
+    more := EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                    WHERE p.proname = ANY(funcs) AND n.nspname NOT IN ('pg_catalog', 'information_schema'));
+  END IF;
+  FOREACH nm IN ARRAY coalesce(named, '{{}}') LOOP  -- (the table itself is an ordinary one: checked above)
+    IF NOT more AND nm <> r THEN
+      more := coalesce((SELECT v.relkind NOT IN ('r', 'p') FROM pg_class v WHERE v.oid = nm), false);
+    END IF;
+  END LOOP;
+  IF more THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: the statement can change more than its rows';
+  END IF;
+  IF rel.key IS NULL OR (keys IS NOT NULL AND (rel.key <> keys OR NOT rel.ok)) THEN
+    RAISE EXCEPTION USING ERRCODE = 'GXNP1', MESSAGE = 'goex plain: no immediate primary key, or not the one given';
   END IF;
   PERFORM set_config('goex.plain_rel', r::oid::text, true);
   {_SEQUENCES}
-  RETURN out || jsonb_build_object('seqs', seqs);
+  RETURN jsonb_build_object('rel', r::oid::bigint, 'table', rel.name, 'key', to_jsonb(rel.key), 'version', rel.version,
+    'counts', jsonb_build_array(r::oid::bigint, pg_stat_get_xact_tuples_inserted(r),
+                                pg_stat_get_xact_tuples_updated(r), pg_stat_get_xact_tuples_deleted(r)),
+    'seqs', seqs);
 END
 $goex$;
 
@@ -635,6 +669,18 @@ _PIN = f"SELECT pg_catalog.set_config('search_path', '{_PATH}', true)"
 _TRIGGERS = ("SELECT coalesce(array_agg(oid ORDER BY oid), '{}') FROM pg_catalog.pg_trigger "
              "WHERE NOT tgisinternal AND tgname <> 'goex_capture'")
 
+
+# The plain path's queries around the statement (`_plain_run`). The start resolves the names as
+# the statement will resolve them (the session's search path, reset); `_ALONE` when the statement
+# names no relation but its target (which `goex.plain_start` checks itself), without the query
+# that resolves the others. The finish pins the search path first: the statement's settings must
+# not steer goex's queries.
+_PLAIN_START = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{VERSION}("
+                "pg_catalog.to_regclass(%s), %s, %s, %s, ARRAY(SELECT pg_catalog.to_regclass(n) "
+                "FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS n))")
+_PLAIN_START_ALONE = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{VERSION}("
+                      "pg_catalog.to_regclass(%s), %s, %s, %s, NULL)")
+_PLAIN_FINISH = f"{_PIN}, goex.plain_finish_{VERSION}()"
 
 _NOT_PLAIN_FOR = 5.0  # seconds a name the plain path refused goes to the capture-trigger path directly
 
@@ -867,6 +913,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         self._keys: dict[str, list[str]] = {}  # the plain path: a table's primary key, by the name as written
         self._not_plain: dict[str, float] = {}  # names the plain path refused lately, until when
         self._shapes: dict[tuple[int, str], dict[str, Any]] = {}  # the plain path: columns and shape by table, version
+        self._passed: set[str] = set()  # statement texts `check` let through
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -991,6 +1038,17 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 "detail": detail, "undo_runs_as": self.undo_role if undo is not None else None}
 
     # -- analysis --------------------------------------------------------------------------------
+
+    def check(self, statement: str, analysis: dict[str, Any]) -> None:
+        """The checks run once per statement text: here they read nothing but the text (its words
+        and tokens against fixed tables; `analysis` is the text's own), so a text that passed
+        passes again."""
+        if statement in self._passed:
+            return
+        super().check(statement, analysis)
+        if len(self._passed) > 4096:
+            self._passed.clear()
+        self._passed.add(statement)
 
     def _check_words(self, statement: str, said: list[str], analysis: dict[str, Any]) -> None:
         if "concurrently" in said:
@@ -1196,14 +1254,13 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             with conn.pipeline():
                 conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
                 conn.execute("RESET ALL")
-                first = conn.execute(pgsql.SQL(  # the names resolved here, as the statement will resolve them
-                    "SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{}("
-                    "pg_catalog.to_regclass(%s), %s, %s, %s, ARRAY(SELECT pg_catalog.to_regclass(n) "
-                    "FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS n))").format(pgsql.SQL(VERSION)),
-                    (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs), list(plain.tables)))
+                args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
+                if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
+                    first = conn.execute(_PLAIN_START_ALONE, args)
+                else:
+                    first = conn.execute(_PLAIN_START, (*args, list(plain.tables)))
                 cur = conn.execute(text, values)
-                # pinned first: the statement's settings must not steer goex's queries
-                last = conn.execute(pgsql.SQL("{}, goex.plain_finish_{}()").format(pgsql.SQL(_PIN), pgsql.SQL(VERSION)))
+                last = conn.execute(_PLAIN_FINISH)
         except psycopg.Error as exc:
             if (exc.diag.message_primary or "").startswith("goex session:"):
                 raise Dirty(_message(exc)) from None
