@@ -203,15 +203,25 @@ class Workspace:
         if self._folders is not None:
             yield self._kept_folder(parts[:-1], show(parts))
             return
+        fd = self.open_parent(parts)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def open_parent(self, parts: Parts) -> int:
+        """A new fd of the folder holding `parts` (canonical), opened from the root one folder at a
+        time without following links (as `parent`); the caller closes it."""
         fd = os.dup(self.root_fd)
         try:
             for name in parts[:-1]:
                 nfd = self._open_dir(fd, name, show(parts))
                 os.close(fd)
                 fd = nfd
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     @contextmanager
     def folder(self, parts: Parts) -> Iterator[int]:
