@@ -117,9 +117,12 @@ class Transaction:
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
         digest = hashlib.sha256(data).hexdigest()
-        if self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
-            # zlib's set-up costs more than it saves on small chunks: those are stored as they are
-            packed = zlib.compress(data, 1) if len(data) >= 4096 else data
+        if len(data) < 4096:  # stored as it is: one statement, which keeps a row already there
+            self._cur.execute("INSERT OR IGNORE INTO blobs(hash, size, data) VALUES (?, ?, ?)",
+                              (digest, len(data), b"r" + data))
+        elif self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+            # zlib's set-up costs more than it saves on small chunks: those (above) are stored as they are
+            packed = zlib.compress(data, 1)
             stored = b"z" + packed if len(packed) < len(data) else b"r" + data
             # appended in rowid order; only the small hash index takes a random insert
             self._cur.execute("INSERT INTO blobs(hash, size, data) VALUES (?, ?, ?)", (digest, len(data), stored))
