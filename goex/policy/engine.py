@@ -16,6 +16,11 @@ class _Compiled:
     rule: Rule
     types: re.Pattern[str] | None
     paths: list[re.Pattern[str]] = field(default_factory=list)
+    any_path: re.Pattern[str] | None = field(init=False, default=None)  # the path patterns as one alternation
+
+    def __post_init__(self) -> None:
+        if self.paths and len({rx.flags for rx in self.paths}) == 1:  # each anchored: `a|b` matches where a or b does
+            self.any_path = re.compile("|".join(f"(?:{rx.pattern})" for rx in self.paths), self.paths[0].flags)
 
 
 class Policy:
@@ -157,7 +162,10 @@ def _ask_rule(rule: PythonRule, action_type: str, targets: list[str], preview: d
 
 def _matches(c: _Compiled, targets: list[str], preview: dict[str, Any]) -> bool:
     """Whether rule `c`, whose type pattern takes the action's type, matches its targets and preview."""
-    if c.paths and not any(rx.match(t) for rx in c.paths for t in targets):
+    if c.any_path is not None:
+        if not any(c.any_path.match(t) for t in targets):
+            return False
+    elif c.paths and not any(rx.match(t) for rx in c.paths for t in targets):
         return False
     for key, want in c.rule.match.preview.items():
         have = preview.get(key)

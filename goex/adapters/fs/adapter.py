@@ -371,14 +371,6 @@ class FileAdapter(Adapter):
             with self.ws.parent(parts) as fd:
                 yield fd
 
-    def _hold_parent(self, parts: Parts) -> int | None:
-        """Open the folder holding `parts` for the action's steps to share (`release` closes it);
-        None when it does not exist yet."""
-        try:
-            return self.ws.open_parent(parts)
-        except FileNotFoundError:
-            return None
-
     def _capture(self, parts: Parts, put_blob: PutBlob, state: dict[str, Any] | None = None) -> tree.Node:
         try:
             with self._held_parent(state, parts) if state is not None else self.ws.parent(parts) as dfd:
@@ -441,13 +433,13 @@ class FileAdapter(Adapter):
     # -- fs.write ------------------------------------------------------------------------------
 
     def _prepare_write(self, a: FsWrite) -> Prepared:
-        parts = self.ws.resolve(a.path, follow=True)
-        if not parts:
-            raise ActionFailed("fs.write: the workspace root is a folder; name a file")
-        if a.path.endswith("/"):
-            raise ActionFailed(f"fs.write: {a.path!r} ends with '/': name a file, not a folder")
-        dfd = self._hold_parent(parts)  # capture and apply act through this same folder
+        # the folder the resolution ended in stays open: capture and apply act through it
+        parts, dfd = self.ws.resolve_held(a.path, follow=True)
         try:
+            if not parts:
+                raise ActionFailed("fs.write: the workspace root is a folder; name a file")
+            if a.path.endswith("/"):
+                raise ActionFailed(f"fs.write: {a.path!r} ends with '/': name a file, not a folder")
             st = tree._lstat(dfd, parts[-1]) if dfd is not None else None
             created: list[Parts] = []
             if st is None:
