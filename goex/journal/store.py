@@ -200,10 +200,11 @@ class Journal(Reads):
         if version != str(FORMAT_VERSION):
             self.close()
             raise JournalCorrupt(f"journal format {version} is not supported (expected {FORMAT_VERSION})")
-        self._identity = _identity(self.folder / "journal.db")
+        self._identity = _identity(self._db_file)
 
     def _setup(self, folder: str | os.PathLike[str], durability: str) -> None:
         self.folder = Path(folder)
+        self._db_file = os.fspath(self.folder / "journal.db")  # checked before every action: made once
         self.durability = durability
         self.readonly = False
         self._thread_lock = threading.RLock()
@@ -300,7 +301,7 @@ class Journal(Reads):
                                              if self.readonly else "this runtime is closed; open a new goex.Runtime")
                 if not self._holding:
                     self._take_lock()
-                if self._identity is not None and _identity(self.folder / "journal.db") != self._identity:
+                if self._identity is not None and _identity(self._db_file) != self._identity:
                     self._deferred.clear()  # nowhere to write them any more
                     self._holding, self._lock_depth = False, 0
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -856,7 +857,7 @@ def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], 
                              f"rewritten at or before record {seq}; nothing was done from it", seq=seq)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
