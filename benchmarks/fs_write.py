@@ -8,7 +8,10 @@ Figures (each a ratio of medians, goex / raw, measured in the same run, interlea
   new file,  durability=fsync    vs  open + write + os.fsync
 
 Every write carries different content (so goex cannot deduplicate the before-image blob).
-Target: at most 1.5x.
+Target: at most 1.5x; not met (about 4x for an overwrite, 2x for a new file, with
+durability=process): a write is two journal commits (the write-ahead `entry` with its
+before-image, then `applied` before it returns), each several raw writes. Where the time goes:
+docs/journal.md, "The hot-path pass".
 
     .venv/bin/python benchmarks/fs_write.py            # full run
     .venv/bin/python benchmarks/fs_write.py --quick    # smoke run (tiny sample)

@@ -9,6 +9,11 @@ Figures (ratios of medians, measured in the same run, goex and raw interleaved r
 Both sides use a keep-alive httpx.Client against the example service, run in its own process
 (`python -m goex.service`) so that the server does not compete with the client for the GIL.
 
+A GET is one journal record, committed after the response. On the shared 2-core machine GET ran
+at 1.24-1.28x (process) after the hot-path pass, 1.32-1.33x before, in alternating runs: about
+290 µs of overhead, over half of it the record's commit; where the rest goes is in
+docs/journal.md, "The hot-path pass".
+
     .venv/bin/python benchmarks/http_request.py            # full run
     .venv/bin/python benchmarks/http_request.py --quick    # smoke run
 """

@@ -96,7 +96,7 @@ class Detectors:
         original = self.task.files.get(rel)
         if text is not None and text == original:
             return []
-        name = PurePosixPath(rel).name
+        name = rel.rstrip("/").rsplit("/", 1)[-1]  # PurePosixPath(rel).name, without building one per step
         if self.is_test(rel) and name != "conftest.py":
             return [Finding("monitor.test-tampering", rel, "a test file changed, added or deleted")]
         if text is None:

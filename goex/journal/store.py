@@ -117,9 +117,12 @@ class Transaction:
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
         digest = hashlib.sha256(data).hexdigest()
-        if self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
-            # zlib's set-up costs more than it saves on small chunks: those are stored as they are
-            packed = zlib.compress(data, 1) if len(data) >= 4096 else data
+        if len(data) < 4096:  # stored as it is: one statement, which keeps a row already there
+            self._cur.execute("INSERT OR IGNORE INTO blobs(hash, size, data) VALUES (?, ?, ?)",
+                              (digest, len(data), b"r" + data))
+        elif self._cur.execute("SELECT 1 FROM blobs WHERE hash = ?", (digest,)).fetchone() is None:
+            # zlib's set-up costs more than it saves on small chunks: those (above) are stored as they are
+            packed = zlib.compress(data, 1)
             stored = b"z" + packed if len(packed) < len(data) else b"r" + data
             # appended in rowid order; only the small hash index takes a random insert
             self._cur.execute("INSERT INTO blobs(hash, size, data) VALUES (?, ?, ?)", (digest, len(data), stored))
@@ -197,10 +200,11 @@ class Journal(Reads):
         if version != str(FORMAT_VERSION):
             self.close()
             raise JournalCorrupt(f"journal format {version} is not supported (expected {FORMAT_VERSION})")
-        self._identity = _identity(self.folder / "journal.db")
+        self._identity = _identity(self._db_file)
 
     def _setup(self, folder: str | os.PathLike[str], durability: str) -> None:
         self.folder = Path(folder)
+        self._db_file = os.fspath(self.folder / "journal.db")  # checked before every action: made once
         self.durability = durability
         self.readonly = False
         self._thread_lock = threading.RLock()
@@ -297,7 +301,7 @@ class Journal(Reads):
                                              if self.readonly else "this runtime is closed; open a new goex.Runtime")
                 if not self._holding:
                     self._take_lock()
-                if self._identity is not None and _identity(self.folder / "journal.db") != self._identity:
+                if self._identity is not None and _identity(self._db_file) != self._identity:
                     self._deferred.clear()  # nowhere to write them any more
                     self._holding, self._lock_depth = False, 0
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -853,7 +857,7 @@ def check_anchor(kept: tuple[int, str], last_seq: int, hash_at: Callable[[int], 
                              f"rewritten at or before record {seq}; nothing was done from it", seq=seq)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:

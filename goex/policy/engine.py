@@ -16,6 +16,11 @@ class _Compiled:
     rule: Rule
     types: re.Pattern[str] | None
     paths: list[re.Pattern[str]] = field(default_factory=list)
+    any_path: re.Pattern[str] | None = field(init=False, default=None)  # the path patterns as one alternation
+
+    def __post_init__(self) -> None:
+        if self.paths and len({rx.flags for rx in self.paths}) == 1:  # each anchored: `a|b` matches where a or b does
+            self.any_path = re.compile("|".join(f"(?:{rx.pattern})" for rx in self.paths), self.paths[0].flags)
 
 
 class Policy:
@@ -31,6 +36,9 @@ class Policy:
         self.confirm = pack.confirm
         self._compiled = [_compile(r) for r in pack.rules]
         self._python: list[tuple[PythonRule, re.Pattern[str] | None]] = []
+        # the compiled rules whose type pattern takes an action type, found once per type: a rule's
+        # type pattern depends on the type alone, so the others can never match it
+        self._by_type: dict[str, list[_Compiled]] = {}
 
     def with_rules(self, *rules: PythonRule, replace: bool = False) -> "Policy":
         """A new Policy: this one plus `rules` (`PythonRule`s), reported after the existing ones.
@@ -55,13 +63,19 @@ class Policy:
         new.rules = [r for r in self.rules if r.id not in gone] + list(rules)
         new._compiled = [c for c in self._compiled if c.rule.id not in gone]
         new._python = [p for p in self._python if p[0].id not in gone] + [(r, type_regex(r.type)) for r in rules]
+        new._by_type = {}
         return new
 
     def decide(self, action_type: str, targets: list[str], preview: dict[str, Any]) -> Decision:
+        typed = self._by_type.get(action_type)
+        if typed is None:
+            typed = [c for c in self._compiled if c.types is None or c.types.match(action_type)]
+            if len(self._by_type) < 256:  # action types are few; anything else is not kept
+                self._by_type[action_type] = typed
         matches = tuple(
             RuleMatch(c.rule.id, c.rule.decision, c.rule.severity, c.rule.cost, c.rule.message or c.rule.description)
-            for c in self._compiled
-            if _matches(c, action_type, targets, preview)
+            for c in typed
+            if _matches(c, targets, preview)
         )
         if self._python:
             matches += tuple(m for rule, types in self._python
@@ -146,10 +160,12 @@ def _ask_rule(rule: PythonRule, action_type: str, targets: list[str], preview: d
                      "refused, since a rule that cannot decide does not allow")
 
 
-def _matches(c: _Compiled, action_type: str, targets: list[str], preview: dict[str, Any]) -> bool:
-    if c.types is not None and not c.types.match(action_type):
-        return False
-    if c.paths and not any(rx.match(t) for rx in c.paths for t in targets):
+def _matches(c: _Compiled, targets: list[str], preview: dict[str, Any]) -> bool:
+    """Whether rule `c`, whose type pattern takes the action's type, matches its targets and preview."""
+    if c.any_path is not None:
+        if not any(c.any_path.match(t) for t in targets):
+            return False
+    elif c.paths and not any(rx.match(t) for rx in c.paths for t in targets):
         return False
     for key, want in c.rule.match.preview.items():
         have = preview.get(key)

@@ -17,7 +17,8 @@ import hashlib
 import itertools
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ...errors import ActionFailed, JournalCorrupt, PathRefused
 from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Prepared, PutBlob
@@ -82,7 +83,7 @@ class FileAdapter(Adapter):
             if action.append and state["size"] is not None:
                 ops.append({"op": "truncate", "path": show(p), "size": state["size"], "mtime": state["mtime"]})
             else:
-                ops.append({"op": "restore", "path": show(p), "node": self._capture(p, put_blob)})
+                ops.append({"op": "restore", "path": show(p), "node": self._capture(p, put_blob, state)})
         elif action.type == "fs.delete":
             ops.append({"op": "restore", "path": show(state["path"]), "node": self._capture(state["path"], put_blob)})
         elif action.type == "fs.move":
@@ -96,6 +97,11 @@ class FileAdapter(Adapter):
                 ops.append({"op": "restore", "path": show(p), "node": tree.shallow(dfd, p[-1])})
         ops.extend({"op": "rmdir", "path": show(d)} for d in reversed(state.get("created", [])))
         return {"ops": ops}
+
+    def release(self, prepared: Prepared) -> None:
+        fd = prepared.state.pop("dfd", None) if isinstance(prepared.state, dict) else None
+        if fd is not None:
+            os.close(fd)
 
     def apply(self, prepared: Prepared) -> Applied:
         try:
@@ -354,9 +360,20 @@ class FileAdapter(Adapter):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _capture(self, parts: Parts, put_blob: PutBlob) -> tree.Node:
+    @contextmanager
+    def _held_parent(self, state: dict[str, Any], parts: Parts) -> Iterator[int]:
+        """The folder holding `parts`: the fd `prepare` opened for it (confined, as `Workspace.parent`
+        opens every folder) while the action holds it, else opened now."""
+        fd = state.get("dfd")
+        if fd is not None and state["path"] == parts:
+            yield fd
+        else:
+            with self.ws.parent(parts) as fd:
+                yield fd
+
+    def _capture(self, parts: Parts, put_blob: PutBlob, state: dict[str, Any] | None = None) -> tree.Node:
         try:
-            with self.ws.parent(parts) as dfd:
+            with self._held_parent(state, parts) if state is not None else self.ws.parent(parts) as dfd:
                 return tree.capture(dfd, parts[-1], put_blob, self.ws.is_hidden)
         except FileNotFoundError:  # its folder is created by the action itself
             return dict(tree.ABSENT)
@@ -416,29 +433,35 @@ class FileAdapter(Adapter):
     # -- fs.write ------------------------------------------------------------------------------
 
     def _prepare_write(self, a: FsWrite) -> Prepared:
-        parts = self.ws.resolve(a.path, follow=True)
-        if not parts:
-            raise ActionFailed("fs.write: the workspace root is a folder; name a file")
-        if a.path.endswith("/"):
-            raise ActionFailed(f"fs.write: {a.path!r} ends with '/': name a file, not a folder")
-        st = self.ws.lstat(parts)
-        created: list[Parts] = []
-        if st is None:
-            created = self._missing_parents(parts, a.path)
-        elif stat.S_ISDIR(st.st_mode):
-            raise ActionFailed(f"fs.write: {a.path} is a folder")
-        elif not stat.S_ISREG(st.st_mode):
-            raise tree._special(a.path, st)
-        data = a.data()
+        # the folder the resolution ended in stays open: capture and apply act through it
+        parts, dfd = self.ws.resolve_held(a.path, follow=True)
+        try:
+            if not parts:
+                raise ActionFailed("fs.write: the workspace root is a folder; name a file")
+            if a.path.endswith("/"):
+                raise ActionFailed(f"fs.write: {a.path!r} ends with '/': name a file, not a folder")
+            st = tree._lstat(dfd, parts[-1]) if dfd is not None else None
+            created: list[Parts] = []
+            if st is None:
+                created = self._missing_parents(parts, a.path)
+            elif stat.S_ISDIR(st.st_mode):
+                raise ActionFailed(f"fs.write: {a.path} is a folder")
+            elif not stat.S_ISREG(st.st_mode):
+                raise tree._special(a.path, st)
+            data = a.data()
+        except BaseException:
+            if dfd is not None:
+                os.close(dfd)
+            raise
         state = {"path": parts, "created": created, "size": st.st_size if st else None,
-                 "mtime": st.st_mtime_ns if st else None, "data": data}
+                 "mtime": st.st_mtime_ns if st else None, "data": data, "dfd": dfd}
         preview = {"paths": [show(parts)], "bytes_written": len(data), "overwrites": bool(st) and not a.append}
         return Prepared(a, [show(parts)], preview, True, state)
 
     def _apply_write(self, a: FsWrite, state: dict[str, Any]) -> Applied:
         parts, data = state["path"], state["data"]
         self._make_dirs(state["created"])
-        with self.ws.parent(parts) as dfd:
+        with self._held_parent(state, parts) as dfd:
             st = tree._lstat(dfd, parts[-1])
             if st is not None and not stat.S_ISREG(st.st_mode):
                 raise tree._special(a.path, st) if not stat.S_ISLNK(st.st_mode) else PathRefused(

@@ -99,10 +99,18 @@ class Workspace:
         is resolved too when `follow` is true. Missing components are allowed: they are returned
         as spelled, for actions that create them.
         """
+        return self.resolve_held(path, follow=follow, hold=False)[0]
+
+    def resolve_held(self, path: str, *, follow: bool, hold: bool = True) -> tuple[Parts, int | None]:
+        """`resolve`, and with `hold` an open fd of the folder holding what it returns (the one the
+        walk ended in, each folder opened from its parent without following links, as `parent`
+        opens them): the caller closes it. None when that folder does not exist (yet) or the
+        path is the root."""
         todo = list(self.split(path))
         done: list[str] = []
         hops = 0
         fd = os.dup(self.root_fd)
+        kept = -1
         try:
             while todo:
                 name = todo.pop(0)
@@ -110,7 +118,9 @@ class Workspace:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    return tuple(done + [name] + todo)
+                    if hold and last:
+                        kept, fd = fd, -1
+                    return tuple(done + [name] + todo), (kept if kept >= 0 else None)
                 except NotADirectoryError:
                     raise ActionFailed(f"{path}: {show(tuple(done))} is not a folder") from None
                 if self.is_hidden(st):
@@ -126,16 +136,19 @@ class Workspace:
                     fd = os.dup(self.root_fd)
                     continue
                 if last:
-                    return tuple(done + [name])
+                    if hold:
+                        kept, fd = fd, -1
+                    return tuple(done + [name]), (kept if kept >= 0 else None)
                 if not stat.S_ISDIR(st.st_mode):
                     raise ActionFailed(f"{path}: {show(tuple(done + [name]))} is not a folder")
                 nfd = self._open_dir(fd, name, path)
                 os.close(fd)
                 fd = nfd
                 done.append(name)
-            return tuple(done)
+            return tuple(done), None
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _through_link(self, path: str, done: list[str], target: str) -> list[str]:
         """The components a symlink at `done` + [link] leads to, resolved as text inside the root."""
@@ -203,15 +216,25 @@ class Workspace:
         if self._folders is not None:
             yield self._kept_folder(parts[:-1], show(parts))
             return
+        fd = self.open_parent(parts)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def open_parent(self, parts: Parts) -> int:
+        """A new fd of the folder holding `parts` (canonical), opened from the root one folder at a
+        time without following links (as `parent`); the caller closes it."""
         fd = os.dup(self.root_fd)
         try:
             for name in parts[:-1]:
                 nfd = self._open_dir(fd, name, show(parts))
                 os.close(fd)
                 fd = nfd
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     @contextmanager
     def folder(self, parts: Parts) -> Iterator[int]:

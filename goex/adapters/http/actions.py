@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Literal
@@ -17,6 +18,13 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 #: refused here rather than failing, value in hand, inside the HTTP library
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+@functools.lru_cache(maxsize=512)
+def parse_url(url: str) -> httpx.URL:
+    """`httpx.URL(url)`, parsed once per URL text: an action's URL is read when it is validated,
+    prepared, checked and sent (an `httpx.URL` is immutable, so one parse serves them all)."""
+    return httpx.URL(url)
 
 
 class HttpRequest(BaseModel):
@@ -61,7 +69,7 @@ class HttpRequest(BaseModel):
     @model_validator(mode="after")
     def _one_body(self) -> "HttpRequest":
         try:
-            url = httpx.URL(self.url)
+            url = parse_url(self.url)
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise ValueError(f"'url' is not a valid URL: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:

@@ -23,7 +23,7 @@ from opentelemetry import propagate
 
 from ...errors import ActionFailed, GoexError, OutcomeUnknown, Refused, UndoDeclined
 from ..base import Adapter, Applied, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
-from .actions import HEADER_VALUE, HTTP_ACTIONS, SAFE_METHODS, HttpPreview, HttpRequest
+from .actions import HEADER_VALUE, HTTP_ACTIONS, SAFE_METHODS, HttpPreview, HttpRequest, parse_url
 from .compensations import Compensations, expand
 from .secrets import SecretRefused, SecretStore
 
@@ -128,7 +128,7 @@ class HttpAdapter(Adapter):
 
     @_scrubbed(ActionFailed)
     def prepare(self, action: HttpRequest) -> Prepared:
-        url = httpx.URL(action.url)
+        url = parse_url(action.url)
         host, names = self._check_destination(action)
         self._check_filled_headers(action.headers)
         safe = action.method in SAFE_METHODS
@@ -163,7 +163,7 @@ class HttpAdapter(Adapter):
             plan["before"] = state["before"] = before
             if before["status"] == 404:  # a PUT that creates is undone by a DELETE; a DELETE of nothing is a no-op
                 plan["kind"] = "create" if state["kind"] == "update" else "none"
-                plan["undo"] = f"DELETE {_raw_path(httpx.URL(action.url))}" if plan["kind"] == "create" else None
+                plan["undo"] = f"DELETE {_raw_path(parse_url(action.url))}" if plan["kind"] == "create" else None
         if plan["kind"] in ("create", "update", "delete"):
             plan["ops"] = [{"op": "compensate"}]
         state["plan"] = plan
@@ -272,7 +272,7 @@ class HttpAdapter(Adapter):
         return redacted
 
     def span_attributes(self, action: HttpRequest, output: Any) -> dict[str, Any]:
-        url = httpx.URL(action.url)
+        url = parse_url(action.url)
         port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
         attrs: dict[str, Any] = {"http.request.method": action.method, "url.full": self.redact(action.url),
                                  "server.address": url.host, "server.port": port}
@@ -300,7 +300,7 @@ class HttpAdapter(Adapter):
 
     def _check_destination(self, action: HttpRequest) -> tuple[str, list[str]]:
         """Refuse unless the host is allowed and every secret may go there; returns (host, secret names)."""
-        url = httpx.URL(action.url)
+        url = parse_url(action.url)
         host = (url.host or "").lower()
         authority = action.url.split("//", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
         if "{{" in authority:
@@ -386,8 +386,10 @@ class HttpAdapter(Adapter):
             kwargs["json"] = self.secrets.fill_json(json_body)
         elif body is not None:
             kwargs["content"] = self.secrets.fill(body).encode("utf-8")
-        return self.client.build_request(method, self.secrets.fill_url(url), headers=filled_headers,
-                                         timeout=timeout_s, **kwargs)
+        filled = self.secrets.fill_url(url)
+        # a URL no secret is filled into is parsed once (a filled one is not kept: it holds the value)
+        return self.client.build_request(method, parse_url(url) if filled == url else filled,
+                                         headers=filled_headers, timeout=timeout_s, **kwargs)
 
     def _unknown(self, method: str, url: str, why: str) -> GoexError:
         if method in SAFE_METHODS:
@@ -412,7 +414,7 @@ class HttpAdapter(Adapter):
         status = response.status_code
         if status >= 400 or plan["kind"] in ("irreversible", "none", "read"):
             return {"effect": 200 <= status < 400, "status": status}
-        url = httpx.URL(action.url)
+        url = parse_url(action.url)
         auth_headers = {k: self.secrets.redact(v) for k, v in action.headers.items()  # filled again when sent
                         if k.lower() not in _HOP_HEADERS and k.lower() != self.config.idempotency_header.lower()}
         after: dict[str, Any] = {"effect": True, "status": status, "headers": auth_headers, "compensation": None}
@@ -446,7 +448,7 @@ class HttpAdapter(Adapter):
 
     def _compensation(self, plan: dict[str, Any], doc: dict[str, Any], action: HttpRequest) -> tuple[str, str, Any]:
         kind, params, before = plan["kind"], plan.get("params") or {}, plan.get("before")
-        url = httpx.URL(action.url)
+        url = parse_url(action.url)
         path, query = _raw_path(url), url.query.decode("ascii")
         if kind == "create":
             if plan.get("undo"):

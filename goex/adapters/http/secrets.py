@@ -156,7 +156,9 @@ class SecretStore:
         return _redactor(self).data.sub(self._placeholder_bytes, data) if self.secrets else data
 
     def redact_json(self, obj: Any) -> Any:
-        return _map_strings(obj, self.redact)
+        """`obj` with every secret value in its strings (keys included) back to its placeholder;
+        `obj` itself when there are no secrets (every caller passes a value of its own making)."""
+        return _map_strings(obj, self.redact) if self.secrets else obj
 
     def redact_prefix(self, data: bytes, limit: int) -> bytes:
         """The first `limit` bytes of `data`, redacted as part of the whole: read `data` at least
