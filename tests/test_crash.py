@@ -190,11 +190,13 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def recover_undo_and_check(root: Path, before: dict[str, tuple]) -> dict[str, str]:
-    """`goex recover`, `goex undo --all`, then the tree must be `before` exactly and verify pass."""
+    """`goex recover`, `goex undo --all`, then the tree must be `before` exactly and verify pass.
+    Recovery reverts an interrupted action, finishes an interrupted undo, or keeps a write that
+    completed before its `applied` record was written (the undo then takes it back like any other)."""
     rec = goex_cli("recover", "--root", str(root))
     assert rec.returncode == 0, rec.out + rec.err
     outcomes = dict(line.split(": ", 1) for line in rec.out.splitlines() if line.startswith("e"))
-    assert all(o in ("reverted", "undone") for o in outcomes.values()), rec.out
+    assert all(o in ("reverted", "undone", "applied") for o in outcomes.values()), rec.out
     undo = goex_cli("undo", "--root", str(root), "--all")
     assert undo.returncode == 0, undo.out + undo.err
     after = snapshot(root)
@@ -241,7 +243,7 @@ def test_killed_worker_is_recovered_and_undone_exactly(tmp_path: Path, worker_sc
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(iteration, range(ITERATIONS)))
     entries = [n for n, _ in results]
-    interrupted = [o for _, o in results if "reverted" in o.values()]
+    interrupted = [o for _, o in results if {"reverted", "applied"} & set(o.values())]
     print(f"\nentries journaled per run: {entries}; runs killed inside an action: {len(interrupted)}/{ITERATIONS}")
     assert sum(entries) > ITERATIONS * 3, "the workers barely ran before being killed"
     assert len(interrupted) >= 3, "no kill landed inside an action: the test did not test recovery"
@@ -470,22 +472,28 @@ def start_deferring(tmp_path: Path, root: Path, bound: float, count: int,
 
 
 def test_by_default_an_action_that_returned_survives_a_kill_right_after(tmp_path: Path):
-    """Outside the gym's worlds the `applied` record is committed before the action returns: a
-    process killed at once after its last action leaves every entry applied, nothing to recover."""
+    """A write's `applied` record may wait for the next commit (recovery keeps a write that
+    completed: `Adapter.settles`): a process killed at once after its last action leaves that
+    entry pending, and recovery keeps it applied, with the content it wrote; nothing reverted."""
     root = tmp_path / "root"
     root.mkdir()
+    before = snapshot(root)
     proc, last = start_deferring(tmp_path, root, bound=3600, count=3, defers=False)
     kill(proc)
     with goex.Runtime(root, policy="permissive") as rt:
+        statuses = {r["id"]: r["status"] for r in rt.log()}
+        assert [s for e, s in statuses.items() if e != last] == ["applied"] * 2
+        assert rt.recover().outcomes == {last: "applied"}
         assert {r["id"]: r["status"] for r in rt.log()}[last] == "applied"
-        assert rt.recover().outcomes == {}
         rt.verify()
     assert (root / "f2.txt").read_text() == "version 2\n"
+    assert recover_undo_and_check(root, before) == {}
 
 
-def test_killed_before_its_deferred_applied_record_is_written_is_reverted_exactly(tmp_path: Path):
+def test_killed_before_its_deferred_applied_record_is_written_keeps_the_completed_write(tmp_path: Path):
     """The last action returned, its `applied` record waits for the next commit, the process dies:
-    its entry is pending, recovery reverts it exactly, and every earlier action stays applied."""
+    its entry is pending; the file holds what it wrote, so recovery keeps it (applied) and the
+    undo takes it back exactly like every earlier action."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "f1.txt").write_text("first\n")
@@ -498,13 +506,58 @@ def test_killed_before_its_deferred_applied_record_is_written_is_reverted_exactl
     assert statuses[last] == "pending"
     assert [s for e, s in statuses.items() if e != last] == ["applied"] * 4
     rec = goex_cli("recover", "--root", str(root))
-    assert rec.returncode == 0 and rec.out.strip() == f"{last}: reverted", rec.out + rec.err
-    # the fifth write (f1.txt, "version 4") is undone; the fourth (f0.txt, "version 3") stays
-    assert (root / "f1.txt").read_text() == "version 1\n"
+    assert rec.returncode == 0 and rec.out.strip() == f"{last}: applied", rec.out + rec.err
+    assert (root / "f1.txt").read_text() == "version 4\n"
     assert (root / "f0.txt").read_text() == "version 3\n"
-    assert (root / "f2.txt").read_text() == "version 2\n"
+    with goex.Runtime(root, policy="permissive") as rt:  # its `after` was read off the disk: undo checks it
+        (root / "f1.txt").write_text("changed outside\n")
+        with pytest.raises(goex.UndoConflict, match="f1.txt"):
+            rt.rollback_all()  # the newest entry first: nothing is undone
+        (root / "f1.txt").write_text("version 4\n")
     outcomes = recover_undo_and_check(root, before)
     assert outcomes == {}
+
+
+TORN = r'''
+import os, signal, sys
+import goex
+from goex.adapters.fs import tree
+
+root, torn = sys.argv[1], sys.argv[2] == "torn"
+real = tree.write_all
+
+def write_then_die(fd, data):
+    real(fd, data[: len(data) // 2] if torn else data)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+rt = goex.Runtime(root, policy="permissive")
+tree.write_all = write_then_die
+rt.session().execute({"type": "fs.write", "path": "deep/er/a.txt", "content": "new content " * 1000})
+'''
+
+
+@pytest.mark.parametrize("torn", [True, False], ids=["torn-write", "whole-write"])
+def test_a_write_killed_in_the_middle_is_reverted_and_a_whole_one_kept(tmp_path: Path, torn: bool):
+    """Killed inside the write itself: half the content written is reverted (the file and the
+    folders it created go); all of it written is kept as applied, with an `after` read off the
+    disk that undo checks and restores from."""
+    root = tmp_path / "root"
+    (root / "deep").mkdir(parents=True)
+    before = snapshot(root)
+    script = tmp_path / "torn.py"
+    script.write_text(TORN)
+    proc = subprocess.run([sys.executable, str(script), str(root), "torn" if torn else "whole"],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode(errors="replace")
+    target = root / "deep" / "er" / "a.txt"
+    assert target.exists()
+    rec = goex_cli("recover", "--root", str(root))
+    assert rec.returncode == 0 and rec.out.strip() == f"e1: {'reverted' if torn else 'applied'}", rec.out + rec.err
+    if torn:
+        assert snapshot(root) == before
+    else:
+        assert target.read_text() == "new content " * 1000
+    assert recover_undo_and_check(root, before) == {}
 
 
 def test_a_second_process_waits_for_a_deferred_record_and_never_reverts_it(tmp_path: Path):

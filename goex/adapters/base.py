@@ -196,6 +196,12 @@ class Adapter(abc.ABC):
         self.revert(plan, None, get_blob, True)
         return "reverted", {}, ""
 
+    def settles(self, plan: dict[str, Any]) -> bool:
+        """Whether `recover` of this entry, once its effect completed, finds that off the world and
+        keeps it as applied (never reverts it). Then its `applied` record may wait for the next
+        journal commit (`Journal.defer(settled=True)`): a result already returned survives a kill."""
+        return False
+
     # -- coalesced undo of a range (optional) ----------------------------------------------------
 
     def coalesce(self, plan: dict[str, Any], after: dict[str, Any]) -> Coalesced | None:

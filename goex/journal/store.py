@@ -380,7 +380,7 @@ class Journal(Reads):
         with self.transaction(durable=durable) as tx:
             return tx.append(kind, **fields)
 
-    def defer(self, kind: str, **fields: Any) -> None:
+    def defer(self, kind: str, *, settled: bool = False, **fields: Any) -> None:
         """Append a record with this journal's next commit instead of a commit of its own: an
         action's `applied` record rides with the next action's `entry`. Call it holding the lock
         (`exclusive`). Unless `defers` is set, and when another process or runtime waits for the
@@ -389,11 +389,12 @@ class Journal(Reads):
         `query`, `snapshot`), `flush`, `close`, interpreter exit, or a helper thread once
         DEFER_BOUND seconds passed without a commit. No other process can act, undo or recover
         meanwhile; a process killed before it is written leaves its entry pending, and recovery
-        settles it as any action interrupted before its record."""
+        settles it as any action interrupted before its record. `settled`: recovery keeps such an
+        entry as applied (`Adapter.settles`), so the record waits even where `defers` is off."""
         with self._thread_lock:
             if self._lock_depth == 0:
                 raise RuntimeError("Journal.defer is called holding the journal's lock")
-            if not self.defers or self._others_waiting():  # written now; the lock goes after the action
+            if not (self.defers or settled) or self._others_waiting():  # written now; the lock goes after the action
                 self.append(kind, **fields)
                 return
             self._deferred.append((kind, {"time": round(time.time(), 6), **fields}))

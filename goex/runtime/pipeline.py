@@ -509,7 +509,8 @@ class Runtime(Approvals, Undo, Recovery):
             status = "denied" if isinstance(exc, Refused) else "failed"
             return Result(False, eid, error=reason, status=status, session=session.id, type=model.type,
                           decision=decision)
-        self.journal.defer("applied", entry=eid, after=applied.after)  # written with the next commit
+        # written with the next commit (where the journal defers, or recovery would keep it anyway)
+        self.journal.defer("applied", entry=eid, after=applied.after, settled=adapter.settles(plan))
         return Result(True, eid, applied.output, session=session.id, type=model.type, decision=decision)
 
     def _apply_staged(self, outcome: "_Outcomes", prepared: Prepared, decision: Decision, eid: str,
@@ -558,7 +559,8 @@ class Runtime(Approvals, Undo, Recovery):
                     raise
                 return Result(False, eid, error=error, status="failed", session=session.id, type=model.type,
                               decision=decision)
-        self.journal.defer("applied", entry=eid, after={"captured": cseq})  # written with the next commit
+        self.journal.defer("applied", entry=eid, after={"captured": cseq},  # written with the next commit
+                           settled=adapter.settles({**plan, "captured": captured}))
         return Result(True, eid, staged.output, session=session.id, type=model.type, decision=decision)
 
     # -- journaling ----------------------------------------------------------------------------

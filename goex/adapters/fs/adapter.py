@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ...errors import ActionFailed, JournalCorrupt, PathRefused
-from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Prepared, PutBlob
+from ..base import Adapter, Applied, Coalesced, Context, Damage, GetBlob, Outcome, Prepared, PutBlob
 from . import tree
 from .actions import FS_ACTIONS, FsChmod, FsDelete, FsList, FsMkdir, FsMove, FsPreview, FsRead, FsWrite
 from .workspace import Parts, Workspace, show
@@ -78,12 +78,16 @@ class FileAdapter(Adapter):
     def capture(self, prepared: Prepared, put_blob: PutBlob) -> dict[str, Any]:
         action, state = prepared.action, prepared.state
         ops: list[dict[str, Any]] = []
+        expect: dict[str, str] | None = None
         if action.type == "fs.write":
             p = state["path"]
             if action.append and state["size"] is not None:
                 ops.append({"op": "truncate", "path": show(p), "size": state["size"], "mtime": state["mtime"]})
             else:
                 ops.append({"op": "restore", "path": show(p), "node": self._capture(p, put_blob, state)})
+                # what the write leaves there, for `recover` to tell a write that completed
+                state["sha"] = hashlib.sha256(state["data"]).hexdigest()
+                expect = {"path": show(p), "sha": state["sha"]}
         elif action.type == "fs.delete":
             ops.append({"op": "restore", "path": show(state["path"]), "node": self._capture(state["path"], put_blob)})
         elif action.type == "fs.move":
@@ -96,7 +100,7 @@ class FileAdapter(Adapter):
             with self.ws.parent(p) as dfd:
                 ops.append({"op": "restore", "path": show(p), "node": tree.shallow(dfd, p[-1])})
         ops.extend({"op": "rmdir", "path": show(d)} for d in reversed(state.get("created", [])))
-        return {"ops": ops}
+        return {"ops": ops, "expect": expect} if expect else {"ops": ops}
 
     def release(self, prepared: Prepared) -> None:
         fd = prepared.state.pop("dfd", None) if isinstance(prepared.state, dict) else None
@@ -190,6 +194,28 @@ class FileAdapter(Adapter):
         self.confine_plan(plan)  # every op, before the first one touches anything
         for op in plan.get("ops", []):
             getattr(self, "_revert_" + op["op"])(op, get_blob)
+
+    def settles(self, plan: dict[str, Any]) -> bool:
+        return isinstance(plan.get("expect"), dict)
+
+    def recover(self, plan: dict[str, Any], action: dict[str, Any], get_blob: GetBlob) -> Outcome:
+        """An interrupted write whose file holds exactly what it wrote completed: kept as applied
+        (its result may have been returned). Anything else is reverted from its before-images."""
+        expect = plan.get("expect")
+        if isinstance(expect, dict):
+            self.confine_plan(plan)
+            parts = self._confined(expect.get("path"))
+            try:
+                with self.ws.parent(parts) as dfd:
+                    now = tree.digest_at(dfd, parts[-1], deep=True)
+            except (PathRefused, OSError):
+                now = "-"
+            if now.startswith("f") and now.partition(":")[2] == expect.get("sha"):
+                after = {show(parts): now}
+                created = [self._confined(op["path"]) for op in plan["ops"] if op["op"] == "rmdir"]
+                self._after_created(after, created[-1:])
+                return "applied", after, ""
+        return super().recover(plan, action, get_blob)
 
     def confine_plan(self, plan: dict[str, Any]) -> None:
         """Raise JournalCorrupt unless every path an undo plan names is one goex could have written:
@@ -482,7 +508,7 @@ class FileAdapter(Adapter):
             if a.append:
                 digest = tree.digest_at(dfd, parts[-1], deep=True)
             else:
-                digest = f"f{stat.S_IMODE(st.st_mode):o}:{hashlib.sha256(data).hexdigest()}"
+                digest = f"f{stat.S_IMODE(st.st_mode):o}:{state.get('sha') or hashlib.sha256(data).hexdigest()}"
         after = {show(parts): digest}
         self._after_created(after, state["created"])
         return Applied({"path": show(parts), "bytes_written": len(data)}, after)

@@ -445,6 +445,10 @@ class SqlAdapter(Adapter):
         outcome, why = engine.committed(plan["before"], captured, get_blob)
         return outcome, {}, why
 
+    def settles(self, plan: dict[str, Any]) -> bool:
+        """Captured: `recover` asks the database whether the commit happened, and keeps it if so."""
+        return plan.get("captured") is not None
+
     def spends(self, action_type: str, preview: dict[str, Any]) -> dict[str, int]:
         rows = int(preview.get("rows") or 0)
         return {"rows_changed": rows} if rows else {}
