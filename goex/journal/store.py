@@ -113,6 +113,7 @@ class Transaction:
         self.seq, self.hash = row if row else (0, GENESIS)
         self.start, self.start_hash = self.seq, self.hash
         self.written: list[tuple[int, str, dict[str, Any]]] = []  # (seq, hash, record) appended here
+        self.sizes: list[int] = []  # the length of each written record's text
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -145,6 +146,7 @@ class Transaction:
         index_record(self._cur, record)
         self.seq, self.hash = seq, digest
         self.written.append((seq, digest, record))
+        self.sizes.append(len(body))
         return seq, digest
 
 
@@ -450,7 +452,7 @@ class Journal(Reads):
         stood exactly where the transaction began (the chain from there is the one just computed,
         so reading them back would vouch for nothing more); then the listeners see them."""
         try:
-            self._replay.vouch((tx.start, tx.start_hash), tx.written)
+            self._replay.vouch((tx.start, tx.start_hash), tx.written, tx.sizes)
         except Exception:  # noqa: BLE001 - the replay stays where it was: the records are verified when read
             pass
         for listener in self.listeners:
@@ -732,8 +734,7 @@ class Replay:
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
-            for record in self.unindexed:
-                index_record(cur, record)
+            index_records(cur, self.unindexed)
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -807,13 +808,20 @@ class Replay:
         self.parsed_bytes -= item[2]
         return item[0], item[1]
 
-    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
+    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]],
+              sizes: list[int] | None = None) -> None:
         """Take records this process appended and committed right after `start` from memory, when
-        the watermark is exactly `start` (their index rows wait for the next verified read);
-        otherwise (or for a compaction) they are verified from the journal when next read."""
+        the watermark is exactly `start` (their index rows wait for the next verified read, and
+        they are kept as parsed, as `extend` keeps what it verifies: each is the record its text
+        was encoded from, so `records_at` checks the text it reads against the chain and need not
+        parse it); otherwise (or for a compaction) they are verified from the journal when next read."""
         if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
             return
         self.unindexed.extend(record for _, _, record in written)
+        if sizes is not None:
+            small = [(seq, (digest, record, size))
+                     for (seq, digest, record), size in zip(written, sizes, strict=True) if size <= _PARSED_BYTES >> 4]
+            self._keep(small)
         for seq, digest, record in written:
             self.hashes[seq] = digest
             if record["kind"] == "captured":
@@ -920,6 +928,36 @@ def named_entries(record: dict[str, Any]) -> list[str]:
     if record.get("kind") in _RANGE_KINDS and isinstance(record.get("entries"), list):
         return list(record["entries"])
     return [record["entry"]] if isinstance(record.get("entry"), str) else []
+
+
+def index_records(cur: sqlite3.Cursor, records: list[dict[str, Any]]) -> None:
+    """Apply records, in order, to the derived index, as `index_record` does one by one: an entry
+    and the `applied` record that follows it become one row, and the rows go in together (the
+    index of an episode's hundreds of records, written at once when undo first reads it)."""
+    rows: dict[int, list[Any]] = {}  # entry rows not inserted yet, by seq
+
+    def insert() -> None:
+        cur.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", list(rows.values()))
+        rows.clear()
+
+    for record in records:
+        kind, seq = record["kind"], record["seq"]
+        if kind == "entry":
+            rows[seq] = [seq, entry_id(seq), record["session"], record["actor"], record["action"]["type"],
+                         record["target"], record["decision"]["verdict"], record["status"], record["time"],
+                         int(bool(record.get("plan", {}).get("ops"))), None]
+            continue
+        if kind == "captured" and isinstance(record.get("entry"), str):
+            continue
+        if kind == "applied" and isinstance(record.get("entry"), str) and entry_seq(record["entry"]) in rows:
+            row = rows[entry_seq(record["entry"])]
+            row[7], row[10] = APPLIED, seq
+            continue
+        if rows:
+            insert()
+        index_record(cur, record)
+    if rows:
+        insert()
 
 
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:
