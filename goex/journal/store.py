@@ -113,7 +113,7 @@ class Transaction:
         self.seq, self.hash = row if row else (0, GENESIS)
         self.start, self.start_hash = self.seq, self.hash
         self.written: list[tuple[int, str, dict[str, Any]]] = []  # (seq, hash, record) appended here
-        self.sizes: list[int] = []  # the length of each written record's text
+        self.bodies: list[str] = []  # the text of each written record
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -146,7 +146,7 @@ class Transaction:
         index_record(self._cur, record)
         self.seq, self.hash = seq, digest
         self.written.append((seq, digest, record))
-        self.sizes.append(len(body))
+        self.bodies.append(body)
         return seq, digest
 
 
@@ -452,7 +452,7 @@ class Journal(Reads):
         stood exactly where the transaction began (the chain from there is the one just computed,
         so reading them back would vouch for nothing more); then the listeners see them."""
         try:
-            self._replay.vouch((tx.start, tx.start_hash), tx.written, tx.sizes)
+            self._replay.vouch((tx.start, tx.start_hash), tx.written, tx.bodies)
         except Exception:  # noqa: BLE001 - the replay stays where it was: the records are verified when read
             pass
         for listener in self.listeners:
@@ -506,16 +506,23 @@ class Journal(Reads):
         with self._thread_lock:
             if wanted and wanted[-1] > self._replay.seq:
                 self._verified()
+            hashes, take = self._replay.hashes, self._replay.take_with_text
             for i in range(0, len(wanted), 500):
                 part = [seq for seq in wanted[i:i + 500] if 0 < seq <= self._replay.seq]
                 bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
                                               f"({', '.join('?' * len(part))})", part).fetchall())
                 for seq in wanted[i:i + 500]:
-                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.take(seq))
+                    body, parsed = bodies.get(seq), take(seq)
+                    # the very text verified (or written) before, under the same chain hash: its
+                    # hash is that one without computing it again, and it parses to that record
+                    if parsed is not None and body == parsed[2] and parsed[0] == hashes.get(seq):
+                        out[seq] = parsed[1]
+                    else:
+                        out[seq] = self._vouched(seq, body, parsed)
         return out
 
     def _vouched(self, seq: int, body: str | None,
-                 parsed: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 parsed: tuple[str, dict[str, Any], str] | None = None) -> dict[str, Any]:
         """The record `body` stored at `seq`, once its chain hash matches the verified one. `parsed`:
         the record as the replay parsed it when it verified it, with the hash it had then; when the
         body read now has that same hash it is that same text, and is not parsed again."""
@@ -722,9 +729,9 @@ class Replay:
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
         self.unindexed: list[dict[str, Any]] = []  # vouched records whose index rows are not written yet
-        # the newest records as parsed when verified, with their hash and text size: `records_at`
+        # the newest records as parsed when verified, with their hash and text: `records_at`
         # takes each one (at most once, so no caller shares a dict) instead of parsing it again
-        self.parsed: dict[int, tuple[str, dict[str, Any], int]] = {}
+        self.parsed: dict[int, tuple[str, dict[str, Any], str]] = {}
         self.parsed_bytes = 0
 
     def index_vouched(self) -> None:
@@ -751,7 +758,7 @@ class Replay:
         seq, prev = self.seq, self.hash
         hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
-        parsed: list[tuple[int, tuple[str, dict[str, Any], int]]] = []
+        parsed: list[tuple[int, tuple[str, dict[str, Any], str]]] = []
         compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
@@ -774,7 +781,7 @@ class Replay:
                     compacted = (record["upto"], record["hash"])
                 hashes[rseq] = digest
                 if len(body) <= _PARSED_BYTES >> 4:
-                    parsed.append((rseq, (digest, record, len(body))))
+                    parsed.append((rseq, (digest, record, body)))
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
@@ -789,39 +796,43 @@ class Replay:
             self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
             self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
             self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
-            self.parsed_bytes = sum(p[2] for p in self.parsed.values())
+            self.parsed_bytes = sum(len(p[2]) for p in self.parsed.values())
 
-    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], int]]]) -> None:
+    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], str]]]) -> None:
         """Keep `parsed` (newer than every record kept), then drop the oldest kept records while
         there are more than `_PARSED_KEPT` of them or more than `_PARSED_BYTES` of their text."""
         for seq, item in parsed[-_PARSED_KEPT:]:
             self.parsed[seq] = item
-            self.parsed_bytes += item[2]
+            self.parsed_bytes += len(item[2])
         while self.parsed and (len(self.parsed) > _PARSED_KEPT or self.parsed_bytes > _PARSED_BYTES):
-            self.parsed_bytes -= self.parsed.pop(next(iter(self.parsed)))[2]  # the oldest: seqs only grow
+            self.parsed_bytes -= len(self.parsed.pop(next(iter(self.parsed)))[2])  # the oldest: seqs only grow
 
     def take(self, seq: int) -> tuple[str, dict[str, Any]] | None:
         """Record `seq` as parsed when verified, with its hash then, if kept; it is kept no longer."""
+        item = self.take_with_text(seq)
+        return None if item is None else (item[0], item[1])
+
+    def take_with_text(self, seq: int) -> tuple[str, dict[str, Any], str] | None:
+        """As `take`, with the record's text as it was verified (or written) too."""
         item = self.parsed.pop(seq, None)
-        if item is None:
-            return None
-        self.parsed_bytes -= item[2]
-        return item[0], item[1]
+        if item is not None:
+            self.parsed_bytes -= len(item[2])
+        return item
 
     def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]],
-              sizes: list[int] | None = None) -> None:
+              bodies: list[str] | None = None) -> None:
         """Take records this process appended and committed right after `start` from memory, when
         the watermark is exactly `start` (their index rows wait for the next verified read, and
-        they are kept as parsed, as `extend` keeps what it verifies: each is the record its text
-        was encoded from, so `records_at` checks the text it reads against the chain and need not
-        parse it); otherwise (or for a compaction) they are verified from the journal when next read."""
+        they are kept as parsed, with their text (`bodies`), as `extend` keeps what it verifies:
+        each is the record its text was encoded from); otherwise (or for a compaction) they are
+        verified from the journal when next read."""
         if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
             return
         self.unindexed.extend(record for _, _, record in written)
-        if sizes is not None:
-            small = [(seq, (digest, record, size))
-                     for (seq, digest, record), size in zip(written, sizes, strict=True) if size <= _PARSED_BYTES >> 4]
-            self._keep(small)
+        if bodies is not None:
+            self._keep([(seq, (digest, record, body))
+                        for (seq, digest, record), body in zip(written, bodies, strict=True)
+                        if len(body) <= _PARSED_BYTES >> 4])
         for seq, digest, record in written:
             self.hashes[seq] = digest
             if record["kind"] == "captured":
