@@ -678,6 +678,35 @@ class Journal(Reads):
                 blobs = tx.fold(upto, digest, referenced)
             return {"upto": upto, "records": upto - base, "entries": folded, "blobs_removed": blobs}
 
+    def append_and_compact(self, kind: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Append `kind` records (the `undone` records of a rollback) and, in the same commit, fold
+        the whole history up to them into a `compacted` record, as `compact` would right after
+        them: only when nothing but the entries these records close is open (then it returns what
+        was folded, as `compact` does); otherwise the records alone are appended (None). Call it
+        holding the lock, with nothing deferred."""
+        closing = sorted({entry_seq(e) for fields in records for e in named_entries({"kind": kind, **fields})})
+        with self.exclusive():
+            self.flush()
+            head = self.verified_head()
+            base = self.base()[0]
+            done = "seq IN (SELECT value FROM json_each(?))"
+            still_open = self.select(
+                f"SELECT id FROM entries WHERE NOT ({done} OR status IN ('undone', 'denied', 'failed', 'rejected', "
+                "'approved') OR (status = 'applied' AND (undoable = 0 OR reviewed IS NOT NULL))) LIMIT 1",
+                (json.dumps(closing),))
+            folded = {r[0]: r[1] for r in self.select(
+                f"SELECT CASE WHEN {done} THEN 'undone' ELSE status END AS state, count(*) FROM entries "
+                "GROUP BY state ORDER BY state", (json.dumps(closing),))} if not still_open else {}
+            with self.transaction(durable=True) as tx:
+                for fields in records:
+                    tx.append(kind, **fields)
+                if still_open or not records or (tx.start, tx.start_hash) != head:
+                    return None
+                upto, digest = tx.seq, tx.hash
+                tx.append("compacted", upto=upto, hash=digest, records=upto - base, entries=folded)
+                blobs = tx.fold(upto, digest, [])  # no record after the point names a before-image
+            return {"upto": upto, "records": upto - base, "entries": folded, "blobs_removed": blobs}
+
     def _refuse_open(self, before: int) -> None:
         open_rows = self.select(
             "SELECT id, status FROM entries WHERE seq < ? AND NOT (status IN ('undone', 'denied', 'failed', "
@@ -792,11 +821,7 @@ class Replay:
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
         if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
-            self.compacted = compacted
-            self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
-            self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
-            self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
-            self.parsed_bytes = sum(len(p[2]) for p in self.parsed.values())
+            self._forget_upto(compacted)
 
     def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], str]]]) -> None:
         """Keep `parsed` (newer than every record kept), then drop the oldest kept records while
@@ -826,8 +851,13 @@ class Replay:
         they are kept as parsed, with their text (`bodies`), as `extend` keeps what it verifies:
         each is the record its text was encoded from); otherwise (or for a compaction) they are
         verified from the journal when next read."""
-        if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
+        if (self.seq, self.hash) != start or not written \
+                or any(r["kind"] == "compacted" for _, _, r in written[:-1]):
             return
+        compacted = written[-1][2] if written[-1][2]["kind"] == "compacted" else None
+        if compacted is not None and not (isinstance(compacted.get("upto"), int) and start[0] <= compacted["upto"]
+                                          and compacted.get("hash") == self._hash_at(compacted["upto"], written)):
+            return  # not the fold of what this commit began from: verified from the journal instead
         self.unindexed.extend(record for _, _, record in written)
         if bodies is not None:
             self._keep([(seq, (digest, record, body))
@@ -838,6 +868,19 @@ class Replay:
             if record["kind"] == "captured":
                 self.captured.setdefault(record["entry"], seq)
         self.seq, self.hash = written[-1][0], written[-1][1]
+        if compacted is not None:  # what was folded away is forgotten here too, as `extend` does
+            self._forget_upto((compacted["upto"], compacted["hash"]))
+
+    def _hash_at(self, seq: int, written: list[tuple[int, str, dict[str, Any]]]) -> str | None:
+        """The hash of record `seq`: one of `written`, or one verified already."""
+        return next((digest for s, digest, _ in written if s == seq), None) or self.hashes.get(seq)
+
+    def _forget_upto(self, compacted: tuple[int, str]) -> None:
+        self.compacted = compacted
+        self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
+        self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+        self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
+        self.parsed_bytes = sum(len(p[2]) for p in self.parsed.values())
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
