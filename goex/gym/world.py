@@ -21,7 +21,7 @@ import httpx
 
 from ..adapters.http.adapter import HttpConfig
 from ..adapters.sql.sqlite import fingerprint_path
-from ..errors import CompactionRefused, GoexError
+from ..errors import GoexError
 from ..journal.anchor import forget_anchor
 from ..runtime import Runtime
 from ..sql import dump
@@ -113,13 +113,10 @@ class World:
     def rollback(self) -> int:
         """Undo everything done since the world was built; check it is back at the start; then fold
         the journal's finished history into one record, so it stays bounded however many episodes run."""
-        undone = self.runtime.rollback_all()
-        self.check(f"after rolling back {len(undone)} entries")
-        if undone:
-            try:
-                self.runtime.compact()
-            except CompactionRefused:  # an entry left open (a request needing review): kept until settled
-                pass
+        # checked under the journal's lock, then the `undone` records and the compaction go in one
+        # commit; an entry left open (a request needing review) keeps the history until settled
+        undone = self.runtime.rollback_all_and_compact(
+            lambda done: self.check(f"after rolling back {len(done)} entries"))
         return len(undone)
 
     def begin(self) -> None:

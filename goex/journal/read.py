@@ -227,6 +227,14 @@ class Reads:
                 for r in self.select(sql, tuple(params))]
 
 
+_ENTRY_FIELDS = ("seq", "id", "session", "actor", "type", "target", "decision", "status", "time", "undoable",
+                 "after_seq", "reviewed")  # the columns of `SELECT * FROM entries`, in order
+
+
 def _entry(row: Any) -> Entry:
-    return Entry(row["id"], row["seq"], row["session"], row["actor"], row["type"], row["target"], row["decision"],
-                 row["status"], row["time"], bool(row["undoable"]), row["after_seq"], row["reviewed"])
+    """An Entry from a row of `SELECT * FROM entries`. Built without the frozen dataclass's
+    per-field `__setattr__` (undo of a range lists hundreds): the same fields, the same values."""
+    entry = object.__new__(Entry)
+    entry.__dict__.update(zip(_ENTRY_FIELDS, row, strict=True))
+    entry.__dict__["undoable"] = bool(row[9])
+    return entry

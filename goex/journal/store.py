@@ -113,6 +113,7 @@ class Transaction:
         self.seq, self.hash = row if row else (0, GENESIS)
         self.start, self.start_hash = self.seq, self.hash
         self.written: list[tuple[int, str, dict[str, Any]]] = []  # (seq, hash, record) appended here
+        self.bodies: list[str] = []  # the text of each written record
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes (at most one chunk) content-addressed; returns their sha256."""
@@ -148,6 +149,7 @@ class Transaction:
         index_record(self._cur, record)
         self.seq, self.hash = seq, digest
         self.written.append((seq, digest, record))
+        self.bodies.append(body)
         return seq, digest
 
 
@@ -455,7 +457,7 @@ class Journal(Reads):
         stood exactly where the transaction began (the chain from there is the one just computed,
         so reading them back would vouch for nothing more); then the listeners see them."""
         try:
-            self._replay.vouch((tx.start, tx.start_hash), tx.written)
+            self._replay.vouch((tx.start, tx.start_hash), tx.written, tx.bodies)
         except Exception:  # noqa: BLE001 - the replay stays where it was: the records are verified when read
             pass
         for listener in self.listeners:
@@ -509,16 +511,23 @@ class Journal(Reads):
         with self._thread_lock:
             if wanted and wanted[-1] > self._replay.seq:
                 self._verified()
+            hashes, take = self._replay.hashes, self._replay.take_with_text
             for i in range(0, len(wanted), 500):
                 part = [seq for seq in wanted[i:i + 500] if 0 < seq <= self._replay.seq]
                 bodies = dict(self.db.execute(f"SELECT seq, body FROM records WHERE seq IN "
                                               f"({', '.join('?' * len(part))})", part).fetchall())
                 for seq in wanted[i:i + 500]:
-                    out[seq] = self._vouched(seq, bodies.get(seq), self._replay.take(seq))
+                    body, parsed = bodies.get(seq), take(seq)
+                    # the very text verified (or written) before, under the same chain hash: its
+                    # hash is that one without computing it again, and it parses to that record
+                    if parsed is not None and body == parsed[2] and parsed[0] == hashes.get(seq):
+                        out[seq] = parsed[1]
+                    else:
+                        out[seq] = self._vouched(seq, body, parsed)
         return out
 
     def _vouched(self, seq: int, body: str | None,
-                 parsed: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 parsed: tuple[str, dict[str, Any], str] | None = None) -> dict[str, Any]:
         """The record `body` stored at `seq`, once its chain hash matches the verified one. `parsed`:
         the record as the replay parsed it when it verified it, with the hash it had then; when the
         body read now has that same hash it is that same text, and is not parsed again."""
@@ -674,6 +683,35 @@ class Journal(Reads):
                 blobs = tx.fold(upto, digest, referenced)
             return {"upto": upto, "records": upto - base, "entries": folded, "blobs_removed": blobs}
 
+    def append_and_compact(self, kind: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Append `kind` records (the `undone` records of a rollback) and, in the same commit, fold
+        the whole history up to them into a `compacted` record, as `compact` would right after
+        them: only when nothing but the entries these records close is open (then it returns what
+        was folded, as `compact` does); otherwise the records alone are appended (None). Call it
+        holding the lock, with nothing deferred."""
+        closing = sorted({entry_seq(e) for fields in records for e in named_entries({"kind": kind, **fields})})
+        with self.exclusive():
+            self.flush()
+            head = self.verified_head()
+            base = self.base()[0]
+            done = "seq IN (SELECT value FROM json_each(?))"
+            still_open = self.select(
+                f"SELECT id FROM entries WHERE NOT ({done} OR status IN ('undone', 'denied', 'failed', 'rejected', "
+                "'approved') OR (status = 'applied' AND (undoable = 0 OR reviewed IS NOT NULL))) LIMIT 1",
+                (json.dumps(closing),))
+            folded = {r[0]: r[1] for r in self.select(
+                f"SELECT CASE WHEN {done} THEN 'undone' ELSE status END AS state, count(*) FROM entries "
+                "GROUP BY state ORDER BY state", (json.dumps(closing),))} if not still_open else {}
+            with self.transaction(durable=True) as tx:
+                for fields in records:
+                    tx.append(kind, **fields)
+                if still_open or not records or (tx.start, tx.start_hash) != head:
+                    return None
+                upto, digest = tx.seq, tx.hash
+                tx.append("compacted", upto=upto, hash=digest, records=upto - base, entries=folded)
+                blobs = tx.fold(upto, digest, [])  # no record after the point names a before-image
+            return {"upto": upto, "records": upto - base, "entries": folded, "blobs_removed": blobs}
+
     def _refuse_open(self, before: int) -> None:
         open_rows = self.select(
             "SELECT id, status FROM entries WHERE seq < ? AND NOT (status IN ('undone', 'denied', 'failed', "
@@ -725,9 +763,9 @@ class Replay:
         self.captured: dict[str, int] = {}  # entry id -> seq of its `captured` record
         self.compacted: tuple[int, str] = (0, GENESIS)
         self.unindexed: list[dict[str, Any]] = []  # vouched records whose index rows are not written yet
-        # the newest records as parsed when verified, with their hash and text size: `records_at`
+        # the newest records as parsed when verified, with their hash and text: `records_at`
         # takes each one (at most once, so no caller shares a dict) instead of parsing it again
-        self.parsed: dict[int, tuple[str, dict[str, Any], int]] = {}
+        self.parsed: dict[int, tuple[str, dict[str, Any], str]] = {}
         self.parsed_bytes = 0
 
     def index_vouched(self) -> None:
@@ -737,8 +775,7 @@ class Replay:
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
-            for record in self.unindexed:
-                index_record(cur, record)
+            index_records(cur, self.unindexed)
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -755,7 +792,7 @@ class Replay:
         seq, prev = self.seq, self.hash
         hashes: dict[int, str] = {}
         captured: dict[str, int] = {}
-        parsed: list[tuple[int, tuple[str, dict[str, Any], int]]] = []
+        parsed: list[tuple[int, tuple[str, dict[str, Any], str]]] = []
         compacted = self.compacted
         cur = self.db.cursor()
         cur.execute("BEGIN")
@@ -778,7 +815,7 @@ class Replay:
                     compacted = (record["upto"], record["hash"])
                 hashes[rseq] = digest
                 if len(body) <= _PARSED_BYTES >> 4:
-                    parsed.append((rseq, (digest, record, len(body))))
+                    parsed.append((rseq, (digest, record, body)))
                 seq, prev = rseq, digest
             cur.execute("COMMIT")
         except BaseException:
@@ -789,41 +826,66 @@ class Replay:
         self.captured.update(captured)
         self.seq, self.hash = seq, prev
         if compacted != self.compacted:  # what was folded away is forgotten here too: memory stays bounded
-            self.compacted = compacted
-            self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
-            self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
-            self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
-            self.parsed_bytes = sum(p[2] for p in self.parsed.values())
+            self._forget_upto(compacted)
 
-    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], int]]]) -> None:
+    def _keep(self, parsed: list[tuple[int, tuple[str, dict[str, Any], str]]]) -> None:
         """Keep `parsed` (newer than every record kept), then drop the oldest kept records while
         there are more than `_PARSED_KEPT` of them or more than `_PARSED_BYTES` of their text."""
         for seq, item in parsed[-_PARSED_KEPT:]:
             self.parsed[seq] = item
-            self.parsed_bytes += item[2]
+            self.parsed_bytes += len(item[2])
         while self.parsed and (len(self.parsed) > _PARSED_KEPT or self.parsed_bytes > _PARSED_BYTES):
-            self.parsed_bytes -= self.parsed.pop(next(iter(self.parsed)))[2]  # the oldest: seqs only grow
+            self.parsed_bytes -= len(self.parsed.pop(next(iter(self.parsed)))[2])  # the oldest: seqs only grow
 
     def take(self, seq: int) -> tuple[str, dict[str, Any]] | None:
         """Record `seq` as parsed when verified, with its hash then, if kept; it is kept no longer."""
-        item = self.parsed.pop(seq, None)
-        if item is None:
-            return None
-        self.parsed_bytes -= item[2]
-        return item[0], item[1]
+        item = self.take_with_text(seq)
+        return None if item is None else (item[0], item[1])
 
-    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]]) -> None:
+    def take_with_text(self, seq: int) -> tuple[str, dict[str, Any], str] | None:
+        """As `take`, with the record's text as it was verified (or written) too."""
+        item = self.parsed.pop(seq, None)
+        if item is not None:
+            self.parsed_bytes -= len(item[2])
+        return item
+
+    def vouch(self, start: tuple[int, str], written: list[tuple[int, str, dict[str, Any]]],
+              bodies: list[str] | None = None) -> None:
         """Take records this process appended and committed right after `start` from memory, when
-        the watermark is exactly `start` (their index rows wait for the next verified read);
-        otherwise (or for a compaction) they are verified from the journal when next read."""
-        if (self.seq, self.hash) != start or not written or any(r["kind"] == "compacted" for _, _, r in written):
+        the watermark is exactly `start` (their index rows wait for the next verified read, and
+        they are kept as parsed, with their text (`bodies`), as `extend` keeps what it verifies:
+        each is the record its text was encoded from); otherwise (or for a compaction) they are
+        verified from the journal when next read."""
+        if (self.seq, self.hash) != start or not written \
+                or any(r["kind"] == "compacted" for _, _, r in written[:-1]):
             return
+        compacted = written[-1][2] if written[-1][2]["kind"] == "compacted" else None
+        if compacted is not None and not (isinstance(compacted.get("upto"), int) and start[0] <= compacted["upto"]
+                                          and compacted.get("hash") == self._hash_at(compacted["upto"], written)):
+            return  # not the fold of what this commit began from: verified from the journal instead
         self.unindexed.extend(record for _, _, record in written)
+        if bodies is not None:
+            self._keep([(seq, (digest, record, body))
+                        for (seq, digest, record), body in zip(written, bodies, strict=True)
+                        if len(body) <= _PARSED_BYTES >> 4])
         for seq, digest, record in written:
             self.hashes[seq] = digest
             if record["kind"] == "captured":
                 self.captured.setdefault(record["entry"], seq)
         self.seq, self.hash = written[-1][0], written[-1][1]
+        if compacted is not None:  # what was folded away is forgotten here too, as `extend` does
+            self._forget_upto((compacted["upto"], compacted["hash"]))
+
+    def _hash_at(self, seq: int, written: list[tuple[int, str, dict[str, Any]]]) -> str | None:
+        """The hash of record `seq`: one of `written`, or one verified already."""
+        return next((digest for s, digest, _ in written if s == seq), None) or self.hashes.get(seq)
+
+    def _forget_upto(self, compacted: tuple[int, str]) -> None:
+        self.compacted = compacted
+        self.hashes = {s: h for s, h in self.hashes.items() if s >= compacted[0]}
+        self.captured = {e: s for e, s in self.captured.items() if s > compacted[0]}
+        self.parsed = {s: p for s, p in self.parsed.items() if s > compacted[0]}
+        self.parsed_bytes = sum(len(p[2]) for p in self.parsed.values())
 
 
 def _parse(seq: int, body: str) -> dict[str, Any]:
@@ -925,6 +987,36 @@ def named_entries(record: dict[str, Any]) -> list[str]:
     if record.get("kind") in _RANGE_KINDS and isinstance(record.get("entries"), list):
         return list(record["entries"])
     return [record["entry"]] if isinstance(record.get("entry"), str) else []
+
+
+def index_records(cur: sqlite3.Cursor, records: list[dict[str, Any]]) -> None:
+    """Apply records, in order, to the derived index, as `index_record` does one by one: an entry
+    and the `applied` record that follows it become one row, and the rows go in together (the
+    index of an episode's hundreds of records, written at once when undo first reads it)."""
+    rows: dict[int, list[Any]] = {}  # entry rows not inserted yet, by seq
+
+    def insert() -> None:
+        cur.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", list(rows.values()))
+        rows.clear()
+
+    for record in records:
+        kind, seq = record["kind"], record["seq"]
+        if kind == "entry":
+            rows[seq] = [seq, entry_id(seq), record["session"], record["actor"], record["action"]["type"],
+                         record["target"], record["decision"]["verdict"], record["status"], record["time"],
+                         int(bool(record.get("plan", {}).get("ops"))), None]
+            continue
+        if kind == "captured" and isinstance(record.get("entry"), str):
+            continue
+        if kind == "applied" and isinstance(record.get("entry"), str) and entry_seq(record["entry"]) in rows:
+            row = rows[entry_seq(record["entry"])]
+            row[7], row[10] = APPLIED, seq
+            continue
+        if rows:
+            insert()
+        index_record(cur, record)
+    if rows:
+        insert()
 
 
 def index_record(cur: sqlite3.Cursor, record: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..adapters.base import Adapter, Coalesced
 from ..errors import GoexError, JournalCorrupt, RecoveryNeeded, UndoConflict, UndoDeclined, Unforceable
@@ -45,25 +45,33 @@ class Undo(Parts):
         """Undo every applied entry of every session on this root, newest first."""
         return self._undo_selected(force)
 
+    def rollback_all_and_compact(self, check: Callable[[list[str]], None]) -> list[str]:
+        """Undo every applied entry, as `rollback_all`; then, still holding the lock, `check` what
+        was undone (the gym checks its world's fingerprint); once it passes, the `undone` records
+        and the compaction of the whole history (as `compact()`, when nothing is left open) go in
+        one commit. When `check` raises, the `undone` records are written alone, as ever."""
+        return self._undo_selected(False, then=check)
+
     def _undo_selected(self, force: bool, limit: int | None = None, by: str | None = None,
-                       **filters: Any) -> list[str]:
+                       then: Callable[[list[str]], None] | None = None, **filters: Any) -> list[str]:
         """Undo, newest first, the undoable entries matching `filters` (as `Journal.entries` takes
         them), selected under the lock so nothing slips in between; one parent span holds the
         undos' spans. A forced undo goes entry by entry (each one's conflicts are overridden, and
-        recorded, on its own). `by`: who asked, recorded in each `undoing` record."""
+        recorded, on its own). `by`: who asked, recorded in each `undoing` record. `then`: see
+        `rollback_all_and_compact`."""
         done: list[str] = []
         with self._tracer.start_as_current_span("goex rollback") as span:
             if span.is_recording():
                 span.set_attributes(rollback_attributes(filters, force))
             try:
-                self._undo_each(done, force, limit, by, filters)
+                self._undo_each(done, force, limit, by, filters, then)
             finally:
                 if span.is_recording():
                     span.set_attribute("goex.undo.entries", list(done))
         return done
 
     def _undo_each(self, done: list[str], force: bool, limit: int | None, by: str | None,
-                   filters: dict[str, Any]) -> None:
+                   filters: dict[str, Any], then: Callable[[list[str]], None] | None = None) -> None:
         unrecorded: list[dict[str, Any]] = []  # undone, "undone" record not written yet
         who = {"by": by} if by else {}
         with self.journal.exclusive():
@@ -88,6 +96,15 @@ class Undo(Parts):
                     else:
                         batch, groups = [item], {(id(c.adapter), c.key): [c]}
                 self._undo_batch(batch, done, unrecorded, who)
+                if then is not None:
+                    then(done)  # raising: the finally below writes the `undone` records alone
+                    if unrecorded:
+                        closing, unrecorded[:] = list(unrecorded), []
+                        try:
+                            self.journal.append_and_compact("undone", closing)
+                        except BaseException:  # maybe unwritten: they stay "undoing" for recovery to finish
+                            self._stuck = True
+                            raise
             except UndoConflict as exc:
                 exc.undone = list(done)
                 with contextlib.suppress(GoexError):  # naming who changed it is a courtesy, never the error

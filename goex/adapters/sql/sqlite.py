@@ -473,11 +473,14 @@ class SqliteEngine:
             self._remember(file)
             return
         inverted = apsw.Changeset.invert(_blob(captured["changeset"]["chunks"], get_blob))
-        self._apply_undo(file, inverted, captured.get("sequence"), force)
+        self._apply_undo((file, st), inverted, captured.get("sequence"), force)
 
-    def _apply_undo(self, file: _File, inverted: bytes, sequence: list[list[Any]] | None, force: bool) -> None:
-        """Apply an undo changeset in one transaction, with `sqlite_sequence` as it was before."""
-        conn = self._undo_connection()
+    def _apply_undo(self, found: tuple[_File, os.stat_result | None], inverted: bytes,
+                    sequence: list[list[Any]] | None, force: bool) -> None:
+        """Apply an undo changeset in one transaction, with `sqlite_sequence` as it was before.
+        `found`: the file as the caller's `_file` checked it moments ago, in this same call."""
+        file = found[0]
+        conn = self._undo_connection(found)
         try:
             conn.execute("BEGIN IMMEDIATE")
             problems: list[str] = []
@@ -517,10 +520,10 @@ class SqliteEngine:
         """For changeset entries, newest first: the conflicts each meets if undone right after the
         newer ones. The composed undo is tried first; only when it is not clean is each entry
         tried in turn, to say exactly which one meets what."""
-        _, st = self._file()
-        if st is None:
+        checked = self._file()
+        if checked[1] is None:
             return [[(self.name, f"the database file {self.path} is gone")]] + [[] for _ in captureds[1:]]
-        conn = self._undo_connection()
+        conn = self._undo_connection(checked)
         changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
         if self._composes_cleanly(conn, captureds, changesets):
             return [[] for _ in captureds]
@@ -541,9 +544,9 @@ class SqliteEngine:
 
     def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
         """Undo changeset entries, newest first, as one composed changeset in one transaction."""
-        file, _ = self._file()
+        found = self._file()
         changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
-        self._apply_undo(file, self._composed(changesets), captureds[-1].get("sequence"), False)
+        self._apply_undo(found, self._composed(changesets), captureds[-1].get("sequence"), False)
 
     def _composed(self, changesets: list[bytes]) -> bytes:
         """The composed undo of `changesets` (newest first); the last one is kept, as the check of
@@ -571,7 +574,7 @@ class SqliteEngine:
         if chain.broken is not None:
             return False
         composed = self._composed(changesets)
-        if self._trial(composed, self._bound(conn, composed)):
+        if self._trial(composed, self._bound(conn, composed), conn):
             return False
         return all(row_matches(conn, table, chain.columns[table], key, chain.pks[table], state)
                    for (table, key), state in chain.dropped(composed))
@@ -599,10 +602,12 @@ class SqliteEngine:
             return "reverted", ""
         return "review", f"{self.name} matches neither the state before nor the state after the action"
 
-    def _trial(self, changeset: bytes, bound: list[str] | None = None) -> list[tuple[str, str]]:
+    def _trial(self, changeset: bytes, bound: list[str] | None = None,
+               conn: apsw.Connection | None = None) -> list[tuple[str, str]]:
         """Apply `changeset` in a transaction that is rolled back; the conflicts it would meet, and
-        the rows of the tables `bound` whose foreign keys it would break."""
-        conn = self._undo_connection()
+        the rows of the tables `bound` whose foreign keys it would break. `conn`: the undo
+        connection the caller took (and checked) moments ago, in this same call."""
+        conn = conn or self._undo_connection()
         try:
             conn.execute("BEGIN")
             return self._checked_apply(conn, changeset, bound or [])
@@ -785,11 +790,12 @@ class SqliteEngine:
         if self._held is not None:
             self._remember(self._held)
 
-    def _undo_connection(self) -> apsw.Connection:
+    def _undo_connection(self, found: tuple[_File, os.stat_result | None] | None = None) -> apsw.Connection:
         """The connection undo uses, kept open between entries (a rollback of many entries opens
         it once): foreign-key actions and triggers off, so nothing fires from goex's own undo.
-        Checked like the work connection before each use; reopened when the file was replaced."""
-        file, st = self._file()
+        Checked like the work connection before each use (`found`: the file as the caller's
+        `_file` checked it moments ago, in the same call); reopened when the file was replaced."""
+        file, st = found or self._file()
         if st is None:
             raise ActionFailed(f"undo on {self.name}: the database file {self.inside or self.path} is gone")
         key = _identity(st)
