@@ -10,7 +10,9 @@ Figures (ratios of medians in the same run, interleaved, so machine noise hits b
 - PostgreSQL and MariaDB/MySQL: per-entry undo (`Session.undo()`) of a one-row UPDATE, against the
   raw statement; target at most 10 ms.
 
-    .venv/bin/python benchmarks/sql_update.py [--quick]
+    .venv/bin/python benchmarks/sql_update.py [--quick] [--only sqlite|postgresql|mysql]
+
+`--only` runs one engine's lines (the same lines, the same order) to iterate on it faster.
 
 Durability is `process` on both sides' terms: the journal is not fsynced per action, as the raw
 side is not (SQLite's default synchronous setting, servers' own commit).
@@ -215,15 +217,20 @@ def _sqlite_rollback(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    quick = parser.parse_args().quick
-    _sqlite(1_000, 30 if quick else 300)
-    _sqlite(100_000, 10 if quick else 60)
-    _sqlite(1_000, 20 if quick else 100, first_seen=True)
-    _sqlite_rollback(100 if quick else 1000)
-    _server("postgresql", PG, 30 if quick else 300)
-    _server("mysql", MY, 30 if quick else 300)
-    _undo("postgresql", PG, 30 if quick else 200)
-    _undo("mysql", MY, 30 if quick else 200)
+    parser.add_argument("--only", choices=("sqlite", "postgresql", "mysql"), help="run one engine's lines only")
+    args = parser.parse_args()
+    quick, only = args.quick, args.only
+    if only in (None, "sqlite"):
+        _sqlite(1_000, 30 if quick else 300)
+        _sqlite(100_000, 10 if quick else 60)
+        _sqlite(1_000, 20 if quick else 100, first_seen=True)
+        _sqlite_rollback(100 if quick else 1000)
+    for kind, url in (("postgresql", PG), ("mysql", MY)):
+        if only in (None, kind):
+            _server(kind, url, 30 if quick else 300)
+    for kind, url in (("postgresql", PG), ("mysql", MY)):
+        if only in (None, kind):
+            _undo(kind, url, 30 if quick else 200)
 
 
 if __name__ == "__main__":
