@@ -215,3 +215,85 @@ def test_a_row_the_image_missed_sends_the_statement_the_usual_way(db: Db, sessio
     monkeypatch.undo()
     assert db.query("SELECT v FROM t ORDER BY id") == ((11,), (21,), (31,))
     undone_exactly(db, session, before, 1)
+
+
+def test_cascading_foreign_key_created_between_the_image_and_the_statement_is_undone_too(
+        db: Db, session: goex.Session, monkeypatch):
+    """A table created with a foreign key is not held off by the locks of the transaction on the
+    table it refers to: one that cascades may come after the schema was read under them and
+    before the statement. The foreign keys are read again after the statement, in its
+    transaction: the cascade is rolled back with it and the statement runs the usual way."""
+    from goex.adapters.sql import mysql
+
+    db.setup("CREATE TABLE p (id INT PRIMARY KEY, code INT, v INT, UNIQUE KEY (code)) ENGINE=InnoDB; "
+             "INSERT INTO p VALUES (1, 10, 0), (2, 20, 0)")
+    run(session, "UPDATE p SET code = code + 1 WHERE id = ?", [2])  # the schema of p is kept
+    pipeline = mysql._pipeline
+    came: list[bool] = []
+
+    def another_client_between(conn, commands):
+        if not came and isinstance(commands[0], str) and commands[0].startswith("UPDATE p "):
+            came.append(True)  # the image's locks are held: the statement is next
+            db.setup("CREATE TABLE kid (id INT PRIMARY KEY, code INT, FOREIGN KEY (code) REFERENCES p(code) "
+                     "ON UPDATE CASCADE) ENGINE=InnoDB; INSERT INTO kid VALUES (1, 10)")
+        return pipeline(conn, commands)
+
+    monkeypatch.setattr(mysql, "_pipeline", another_client_between)
+    run(session, "UPDATE p SET code = code + 100 WHERE id = ?", [1])
+    monkeypatch.undo()
+    assert came
+    assert db.query("SELECT code FROM kid") == ((110,),)  # cascaded
+    assert len(session.undo()) == 1
+    assert db.query("SELECT code FROM p ORDER BY id") == ((10,), (21,))
+    assert db.query("SELECT code FROM kid") == ((10,),)
+
+
+@pytest.mark.parametrize("sql, cascades", [
+    ("UPDATE t SET v = v + 1 WHERE id = 1", False),
+    ("UPDATE t SET s = 'x' WHERE id = 1", True),  # a column of a key
+    ("UPDATE t SET v = 1 WHERE id = 1", True),  # with a generated column in the table: taken as one that may
+    ("DELETE FROM t WHERE id = 1", True),
+])
+def test_which_statements_may_set_off_a_foreign_key(db: Db, sql: str, cascades: bool):
+    from goex.adapters.sql import mysql
+
+    if sql.startswith("UPDATE t SET v = 1"):
+        db.setup("ALTER TABLE t ADD COLUMN g INT AS (v * 2) VIRTUAL")
+    db.setup("ALTER TABLE t ADD UNIQUE KEY s_key (s)")
+    create = db.query("SHOW CREATE TABLE t")[0][1]
+    assigned, _ = mysql._effects(sql)
+    assert mysql._may_cascade(create, assigned) is cascades
+
+
+@pytest.mark.parametrize("sql, pure", [
+    ("UPDATE t SET v = v + 1, s = ? WHERE id = ?", True),
+    ("DELETE FROM t WHERE id IN (1, 2)", True),
+    ("UPDATE t SET v = @x := 1 WHERE id = 1", False),
+    ("UPDATE t SET v = ABS(v) WHERE id = 1", False),
+    ("UPDATE t SET v = (SELECT 1) WHERE id = 1", False),
+    ("UPDATE t SET v = DEFAULT WHERE id = 1", False),
+])
+def test_only_statements_that_leave_the_session_as_it_was_skip_the_next_reset(db: Db, sql: str, pure: bool):
+    from goex.adapters.sql import mysql
+
+    assert mysql._effects(sql)[1] is pure
+    db.act("UPDATE t SET v = v + 1 WHERE id = 3")  # the schema of t is kept
+    params = ["y", 2] if "?" in sql else None
+    db.act(sql, params)
+    assert bool(db.engine._spare and db.engine._spare.clean) is pure
+
+
+def test_a_clean_connection_gone_between_actions_is_replaced(db: Db, session: goex.Session):
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])  # its connection is kept clean
+    with db.conn() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+                    (db.name,))
+        for (thread,) in cur.fetchall():
+            cur.execute(f"KILL {thread}")
+    before = db.engine.dump()
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])
+    assert db.query("SELECT v FROM t WHERE id = 1") == ((13,),)
+    assert len(session.undo()) == 1
+    assert db.engine.dump() == before

@@ -122,8 +122,10 @@ _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 # what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
 # body names the tables it writes) and the foreign keys of other tables that reference it
+#: a table's triggers (by EVENT_OBJECT_SCHEMA and EVENT_OBJECT_TABLE, the columns the server looks the
+#: table up by: only that table's trigger file is read) and the foreign keys that refer to it
 _LINKS_OF = ("SELECT TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
-             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
+             "FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
              "SELECT CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE FROM "
              "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
              "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2")
@@ -483,6 +485,10 @@ class _Connection(pymysql.connections.Connection):
 
     _preferred: Any = None
     ended = False  # the last command was a COMMIT or ROLLBACK: no transaction is open
+    #: the session is as its reset and check left it: since them only goex's own reads and one
+    #: fast statement that `_effects` finds pure ran on it, and the transaction was committed; set by
+    #: that commit, cleared whenever the connection is taken again
+    clean = False
 
     def query(self, sql: Any, unbuffered: bool = False) -> int:
         self.ended = False
@@ -595,6 +601,7 @@ class MysqlEngine(ServerEngine[Any]):
         """COM_RESET_CONNECTION (user variables, session settings, temporary tables, prepared
         statements, locks, roles all gone), then one statement that fails unless the session is
         clean, turns autocommit off (the reset turns it on) and adds NO_DIR_IN_CREATE to sql_mode."""
+        conn.clean = False
         conn._execute_command(_COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
         while True:
@@ -622,20 +629,27 @@ class MysqlEngine(ServerEngine[Any]):
                 "AND @@character_set_client = 'utf8mb4', 0, NULL), "
                 "sql_mode = CONCAT_WS(',', NULLIF(@@global.sql_mode, ''), 'NO_DIR_IN_CREATE')")
 
-    def _kept(self, plain: bool) -> tuple[Any, bool]:
-        """An agent connection and whether it still needs its reset: a kept one not reset yet
-        when what will be sent on it is `plain` (quoted the same whatever the session's
-        NO_BACKSLASH_ESCAPES, which the reset may change), else one `_take` reset."""
+    def _kept(self, plain: bool) -> tuple[Any, str | None]:
+        """An agent connection and what it still needs: a kept one that is `clean` (see
+        `_Connection`) needs no reset ("clean"); another kept one its reset ("reset"), when what
+        will be sent on it is `plain` (quoted the same whatever the session's NO_BACKSLASH_ESCAPES,
+        which the reset may change); else one `_take` reset (None)."""
         with self._lock:
-            conn = self._idle.pop() if self._idle and plain else None
-        return (conn, True) if conn is not None else (self._take(), False)
+            conn = self._idle.pop() if self._idle and (plain or self._idle[-1].clean) else None
+        if conn is None:
+            return self._take(), None
+        clean, conn.clean = conn.clean, False
+        return conn, "clean" if clean else "reset"
 
-    def _after_reset(self, conn: Any, queries: list[str]) -> tuple[Any, list[Any]]:
+    def _after_reset(self, conn: Any, queries: list[str], reset: bool = True) -> tuple[Any, list[Any]]:
         """`queries` run on a kept connection (see `_pipeline`) right after its reset and the
-        check that follows it, all in one round trip. Were the reset or its check to fail, the
-        queries' results are dropped (they only read) and the connection closed; a new one runs
-        them."""
+        check that follows it (`reset`; else on a clean one as it is), all in one round trip.
+        Were the reset or its check to fail, or the connection to be gone (a server restart, its
+        idle timeout), the queries' results are dropped (they only read) and the connection
+        closed; a new one runs them."""
         try:
+            if not reset:
+                return conn, _pipeline(conn, queries)
             results = _pipeline(conn, [(_COM_RESET_CONNECTION, b""), self._clean_check(), *queries])
             if not any(isinstance(r, Exception) for r in results[:2]):
                 return conn, results[2:]
@@ -1075,6 +1089,7 @@ class MysqlEngine(ServerEngine[Any]):
                 raise self._failed(exc, "the commit failed") from None
             cur.close()
             self._recent = {}
+            conn.clean = bool(plan.get("pure"))  # no reset before its next fast statement
             self._give(conn)
 
         def abort() -> None:
@@ -1104,7 +1119,7 @@ class MysqlEngine(ServerEngine[Any]):
                                    _may_use_sequence(statements, cached[1])):
             return None  # the usual path: triggers, cascades, sequences or keys that change
         plan: dict[str, Any] = {}
-        conn, reset = self._kept(_plain([params, self.db]))
+        conn, kept = self._kept(_plain([params, self.db]))
         try:
             for _ in range(3):
                 fast = None
@@ -1114,24 +1129,25 @@ class MysqlEngine(ServerEngine[Any]):
                         break
                 with conn.cursor() as cur:
                     keyed = self._key_queries(cur, name)
-                    if cached is None or fast is None:  # the schema, then the image under its locks
-                        queries = [cur.mogrify(*_Meta.query(self.db, only=name)), *keyed]
+                    if cached is None or fast is None:  # the key, then the schema: a change between reads again
+                        queries = [*keyed, cur.mogrify(*_Meta.query(self.db, only=name))]
                     else:  # the image (its locks), then what the schema was kept under, read under them
                         table, where, args = fast
                         head = f"SELECT {_row_sql(cached[1], table)[0]} FROM {_q(table)} "
                         queries = [cur.mogrify((head.replace("%", "%%") if args is not None else head)
                                                + f"{where}\nFOR UPDATE", args), *keyed]
-                if reset:
-                    conn, results = self._after_reset(conn, queries)
-                    reset = False
+                if kept is not None:
+                    conn, results = self._after_reset(conn, queries, reset=kept == "reset")
+                    kept = None
                 else:
                     results = _pipeline(conn, queries)
-                key = _schema_key(results[1:])
                 if cached is None or fast is None:
-                    if key is None or isinstance(results[0], Exception):
+                    key = _schema_key(results[:-1])
+                    if key is None or isinstance(results[-1], Exception):
                         break  # not a table (gone, or never was): the usual path says what it is
-                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[0])))
+                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[-1])))
                     continue
+                key = _schema_key(results[1:])
                 if key != cached[0]:
                     _rollback(conn)  # the schema changed since it was kept: read again, image again
                     with self._lock:
@@ -1140,9 +1156,9 @@ class MysqlEngine(ServerEngine[Any]):
                     continue
                 if isinstance(results[0], Exception):
                     break  # the usual path runs it and reports the server's error
-                done = self._run_fast(conn, statements[0], params, cached[1], fast[0], _rows(results[0]),
+                done = self._run_fast(conn, statements[0], params, cached, fast[0], _rows(results[0]),
                                       _rows(results[1])[0][1], plan)
-                if done is None:  # it matched rows the image does not hold: rolled back, the usual path runs it
+                if done is None:  # rows the image does not hold, or a new foreign key: the usual path runs it
                     self._fail(conn, before, plan, statements)
                     return None
                 return conn, *done
@@ -1155,19 +1171,32 @@ class MysqlEngine(ServerEngine[Any]):
         self._give(conn)
         return None
 
-    def _run_fast(self, conn: Any, sql: str, params: Any, meta: _Meta, table: str, image: list[tuple[Any, ...]],
-                  create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The statement, with the rows it changed read after it in the same round trip. None
-        when it matched another number of rows than the image holds (a row that slipped in
-        between, as under READ COMMITTED, which takes no gap locks): the caller rolls it back."""
+    def _run_fast(self, conn: Any, sql: str, params: Any, cached: tuple[Any, _Meta], table: str,
+                  image: list[tuple[Any, ...]], create: str,
+                  plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The statement, with the rows it changed read after it in the same round trip, and,
+        when it may set off another table's foreign key (`_may_cascade`), the foreign keys that
+        refer to the table read again after it: a table created with one that cascades is not
+        held off by this transaction's locks, so one may have come since they were read before
+        the statement; its cascade, transactional, is then rolled back with the statement (and
+        once a cascade has changed rows, the key cannot be dropped before the commit). None when
+        it matched another number of rows than the image holds (a row that slipped in between,
+        as under READ COMMITTED, which takes no gap locks) or the referring foreign keys changed:
+        the caller rolls it back."""
+        meta = cached[1]
         entry = _image_of(create, meta, table, image, whole=False)
         plan.update({"meta": meta, "tables": {table: entry}, "counters": {table: entry["auto_increment"]},
                      "sequences": {}})
         keys = [k for k, _ in image]
+        assigned, pure = _effects(sql)
         with conn.cursor() as cur:
             queries = [cur.mogrify(*convert_params(sql, params)), *_rows_queries(table, entry, keys)]
-        if entry["auto_increment"] is not None:
-            queries.append(f"SHOW CREATE TABLE {_q(table)}")
+            rows_end = len(queries)
+            if entry["auto_increment"] is not None:
+                queries.append(f"SHOW CREATE TABLE {_q(table)}")
+            cascade = _may_cascade(create, assigned)
+            if cascade:
+                queries.append(self._key_queries(cur, table)[2])
         results = _pipeline(conn, queries)
         if isinstance(results[0], Exception):
             raise results[0]
@@ -1176,11 +1205,15 @@ class MysqlEngine(ServerEngine[Any]):
         plan["count"], plan["matched"] = count, int(found.group(1)) if found else count
         if plan["matched"] != len(image):
             return None
-        entry["after_rows"] = [row for r in results[1:1 + len(queries) - 1 - (entry["auto_increment"] is not None)]
-                               for row in _rows(r)]
+        if cascade and tuple(_rows(results[-1])) != cached[0][2]:
+            with self._lock:  # read again by the usual path
+                self._metas.pop(table.lower(), None)
+            return None
+        entry["after_rows"] = [row for r in results[1:rows_end] for row in _rows(r)]
         if entry["auto_increment"] is not None:
-            counter = _AI.search(_rows(results[-1])[0][1])
+            counter = _AI.search(_rows(results[rows_end])[0][1])
             entry["counter_after"] = int(counter.group(1)) if counter else None
+        plan["pure"] = pure
         return plan, {"rows_changed": count if count and count > 0 else 0}
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1803,6 +1836,59 @@ def _shape(sql: str) -> tuple[str, int, int, frozenset[str]] | None:
         elif tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
             marks += 1
     return None
+
+
+#: what the values an UPDATE sets may be made of for the statement to leave the session as it
+#: found it (no user variable, function, subquery or DEFAULT): see `_effects`
+_PURE_SET = (exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.Null, exp.Boolean, exp.Paren, exp.Neg,
+             exp.Add, exp.Sub, exp.Mul, exp.Div)
+
+
+@functools.lru_cache(maxsize=512)
+def _effects(sql: str) -> tuple[frozenset[str] | None, bool]:
+    """Of a statement `_shape` accepts: the columns it sets (None: a DELETE), and whether it
+    leaves the session as it found it: its WHERE is plain (`_SAFE_WHERE`) and each value an
+    UPDATE sets is columns, literals, parameters and arithmetic. Such a statement, on a table
+    with no trigger, sets no user variable, session setting, lock or temporary table, so the
+    connection needs no reset after it (see `_Connection.clean`)."""
+    shape = _shape(sql)
+    if shape is None:  # not a fast statement: taken as one that may do anything
+        return None, False
+    tree = sqlglot.parse_one(sql, read="mysql")
+    if isinstance(tree, exp.Delete):
+        return None, True
+    return shape[3], all(isinstance(node, _PURE_SET) and not _is_default(node)
+                         for e in tree.expressions for node in e.expression.walk())
+
+
+def _is_default(node: Any) -> bool:
+    """`DEFAULT` (read as a column): the column's default, an expression of the table's own."""
+    name = node.this if isinstance(node, exp.Column) else node
+    return isinstance(name, exp.Identifier) and not name.quoted and name.name.upper() == "DEFAULT"
+
+
+_SYSTEM_VERSIONING = re.compile(r"\bWITH\s+SYSTEM\s+VERSIONING\b", re.I)
+
+
+def _may_cascade(create: str, assigned: frozenset[str] | None) -> bool:
+    """Whether a statement on the table `create` (its SHOW CREATE TABLE text) defines may set off
+    another table's foreign key (CASCADE, SET NULL, SET DEFAULT): a DELETE (`assigned` None) may;
+    an UPDATE only when it may change a column of one of the table's keys, since a foreign key
+    refers to the leading columns of a key of the table it refers to, and acts only when they
+    change. Read conservatively: the UPDATE may when one of the columns it sets is named on any
+    line of the text that is not a column's own (keys, constraints, periods), or when the table
+    has generated columns, columns set ON UPDATE, or system versioning (a change of their own)."""
+    if assigned is None or _SYSTEM_VERSIONING.search(create):
+        return True
+    names = {"`" + c.replace("`", "``") + "`" for c in assigned}
+    for line in create.split("\n")[1:]:
+        if line.startswith("  `"):  # a column
+            upper = line.upper()
+            if " GENERATED " in upper or " AS (" in upper or " ON UPDATE " in upper:
+                return True
+        elif any(name in line.lower() for name in names):
+            return True
+    return False
 
 
 def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
