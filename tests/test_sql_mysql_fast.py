@@ -297,3 +297,38 @@ def test_a_clean_connection_gone_between_actions_is_replaced(db: Db, session: go
     assert db.query("SELECT v FROM t WHERE id = 1") == ((13,),)
     assert len(session.undo()) == 1
     assert db.engine.dump() == before
+
+
+def test_pipelined_results_read_as_the_driver_reads_them(db: Db):
+    """The pipeline reads results without the column descriptions: every type, NULL, long values
+    (each length prefix), several rows and errors come out as PyMySQL's own reading has them."""
+    from goex.adapters.sql import mysql
+
+    db.setup("CREATE TABLE types (id INT PRIMARY KEY, i BIGINT, d DECIMAL(10,3), f DOUBLE, dt DATETIME(6), "
+             "da DATE, ti TIME, b VARBINARY(20), bl LONGBLOB, tx LONGTEXT, j JSON, bi BIT(5), e ENUM('x','y'), "
+             "st SET('a','b'), y YEAR, u VARCHAR(20)) ENGINE=InnoDB; "
+             "INSERT INTO types VALUES (1, -9007199254740993, 12.5, 0.1, '2024-02-29 23:59:59.123456', "
+             "'2024-02-29', '-12:30:01', 0x00ff, REPEAT('z', 300), REPEAT('é', 70000), '{\"a\": [1, null]}', "
+             "b'10101', 'y', 'a,b', 2024, 'ünï'), (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+             "NULL, NULL, NULL, NULL, NULL, NULL)")
+    queries = ["SELECT * FROM types ORDER BY id", "SELECT CONCAT_WS(',', id, QUOTE(u)), HEX(bl) FROM types",
+               "SELECT 1 FROM nowhere", "SELECT * FROM types WHERE 0"]
+    conn = db.engine._connect()
+    try:
+        results = mysql._pipeline(conn, queries)
+        for query, result in zip(queries, results):
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(query)
+                except pymysql.err.ProgrammingError as exc:
+                    assert isinstance(result, pymysql.err.ProgrammingError) and result.args == exc.args
+                    continue
+                assert result.rows == (cur._rows if cur.description else None)
+                assert result.affected_rows == cur.rowcount
+        changed, same = mysql._pipeline(conn, ["UPDATE types SET i = i + 1 WHERE id = 1",
+                                               "UPDATE types SET i = i WHERE id = 1"])
+        assert changed.affected_rows == 1 and changed.message.endswith(b"Rows matched: 1  Changed: 1  Warnings: 0")
+        assert same.affected_rows == 0 and same.message.endswith(b"Rows matched: 1  Changed: 0  Warnings: 0")
+    finally:
+        conn.rollback()
+        conn.close()

@@ -64,8 +64,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import sqlglot
-from pymysql.connections import MAX_PACKET_LEN, MySQLResult
-from pymysql.constants import CLIENT, COMMAND
+from pymysql.connections import MAX_PACKET_LEN, TEXT_TYPES
+from pymysql.constants import CLIENT, COMMAND, FIELD_TYPE, SERVER_STATUS
+from pymysql.protocol import OKPacketWrapper
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
@@ -1922,12 +1923,9 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
         conn._next_seq_id = seq % 256
         try:
             if command == COMMAND.COM_QUERY:
-                result = MySQLResult(conn)
-                result.read()
+                result = _read_result(conn)
                 while result.has_next:  # more result sets (none of goex's statements makes them)
-                    more = MySQLResult(conn)
-                    more.read()
-                    result.has_next = more.has_next
+                    result.has_next = _read_result(conn).has_next
                 conn._result = result
                 if result.server_status is not None:
                     conn.server_status = result.server_status
@@ -1939,6 +1937,96 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
                 raise
             out.append(exc)
     return out
+
+
+class _Result:
+    """What `_read_result` reads of one statement's response: as PyMySQL's `MySQLResult` has it
+    (`rows`, `affected_rows`, `insert_id`, `server_status`, `warning_count`, `message`,
+    `has_next`), without the column descriptions."""
+
+    unbuffered_active = False
+
+    def __init__(self) -> None:
+        self.rows: tuple[tuple[Any, ...], ...] | None = None
+        self.affected_rows: int | None = None
+        self.insert_id: int | None = None
+        self.server_status: int | None = None
+        self.warning_count = 0
+        self.message: bytes | None = None
+        self.has_next: bool | None = None
+
+
+def _read_result(conn: Any) -> _Result:
+    """One COM_QUERY response, read as PyMySQL's `MySQLResult.read` reads it (its packets through
+    `conn._read_packet`, which raises the server's error; each value decoded and converted by
+    its column's type and character set the same way), but of each column description only the
+    type and character set, from its fixed-length end: a pipeline's results are read for their
+    rows and counts only."""
+    out = _Result()
+    first = conn._read_packet()
+    if first.is_ok_packet():
+        ok = OKPacketWrapper(first)
+        out.affected_rows, out.insert_id, out.server_status = ok.affected_rows, ok.insert_id, ok.server_status
+        out.warning_count, out.message, out.has_next = ok.warning_count, ok.message, ok.has_next
+        return out
+    if first.is_load_local_packet():  # never asked for: the server waits for a file; the session is lost
+        conn._force_close()
+        raise pymysql.err.OperationalError(2014, "Command Out of Sync: the server asked for a local file")
+    columns = first.read_length_encoded_integer()
+    encoding = conn.encoding
+    converters: list[tuple[str | None, Any]] = []
+    for _ in range(columns):
+        data = conn._read_packet()._data  # ... 0x0c, charset (2), length (4), type (1), flags (2), decimals, 0 0
+        kind, charset = data[-6], data[-12] | data[-11] << 8
+        if not conn.use_unicode:
+            decode = None
+        elif kind == FIELD_TYPE.JSON:
+            decode = encoding
+        elif kind in TEXT_TYPES:
+            decode = None if charset == 63 else encoding
+        else:
+            decode = "ascii"
+        convert = conn.decoders.get(kind)
+        converters.append((decode, None if convert is pymysql.converters.through else convert))
+    if not conn._read_packet().is_eof_packet():
+        conn._force_close()
+        raise pymysql.err.OperationalError(2014, "Command Out of Sync: no end of the column descriptions")
+    rows = []
+    while True:
+        packet = conn._read_packet()
+        data = packet._data
+        if data[0] == 0xFE and len(data) < 9:  # the end: 0xfe, warnings (2), status (2)
+            out.warning_count = data[1] | data[2] << 8
+            out.has_next = bool((data[3] | data[4] << 8) & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS)
+            break
+        row = []
+        at = 0
+        for decode, convert in converters:
+            if at >= len(data):  # no more columns in this row (as PyMySQL reads it)
+                break
+            value, at = _lenenc_string(data, at)
+            if value is not None:
+                if decode is not None:
+                    value = value.decode(decode)
+                if convert is not None:
+                    value = convert(value)
+            row.append(value)
+        rows.append(tuple(row))
+    out.affected_rows, out.rows = len(rows), tuple(rows)
+    return out
+
+
+def _lenenc_string(data: bytes, at: int) -> tuple[Any, int]:
+    """The length-encoded string at `at` of a row packet (None: NULL), and where the next starts."""
+    size = data[at]
+    if size < 0xFB:
+        return data[at + 1:at + 1 + size], at + 1 + size
+    if size == 0xFB:
+        return None, at + 1
+    width = 2 if size == 0xFC else 3 if size == 0xFD else 8
+    size = int.from_bytes(data[at + 1:at + 1 + width], "little")
+    start = at + 1 + width
+    return data[start:start + size], start + size
 
 
 _SPECIAL = re.compile(r"[\\'\"\x00\n\r\x1a]")
