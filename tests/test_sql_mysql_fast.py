@@ -332,3 +332,30 @@ def test_pipelined_results_read_as_the_driver_reads_them(db: Db):
     finally:
         conn.rollback()
         conn.close()
+
+
+def test_cascading_foreign_key_created_before_a_statement_of_the_usual_way_is_undone_too(
+        db: Db, session: goex.Session, monkeypatch):
+    """The same on the usual path (whole-table images): a foreign key that cascades from an
+    imaged table to one that is not, found after the statements, sends them back to be planned
+    again with the schema as it is now."""
+    db.setup("CREATE TABLE p (id INT PRIMARY KEY, code INT, v INT, UNIQUE KEY (code)) ENGINE=InnoDB; "
+             "INSERT INTO p VALUES (1, 10, 0), (2, 20, 0)")
+    execute = pymysql.cursors.Cursor.execute
+    came: list[bool] = []
+
+    def another_client_between(cur, query, args=None):
+        if not came and isinstance(query, str) and query.startswith("UPDATE p "):
+            came.append(True)  # the images are taken: the statement is next
+            db.setup("CREATE TABLE kid (id INT PRIMARY KEY, code INT, FOREIGN KEY (code) REFERENCES p(code) "
+                     "ON UPDATE CASCADE) ENGINE=InnoDB; INSERT INTO kid VALUES (1, 10)")
+        return execute(cur, query, args)
+
+    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", another_client_between)
+    run(session, "UPDATE p SET code = code + 100 WHERE ABS(id) = 1")
+    monkeypatch.undo()
+    assert came
+    assert db.query("SELECT code FROM kid") == ((110,),)
+    assert len(session.undo()) == 1
+    assert db.query("SELECT code FROM p ORDER BY id") == ((10,), (20,))
+    assert db.query("SELECT code FROM kid") == ((10,),)

@@ -9,11 +9,14 @@ a content-addressed blob (unchanged images deduplicate across entries):
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
   It runs in three round trips (see `_stage_fast`), several statements written at once on the
   agent connection and their results read in order (`_pipeline`; still one statement per
-  command, no multi-statements): the session reset and its check, the image, then the table's
-  definition, triggers and referring foreign keys read under the image's locks and compared
-  with those the kept schema was read under (a difference drops the image and reads the schema
-  again); the statement and its after-rows; the commit. One that matches more rows than the
-  image holds is rolled back and runs the general way.
+  command, no multi-statements): the session reset and its check (skipped when the last use of
+  the connection left its session as the reset did: `_Connection.clean`), the image, then the
+  table's definition, triggers and referring foreign keys read under the image's locks and
+  compared with those the kept schema was read under (a difference drops the image and reads the
+  schema again); the statement and its after-rows, with the referring foreign keys read again
+  when it may set one off (`_may_cascade`: a table created with a foreign key is not held off by
+  the image's locks); the commit. One that matches more rows than the image holds, or after
+  which the referring foreign keys differ, is rolled back and runs the general way.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
@@ -1011,7 +1014,10 @@ class MysqlEngine(ServerEngine[Any]):
             conn, plan, output = fast
             cur = conn.cursor()
         else:
-            conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
+            try:
+                conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
+            except _NewCascade:  # rolled back: planned again, with the schema as it is now
+                conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
         return self._staged(conn, cur, plan, output, before, statements, ddl), plan, cur
 
     def _stage_slow(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
@@ -1044,6 +1050,12 @@ class MysqlEngine(ServerEngine[Any]):
                     changed += count
             if not output:
                 output = {"rows_changed": changed}
+            if not ddl and not reads and plan.get("tables") and any(_may_set_off(s) for s in statements):
+                moved = _new_cascades(cur, self.db, plan["tables"])
+                if moved:
+                    with self._lock:
+                        self._metas.clear()
+                    raise _NewCascade(moved)
         except pymysql.Error as exc:
             self._fail(conn, before, plan, statements)
             raise self._failed(exc) from None
@@ -1102,14 +1114,17 @@ class MysqlEngine(ServerEngine[Any]):
     def _stage_fast(self, statements: list[str], params: Any,
                     before: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
         """A single UPDATE/DELETE whose own WHERE selects its rows (see `_fast`) on a table whose
-        schema this engine has read, in three round trips: (1) the session reset and its check,
-        the before-image of the rows (`SELECT ... FOR UPDATE`), the table's SHOW CREATE TABLE text
-        and its triggers and the foreign keys referring to it; (2) the statement and the rows
-        with the same keys after it (and its AUTO_INCREMENT position); (3) the commit. The image
-        is read with the schema kept from an earlier action, the schema then read again in the
-        same transaction after the row locks, which also hold the table's metadata lock (no
-        ALTER, trigger or DROP on it can land until the commit): when it differs, the image is
-        dropped and taken again with the schema read now. None: the usual path (`_plan`) runs it."""
+        schema this engine has read, in three round trips: (1) the session reset and its check
+        (unless the connection is `clean`), the before-image of the rows (`SELECT ... FOR
+        UPDATE`), the table's SHOW CREATE TABLE text and its triggers and the foreign keys
+        referring to it; (2) the statement and the rows with the same keys after it (and its
+        AUTO_INCREMENT position, and the referring foreign keys again when it may set one off:
+        see `_run_fast`); (3) the commit. The image is read with the schema kept from an earlier
+        action, the schema then read again in the same transaction after the row locks, which
+        also hold the table's metadata lock (no ALTER, trigger or DROP on it can land until the
+        commit; a foreign key of another table can, hence the second read): when it differs,
+        the image is dropped and taken again with the schema read now. None: the usual path
+        (`_plan`) runs it."""
         shape = _shape(statements[0])
         if shape is None or _SEQUENCE_CALL.search(_uncommented(statements[0])):
             return None
@@ -1937,6 +1952,33 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
                 raise
             out.append(exc)
     return out
+
+
+class _NewCascade(ActionFailed):
+    """A foreign key that cascades from a table the statements changed, to a table not imaged,
+    came while they ran (a table created with one is not held off by the images' locks)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"sql.execute: foreign keys that cascade ({', '.join(keys)}) were created while the "
+                         "statements ran; nothing was applied; run the action again")
+
+
+def _may_set_off(statement: str) -> bool:
+    """Whether a DML statement may set off a foreign key of another table: all but a plain INSERT."""
+    said = _words(statement)
+    return not (said[:1] == ["insert"] and "duplicate" not in said)
+
+
+def _new_cascades(cur: Any, db: str, tables: dict[str, Any]) -> list[str]:
+    """After the statements, in their transaction: the foreign keys that cascade (or set) from a
+    table they may have changed to one that was not imaged. Such a key came after the schema
+    was read (`_Meta.resolve` images every table one reaches); once its cascade changed rows it
+    cannot be dropped before the commit, so this read sees every cascade that ran."""
+    cur.execute("SELECT REFERENCED_TABLE_NAME,TABLE_NAME,CONSTRAINT_NAME,UPDATE_RULE,DELETE_RULE FROM "
+                "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s",
+                (db, db))
+    return sorted(f"{child}.{name}" for parent, child, name, update, delete in cur.fetchall()
+                  if parent in tables and child not in tables and {update, delete} - {"RESTRICT", "NO ACTION"})
 
 
 class _Result:
