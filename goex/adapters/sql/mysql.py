@@ -127,12 +127,13 @@ _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 # what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
 # body names the tables it writes) and the foreign keys of other tables that reference it
 #: a table's triggers (by EVENT_OBJECT_SCHEMA and EVENT_OBJECT_TABLE, the columns the server looks the
-#: table up by: only that table's trigger file is read) and the foreign keys that refer to it
+#: table up by: only that table's trigger file is read) and the foreign keys that refer to it; sorted
+#: here (`_sorted_links`), not by the server (a sort of its temporary table)
 _LINKS_OF = ("SELECT TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
-             "FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
+             "FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s",
              "SELECT CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE FROM "
              "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
-             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2")
+             "AND REFERENCED_TABLE_NAME=%s")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -1221,7 +1222,7 @@ class MysqlEngine(ServerEngine[Any]):
         plan["count"], plan["matched"] = count, int(found.group(1)) if found else count
         if plan["matched"] != len(image):
             return None
-        if cascade and tuple(_rows(results[-1])) != cached[0][2]:
+        if cascade and _sorted_links(results[-1]) != cached[0][2]:
             with self._lock:  # read again by the usual path
                 self._metas.pop(table.lower(), None)
             return None
@@ -2093,7 +2094,12 @@ def _schema_key(results: list[Any]) -> tuple[Any, ...] | None:
     one of them failed (not a table)."""
     if any(isinstance(r, Exception) for r in results):
         return None
-    return _AI.sub("", _rows(results[0])[0][1]), tuple(_rows(results[1])), tuple(_rows(results[2]))
+    return _AI.sub("", _rows(results[0])[0][1]), _sorted_links(results[1]), _sorted_links(results[2])
+
+
+def _sorted_links(result: Any) -> tuple[tuple[Any, ...], ...]:
+    """The rows of one of `_LINKS_OF`, in a fixed order."""
+    return tuple(sorted(_rows(result), key=repr))
 
 
 def _rows(result: Any) -> list[tuple[Any, ...]]:
