@@ -215,3 +215,147 @@ def test_a_row_the_image_missed_sends_the_statement_the_usual_way(db: Db, sessio
     monkeypatch.undo()
     assert db.query("SELECT v FROM t ORDER BY id") == ((11,), (21,), (31,))
     undone_exactly(db, session, before, 1)
+
+
+def test_cascading_foreign_key_created_between_the_image_and_the_statement_is_undone_too(
+        db: Db, session: goex.Session, monkeypatch):
+    """A table created with a foreign key is not held off by the locks of the transaction on the
+    table it refers to: one that cascades may come after the schema was read under them and
+    before the statement. The foreign keys are read again after the statement, in its
+    transaction: the cascade is rolled back with it and the statement runs the usual way."""
+    from goex.adapters.sql import mysql
+
+    db.setup("CREATE TABLE p (id INT PRIMARY KEY, code INT, v INT, UNIQUE KEY (code)) ENGINE=InnoDB; "
+             "INSERT INTO p VALUES (1, 10, 0), (2, 20, 0)")
+    run(session, "UPDATE p SET code = code + 1 WHERE id = ?", [2])  # the schema of p is kept
+    pipeline = mysql._pipeline
+    came: list[bool] = []
+
+    def another_client_between(conn, commands):
+        if not came and isinstance(commands[0], str) and commands[0].startswith("UPDATE p "):
+            came.append(True)  # the image's locks are held: the statement is next
+            db.setup("CREATE TABLE kid (id INT PRIMARY KEY, code INT, FOREIGN KEY (code) REFERENCES p(code) "
+                     "ON UPDATE CASCADE) ENGINE=InnoDB; INSERT INTO kid VALUES (1, 10)")
+        return pipeline(conn, commands)
+
+    monkeypatch.setattr(mysql, "_pipeline", another_client_between)
+    run(session, "UPDATE p SET code = code + 100 WHERE id = ?", [1])
+    monkeypatch.undo()
+    assert came
+    assert db.query("SELECT code FROM kid") == ((110,),)  # cascaded
+    assert len(session.undo()) == 1
+    assert db.query("SELECT code FROM p ORDER BY id") == ((10,), (21,))
+    assert db.query("SELECT code FROM kid") == ((10,),)
+
+
+@pytest.mark.parametrize("sql, cascades", [
+    ("UPDATE t SET v = v + 1 WHERE id = 1", False),
+    ("UPDATE t SET s = 'x' WHERE id = 1", True),  # a column of a key
+    ("UPDATE t SET v = 1 WHERE id = 1", True),  # with a generated column in the table: taken as one that may
+    ("DELETE FROM t WHERE id = 1", True),
+])
+def test_which_statements_may_set_off_a_foreign_key(db: Db, sql: str, cascades: bool):
+    from goex.adapters.sql import mysql
+
+    if sql.startswith("UPDATE t SET v = 1"):
+        db.setup("ALTER TABLE t ADD COLUMN g INT AS (v * 2) VIRTUAL")
+    db.setup("ALTER TABLE t ADD UNIQUE KEY s_key (s)")
+    create = db.query("SHOW CREATE TABLE t")[0][1]
+    assigned, _ = mysql._effects(sql)
+    assert mysql._may_cascade(create, assigned) is cascades
+
+
+@pytest.mark.parametrize("sql, pure", [
+    ("UPDATE t SET v = v + 1, s = ? WHERE id = ?", True),
+    ("DELETE FROM t WHERE id IN (1, 2)", True),
+    ("UPDATE t SET v = @x := 1 WHERE id = 1", False),
+    ("UPDATE t SET v = ABS(v) WHERE id = 1", False),
+    ("UPDATE t SET v = (SELECT 1) WHERE id = 1", False),
+    ("UPDATE t SET v = DEFAULT WHERE id = 1", False),
+])
+def test_only_statements_that_leave_the_session_as_it_was_skip_the_next_reset(db: Db, sql: str, pure: bool):
+    from goex.adapters.sql import mysql
+
+    assert mysql._effects(sql)[1] is pure
+    db.act("UPDATE t SET v = v + 1 WHERE id = 3")  # the schema of t is kept
+    params = ["y", 2] if "?" in sql else None
+    db.act(sql, params)
+    assert bool(db.engine._spare and db.engine._spare.clean) is pure
+
+
+def test_a_clean_connection_gone_between_actions_is_replaced(db: Db, session: goex.Session):
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])  # its connection is kept clean
+    with db.conn() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+                    (db.name,))
+        for (thread,) in cur.fetchall():
+            cur.execute(f"KILL {thread}")
+    before = db.engine.dump()
+    run(session, "UPDATE t SET v = v + 1 WHERE id = ?", [1])
+    assert db.query("SELECT v FROM t WHERE id = 1") == ((13,),)
+    assert len(session.undo()) == 1
+    assert db.engine.dump() == before
+
+
+def test_pipelined_results_read_as_the_driver_reads_them(db: Db):
+    """The pipeline reads results without the column descriptions: every type, NULL, long values
+    (each length prefix), several rows and errors come out as PyMySQL's own reading has them."""
+    from goex.adapters.sql import mysql
+
+    db.setup("CREATE TABLE types (id INT PRIMARY KEY, i BIGINT, d DECIMAL(10,3), f DOUBLE, dt DATETIME(6), "
+             "da DATE, ti TIME, b VARBINARY(20), bl LONGBLOB, tx LONGTEXT, j JSON, bi BIT(5), e ENUM('x','y'), "
+             "st SET('a','b'), y YEAR, u VARCHAR(20)) ENGINE=InnoDB; "
+             "INSERT INTO types VALUES (1, -9007199254740993, 12.5, 0.1, '2024-02-29 23:59:59.123456', "
+             "'2024-02-29', '-12:30:01', 0x00ff, REPEAT('z', 300), REPEAT('é', 70000), '{\"a\": [1, null]}', "
+             "b'10101', 'y', 'a,b', 2024, 'ünï'), (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+             "NULL, NULL, NULL, NULL, NULL, NULL)")
+    queries = ["SELECT * FROM types ORDER BY id", "SELECT CONCAT_WS(',', id, QUOTE(u)), HEX(bl) FROM types",
+               "SELECT 1 FROM nowhere", "SELECT * FROM types WHERE 0"]
+    conn = db.engine._connect()
+    try:
+        results = mysql._pipeline(conn, queries)
+        for query, result in zip(queries, results):
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(query)
+                except pymysql.err.ProgrammingError as exc:
+                    assert isinstance(result, pymysql.err.ProgrammingError) and result.args == exc.args
+                    continue
+                assert result.rows == (cur._rows if cur.description else None)
+                assert result.affected_rows == cur.rowcount
+        changed, same = mysql._pipeline(conn, ["UPDATE types SET i = i + 1 WHERE id = 1",
+                                               "UPDATE types SET i = i WHERE id = 1"])
+        assert changed.affected_rows == 1 and changed.message.endswith(b"Rows matched: 1  Changed: 1  Warnings: 0")
+        assert same.affected_rows == 0 and same.message.endswith(b"Rows matched: 1  Changed: 0  Warnings: 0")
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_cascading_foreign_key_created_before_a_statement_of_the_usual_way_is_undone_too(
+        db: Db, session: goex.Session, monkeypatch):
+    """The same on the usual path (whole-table images): a foreign key that cascades from an
+    imaged table to one that is not, found after the statements, sends them back to be planned
+    again with the schema as it is now."""
+    db.setup("CREATE TABLE p (id INT PRIMARY KEY, code INT, v INT, UNIQUE KEY (code)) ENGINE=InnoDB; "
+             "INSERT INTO p VALUES (1, 10, 0), (2, 20, 0)")
+    execute = pymysql.cursors.Cursor.execute
+    came: list[bool] = []
+
+    def another_client_between(cur, query, args=None):
+        if not came and isinstance(query, str) and query.startswith("UPDATE p "):
+            came.append(True)  # the images are taken: the statement is next
+            db.setup("CREATE TABLE kid (id INT PRIMARY KEY, code INT, FOREIGN KEY (code) REFERENCES p(code) "
+                     "ON UPDATE CASCADE) ENGINE=InnoDB; INSERT INTO kid VALUES (1, 10)")
+        return execute(cur, query, args)
+
+    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", another_client_between)
+    run(session, "UPDATE p SET code = code + 100 WHERE ABS(id) = 1")
+    monkeypatch.undo()
+    assert came
+    assert db.query("SELECT code FROM kid") == ((110,),)
+    assert len(session.undo()) == 1
+    assert db.query("SELECT code FROM p ORDER BY id") == ((10,), (20,))
+    assert db.query("SELECT code FROM kid") == ((10,),)

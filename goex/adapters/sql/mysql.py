@@ -9,11 +9,14 @@ a content-addressed blob (unchanged images deduplicate across entries):
   its WHERE selects (`SELECT ... WHERE ... FOR UPDATE`, the same locks the statement takes).
   It runs in three round trips (see `_stage_fast`), several statements written at once on the
   agent connection and their results read in order (`_pipeline`; still one statement per
-  command, no multi-statements): the session reset and its check, the image, then the table's
-  definition, triggers and referring foreign keys read under the image's locks and compared
-  with those the kept schema was read under (a difference drops the image and reads the schema
-  again); the statement and its after-rows; the commit. One that matches more rows than the
-  image holds is rolled back and runs the general way.
+  command, no multi-statements): the session reset and its check (skipped when the last use of
+  the connection left its session as the reset did: `_Connection.clean`), the image, then the
+  table's definition, triggers and referring foreign keys read under the image's locks and
+  compared with those the kept schema was read under (a difference drops the image and reads the
+  schema again); the statement and its after-rows, with the referring foreign keys read again
+  when it may set one off (`_may_cascade`: a table created with a foreign key is not held off by
+  the image's locks); the commit. One that matches more rows than the image holds, or after
+  which the referring foreign keys differ, is rolled back and runs the general way.
 * Any other DML images whole tables: every table a statement names, every table reachable from
   them through foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT (MySQL does
   not fire triggers for cascaded changes, so trigger-based capture would miss them), every base
@@ -64,8 +67,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import sqlglot
-from pymysql.connections import MAX_PACKET_LEN, MySQLResult
-from pymysql.constants import CLIENT, COMMAND
+from pymysql.connections import MAX_PACKET_LEN, TEXT_TYPES
+from pymysql.constants import CLIENT, COMMAND, FIELD_TYPE, SERVER_STATUS
+from pymysql.protocol import OKPacketWrapper
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.tokens import TokenType
@@ -122,11 +126,14 @@ _AI = re.compile(r" AUTO_INCREMENT=(\d+)")
 _BATCH = 1 << 20  # bytes of row literals per INSERT on restore
 # what a table's schema depends on beyond its SHOW CREATE TABLE text: its triggers (a trigger's
 # body names the tables it writes) and the foreign keys of other tables that reference it
+#: a table's triggers (by EVENT_OBJECT_SCHEMA and EVENT_OBJECT_TABLE, the columns the server looks the
+#: table up by: only that table's trigger file is read) and the foreign keys that refer to it; sorted
+#: here (`_sorted_links`), not by the server (a sort of its temporary table)
 _LINKS_OF = ("SELECT TRIGGER_NAME,ACTION_TIMING,EVENT_MANIPULATION,ACTION_ORDER,ACTION_STATEMENT "
-             "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s ORDER BY 1",
+             "FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s",
              "SELECT CONSTRAINT_NAME,TABLE_NAME,UPDATE_RULE,DELETE_RULE FROM "
              "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s "
-             "AND REFERENCED_TABLE_NAME=%s ORDER BY 1, 2")
+             "AND REFERENCED_TABLE_NAME=%s")
 
 
 # -- public helpers ----------------------------------------------------------------------------
@@ -483,6 +490,10 @@ class _Connection(pymysql.connections.Connection):
 
     _preferred: Any = None
     ended = False  # the last command was a COMMIT or ROLLBACK: no transaction is open
+    #: the session is as its reset and check left it: since them only goex's own reads and one
+    #: fast statement that `_effects` finds pure ran on it, and the transaction was committed; set by
+    #: that commit, cleared whenever the connection is taken again
+    clean = False
 
     def query(self, sql: Any, unbuffered: bool = False) -> int:
         self.ended = False
@@ -595,6 +606,7 @@ class MysqlEngine(ServerEngine[Any]):
         """COM_RESET_CONNECTION (user variables, session settings, temporary tables, prepared
         statements, locks, roles all gone), then one statement that fails unless the session is
         clean, turns autocommit off (the reset turns it on) and adds NO_DIR_IN_CREATE to sql_mode."""
+        conn.clean = False
         conn._execute_command(_COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
         while True:
@@ -622,20 +634,27 @@ class MysqlEngine(ServerEngine[Any]):
                 "AND @@character_set_client = 'utf8mb4', 0, NULL), "
                 "sql_mode = CONCAT_WS(',', NULLIF(@@global.sql_mode, ''), 'NO_DIR_IN_CREATE')")
 
-    def _kept(self, plain: bool) -> tuple[Any, bool]:
-        """An agent connection and whether it still needs its reset: a kept one not reset yet
-        when what will be sent on it is `plain` (quoted the same whatever the session's
-        NO_BACKSLASH_ESCAPES, which the reset may change), else one `_take` reset."""
+    def _kept(self, plain: bool) -> tuple[Any, str | None]:
+        """An agent connection and what it still needs: a kept one that is `clean` (see
+        `_Connection`) needs no reset ("clean"); another kept one its reset ("reset"), when what
+        will be sent on it is `plain` (quoted the same whatever the session's NO_BACKSLASH_ESCAPES,
+        which the reset may change); else one `_take` reset (None)."""
         with self._lock:
-            conn = self._idle.pop() if self._idle and plain else None
-        return (conn, True) if conn is not None else (self._take(), False)
+            conn = self._idle.pop() if self._idle and (plain or self._idle[-1].clean) else None
+        if conn is None:
+            return self._take(), None
+        clean, conn.clean = conn.clean, False
+        return conn, "clean" if clean else "reset"
 
-    def _after_reset(self, conn: Any, queries: list[str]) -> tuple[Any, list[Any]]:
+    def _after_reset(self, conn: Any, queries: list[str], reset: bool = True) -> tuple[Any, list[Any]]:
         """`queries` run on a kept connection (see `_pipeline`) right after its reset and the
-        check that follows it, all in one round trip. Were the reset or its check to fail, the
-        queries' results are dropped (they only read) and the connection closed; a new one runs
-        them."""
+        check that follows it (`reset`; else on a clean one as it is), all in one round trip.
+        Were the reset or its check to fail, or the connection to be gone (a server restart, its
+        idle timeout), the queries' results are dropped (they only read) and the connection
+        closed; a new one runs them."""
         try:
+            if not reset:
+                return conn, _pipeline(conn, queries)
             results = _pipeline(conn, [(_COM_RESET_CONNECTION, b""), self._clean_check(), *queries])
             if not any(isinstance(r, Exception) for r in results[:2]):
                 return conn, results[2:]
@@ -996,7 +1015,10 @@ class MysqlEngine(ServerEngine[Any]):
             conn, plan, output = fast
             cur = conn.cursor()
         else:
-            conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
+            try:
+                conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
+            except _NewCascade:  # rolled back: planned again, with the schema as it is now
+                conn, cur, plan, output = self._stage_slow(statements, params, analyses, before, reads, ddl)
         return self._staged(conn, cur, plan, output, before, statements, ddl), plan, cur
 
     def _stage_slow(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
@@ -1029,6 +1051,12 @@ class MysqlEngine(ServerEngine[Any]):
                     changed += count
             if not output:
                 output = {"rows_changed": changed}
+            if not ddl and not reads and plan.get("tables") and any(_may_set_off(s) for s in statements):
+                moved = _new_cascades(cur, self.db, plan["tables"])
+                if moved:
+                    with self._lock:
+                        self._metas.clear()
+                    raise _NewCascade(moved)
         except pymysql.Error as exc:
             self._fail(conn, before, plan, statements)
             raise self._failed(exc) from None
@@ -1075,6 +1103,7 @@ class MysqlEngine(ServerEngine[Any]):
                 raise self._failed(exc, "the commit failed") from None
             cur.close()
             self._recent = {}
+            conn.clean = bool(plan.get("pure"))  # no reset before its next fast statement
             self._give(conn)
 
         def abort() -> None:
@@ -1086,14 +1115,17 @@ class MysqlEngine(ServerEngine[Any]):
     def _stage_fast(self, statements: list[str], params: Any,
                     before: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
         """A single UPDATE/DELETE whose own WHERE selects its rows (see `_fast`) on a table whose
-        schema this engine has read, in three round trips: (1) the session reset and its check,
-        the before-image of the rows (`SELECT ... FOR UPDATE`), the table's SHOW CREATE TABLE text
-        and its triggers and the foreign keys referring to it; (2) the statement and the rows
-        with the same keys after it (and its AUTO_INCREMENT position); (3) the commit. The image
-        is read with the schema kept from an earlier action, the schema then read again in the
-        same transaction after the row locks, which also hold the table's metadata lock (no
-        ALTER, trigger or DROP on it can land until the commit): when it differs, the image is
-        dropped and taken again with the schema read now. None: the usual path (`_plan`) runs it."""
+        schema this engine has read, in three round trips: (1) the session reset and its check
+        (unless the connection is `clean`), the before-image of the rows (`SELECT ... FOR
+        UPDATE`), the table's SHOW CREATE TABLE text and its triggers and the foreign keys
+        referring to it; (2) the statement and the rows with the same keys after it (and its
+        AUTO_INCREMENT position, and the referring foreign keys again when it may set one off:
+        see `_run_fast`); (3) the commit. The image is read with the schema kept from an earlier
+        action, the schema then read again in the same transaction after the row locks, which
+        also hold the table's metadata lock (no ALTER, trigger or DROP on it can land until the
+        commit; a foreign key of another table can, hence the second read): when it differs,
+        the image is dropped and taken again with the schema read now. None: the usual path
+        (`_plan`) runs it."""
         shape = _shape(statements[0])
         if shape is None or _SEQUENCE_CALL.search(_uncommented(statements[0])):
             return None
@@ -1104,7 +1136,7 @@ class MysqlEngine(ServerEngine[Any]):
                                    _may_use_sequence(statements, cached[1])):
             return None  # the usual path: triggers, cascades, sequences or keys that change
         plan: dict[str, Any] = {}
-        conn, reset = self._kept(_plain([params, self.db]))
+        conn, kept = self._kept(_plain([params, self.db]))
         try:
             for _ in range(3):
                 fast = None
@@ -1114,24 +1146,25 @@ class MysqlEngine(ServerEngine[Any]):
                         break
                 with conn.cursor() as cur:
                     keyed = self._key_queries(cur, name)
-                    if cached is None or fast is None:  # the schema, then the image under its locks
-                        queries = [cur.mogrify(*_Meta.query(self.db, only=name)), *keyed]
+                    if cached is None or fast is None:  # the key, then the schema: a change between reads again
+                        queries = [*keyed, cur.mogrify(*_Meta.query(self.db, only=name))]
                     else:  # the image (its locks), then what the schema was kept under, read under them
                         table, where, args = fast
                         head = f"SELECT {_row_sql(cached[1], table)[0]} FROM {_q(table)} "
                         queries = [cur.mogrify((head.replace("%", "%%") if args is not None else head)
                                                + f"{where}\nFOR UPDATE", args), *keyed]
-                if reset:
-                    conn, results = self._after_reset(conn, queries)
-                    reset = False
+                if kept is not None:
+                    conn, results = self._after_reset(conn, queries, reset=kept == "reset")
+                    kept = None
                 else:
                     results = _pipeline(conn, queries)
-                key = _schema_key(results[1:])
                 if cached is None or fast is None:
-                    if key is None or isinstance(results[0], Exception):
+                    key = _schema_key(results[:-1])
+                    if key is None or isinstance(results[-1], Exception):
                         break  # not a table (gone, or never was): the usual path says what it is
-                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[0])))
+                    cached = self._keep_meta(name, key, _Meta(None, self.db, only=name, found=_rows(results[-1])))
                     continue
+                key = _schema_key(results[1:])
                 if key != cached[0]:
                     _rollback(conn)  # the schema changed since it was kept: read again, image again
                     with self._lock:
@@ -1140,9 +1173,9 @@ class MysqlEngine(ServerEngine[Any]):
                     continue
                 if isinstance(results[0], Exception):
                     break  # the usual path runs it and reports the server's error
-                done = self._run_fast(conn, statements[0], params, cached[1], fast[0], _rows(results[0]),
+                done = self._run_fast(conn, statements[0], params, cached, fast[0], _rows(results[0]),
                                       _rows(results[1])[0][1], plan)
-                if done is None:  # it matched rows the image does not hold: rolled back, the usual path runs it
+                if done is None:  # rows the image does not hold, or a new foreign key: the usual path runs it
                     self._fail(conn, before, plan, statements)
                     return None
                 return conn, *done
@@ -1155,19 +1188,32 @@ class MysqlEngine(ServerEngine[Any]):
         self._give(conn)
         return None
 
-    def _run_fast(self, conn: Any, sql: str, params: Any, meta: _Meta, table: str, image: list[tuple[Any, ...]],
-                  create: str, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The statement, with the rows it changed read after it in the same round trip. None
-        when it matched another number of rows than the image holds (a row that slipped in
-        between, as under READ COMMITTED, which takes no gap locks): the caller rolls it back."""
+    def _run_fast(self, conn: Any, sql: str, params: Any, cached: tuple[Any, _Meta], table: str,
+                  image: list[tuple[Any, ...]], create: str,
+                  plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The statement, with the rows it changed read after it in the same round trip, and,
+        when it may set off another table's foreign key (`_may_cascade`), the foreign keys that
+        refer to the table read again after it: a table created with one that cascades is not
+        held off by this transaction's locks, so one may have come since they were read before
+        the statement; its cascade, transactional, is then rolled back with the statement (and
+        once a cascade has changed rows, the key cannot be dropped before the commit). None when
+        it matched another number of rows than the image holds (a row that slipped in between,
+        as under READ COMMITTED, which takes no gap locks) or the referring foreign keys changed:
+        the caller rolls it back."""
+        meta = cached[1]
         entry = _image_of(create, meta, table, image, whole=False)
         plan.update({"meta": meta, "tables": {table: entry}, "counters": {table: entry["auto_increment"]},
                      "sequences": {}})
         keys = [k for k, _ in image]
+        assigned, pure = _effects(sql)
         with conn.cursor() as cur:
             queries = [cur.mogrify(*convert_params(sql, params)), *_rows_queries(table, entry, keys)]
-        if entry["auto_increment"] is not None:
-            queries.append(f"SHOW CREATE TABLE {_q(table)}")
+            rows_end = len(queries)
+            if entry["auto_increment"] is not None:
+                queries.append(f"SHOW CREATE TABLE {_q(table)}")
+            cascade = _may_cascade(create, assigned)
+            if cascade:
+                queries.append(self._key_queries(cur, table)[2])
         results = _pipeline(conn, queries)
         if isinstance(results[0], Exception):
             raise results[0]
@@ -1176,11 +1222,15 @@ class MysqlEngine(ServerEngine[Any]):
         plan["count"], plan["matched"] = count, int(found.group(1)) if found else count
         if plan["matched"] != len(image):
             return None
-        entry["after_rows"] = [row for r in results[1:1 + len(queries) - 1 - (entry["auto_increment"] is not None)]
-                               for row in _rows(r)]
+        if cascade and _sorted_links(results[-1]) != cached[0][2]:
+            with self._lock:  # read again by the usual path
+                self._metas.pop(table.lower(), None)
+            return None
+        entry["after_rows"] = [row for r in results[1:rows_end] for row in _rows(r)]
         if entry["auto_increment"] is not None:
-            counter = _AI.search(_rows(results[-1])[0][1])
+            counter = _AI.search(_rows(results[rows_end])[0][1])
             entry["counter_after"] = int(counter.group(1)) if counter else None
+        plan["pure"] = pure
         return plan, {"rows_changed": count if count and count > 0 else 0}
 
     def _plan(self, cur: Any, statements: list[str], params: Any, analyses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1805,6 +1855,59 @@ def _shape(sql: str) -> tuple[str, int, int, frozenset[str]] | None:
     return None
 
 
+#: what the values an UPDATE sets may be made of for the statement to leave the session as it
+#: found it (no user variable, function, subquery or DEFAULT): see `_effects`
+_PURE_SET = (exp.Column, exp.Literal, exp.Placeholder, exp.Identifier, exp.Null, exp.Boolean, exp.Paren, exp.Neg,
+             exp.Add, exp.Sub, exp.Mul, exp.Div)
+
+
+@functools.lru_cache(maxsize=512)
+def _effects(sql: str) -> tuple[frozenset[str] | None, bool]:
+    """Of a statement `_shape` accepts: the columns it sets (None: a DELETE), and whether it
+    leaves the session as it found it: its WHERE is plain (`_SAFE_WHERE`) and each value an
+    UPDATE sets is columns, literals, parameters and arithmetic. Such a statement, on a table
+    with no trigger, sets no user variable, session setting, lock or temporary table, so the
+    connection needs no reset after it (see `_Connection.clean`)."""
+    shape = _shape(sql)
+    if shape is None:  # not a fast statement: taken as one that may do anything
+        return None, False
+    tree = sqlglot.parse_one(sql, read="mysql")
+    if isinstance(tree, exp.Delete):
+        return None, True
+    return shape[3], all(isinstance(node, _PURE_SET) and not _is_default(node)
+                         for e in tree.expressions for node in e.expression.walk())
+
+
+def _is_default(node: Any) -> bool:
+    """`DEFAULT` (read as a column): the column's default, an expression of the table's own."""
+    name = node.this if isinstance(node, exp.Column) else node
+    return isinstance(name, exp.Identifier) and not name.quoted and name.name.upper() == "DEFAULT"
+
+
+_SYSTEM_VERSIONING = re.compile(r"\bWITH\s+SYSTEM\s+VERSIONING\b", re.I)
+
+
+def _may_cascade(create: str, assigned: frozenset[str] | None) -> bool:
+    """Whether a statement on the table `create` (its SHOW CREATE TABLE text) defines may set off
+    another table's foreign key (CASCADE, SET NULL, SET DEFAULT): a DELETE (`assigned` None) may;
+    an UPDATE only when it may change a column of one of the table's keys, since a foreign key
+    refers to the leading columns of a key of the table it refers to, and acts only when they
+    change. Read conservatively: the UPDATE may when one of the columns it sets is named on any
+    line of the text that is not a column's own (keys, constraints, periods), or when the table
+    has generated columns, columns set ON UPDATE, or system versioning (a change of their own)."""
+    if assigned is None or _SYSTEM_VERSIONING.search(create):
+        return True
+    names = {"`" + c.replace("`", "``") + "`" for c in assigned}
+    for line in create.split("\n")[1:]:
+        if line.startswith("  `"):  # a column
+            upper = line.upper()
+            if " GENERATED " in upper or " AS (" in upper or " ON UPDATE " in upper:
+                return True
+        elif any(name in line.lower() for name in names):
+            return True
+    return False
+
+
 def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
     """Several commands written in one go, their results read in order: one round trip instead
     of one per command. Each command is a statement (text: a COM_QUERY) or (command, payload);
@@ -1836,12 +1939,9 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
         conn._next_seq_id = seq % 256
         try:
             if command == COMMAND.COM_QUERY:
-                result = MySQLResult(conn)
-                result.read()
+                result = _read_result(conn)
                 while result.has_next:  # more result sets (none of goex's statements makes them)
-                    more = MySQLResult(conn)
-                    more.read()
-                    result.has_next = more.has_next
+                    result.has_next = _read_result(conn).has_next
                 conn._result = result
                 if result.server_status is not None:
                     conn.server_status = result.server_status
@@ -1853,6 +1953,123 @@ def _pipeline(conn: Any, commands: list[Any]) -> list[Any]:
                 raise
             out.append(exc)
     return out
+
+
+class _NewCascade(ActionFailed):
+    """A foreign key that cascades from a table the statements changed, to a table not imaged,
+    came while they ran (a table created with one is not held off by the images' locks)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"sql.execute: foreign keys that cascade ({', '.join(keys)}) were created while the "
+                         "statements ran; nothing was applied; run the action again")
+
+
+def _may_set_off(statement: str) -> bool:
+    """Whether a DML statement may set off a foreign key of another table: all but a plain INSERT."""
+    said = _words(statement)
+    return not (said[:1] == ["insert"] and "duplicate" not in said)
+
+
+def _new_cascades(cur: Any, db: str, tables: dict[str, Any]) -> list[str]:
+    """After the statements, in their transaction: the foreign keys that cascade (or set) from a
+    table they may have changed to one that was not imaged. Such a key came after the schema
+    was read (`_Meta.resolve` images every table one reaches); once its cascade changed rows it
+    cannot be dropped before the commit, so this read sees every cascade that ran."""
+    cur.execute("SELECT REFERENCED_TABLE_NAME,TABLE_NAME,CONSTRAINT_NAME,UPDATE_RULE,DELETE_RULE FROM "
+                "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA=%s AND UNIQUE_CONSTRAINT_SCHEMA=%s",
+                (db, db))
+    return sorted(f"{child}.{name}" for parent, child, name, update, delete in cur.fetchall()
+                  if parent in tables and child not in tables and {update, delete} - {"RESTRICT", "NO ACTION"})
+
+
+class _Result:
+    """What `_read_result` reads of one statement's response: as PyMySQL's `MySQLResult` has it
+    (`rows`, `affected_rows`, `insert_id`, `server_status`, `warning_count`, `message`,
+    `has_next`), without the column descriptions."""
+
+    unbuffered_active = False
+
+    def __init__(self) -> None:
+        self.rows: tuple[tuple[Any, ...], ...] | None = None
+        self.affected_rows: int | None = None
+        self.insert_id: int | None = None
+        self.server_status: int | None = None
+        self.warning_count = 0
+        self.message: bytes | None = None
+        self.has_next: bool | None = None
+
+
+def _read_result(conn: Any) -> _Result:
+    """One COM_QUERY response, read as PyMySQL's `MySQLResult.read` reads it (its packets through
+    `conn._read_packet`, which raises the server's error; each value decoded and converted by
+    its column's type and character set the same way), but of each column description only the
+    type and character set, from its fixed-length end: a pipeline's results are read for their
+    rows and counts only."""
+    out = _Result()
+    first = conn._read_packet()
+    if first.is_ok_packet():
+        ok = OKPacketWrapper(first)
+        out.affected_rows, out.insert_id, out.server_status = ok.affected_rows, ok.insert_id, ok.server_status
+        out.warning_count, out.message, out.has_next = ok.warning_count, ok.message, ok.has_next
+        return out
+    if first.is_load_local_packet():  # never asked for: the server waits for a file; the session is lost
+        conn._force_close()
+        raise pymysql.err.OperationalError(2014, "Command Out of Sync: the server asked for a local file")
+    columns = first.read_length_encoded_integer()
+    encoding = conn.encoding
+    converters: list[tuple[str | None, Any]] = []
+    for _ in range(columns):
+        data = conn._read_packet()._data  # ... 0x0c, charset (2), length (4), type (1), flags (2), decimals, 0 0
+        kind, charset = data[-6], data[-12] | data[-11] << 8
+        if not conn.use_unicode:
+            decode = None
+        elif kind == FIELD_TYPE.JSON:
+            decode = encoding
+        elif kind in TEXT_TYPES:
+            decode = None if charset == 63 else encoding
+        else:
+            decode = "ascii"
+        convert = conn.decoders.get(kind)
+        converters.append((decode, None if convert is pymysql.converters.through else convert))
+    if not conn._read_packet().is_eof_packet():
+        conn._force_close()
+        raise pymysql.err.OperationalError(2014, "Command Out of Sync: no end of the column descriptions")
+    rows = []
+    while True:
+        packet = conn._read_packet()
+        data = packet._data
+        if data[0] == 0xFE and len(data) < 9:  # the end: 0xfe, warnings (2), status (2)
+            out.warning_count = data[1] | data[2] << 8
+            out.has_next = bool((data[3] | data[4] << 8) & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS)
+            break
+        row = []
+        at = 0
+        for decode, convert in converters:
+            if at >= len(data):  # no more columns in this row (as PyMySQL reads it)
+                break
+            value, at = _lenenc_string(data, at)
+            if value is not None:
+                if decode is not None:
+                    value = value.decode(decode)
+                if convert is not None:
+                    value = convert(value)
+            row.append(value)
+        rows.append(tuple(row))
+    out.affected_rows, out.rows = len(rows), tuple(rows)
+    return out
+
+
+def _lenenc_string(data: bytes, at: int) -> tuple[Any, int]:
+    """The length-encoded string at `at` of a row packet (None: NULL), and where the next starts."""
+    size = data[at]
+    if size < 0xFB:
+        return data[at + 1:at + 1 + size], at + 1 + size
+    if size == 0xFB:
+        return None, at + 1
+    width = 2 if size == 0xFC else 3 if size == 0xFD else 8
+    size = int.from_bytes(data[at + 1:at + 1 + width], "little")
+    start = at + 1 + width
+    return data[start:start + size], start + size
 
 
 _SPECIAL = re.compile(r"[\\'\"\x00\n\r\x1a]")
@@ -1877,7 +2094,12 @@ def _schema_key(results: list[Any]) -> tuple[Any, ...] | None:
     one of them failed (not a table)."""
     if any(isinstance(r, Exception) for r in results):
         return None
-    return _AI.sub("", _rows(results[0])[0][1]), tuple(_rows(results[1])), tuple(_rows(results[2]))
+    return _AI.sub("", _rows(results[0])[0][1]), _sorted_links(results[1]), _sorted_links(results[2])
+
+
+def _sorted_links(result: Any) -> tuple[tuple[Any, ...], ...]:
+    """The rows of one of `_LINKS_OF`, in a fixed order."""
+    return tuple(sorted(_rows(result), key=repr))
 
 
 def _rows(result: Any) -> list[tuple[Any, ...]]:
