@@ -194,13 +194,15 @@ class SqliteEngine:
         self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}  # -wal / -shm as they were while goex held the file open
         self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
-        self._shaped: tuple[Any, bool, dict[str, str]] = (None, False, {})  # (file, schema version): `_shape`
+        self._shaped: tuple[Any, bool, dict[str, str], frozenset[str]] = (None, False, {}, frozenset())  # `_shape`
         self._linked: tuple[int, dict[str, set[str]]] = (-1, {})  # schema version, tables tied by foreign keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
         self._outside: _File | None = None  # the file outside the workspace, where its path last led
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
-        self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
+        # this action's dry run saw it change what a session does not record (the schema, statistics,
+        # rows keyed by NULL): its undo keeps the database image
+        self._reshapes: bool | None = None
         self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
 
     # -- analysis --------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ class SqliteEngine:
         session = None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            hooked, tables = self._shape(conn)
+            hooked, tables, nullable = self._shape(conn)
             if not hooked:
                 self._release(conn, None)
                 return self.dry_run(statements, params), None
@@ -282,15 +284,16 @@ class SqliteEngine:
             output, changed = _execute(conn, statements, params)
             conn.authorizer = None
             conn.set_update_hook(None)
-            changeset = b"" if authorizer.reshapes else session.changeset()
-            all_rows = None if authorizer.reshapes else counted.every_row(conn, changeset)
+            unrecorded = authorizer.reshapes or not counted.written.isdisjoint(nullable)
+            changeset = b"" if unrecorded else session.changeset()
+            all_rows = None if unrecorded else counted.every_row(conn, changeset)
         except apsw.Error as exc:
             self._release(conn, session)
             raise _error(self.name, exc, "nothing was applied") from None
         except BaseException:
             self._release(conn, session)
             raise
-        if all_rows is None:  # the schema or statistics changed, or the bounds did not settle it
+        if all_rows is None:  # the schema or statistics changed, rows a session misses, or unsettled bounds
             self._release(conn, session)
             return self.dry_run(statements, params), None
         self._found = (file, st)
@@ -298,19 +301,23 @@ class SqliteEngine:
         effect = {"rows": changed, "all_rows": all_rows, "creates_trigger": authorizer.creates_trigger}
         return effect, self._staged(conn, session, sequence, output, (changeset, tables))
 
-    def _shape(self, conn: apsw.Connection) -> tuple[bool, dict[str, str]]:
+    def _shape(self, conn: apsw.Connection) -> tuple[bool, dict[str, str], frozenset[str]]:
         """What a run of row changes needs of the schema, read inside its transaction, and read
         again only when the schema changed: whether SQLite's update hook sees every row it updates
         or deletes (no WITHOUT ROWID table: the hook skips them; no REPLACE conflict resolution
-        declared in the schema: the rows it deletes pass the hook by), and each table's SQL."""
+        declared in the schema: the rows it deletes pass the hook by), each table's SQL, and the
+        tables whose primary key may hold NULL (a rowid table's declared key without NOT NULL,
+        SQLite's old quirk): a session records no row whose key is NULL, so neither undo nor the
+        changeset's count would see it."""
         assert self._work is not None
         key = (self._work[1], _fetch(conn, "PRAGMA schema_version")[0][0])
         if self._shaped[0] != key:
             tables = dict(_fetch(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
             unhooked = _fetch(conn, "SELECT 1 FROM pragma_table_list WHERE schema = 'main' AND wr UNION ALL "
                                     "SELECT 1 FROM sqlite_master WHERE lower(sql) LIKE '%replace%' LIMIT 1")
-            self._shaped = (key, not unhooked, tables)
-        return self._shaped[1], self._shaped[2]
+            nullable = frozenset(r[0] for r in _fetch(conn, _NULLABLE_KEYS))
+            self._shaped = (key, not unhooked, tables, nullable)
+        return self._shaped[1], self._shaped[2], self._shaped[3]
 
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
         """What the statements would do, by running them in a transaction that is rolled back:
@@ -326,6 +333,7 @@ class SqliteEngine:
             # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
             ddl = any(not (a := analyse(s, self.dialect))["parsed"] or a["ddl"] for s in statements)
             counts = _row_counts(conn) if ddl else {}
+            nullable = frozenset() if ddl else self._shape(conn)[2]  # (DDL keeps the image anyway)
             touched = _Touched(self._keyed_tables(conn))
             before = conn.total_changes()
             conn.preupdate_hook(touched)
@@ -341,7 +349,7 @@ class SqliteEngine:
             effect = {"rows": changed + moved, "all_rows": touched.every_row(conn),
                       "creates_trigger": authorizer.creates_trigger}
             self._found = (file, st)
-            self._reshapes = authorizer.reshapes
+            self._reshapes = authorizer.reshapes or not nullable.isdisjoint(touched.fresh)
             return effect
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
@@ -402,17 +410,25 @@ class SqliteEngine:
             writes = any(a["kind"] != "select" for a in analyses)
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             sequence = _sequence(conn)
+            counted, nullable = _Counted(), frozenset[str]()
             if before.get("mode") == "changeset":
+                nullable = self._shape(conn)[2]
                 session = _session(conn)
+                conn.set_update_hook(counted)
             conn.authorizer = _authorize
             output, _ = _execute(conn, statements, params)
             conn.authorizer = None
+            if not nullable.isdisjoint(counted.written):
+                raise ActionFailed(f"sql.execute on {self.name}: run again, the statements wrote a table whose "
+                                   "primary key may hold NULL (rows a session cannot record for undo), which "
+                                   "their dry run did not; nothing was applied")
         except apsw.Error as exc:
             self._release(conn, session)
             raise _error(self.name, exc) from None
         except BaseException:
             self._release(conn, session)
             raise
+        conn.set_update_hook(None)
         return self._staged(conn, session, sequence, output)
 
     def _staged(self, conn: apsw.Connection, session: apsw.Session | None, sequence: list[list[Any]] | None,
@@ -1015,10 +1031,13 @@ class _Counted:
 
     def __init__(self) -> None:
         self.touches: collections.Counter[str] = collections.Counter()
+        self.written: set[str] = set()  # every table of main a row was inserted into, updated or deleted
 
     def __call__(self, op: int, database: str, table: str, rowid: int) -> None:
-        if database == "main" and op != apsw.SQLITE_INSERT:
-            self.touches[table] += 1
+        if database == "main":
+            self.written.add(table)
+            if op != apsw.SQLITE_INSERT:
+                self.touches[table] += 1
 
     def every_row(self, conn: apsw.Connection, changeset: bytes) -> list[str] | None:
         """`_Touched.every_row`, from the run itself: tables that held at least 2 rows, every one
@@ -1108,6 +1127,11 @@ class _Touched:
                 out.append(table)
         return sorted(out)
 
+
+# rowid tables whose declared primary key (not the rowid itself: it has an index of its own) may hold NULL
+_NULLABLE_KEYS = """SELECT t.name FROM pragma_table_list t WHERE t.schema = 'main' AND t.type = 'table' AND NOT t.wr
+  AND EXISTS (SELECT 1 FROM pragma_index_list(t.name) i WHERE i.origin = 'pk')
+  AND EXISTS (SELECT 1 FROM pragma_table_info(t.name) c WHERE c.pk > 0 AND NOT c."notnull")"""
 
 # what the authorizer must refuse, probed by agent_privileges on a scratch database
 _PROBES = {"ATTACH": "ATTACH ':memory:' AS other", "TEMP objects": "CREATE TEMP TABLE t(a)",
