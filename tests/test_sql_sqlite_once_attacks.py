@@ -268,6 +268,34 @@ def test_rows_keyed_by_null_are_undone(root: Path, text: str):
     verified(root)
 
 
+@pytest.mark.parametrize("text", [
+    "UPDATE nk SET v = v + 1 WHERE k = 'a'",
+    "INSERT INTO nk VALUES (NULL, 9); UPDATE nk SET k = 'x' WHERE v = 9",  # NULL on the way only
+    "UPDATE nk SET k = NULL WHERE k = 'a'; UPDATE nk SET k = 'a', v = 5 WHERE k IS NULL",
+    "INSERT INTO nk VALUES (NULL, 9); DELETE FROM nk WHERE k IS NULL",
+    "UPDATE nk SET k = NULL WHERE k = 'a'",  # a NULL key left: kept as an image
+    "UPDATE pair SET b = NULL WHERE a = 1",
+    "UPDATE pair SET v = 0 WHERE a = 1",
+])
+def test_keys_that_may_hold_null_are_undone_exactly(root: Path, text: str):
+    """A key that may hold NULL but holds none before and after the action: the session records
+    every change (a row keyed NULL only on the way is its first and last state); otherwise the
+    database image is kept. Undo is exact either way."""
+    db = make(root / "app.db", NULL_KEYS + "CREATE TABLE pair(a, b, v, PRIMARY KEY(a, b)); "
+                                           "INSERT INTO pair VALUES (1, 1, 1), (1, 2, 2);")
+    start = dump(db)
+    with goex.Runtime(root, policy="permissive", databases=URL) as rt:
+        s = rt.session()
+        r = sql(s, text)
+        assert r.ok, r.error
+        mode = rt.entry_record(r.entry_id)["plan"]["before"]["mode"]
+        assert mode == ("image" if "NULL WHERE" in text and "IS NULL" not in text or "pair" in text
+                        else "changeset")
+        assert s.rollback()
+        assert dump(db) == start
+    verified(root)
+
+
 def test_a_null_key_only_the_committed_run_writes_is_not_committed_unrecorded(root: Path):
     """Statements whose effect differs from run to run cannot slip a NULL-keyed row past the
     session: the run that is committed is checked itself, not the dry run."""
@@ -515,4 +543,40 @@ def test_concurrent_goex_processes_and_a_raw_writer_lose_no_update(root: Path):
         assert conn.execute("SELECT bal FROM acct WHERE id = 1").fetchone()[0] == 10 + n
     assert conn.execute("SELECT msg, count(*) FROM log GROUP BY msg").fetchall() == [("raw", n)]
     conn.close()
+    verified(root)
+
+
+@pytest.mark.parametrize("text", [
+    # 'replace' in a comment sends it to the dry run and a second, staged run; the subquery is
+    # evaluated once per run: nothing in one run, every row in the other
+    "DELETE FROM acct WHERE (SELECT abs(random()) % 2) = 0 /* replace */",
+    "DELETE FROM acct WHERE (SELECT abs(random()) % 2) = 0; SELECT 1 FROM wr",  # WITHOUT ROWID: two runs
+    "UPDATE acct SET bal = 0 WHERE (SELECT abs(random()) % 2) = 0 /* replace */",
+    "CREATE TABLE junk(a); DELETE FROM acct WHERE (SELECT abs(random()) % 2) = 0",  # DDL: two runs, image
+])
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_second_run_that_does_more_than_the_preview_is_not_committed(root: Path, text: str, asked: bool):
+    """Where the statements run twice (the dry run for the preview, then the staged run; or a
+    person asked, then the run), one whose effect varies from run to run must not commit more
+    than the policy or the person was shown: a pack refusing every-row changes never sees all of
+    `acct` go while its preview said none, nor does a person who approves only partial changes."""
+    db = make(root / "app.db", WR)
+    rule = "{type: [sql.execute], preview: {all_rows: {gt: 0}}}, decision: deny"
+    if asked:
+        rule = "{type: [sql.execute], preview: {writes: true}}, decision: confirm"
+    policy = pack(root, f"- {{id: a.rule, match: {rule}}}\n")
+
+    def person(request) -> bool:  # approves what it is shown keeps every table partly
+        return request.preview["all_rows"] == []
+
+    with goex.Runtime(root, policy=policy, databases=URL, approver=person if asked else None) as rt:
+        s = rt.session()
+        for _ in range(24):
+            start = rows(db, "acct")
+            r = sql(s, text)
+            if r.ok:
+                assert rt.entry_record(r.entry_id)["preview"]["all_rows"] == []
+                assert set(start) & set(rows(db, "acct")), "every row went, while the preview said none"
+                assert s.rollback()
+            assert rows(db, "acct") == start
     verified(root)
