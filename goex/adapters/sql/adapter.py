@@ -366,13 +366,14 @@ class SqlAdapter(Adapter):
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action
         engine = self.engine(db.name)
-        if held is not None:  # the statements ran in prepare, in the transaction kept open since
-            from .sqlite import SqliteEngine
+        from .sqlite import SqliteEngine
 
-            if not isinstance(engine, SqliteEngine):
-                return held
+        if isinstance(engine, SqliteEngine):  # SQLite's stage adopts the held run, or checks a new one
+            expect = {k: prepared.preview[k] for k in ("rows", "all_rows", "creates_trigger")}
             return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
-                                prepared.state.get("before", {}), held)  # SQLite's stage adopts it
+                                prepared.state.get("before", {}), held, expect)
+        if held is not None:  # the statements ran in prepare, in the transaction kept open since
+            return held
         return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                             prepared.state.get("before", {}))
 

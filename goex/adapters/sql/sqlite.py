@@ -194,13 +194,15 @@ class SqliteEngine:
         self._work: tuple[apsw.Connection, tuple[int, int]] | None = None
         self._sidecars: dict[str, tuple[int, int]] = {}  # -wal / -shm as they were while goex held the file open
         self._keyed: tuple[int, dict[str, list[int]]] = (-1, {})  # schema version, WITHOUT ROWID tables' keys
-        self._shaped: tuple[Any, bool, dict[str, str]] = (None, False, {})  # (file, schema version): `_shape`
+        self._shaped: tuple[Any, bool, dict[str, str], _Keys] = (None, False, {}, {})  # `_shape`
         self._linked: tuple[int, dict[str, set[str]]] = (-1, {})  # schema version, tables tied by foreign keys
         self._marker: Path | None = None
         self._held: _File | None = None  # the file the work connection is on
         self._outside: _File | None = None  # the file outside the workspace, where its path last led
         self._found: tuple[_File, os.stat_result | None] | None = None  # checked by this action's dry run
-        self._reshapes: bool | None = None  # this action's dry run saw it change the schema or statistics
+        # this action's dry run saw it change what a session does not record (the schema, statistics,
+        # rows keyed by NULL): its undo keeps the database image
+        self._reshapes: bool | None = None
         self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
 
     # -- analysis --------------------------------------------------------------------------------
@@ -270,10 +272,11 @@ class SqliteEngine:
         session = None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            hooked, tables = self._shape(conn)
+            hooked, tables, nullable = self._shape(conn)
             if not hooked:
                 self._release(conn, None)
                 return self.dry_run(statements, params), None
+            nulls = _null_keyed(conn, nullable, nullable)
             sequence = _sequence(conn) if "sqlite_sequence" in tables else None
             session = _session(conn)
             authorizer, counted = _Authorizer(), _Counted()
@@ -282,15 +285,16 @@ class SqliteEngine:
             output, changed = _execute(conn, statements, params)
             conn.authorizer = None
             conn.set_update_hook(None)
-            changeset = b"" if authorizer.reshapes else session.changeset()
-            all_rows = None if authorizer.reshapes else counted.every_row(conn, changeset)
+            unrecorded = authorizer.reshapes or _unrecorded(conn, nullable, nulls, counted.written)
+            changeset = b"" if unrecorded else session.changeset()
+            all_rows = None if unrecorded else counted.every_row(conn, changeset)
         except apsw.Error as exc:
             self._release(conn, session)
             raise _error(self.name, exc, "nothing was applied") from None
         except BaseException:
             self._release(conn, session)
             raise
-        if all_rows is None:  # the schema or statistics changed, or the bounds did not settle it
+        if all_rows is None:  # the schema or statistics changed, rows a session misses, or unsettled bounds
             self._release(conn, session)
             return self.dry_run(statements, params), None
         self._found = (file, st)
@@ -298,19 +302,25 @@ class SqliteEngine:
         effect = {"rows": changed, "all_rows": all_rows, "creates_trigger": authorizer.creates_trigger}
         return effect, self._staged(conn, session, sequence, output, (changeset, tables))
 
-    def _shape(self, conn: apsw.Connection) -> tuple[bool, dict[str, str]]:
+    def _shape(self, conn: apsw.Connection) -> tuple[bool, dict[str, str], _Keys]:
         """What a run of row changes needs of the schema, read inside its transaction, and read
         again only when the schema changed: whether SQLite's update hook sees every row it updates
         or deletes (no WITHOUT ROWID table: the hook skips them; no REPLACE conflict resolution
-        declared in the schema: the rows it deletes pass the hook by), and each table's SQL."""
+        declared in the schema: the rows it deletes pass the hook by), each table's SQL, and the
+        tables whose primary key may hold NULL (a rowid table's declared key without NOT NULL,
+        SQLite's old quirk), with their key's columns: a session records no row whose key is NULL
+        (see `_unrecorded`)."""
         assert self._work is not None
         key = (self._work[1], _fetch(conn, "PRAGMA schema_version")[0][0])
         if self._shaped[0] != key:
             tables = dict(_fetch(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
             unhooked = _fetch(conn, "SELECT 1 FROM pragma_table_list WHERE schema = 'main' AND wr UNION ALL "
                                     "SELECT 1 FROM sqlite_master WHERE lower(sql) LIKE '%replace%' LIMIT 1")
-            self._shaped = (key, not unhooked, tables)
-        return self._shaped[1], self._shaped[2]
+            nullable: _Keys = {}
+            for table, column in _fetch(conn, _NULLABLE_KEYS):
+                nullable[table] = nullable.get(table, ()) + (column,)
+            self._shaped = (key, not unhooked, tables, nullable)
+        return self._shaped[1], self._shaped[2], self._shaped[3]
 
     def dry_run(self, statements: list[str], params: Any) -> dict[str, Any]:
         """What the statements would do, by running them in a transaction that is rolled back:
@@ -320,34 +330,40 @@ class SqliteEngine:
         if st is None:
             return {"rows": 0, "all_rows": [], "creates_trigger": False}
         conn = self._work_connection(file, st)
-        authorizer = _Authorizer()
         try:
             conn.execute("BEGIN")
-            # whole tables appear or vanish only through DDL; counting rows costs a scan, so only then
             ddl = any(not (a := analyse(s, self.dialect))["parsed"] or a["ddl"] for s in statements)
-            counts = _row_counts(conn) if ddl else {}
-            touched = _Touched(self._keyed_tables(conn))
-            before = conn.total_changes()
-            conn.preupdate_hook(touched)
-            conn.authorizer = authorizer
-            for sql in statements:
-                _run(conn, sql, params)
-            conn.authorizer = None
-            conn.preupdate_hook(None)
-            changed = conn.total_changes() - before
-            after = _row_counts(conn) if ddl else {}
-            moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
-                        if t not in counts or t not in after)  # tables dropped or created whole
-            effect = {"rows": changed + moved, "all_rows": touched.every_row(conn),
-                      "creates_trigger": authorizer.creates_trigger}
+            nullable = {} if ddl else self._shape(conn)[2]  # (DDL keeps the image anyway)
+            nulls = _null_keyed(conn, nullable, nullable)
+            effect, _, authorizer, touched = self._measured(conn, statements, params, ddl)
             self._found = (file, st)
-            self._reshapes = authorizer.reshapes
+            self._reshapes = authorizer.reshapes or _unrecorded(conn, nullable, nulls, set(touched.fresh))
             return effect
         except apsw.Error as exc:
             raise _error(self.name, exc, "nothing was applied") from None
         finally:
-            conn.preupdate_hook(None)  # gone before a session is made on this connection
             self._release(conn, None)
+
+    def _measured(self, conn: apsw.Connection, statements: list[str], params: Any,
+                  ddl: bool) -> tuple[dict[str, Any], dict[str, Any], _Authorizer, _Touched]:
+        """Run the statements in the open transaction under the preupdate hook and the authorizer:
+        their effect (`dry_run`'s), their output, the authorizer and the hook."""
+        authorizer = _Authorizer()
+        counts = _row_counts(conn) if ddl else {}  # whole tables appear or vanish only through DDL
+        touched = _Touched(self._keyed_tables(conn))
+        conn.preupdate_hook(touched)
+        conn.authorizer = authorizer
+        try:
+            output, changed = _execute(conn, statements, params)
+        finally:
+            conn.authorizer = None
+            conn.preupdate_hook(None)  # gone before a session is made on this connection
+        after = _row_counts(conn) if ddl else {}
+        moved = sum(abs(after.get(t, 0) - counts.get(t, 0)) for t in set(counts) | set(after)
+                    if t not in counts or t not in after)  # tables dropped or created whole
+        effect = {"rows": changed + moved, "all_rows": touched.every_row(conn),
+                  "creates_trigger": authorizer.creates_trigger}
+        return effect, output, authorizer, touched
 
     def agent_privileges(self) -> dict[str, Any]:
         """What agent SQL may do on this database: it runs on goex's own connection under the
@@ -389,11 +405,20 @@ class SqliteEngine:
         return staged.output
 
     def stage(self, statements: list[str], params: Any, analyses: list[dict[str, Any]],
-              before: dict[str, Any], held: Staged | None = None) -> Staged:
+              before: dict[str, Any], held: Staged | None = None, expect: dict[str, Any] | None = None) -> Staged:
         """The statements run in an open transaction, a session recording them when `before` says
-        so; or `held`, the transaction `rehearse` ran them in, still open: it is the action's run."""
+        so; or `held`, the transaction `rehearse` ran them in, still open: it is the action's run.
+
+        `expect`: the preview the policy (or a person) judged, from an earlier run (the dry run,
+        or the run released while a person was asked). Statements can do something else each time
+        they run (random(), the time): this run is refused, nothing applied, when its effect is
+        not that preview's: its `rows` differ, or (with a session, whose changeset says which
+        tables certainly lost or changed every row) it changed a table whole the preview did not
+        name; without a session the dry run's own measure is taken again and must be equal."""
         if held is not None:
             return held
+        if before.get("absent"):  # the action creates the database: no earlier run measured it
+            expect = None
         file, st, checked = self._file_of_action()
         self._found = None  # used once: what follows (undo, the next action) checks again
         conn = self._work_connection(file, st, checked)
@@ -402,24 +427,53 @@ class SqliteEngine:
             writes = any(a["kind"] != "select" for a in analyses)
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             sequence = _sequence(conn)
+            counted, nullable, nulls, ran = _Counted(), {}, set(), None
             if before.get("mode") == "changeset":
+                nullable = self._shape(conn)[2]
+                nulls = _null_keyed(conn, nullable, nullable)
                 session = _session(conn)
-            conn.authorizer = _authorize
-            output, _ = _execute(conn, statements, params)
-            conn.authorizer = None
+                conn.set_update_hook(counted)
+            if expect is not None and session is None:
+                ddl = any(not a.get("parsed") or a.get("ddl") for a in analyses)
+                effect, output, _, _ = self._measured(conn, statements, params, ddl)
+                effect["all_rows"] = sorted(effect["all_rows"])
+                self._as_previewed(effect, expect)
+            else:
+                conn.authorizer = _authorize
+                output, changed = _execute(conn, statements, params)
+                conn.authorizer = None
+            if _unrecorded(conn, nullable, nulls, counted.written):
+                raise ActionFailed(f"sql.execute on {self.name}: run again, the statements wrote a row whose primary "
+                                   "key is NULL (a session cannot record it for undo), which their dry run did not; "
+                                   "nothing was applied")
+            if expect is not None and session is not None:
+                changeset = session.changeset()
+                ran = (changeset, None)
+                whole = set(expect["all_rows"]) | set(_wholly(conn, changeset))
+                self._as_previewed({"rows": changed, "all_rows": sorted(whole)}, expect)
         except apsw.Error as exc:
             self._release(conn, session)
             raise _error(self.name, exc) from None
         except BaseException:
             self._release(conn, session)
             raise
-        return self._staged(conn, session, sequence, output)
+        conn.set_update_hook(None)
+        return self._staged(conn, session, sequence, output, ran)
+
+    def _as_previewed(self, effect: dict[str, Any], expect: dict[str, Any]) -> None:
+        """Refuse a run whose effect is not the preview that was judged (see `stage`)."""
+        differs = [f"{k} {effect[k]!r}, previewed {expect[k]!r}" for k in ("rows", "all_rows", "creates_trigger")
+                   if k in effect and k in expect and effect[k] != expect[k]]
+        if differs:
+            raise ActionFailed(f"sql.execute on {self.name}: run again, the statements did something else than in "
+                               f"the run the policy judged ({'; '.join(differs)}): their effect varies from run to "
+                               "run; nothing was applied")
 
     def _staged(self, conn: apsw.Connection, session: apsw.Session | None, sequence: list[list[Any]] | None,
-                output: dict[str, Any], ran: tuple[bytes, dict[str, str]] | None = None) -> Staged:
+                output: dict[str, Any], ran: tuple[bytes, dict[str, str] | None] | None = None) -> Staged:
         """The open transaction on the work connection as a `Staged`: its capture (the session's
         changeset, or the after-state's checksums without a session), commit and rollback. `ran`:
-        the changeset, already read, and the tables' SQL, which the run did not change."""
+        the changeset, already read, and the tables' SQL when it is known the run did not change it."""
 
         def capture(put_blob: PutBlob) -> dict[str, Any]:
             out: dict[str, Any] = {"sequence": sequence}
@@ -427,7 +481,8 @@ class SqliteEngine:
                 rows = session.changeset() if ran is None else ran[0]
                 out["changeset"] = {"chunks": [put_blob(rows[i:i + CHUNK]) for i in range(0, len(rows), CHUNK)]}
                 tables = sorted({change.name for change in apsw.Changeset.iter(rows)})
-                schema = _schema(conn, tables) if ran is None else {t: ran[1].get(t) for t in tables}
+                known = ran[1] if ran is not None else None
+                schema = _schema(conn, tables) if known is None else {t: known.get(t) for t in tables}
                 out["after"] = {"changeset": hashlib.sha256(rows).hexdigest(), "schema": schema}
             else:
                 out["after"] = {"checksums": _checksums_conn(conn)}
@@ -892,12 +947,6 @@ def _execute(conn: apsw.Connection, statements: list[str], params: Any) -> tuple
     return output or {"rows_changed": changed}, changed
 
 
-def _run(conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
-    if isinstance(params, dict):
-        return conn.execute(sql, params)
-    return conn.execute(sql, tuple(params) if params is not None else None)
-
-
 def _query(conn: apsw.Connection, sql: str, params: Any) -> tuple[list[str], apsw.Cursor]:
     """Run `sql`; its result columns (none for a statement that returns no rows) and the cursor.
     The columns are read as SQLite prepares the statement: a query that finds no row has
@@ -1021,10 +1070,13 @@ class _Counted:
 
     def __init__(self) -> None:
         self.touches: collections.Counter[str] = collections.Counter()
+        self.written: set[str] = set()  # every table of main a row was inserted into, updated or deleted
 
     def __call__(self, op: int, database: str, table: str, rowid: int) -> None:
-        if database == "main" and op != apsw.SQLITE_INSERT:
-            self.touches[table] += 1
+        if database == "main":
+            self.written.add(table)
+            if op != apsw.SQLITE_INSERT:
+                self.touches[table] += 1
 
     def every_row(self, conn: apsw.Connection, changeset: bytes) -> list[str] | None:
         """`_Touched.every_row`, from the run itself: tables that held at least 2 rows, every one
@@ -1034,14 +1086,7 @@ class _Counted:
         candidates = {table for table, most in self.touches.items() if most >= 2}
         if not candidates:
             return []
-        changed: collections.Counter[str] = collections.Counter()
-        net: collections.Counter[str] = collections.Counter()
-        for change in apsw.Changeset.iter(changeset):
-            if change.name in candidates:
-                if change.op != "INSERT":
-                    changed[change.name] += 1
-                if change.op != "UPDATE":
-                    net[change.name] += 1 if change.op == "INSERT" else -1
+        changed, net = _changed(changeset, candidates)
         out = []
         for table in sorted(candidates):
             try:
@@ -1054,6 +1099,33 @@ class _Counted:
                 return None  # between the bounds: only the dry run's hook can tell
             out.append(table)
         return out
+
+
+def _changed(changeset: bytes, tables: set[str] | None = None) -> tuple[collections.Counter[str],
+                                                                      collections.Counter[str]]:
+    """Per table (of `tables`, or all): rows there before that the changeset updates or deletes,
+    and rows it inserts minus rows it deletes."""
+    changed: collections.Counter[str] = collections.Counter()
+    net: collections.Counter[str] = collections.Counter()
+    for change in apsw.Changeset.iter(changeset):
+        if tables is None or change.name in tables:
+            if change.op != "INSERT":
+                changed[change.name] += 1
+            if change.op != "UPDATE":
+                net[change.name] += 1 if change.op == "INSERT" else -1
+    return changed, net
+
+
+def _wholly(conn: apsw.Connection, changeset: bytes) -> list[str]:
+    """Tables of at least 2 rows every one of which the changeset (inside its transaction)
+    changed or deleted: what a run certainly did, whatever hooks miss."""
+    changed, net = _changed(changeset)
+    out = []
+    for table, n in changed.items():
+        held = _fetch(conn, f"SELECT count(*) FROM {_quoted(table)}")[0][0] - net[table]
+        if 2 <= held <= n:
+            out.append(table)
+    return sorted(out)
 
 
 class _Touched:
@@ -1114,6 +1186,29 @@ class _Touched:
                 out.append(table)
         return sorted(out)
 
+
+# rowid tables whose declared primary key (not the rowid itself: it has an index of its own) may hold NULL
+_NULLABLE_KEYS = """SELECT t.name, k.name FROM pragma_table_list t JOIN pragma_table_info(t.name) k ON k.pk > 0
+  WHERE t.schema = 'main' AND t.type = 'table' AND NOT t.wr
+  AND EXISTS (SELECT 1 FROM pragma_index_list(t.name) i WHERE i.origin = 'pk')
+  AND EXISTS (SELECT 1 FROM pragma_table_info(t.name) c WHERE c.pk > 0 AND NOT c."notnull")
+  ORDER BY t.name, k.pk"""
+_Keys = dict[str, tuple[str, ...]]  # table: its primary key's columns
+
+
+def _null_keyed(conn: apsw.Connection, nullable: _Keys, tables: Any) -> set[str]:
+    """Of `tables`, those of `nullable` that hold a row whose key is NULL now (one seek in the
+    key's index), or whose key has several columns (not looked at: a scan)."""
+    return {t for t in tables if t in nullable and (len(nullable[t]) > 1 or _fetch(
+        conn, f"SELECT EXISTS (SELECT 1 FROM {_quoted(t)} WHERE {_quoted(nullable[t][0])} IS NULL)")[0][0])}
+
+
+def _unrecorded(conn: apsw.Connection, nullable: _Keys, before: set[str], written: set[str]) -> bool:
+    """Whether a run that wrote `written` may have changed a row a session does not record: a
+    session records no row whose key is NULL, and what it records of the others is the
+    difference between their first and last states; that is the whole change when the tables it
+    wrote held no NULL key before the run (`before`: those that did) and hold none after it."""
+    return not written.isdisjoint(before) or bool(_null_keyed(conn, nullable, written))
 
 # what the authorizer must refuse, probed by agent_privileges on a scratch database
 _PROBES = {"ATTACH": "ATTACH ':memory:' AS other", "TEMP objects": "CREATE TEMP TABLE t(a)",
