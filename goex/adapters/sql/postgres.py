@@ -47,7 +47,10 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 import sqlglot
+from psycopg import generators, pq
 from psycopg import sql as pgsql
+from psycopg._queries import PostgresQuery  # the conversion `Cursor.execute` makes of a query and its params
+from psycopg.adapt import Transformer
 from sqlglot import exp
 
 from ...errors import ActionFailed, Unforceable
@@ -681,6 +684,7 @@ _PLAIN_START = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex
 _PLAIN_START_ALONE = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{VERSION}("
                       "pg_catalog.to_regclass(%s), %s, %s, %s, NULL)")
 _PLAIN_FINISH = f"{_PIN}, goex.plain_finish_{VERSION}()"
+_PLAIN_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 
 _NOT_PLAIN_FOR = 5.0  # seconds a name the plain path refused goes to the capture-trigger path directly
 
@@ -1249,34 +1253,40 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             self._keys[plain.name] = keys
         text, values = convert_params(statement, params)
         text = text.rstrip().rstrip(";").rstrip() + plain.returning(keys)
-        first = last = None
+        args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
+        if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
+            start: tuple[str, Any] = (_PLAIN_START_ALONE, args)
+        else:
+            start = (_PLAIN_START, (*args, list(plain.tables)))
         try:
-            with conn.pipeline():
-                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
-                conn.execute("RESET ALL")
-                args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
-                if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
-                    first = conn.execute(_PLAIN_START_ALONE, args)
-                else:
-                    first = conn.execute(_PLAIN_START, (*args, list(plain.tables)))
-                cur = conn.execute(text, values)
-                last = conn.execute(_PLAIN_FINISH)
-        except psycopg.Error as exc:
-            if (exc.diag.message_primary or "").startswith("goex session:"):
-                raise Dirty(_message(exc)) from None
-            if exc.sqlstate == "GXNP1":
-                self._keys.pop(plain.name, None)
-                self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
-            self._started(first, seqs)
+            results = _pipelined(conn, [(_PLAIN_BEGIN, None), ("RESET ALL", None), start, (text, values),
+                                        (_PLAIN_FINISH, None)])
+        except psycopg.Error:  # the connection failed, or the parameters could not be converted
             return None
-        who, started = self._started(first, seqs)
+        tx = Transformer(conn)
+        first, returning, last = results[2], results[3], results[4]
+        failed = next((r for r in results if r.status != pq.ExecStatus.COMMAND_OK
+                       and r.status != pq.ExecStatus.TUPLES_OK), None)
+        if failed is not None:
+            if failed.status == pq.ExecStatus.FATAL_ERROR:
+                exc = psycopg.errors.error_from_result(failed, encoding=conn.info.encoding)
+                if (exc.diag.message_primary or "").startswith("goex session:"):
+                    raise Dirty(_message(exc)) from None
+                if exc.sqlstate == "GXNP1":
+                    self._keys.pop(plain.name, None)
+                    self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
+            self._started(tx, first, seqs)
+            return None
+        who, started = self._started(tx, first, seqs)
         if who != self.role:
             raise Dirty(f"the session user is {who!r}, not the agent role {self.role!r}")
-        done = (last.fetchone() or [None, None])[1] if last is not None else None
+        tx.set_pgresult(last)
+        done = tx.load_row(0, tuple)[1] if last.ntuples else None
         if done is None or started is None:
             return None
         after.update(done)
-        returned = cur.fetchall()
+        tx.set_pgresult(returning)
+        returned = tx.load_rows(0, returning.ntuples, tuple)
         rel, n = started["rel"], len(returned)
         xid = int(done["xid"]) & 0xFFFFFFFF
         diff = [b - a for a, b in zip(started["counts"][1:], done["counts"][1:], strict=True)]
@@ -1316,17 +1326,13 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         return effect, {"xid": done["xid"], "tables": tables, "seqs": done["seqs"]}, {"rows_changed": n}
 
     @staticmethod
-    def _started(first: psycopg.Cursor[Any] | None, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-        """The session user and what `goex.plain_start` returned, when it ran (its sequences
-        into `seqs`)."""
-        if first is None:
+    def _started(tx: Any, first: Any, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The session user and what `goex.plain_start` returned (`first`, its result), when it
+        ran (its sequences into `seqs`)."""
+        if first.status != pq.ExecStatus.TUPLES_OK or not first.ntuples:
             return None, None
-        try:
-            row = first.fetchone()
-        except psycopg.Error:
-            return None, None
-        if row is None:
-            return None, None
+        tx.set_pgresult(first)
+        row = tx.load_row(0, tuple)
         seqs.update(row[2]["seqs"])
         return row[1], row[2]
 
@@ -2198,6 +2204,49 @@ def _after_pin(conn: psycopg.Connection, query: pgsql.Composable, then: str = ""
     row = cur.fetchone()
     assert row is not None
     return tuple(row)
+
+
+def _pipelined(conn: psycopg.Connection, queries: list[tuple[str, Any]]) -> list[Any]:
+    """Each query (text, params or None) run in one pipeline written at once: each converted and
+    its parameters dumped by psycopg's own `PostgresQuery` and adapters, as `Cursor.execute` does
+    (bound server-side, never put in the text), sent with `PQsendQueryParams`, then one sync and
+    one flush, so the server runs them back to back without waiting on the client between them.
+    Each query's result, in order (after an error the server skips the rest: their results are
+    PIPELINE_ABORTED; an explicit transaction is left failed). The connection is out of pipeline
+    mode when this returns, or closed when it cannot be brought out."""
+    tx = Transformer(conn)
+    sent = []
+    for text, params in queries:
+        query = PostgresQuery(Transformer(conn) if params is not None else tx)
+        query.convert(text, params)
+        sent.append(query)
+    pgconn = conn.pgconn
+    with conn.lock:
+        pgconn.enter_pipeline_mode()
+        try:
+            for query in sent:
+                pgconn.send_query_params(query.query, query.params, param_formats=query.formats,
+                                         param_types=query.types, result_format=pq.Format.TEXT)
+            pgconn.pipeline_sync()
+            return conn.wait(_exchange(pgconn, len(sent)))
+        finally:
+            try:
+                pgconn.exit_pipeline_mode()
+            except psycopg.Error:  # results left unread (interrupted, or the connection broke)
+                conn.close()
+
+
+def _exchange(pgconn: Any, n: int) -> Any:
+    """The generator `_pipelined` waits on: the pipeline flushed, then its `n` results and the sync."""
+    yield from generators.send(pgconn)
+    results = []
+    for _ in range(n):
+        got = yield from generators.fetch_many(pgconn)
+        if not got:
+            raise psycopg.OperationalError("the pipeline ended early")
+        results.append(got[0])
+    yield from generators.fetch_many(pgconn)  # the sync
+    return results
 
 
 def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
