@@ -917,6 +917,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         self._keys: dict[str, list[str]] = {}  # the plain path: a table's primary key, by the name as written
         self._not_plain: dict[str, float] = {}  # names the plain path refused lately, until when
         self._shapes: dict[tuple[int, str], dict[str, Any]] = {}  # the plain path: columns and shape by table, version
+        self._ours: dict[tuple[Any, ...], _Sent] = {}  # the plain path: goex's queries converted, by text and arguments
         self._passed: set[str] = set()  # statement texts `check` let through
 
     # -- connections -----------------------------------------------------------------------------
@@ -1253,14 +1254,11 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             self._keys[plain.name] = keys
         text, values = convert_params(statement, params)
         text = text.rstrip().rstrip(";").rstrip() + plain.returning(keys)
-        args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
-        if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
-            start: tuple[str, Any] = (_PLAIN_START_ALONE, args)
-        else:
-            start = (_PLAIN_START, (*args, list(plain.tables)))
         try:
-            results = _pipelined(conn, [(_PLAIN_BEGIN, None), ("RESET ALL", None), start, (text, values),
-                                        (_PLAIN_FINISH, None)])
+            encoding = conn.info.encoding
+            results = _at_once(conn, [self._our(conn, encoding, _PLAIN_BEGIN), self._our(conn, encoding, "RESET ALL"),
+                                      self._plain_start(conn, encoding, plain, keys), _sent(conn, text, values),
+                                      self._our(conn, encoding, _PLAIN_FINISH)])
         except psycopg.Error:  # the connection failed, or the parameters could not be converted
             return None
         tx = Transformer(conn)
@@ -1324,6 +1322,23 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
                 return None
         effect = {"rows": n, "all_rows": sorted(set(all_rows)), "creates_trigger": False}
         return effect, {"xid": done["xid"], "tables": tables, "seqs": done["seqs"]}, {"rows_changed": n}
+
+    def _plain_start(self, conn: psycopg.Connection, encoding: str, plain: _Plain, keys: list[str] | None) -> _Sent:
+        """`goex.plain_start`'s query for `plain`, converted."""
+        args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
+        if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
+            return self._our(conn, encoding, _PLAIN_START_ALONE, args, (plain, keys and tuple(keys)))
+        return self._our(conn, encoding, _PLAIN_START, (*args, list(plain.tables)), (plain, keys and tuple(keys)))
+
+    def _our(self, conn: psycopg.Connection, encoding: str, text: str, args: Any = None, key: Any = None) -> _Sent:
+        """One of goex's own queries and its arguments (None, or what `key` stands for), converted
+        (`_sent`) once per client encoding and kept."""
+        sent = self._ours.get((text, key, encoding))
+        if sent is None:
+            if len(self._ours) > 1000:
+                self._ours.clear()
+            sent = self._ours[(text, key, encoding)] = _sent(conn, text, args)
+        return sent
 
     @staticmethod
     def _started(tx: Any, first: Any, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
@@ -1483,7 +1498,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
     def _commit(self, conn: psycopg.Connection, fail: Callable[[], None], keep: bool) -> None:
         try:
-            conn.execute("COMMIT")
+            _command(conn, b"COMMIT")
         except psycopg.Error as exc:
             fail()
             raise self._failed(exc, "the commit failed; nothing of it was applied") from None
@@ -2206,29 +2221,40 @@ def _after_pin(conn: psycopg.Connection, query: pgsql.Composable, then: str = ""
     return tuple(row)
 
 
-def _pipelined(conn: psycopg.Connection, queries: list[tuple[str, Any]]) -> list[Any]:
-    """Each query (text, params or None) run in one pipeline written at once: each converted and
-    its parameters dumped by psycopg's own `PostgresQuery` and adapters, as `Cursor.execute` does
-    (bound server-side, never put in the text), sent with `PQsendQueryParams`, then one sync and
-    one flush, so the server runs them back to back without waiting on the client between them.
-    Each query's result, in order (after an error the server skips the rest: their results are
-    PIPELINE_ABORTED; an explicit transaction is left failed). The connection is out of pipeline
-    mode when this returns, or closed when it cannot be brought out."""
-    tx = Transformer(conn)
-    sent = []
-    for text, params in queries:
-        query = PostgresQuery(Transformer(conn) if params is not None else tx)
-        query.convert(text, params)
-        sent.append(query)
+class _Sent(NamedTuple):
+    """A query as `PQsendQueryParams` takes it."""
+
+    query: bytes
+    params: Any
+    types: Any
+    formats: Any
+
+
+def _sent(conn: psycopg.Connection, text: str, params: Any = None) -> _Sent:
+    """`text` and `params` converted and the parameters dumped by psycopg's own `PostgresQuery` and
+    the connection's adapters, as `Cursor.execute` converts them (bound server-side, never put in
+    the text)."""
+    query = PostgresQuery(Transformer(conn))
+    query.convert(text, params)
+    return _Sent(query.query, query.params, query.types, query.formats)
+
+
+def _at_once(conn: psycopg.Connection, queries: list[_Sent]) -> list[Any]:
+    """The queries run in one pipeline written at once: each sent with `PQsendQueryParams`, as
+    `Cursor.execute` sends it in pipeline mode, then one sync and one flush, so the server runs them
+    back to back without waiting on the client between them. Each query's result, in order (after
+    an error the server skips the rest: their results are PIPELINE_ABORTED; an explicit transaction
+    is left failed). The connection is out of pipeline mode when this returns, or closed when it
+    cannot be brought out."""
     pgconn = conn.pgconn
     with conn.lock:
         pgconn.enter_pipeline_mode()
         try:
-            for query in sent:
+            for query in queries:
                 pgconn.send_query_params(query.query, query.params, param_formats=query.formats,
                                          param_types=query.types, result_format=pq.Format.TEXT)
             pgconn.pipeline_sync()
-            return conn.wait(_exchange(pgconn, len(sent)))
+            return conn.wait(_exchange(pgconn, len(queries)))
         finally:
             try:
                 pgconn.exit_pipeline_mode()
@@ -2236,8 +2262,22 @@ def _pipelined(conn: psycopg.Connection, queries: list[tuple[str, Any]]) -> list
                 conn.close()
 
 
+def _command(conn: psycopg.Connection, command: bytes) -> None:
+    """`conn.execute(command)` for a command without parameters or rows, without the cursor: the
+    same query message (the simple protocol), the same wait, the same error raised."""
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        conn.execute(command)  # (raises)
+    pgconn = conn.pgconn
+    with conn.lock:
+        pgconn.send_query(command)
+        results = conn.wait(generators.execute(pgconn))
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
 def _exchange(pgconn: Any, n: int) -> Any:
-    """The generator `_pipelined` waits on: the pipeline flushed, then its `n` results and the sync."""
+    """The generator `_at_once` waits on: the pipeline flushed, then its `n` results and the sync."""
     yield from generators.send(pgconn)
     results = []
     for _ in range(n):
