@@ -264,3 +264,22 @@ def test_a_failing_statement_leaves_the_connection_clean(tmp_path, url, paths):
                         "AND state LIKE 'idle in transaction%'") == [(0,)]
         s.rollback()
     assert pg_dump(url) == start
+
+
+def test_a_commit_the_server_refuses_applies_nothing(tmp_path, url, paths):
+    """A deferred foreign key checked at the `COMMIT`: the action fails as a failed commit, nothing
+    of it stays, and the connection serves the next action."""
+    raw(url, TABLES + "CREATE TABLE later (id int PRIMARY KEY, t_id int REFERENCES t DEFERRABLE INITIALLY DEFERRED)")
+    start = pg_dump(url)
+    with goex.Runtime(tmp_path, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+        for _ in range(2):
+            failed = s.execute({"type": "sql.execute", "db": "db", "sql": "INSERT INTO later VALUES (?, ?)",
+                                "params": [1, 99]})
+            assert not failed.ok and "the commit failed" in failed.error and "later_t_id_fkey" in failed.error
+            assert pg_dump(url) == start
+        run(s, "INSERT INTO later VALUES (?, ?)", [1, 2])
+        assert paths["plain"] == 3
+        assert raw(url, "SELECT * FROM later") == [(1, 2)]
+        s.rollback()
+    assert pg_dump(url) == start
