@@ -209,3 +209,77 @@ def test_sequences_called_or_not_are_set_back_exactly(tmp_path, url, paths):
     assert raw(url, "SELECT last_value, is_called FROM fresh") == [(1, False)]
     assert raw(url, "SELECT last_value, is_called FROM reset_one") == [(40, False)]
     assert pg_dump(url) == start
+
+
+TYPED = ("CREATE TABLE {name} (id int PRIMARY KEY, i bigint, f float8, n numeric, s text, b bytea, "
+         "ok boolean, d date, ts timestamptz, ai int[], at text[], j jsonb, nothing text)")
+
+
+def test_parameters_bind_as_a_plain_client_binds_them(tmp_path, url, paths):
+    """The plain path binds the agent's parameters as psycopg's cursor does: numbers, text the
+    server types by its column (numeric, bytea, dates, arrays, JSON), NULL, booleans and a `%` in
+    the text end up stored exactly as a plain client's same statement stores them, and the values
+    are never put in the statement's text."""
+    raw(url, TYPED.format(name="mine") + "; " + TYPED.format(name="theirs"))
+    values = [1, 2**40, 1.5, "12.3400", "it's 50% \u00e9 -- /* */ $1", "\\x00ff275c", True, "2024-02-29",
+              "2024-01-02 03:04:05+00", "{1,NULL,3}", '{a,"b\'c",""}', '{"k": [1, "x"]}', None]
+    columns = "id, i, f, n, s, b, ok, d, ts, ai, at, j, nothing"
+    marks = ", ".join("?" for _ in values)
+    with goex.Runtime(tmp_path, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+        run(s, f"INSERT INTO mine ({columns}) VALUES ({marks})", values)
+        run(s, "UPDATE mine SET s = s || :tail, ai = :arr, j = :doc WHERE id = :id AND s LIKE '%50%'",
+            {"tail": "%s", "arr": "{7}", "doc": "[]", "id": 1.0})
+        assert paths == {"plain": 2, "trigger": 0}
+    raw(url, f"INSERT INTO theirs ({columns}) VALUES ({', '.join('%s' for _ in values)})", values)
+    raw(url, "UPDATE theirs SET s = s || %(tail)s, ai = %(arr)s, j = %(doc)s WHERE id = %(id)s AND s LIKE '%%50%%'",
+        {"tail": "%s", "arr": "{7}", "doc": "[]", "id": 1.0})
+    mine = raw(url, "SELECT mine::text FROM mine")
+    assert mine == raw(url, "SELECT theirs::text FROM theirs")
+    assert "%s" in mine[0][0] and "\\\\x00ff275c" in mine[0][0]
+
+
+def test_a_failing_statement_leaves_the_connection_clean(tmp_path, url, paths):
+    """A statement that fails in the plain path's pipeline (the server skips what follows it)
+    is reported as the statement's own error, applies nothing, and the next actions run on a
+    clean connection, through the plain path again."""
+    raw(url, TABLES)
+    start = pg_dump(url)
+    with goex.Runtime(tmp_path, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+        state = start
+        for _ in range(3):
+            failed = s.execute({"type": "sql.execute", "db": "db", "sql": "UPDATE t SET v = v / (id - 1) WHERE id = ?",
+                                "params": [1]})
+            assert not failed.ok and "division by zero" in failed.error
+            again = s.execute({"type": "sql.execute", "db": "db", "sql": "INSERT INTO t (id) VALUES (?)",
+                               "params": [1]})
+            assert not again.ok and "duplicate key" in again.error
+            assert pg_dump(url) == state
+            run(s, "UPDATE t SET v = v + 1 WHERE id = ?", [2])
+            state = pg_dump(url)
+        assert paths["plain"] == 3
+        assert raw(url, "SELECT v FROM t WHERE id = 2") == [(23,)]
+        assert raw(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND state LIKE 'idle in transaction%'") == [(0,)]
+        s.rollback()
+    assert pg_dump(url) == start
+
+
+def test_a_commit_the_server_refuses_applies_nothing(tmp_path, url, paths):
+    """A deferred foreign key checked at the `COMMIT`: the action fails as a failed commit, nothing
+    of it stays, and the connection serves the next action."""
+    raw(url, TABLES + "CREATE TABLE later (id int PRIMARY KEY, t_id int REFERENCES t DEFERRABLE INITIALLY DEFERRED)")
+    start = pg_dump(url)
+    with goex.Runtime(tmp_path, policy="permissive", databases={"db": url}) as rt:
+        s = rt.session()
+        for _ in range(2):
+            failed = s.execute({"type": "sql.execute", "db": "db", "sql": "INSERT INTO later VALUES (?, ?)",
+                                "params": [1, 99]})
+            assert not failed.ok and "the commit failed" in failed.error and "later_t_id_fkey" in failed.error
+            assert pg_dump(url) == start
+        run(s, "INSERT INTO later VALUES (?, ?)", [1, 2])
+        assert paths["plain"] == 3
+        assert raw(url, "SELECT * FROM later") == [(1, 2)]
+        s.rollback()
+    assert pg_dump(url) == start

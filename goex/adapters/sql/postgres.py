@@ -47,7 +47,10 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 import sqlglot
+from psycopg import generators, pq
 from psycopg import sql as pgsql
+from psycopg._queries import PostgresQuery  # the conversion `Cursor.execute` makes of a query and its params
+from psycopg.adapt import Transformer
 from sqlglot import exp
 
 from ...errors import ActionFailed, Unforceable
@@ -681,6 +684,7 @@ _PLAIN_START = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex
 _PLAIN_START_ALONE = (f"SELECT pg_catalog.pg_advisory_unlock_all(), session_user, goex.plain_start_{VERSION}("
                       "pg_catalog.to_regclass(%s), %s, %s, %s, NULL)")
 _PLAIN_FINISH = f"{_PIN}, goex.plain_finish_{VERSION}()"
+_PLAIN_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 
 _NOT_PLAIN_FOR = 5.0  # seconds a name the plain path refused goes to the capture-trigger path directly
 
@@ -913,6 +917,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         self._keys: dict[str, list[str]] = {}  # the plain path: a table's primary key, by the name as written
         self._not_plain: dict[str, float] = {}  # names the plain path refused lately, until when
         self._shapes: dict[tuple[int, str], dict[str, Any]] = {}  # the plain path: columns and shape by table, version
+        self._ours: dict[tuple[Any, ...], _Sent] = {}  # the plain path: goex's queries converted, by text and arguments
         self._passed: set[str] = set()  # statement texts `check` let through
 
     # -- connections -----------------------------------------------------------------------------
@@ -1249,34 +1254,37 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
             self._keys[plain.name] = keys
         text, values = convert_params(statement, params)
         text = text.rstrip().rstrip(";").rstrip() + plain.returning(keys)
-        first = last = None
         try:
-            with conn.pipeline():
-                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
-                conn.execute("RESET ALL")
-                args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
-                if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
-                    first = conn.execute(_PLAIN_START_ALONE, args)
-                else:
-                    first = conn.execute(_PLAIN_START, (*args, list(plain.tables)))
-                cur = conn.execute(text, values)
-                last = conn.execute(_PLAIN_FINISH)
-        except psycopg.Error as exc:
-            if (exc.diag.message_primary or "").startswith("goex session:"):
-                raise Dirty(_message(exc)) from None
-            if exc.sqlstate == "GXNP1":
-                self._keys.pop(plain.name, None)
-                self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
-            self._started(first, seqs)
+            encoding = conn.info.encoding
+            results = _at_once(conn, [self._our(conn, encoding, _PLAIN_BEGIN), self._our(conn, encoding, "RESET ALL"),
+                                      self._plain_start(conn, encoding, plain, keys), _sent(conn, text, values),
+                                      self._our(conn, encoding, _PLAIN_FINISH)])
+        except psycopg.Error:  # the connection failed, or the parameters could not be converted
             return None
-        who, started = self._started(first, seqs)
+        tx = Transformer(conn)
+        first, returning, last = results[2], results[3], results[4]
+        failed = next((r for r in results if r.status != pq.ExecStatus.COMMAND_OK
+                       and r.status != pq.ExecStatus.TUPLES_OK), None)
+        if failed is not None:
+            if failed.status == pq.ExecStatus.FATAL_ERROR:
+                exc = psycopg.errors.error_from_result(failed, encoding=conn.info.encoding)
+                if (exc.diag.message_primary or "").startswith("goex session:"):
+                    raise Dirty(_message(exc)) from None
+                if exc.sqlstate == "GXNP1":
+                    self._keys.pop(plain.name, None)
+                    self._not_plain[plain.name] = time.monotonic() + _NOT_PLAIN_FOR
+            self._started(tx, first, seqs)
+            return None
+        who, started = self._started(tx, first, seqs)
         if who != self.role:
             raise Dirty(f"the session user is {who!r}, not the agent role {self.role!r}")
-        done = (last.fetchone() or [None, None])[1] if last is not None else None
+        tx.set_pgresult(last)
+        done = tx.load_row(0, tuple)[1] if last.ntuples else None
         if done is None or started is None:
             return None
         after.update(done)
-        returned = cur.fetchall()
+        tx.set_pgresult(returning)
+        returned = tx.load_rows(0, returning.ntuples, tuple)
         rel, n = started["rel"], len(returned)
         xid = int(done["xid"]) & 0xFFFFFFFF
         diff = [b - a for a, b in zip(started["counts"][1:], done["counts"][1:], strict=True)]
@@ -1315,18 +1323,31 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
         effect = {"rows": n, "all_rows": sorted(set(all_rows)), "creates_trigger": False}
         return effect, {"xid": done["xid"], "tables": tables, "seqs": done["seqs"]}, {"rows_changed": n}
 
+    def _plain_start(self, conn: psycopg.Connection, encoding: str, plain: _Plain, keys: list[str] | None) -> _Sent:
+        """`goex.plain_start`'s query for `plain`, converted."""
+        args = (plain.name, [*plain.parts, plain.ref], keys, list(plain.funcs))
+        if plain.tables == (".".join(f'"{p}"' for p in plain.parts),):  # (see `_plan`: names quoted)
+            return self._our(conn, encoding, _PLAIN_START_ALONE, args, (plain, keys and tuple(keys)))
+        return self._our(conn, encoding, _PLAIN_START, (*args, list(plain.tables)), (plain, keys and tuple(keys)))
+
+    def _our(self, conn: psycopg.Connection, encoding: str, text: str, args: Any = None, key: Any = None) -> _Sent:
+        """One of goex's own queries and its arguments (None, or what `key` stands for), converted
+        (`_sent`) once per client encoding and kept."""
+        sent = self._ours.get((text, key, encoding))
+        if sent is None:
+            if len(self._ours) > 1000:
+                self._ours.clear()
+            sent = self._ours[(text, key, encoding)] = _sent(conn, text, args)
+        return sent
+
     @staticmethod
-    def _started(first: psycopg.Cursor[Any] | None, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-        """The session user and what `goex.plain_start` returned, when it ran (its sequences
-        into `seqs`)."""
-        if first is None:
+    def _started(tx: Any, first: Any, seqs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The session user and what `goex.plain_start` returned (`first`, its result), when it
+        ran (its sequences into `seqs`)."""
+        if first.status != pq.ExecStatus.TUPLES_OK or not first.ntuples:
             return None, None
-        try:
-            row = first.fetchone()
-        except psycopg.Error:
-            return None, None
-        if row is None:
-            return None, None
+        tx.set_pgresult(first)
+        row = tx.load_row(0, tuple)
         seqs.update(row[2]["seqs"])
         return row[1], row[2]
 
@@ -1477,7 +1498,7 @@ class PostgresEngine(ServerEngine[psycopg.Connection]):
 
     def _commit(self, conn: psycopg.Connection, fail: Callable[[], None], keep: bool) -> None:
         try:
-            conn.execute("COMMIT")
+            _command(conn, b"COMMIT")
         except psycopg.Error as exc:
             fail()
             raise self._failed(exc, "the commit failed; nothing of it was applied") from None
@@ -2198,6 +2219,74 @@ def _after_pin(conn: psycopg.Connection, query: pgsql.Composable, then: str = ""
     row = cur.fetchone()
     assert row is not None
     return tuple(row)
+
+
+class _Sent(NamedTuple):
+    """A query as `PQsendQueryParams` takes it."""
+
+    query: bytes
+    params: Any
+    types: Any
+    formats: Any
+
+
+def _sent(conn: psycopg.Connection, text: str, params: Any = None) -> _Sent:
+    """`text` and `params` converted and the parameters dumped by psycopg's own `PostgresQuery` and
+    the connection's adapters, as `Cursor.execute` converts them (bound server-side, never put in
+    the text)."""
+    query = PostgresQuery(Transformer(conn))
+    query.convert(text, params)
+    return _Sent(query.query, query.params, query.types, query.formats)
+
+
+def _at_once(conn: psycopg.Connection, queries: list[_Sent]) -> list[Any]:
+    """The queries run in one pipeline written at once: each sent with `PQsendQueryParams`, as
+    `Cursor.execute` sends it in pipeline mode, then one sync and one flush, so the server runs them
+    back to back without waiting on the client between them. Each query's result, in order (after
+    an error the server skips the rest: their results are PIPELINE_ABORTED; an explicit transaction
+    is left failed). The connection is out of pipeline mode when this returns, or closed when it
+    cannot be brought out."""
+    pgconn = conn.pgconn
+    with conn.lock:
+        pgconn.enter_pipeline_mode()
+        try:
+            for query in queries:
+                pgconn.send_query_params(query.query, query.params, param_formats=query.formats,
+                                         param_types=query.types, result_format=pq.Format.TEXT)
+            pgconn.pipeline_sync()
+            return conn.wait(_exchange(pgconn, len(queries)))
+        finally:
+            try:
+                pgconn.exit_pipeline_mode()
+            except psycopg.Error:  # results left unread (interrupted, or the connection broke)
+                conn.close()
+
+
+def _command(conn: psycopg.Connection, command: bytes) -> None:
+    """`conn.execute(command)` for a command without parameters or rows, without the cursor: the
+    same query message (the simple protocol), the same wait, the same error raised."""
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        conn.execute(command)  # (raises)
+    pgconn = conn.pgconn
+    with conn.lock:
+        pgconn.send_query(command)
+        results = conn.wait(generators.execute(pgconn))
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def _exchange(pgconn: Any, n: int) -> Any:
+    """The generator `_at_once` waits on: the pipeline flushed, then its `n` results and the sync."""
+    yield from generators.send(pgconn)
+    results = []
+    for _ in range(n):
+        got = yield from generators.fetch_many(pgconn)
+        if not got:
+            raise psycopg.OperationalError("the pipeline ended early")
+        results.append(got[0])
+    yield from generators.fetch_many(pgconn)  # the sync
+    return results
 
 
 def _one(conn: psycopg.Connection, query: Any, params: Any = None) -> Any:
