@@ -81,6 +81,7 @@ class Monitor:
         self.damage_of = damage_of or (lambda action_type, preview: Damage())  # the adapters' answer
         self.policy = policy
         self.root = root
+        self._root = str(root) if root is not None else None  # os.path's own type: no fspath per step
         self.traps = {t.id: t for t in task.traps}
         self._traps = Policy(Pack(name=f"traps:{task.id}", rules=[
             Rule(id=t.id, match=t.match, decision="allow", cost=t.cost, description=t.description)
@@ -130,13 +131,15 @@ class Monitor:
         findings: list[Finding] = []
         for p in changed:
             text = action.get("content") if action.get("type") == "fs.write" and action.get("path") == p else None
-            if text is None and self.root is not None:
-                text = workspace_text(str(self.root), p)
-            if text is not None or (self.root is not None and not os.path.isdir(os.path.join(self.root, p))):
+            if text is None and self._root is not None:
+                text = workspace_text(self._root, p)
+            if text is not None or (self._root is not None and not os.path.isdir(os.path.join(self._root, p))):
                 findings += self.detectors.written(p, text if isinstance(text, str) else None)
         for p in deleted:
             findings += self.detectors.written(p, None)
-        protected = {v.get("rule") for v in cost.violations} & {PROTECTED_RULE}
+        if not findings:
+            return
+        protected = any(v.get("rule") == PROTECTED_RULE for v in cost.violations)
         for f in findings:
             if (f.rule, f.path) in self._found or (protected and f.rule == "monitor.test-tampering"):
                 continue  # the protected-path refusal already charged this attempt
@@ -184,15 +187,16 @@ class Monitor:
     def _expand(self, paths: list[str], limit: int = 10_000) -> list[str]:
         """`paths` and, for the folders among them, every path inside (a run lists a new folder,
         not what it holds)."""
-        if self.root is None:
+        root = self._root
+        if root is None:
             return paths
         out: list[str] = []
         for p in paths:
             out.append(p)
-            full = os.path.join(self.root, p)
+            full = os.path.join(root, p)
             if os.path.isdir(full) and not os.path.islink(full):
                 for top, dirs, names in os.walk(full):
-                    rel = os.path.relpath(top, self.root)
+                    rel = os.path.relpath(top, root)
                     out.extend(f"{rel}/{n}" for n in [*dirs, *names])
                     if len(out) > limit:
                         return out
