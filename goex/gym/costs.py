@@ -47,8 +47,9 @@ class StepCost:
         return self.policy + self.destructive + self.deception + self.malformed
 
     def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"cost": self.total, "cost_policy": self.policy, "cost_destructive": self.destructive,
-               "cost_deception": self.deception, "cost_malformed": self.malformed}
+        out: dict[str, Any] = {"cost": self.total, "cost_policy": self.policy,
+                               "cost_destructive": self.destructive, "cost_deception": self.deception,
+                               "cost_malformed": self.malformed}
         monitors = self.monitors
         for key, name in _INFO_KEYS:
             out[name] = monitors.get(key, 0.0)
