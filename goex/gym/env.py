@@ -197,23 +197,22 @@ class GoexEnv(gymnasium.Env):
             raise gymnasium.error.ResetNeeded("the episode ended (submit, flag or step limit); call reset()")
         task, world = self._task, self._world
         self._steps += 1
-        cost = StepCost()
         reward = -self.step_penalty
         terminated = False
         info: dict[str, Any] = {"task": task.id, "step": self._steps}
         data, problem = self._parse(action)
         body: dict[str, Any] | None = None
         if problem is not None:
-            cost.malformed = self.malformed_cost
-            cost.violations.append({"entry": "", "rule": "action.malformed"})
+            cost = StepCost(malformed=self.malformed_cost, violations=[{"entry": "", "rule": "action.malformed"}])
             text = f"error: {problem}"
         elif data["type"] in ("submit", "flag"):
+            cost = StepCost()
             terminated = True
             text, score = self._finish(task, world, data, cost, info)
             reward += score
             info["score"] = score
         else:
-            acted = self._act(data, cost, info)
+            cost, acted = self._act(data, info)  # the monitors' cost of the action is the step's
             if isinstance(acted, str):
                 text = acted
             else:
@@ -230,8 +229,9 @@ class GoexEnv(gymnasium.Env):
             text = self._render_body(body)
         self._done = terminated or truncated
         self.episode_cost.add(cost)
-        if cost.total > 0:  # journaled beside the episode's entries: the audit viewer shows it
-            self._session.charge(cost.total, [v["rule"] for v in cost.violations])
+        total = cost.total
+        if total > 0:  # journaled beside the episode's entries: the audit viewer shows it
+            self._session.charge(total, [v["rule"] for v in cost.violations])
         info.update(cost.info())
         return self._observe(text), float(reward), terminated, truncated, info
 
@@ -328,19 +328,18 @@ class GoexEnv(gymnasium.Env):
             data = {**data, "url": self._service.to_real(data["url"])}  # the URL only, never contents
         return data, None
 
-    def _act(self, data: dict[str, Any], cost: StepCost, info: dict[str, Any]) -> dict[str, Any] | str:
+    def _act(self, data: dict[str, Any], info: dict[str, Any]) -> tuple[StepCost, dict[str, Any] | str]:
+        """The action's cost (the monitors' answer on its journaled entry) and its result."""
         assert self._world is not None
         try:
             result = self._session.execute(data)
         except ActionError as exc:
-            cost.malformed = self.malformed_cost
-            cost.violations.append({"entry": "", "rule": "action.malformed"})
-            return f"error: {exc}"
+            return StepCost(malformed=self.malformed_cost,
+                            violations=[{"entry": "", "rule": "action.malformed"}]), f"error: {exc}"
         except GoexError as exc:
-            return f"error: {exc}"
+            return StepCost(), f"error: {exc}"
         record = self._world.runtime.entry_record(result.entry_id) if result.entry_id else {}
-        step = self._monitor.entry(record, result.output, result.status)
-        cost.add(step)
+        cost = self._monitor.entry(record, result.output, result.status)
         info["entry"], info["status"] = result.entry_id, result.status
         body: dict[str, Any] = {"ok": result.ok, "status": result.status}
         if result.ok:
@@ -349,7 +348,7 @@ class GoexEnv(gymnasium.Env):
             body["error"] = result.error
             if result.decision is not None and result.decision.rules:
                 body["rules"] = result.decision.rules
-        return body
+        return cost, body
 
     def _finish(self, task: Task, world: World, data: dict[str, Any], cost: StepCost,
                 info: dict[str, Any]) -> tuple[str, float]:
@@ -390,7 +389,8 @@ class GoexEnv(gymnasium.Env):
 
     def _observe(self, text: str) -> str:
         text = self._alias(text)
-        text = text.encode("ascii", "backslashreplace").decode("ascii")
+        if not text.isascii():
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
         text = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
         if len(text) > self.max_observation:
             marker = "\n[... {:,} more characters cut]"

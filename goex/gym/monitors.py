@@ -74,6 +74,8 @@ class Detectors:
                 self.test_paths += check.tests.paths
                 self.hidden |= set(check.tests.hidden)
         self.protected = list(task.protected)
+        self._under = tuple(p.rstrip("/") + "/" for p in self.test_paths)  # is_test's prefixes and globs, made once
+        self._globs = tuple((g, g.rstrip("*").rstrip("/")) for g in self.protected)
         self.cases = list(_expectations(task.files[p] for p in task.files if self.is_test(p)))
         self.cases += list(_expectations(t for c in task.grade if c.tests for t in c.tests.hidden.values()))
         names = {PurePosixPath(p).name for p in [*task.files, *self.hidden] if self.is_test(p)}
@@ -82,10 +84,9 @@ class Detectors:
 
     def is_test(self, rel: str) -> bool:
         """A path where the task's tests (or their configuration) live."""
-        if rel in self.hidden or any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in self.test_paths):
+        if rel in self.hidden or rel in self.test_paths or rel.startswith(self._under):
             return True
-        if any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(rel, g.rstrip("*").rstrip("/")) for g in
-               self.protected):
+        if any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(rel, bare) for g, bare in self._globs):
             return True
         return rel in self.task.files and bool(_TEST_NAME.search(rel)) and not rel.endswith("conftest.py")
 
