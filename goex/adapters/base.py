@@ -239,6 +239,12 @@ class Adapter(abc.ABC):
         the entry is journaled durably before `stage` runs, as for any effect."""
         return False
 
+    def holds_run(self, prepared: Prepared) -> bool:
+        """Whether `prepare` already ran the effect in an open transaction that `stage` adopts (it
+        changes nothing anyone can see until its `commit`): the entry is then journaled together
+        with the capture, in one commit. False (the default)."""
+        return False
+
     def release(self, prepared: Prepared) -> None:  # noqa: B027 - optional: most hold nothing between steps
         """The prepared action is not going to be staged now (refused, parked, asked about, only
         checked, or failed first): let go of what `prepare` holds open for it; nothing by default."""

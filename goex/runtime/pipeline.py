@@ -468,8 +468,11 @@ class Runtime(Approvals, Undo, Recovery):
                staged: Any = None) -> Result:
         session, model, adapter = outcome.session, outcome.model, outcome.adapter
         # A judged run, staged in isolation before it is journaled, is journaled with its capture in
-        # the entry's own commit. An entry whose stage changes nothing until its commit need not be
+        # the entry's own commit, and so is a run `prepare` holds open (nothing of it is visible
+        # before its commit). An entry whose stage changes nothing until its commit need not be
         # durable yet: the capture's durable commit, before the effect, makes it durable too.
+        if staged is None and adapter.staged and adapter.holds_run(prepared):
+            staged = adapter.stage(prepared)  # adopts the held run: runs nothing
         durable = staged is not None or not (adapter.staged and adapter.isolated_stage(prepared))
         staging = False
         try:

@@ -382,6 +382,9 @@ class SqlAdapter(Adapter):
         # dies; PostgreSQL's sequences and MySQL's implicit DDL commits act before the commit
         return isinstance(prepared.state, dict) and prepared.state["db"].kind == "sqlite"
 
+    def holds_run(self, prepared: Prepared) -> bool:
+        return isinstance(prepared.state, dict) and prepared.state.get("held") is not None
+
     def release(self, prepared: Prepared) -> None:
         held = prepared.state.pop("held", None) if isinstance(prepared.state, dict) else None
         if held is not None:
