@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, ConfigError, GoexError
@@ -367,12 +367,11 @@ class SqlAdapter(Adapter):
         action: SqlExecute = prepared.action
         engine = self.engine(db.name)
         if held is not None:  # the statements ran in prepare, in the transaction kept open since
-            from .sqlite import SqliteEngine
-
-            if not isinstance(engine, SqliteEngine):
+            if db.kind != "sqlite":  # (no import per action to ask which engine it is)
                 return held
-            return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
-                                prepared.state.get("before", {}), held)  # SQLite's stage adopts it
+            return cast("SqliteEngine", engine).stage(prepared.state["statements"], action.params,
+                                                      prepared.state["analysed"], prepared.state.get("before", {}),
+                                                      held)  # SQLite's stage adopts it
         return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
                             prepared.state.get("before", {}))
 
