@@ -212,6 +212,7 @@ class Journal(Reads):
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._data_version = -1
+        self._version_held = 0  # pid holding the lock without a break since it read `_data_version`; 0: none
         self._checked: dict[str, bytes] = {}
         self._lock_fd = -1
         self._wait_fd = -1
@@ -305,7 +306,7 @@ class Journal(Reads):
                     self._take_lock()
                 if self._identity is not None and _identity(self._db_file) != self._identity:
                     self._deferred.clear()  # nowhere to write them any more
-                    self._holding, self._lock_depth = False, 0
+                    self._holding, self._lock_depth, self._version_held = False, 0, 0
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                     raise JournalUnavailable(f"the journal {self.folder / 'journal.db'} was deleted or replaced "
                                              "while this runtime had it open; nothing more is recorded there")
@@ -315,6 +316,7 @@ class Journal(Reads):
             finally:
                 self._lock_depth -= 1
                 if self._lock_depth == 0:
+                    self._version_held = 0  # others may commit once it goes
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _take_lock(self) -> None:
@@ -733,9 +735,15 @@ class Journal(Reads):
             return cur.execute(sql, params).fetchall()
 
     def changed_elsewhere(self) -> bool:
-        """Whether another connection committed since the last call (SQLite's data_version)."""
+        """Whether another connection committed since the last call (SQLite's data_version). Not
+        read again while this process has held the lock without a break since it last read it
+        (kept for deferred records between actions): no other process commits without the lock."""
+        pid = os.getpid()
+        if self._lock_depth and self._version_held == pid:
+            return False
         version = self.db.execute("PRAGMA data_version").fetchone()[0]
         changed, self._data_version = version != self._data_version, version
+        self._version_held = pid if self._lock_depth else 0
         return changed
 
     def raw(self) -> sqlite3.Connection:

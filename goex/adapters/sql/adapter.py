@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import ActionFailed, ConfigError, GoexError
@@ -366,16 +366,16 @@ class SqlAdapter(Adapter):
         db: Database = prepared.state["db"]
         action: SqlExecute = prepared.action
         engine = self.engine(db.name)
-        from .sqlite import SqliteEngine
-
-        if isinstance(engine, SqliteEngine):  # SQLite's stage adopts the held run, or checks a new one
-            expect = {k: prepared.preview[k] for k in ("rows", "all_rows", "creates_trigger")}
+        if db.kind != "sqlite":
+            if held is not None:  # the statements ran in prepare, in the transaction kept open since
+                return held
             return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
-                                prepared.state.get("before", {}), held, expect)
-        if held is not None:  # the statements ran in prepare, in the transaction kept open since
-            return held
-        return engine.stage(prepared.state["statements"], action.params, prepared.state["analysed"],
-                            prepared.state.get("before", {}))
+                                prepared.state.get("before", {}))
+        # SQLite's stage adopts the held run, or checks a new one against the preview judged
+        expect = {k: prepared.preview[k] for k in ("rows", "all_rows", "creates_trigger")}
+        return cast("SqliteEngine", engine).stage(prepared.state["statements"], action.params,
+                                                  prepared.state["analysed"], prepared.state.get("before", {}),
+                                                  held, expect)
 
     def isolated_stage(self, prepared: Prepared) -> bool:
         # SQLite runs the statements in one transaction, DDL included, rolled back if the process
