@@ -224,6 +224,12 @@ class Adapter(abc.ABC):
         interrupted one entry by entry (each entry's `revert`, forced, newest first)."""
         raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
 
+    def end_range(self, items: list[Coalesced]) -> None:
+        """Called once the check and undo of a group of entries are over, whatever happened:
+        anything `range_conflicts` left prepared for `revert_range` (an uncommitted transaction
+        holding the undo) and `revert_range` did not finish is let go, changing nothing."""
+        return None
+
     def summarize(self, prepared: Prepared) -> str:
         """What the action would do, for a person deciding whether to allow it."""
         return f"{prepared.action.type} {self.shown_target(prepared.action.type, prepared.targets)}"
