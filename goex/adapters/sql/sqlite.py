@@ -616,7 +616,7 @@ class SqliteEngine:
                 return False
             if self._checked_apply(conn, composed, self._bound(conn, composed)):
                 return False
-            self._pending = _composed_key(changesets)
+            self._pending = self._last_composed[0]  # the key `_composed` just kept these changesets under
             return True
         finally:
             if self._pending is None and not conn.get_autocommit():
