@@ -348,3 +348,57 @@ def test_a_fault_inside_a_coalesced_undo_leaves_it_for_recover(root: Path, monke
         assert state(root) == start
         assert {e["status"] for e in rt.log()} == {"undone"}
         rt.verify()
+
+
+def test_a_range_stopped_by_a_file_conflict_leaves_the_database_unlocked_and_exact(root: Path):
+    """The SQLite part of a range is checked by applying it in a transaction held open for the
+    undo; when a file entry of the range meets a conflict, that transaction is let go: the rows
+    older than the conflict stay as their entries left them, and the database is free at once."""
+    url = make_world(root)
+    with goex.Runtime(root, policy="permissive", databases={"main": url}) as rt:
+        s = rt.session()
+        e1 = sql(s, "UPDATE t SET v = 1 WHERE id = 1")
+        e2 = write(s, "f0.txt", "one\n")
+        (root / "f0.txt").write_text("outside\n")  # between e2 and e3, outside goex
+        e3 = write(s, "f0.txt", "two\n")
+        e4 = sql(s, "UPDATE t SET v = 2 WHERE id = 2")
+        e5 = write(s, "f1.txt", "five\n")
+        e6 = sql(s, "UPDATE t SET v = 3 WHERE id = 3")  # newest: the database's group is checked first
+        with pytest.raises(goex.UndoConflict) as caught:
+            s.rollback()
+        assert caught.value.entry_id == e2
+        assert caught.value.undone == [e6, e5, e4, e3]
+        conn = apsw.Connection(str(root / "app.db"))  # no busy timeout: a lock still held fails at once
+        try:
+            assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, 1), (2, 0), (3, 0)]
+            conn.execute("UPDATE t SET w = 'outside' WHERE id = 3")
+        finally:
+            conn.close()
+        assert (root / "f0.txt").read_text() == "outside\n"
+        assert {e["id"]: e["status"] for e in rt.log()} == {e1: "applied", e2: "applied", e3: "undone",
+                                                             e4: "undone", e5: "undone", e6: "undone"}
+        sql(s, "UPDATE t SET v = 9 WHERE id = 1")
+        rt.verify()
+
+
+def test_a_range_whose_newest_entry_conflicts_lets_the_checked_database_undo_go(root: Path):
+    """The database's group is checked (its undo held open) although the newest entry, a file,
+    already stops the range: nothing of the database's undo stays, and nothing holds it locked."""
+    url = make_world(root)
+    with goex.Runtime(root, policy="permissive", databases={"main": url}) as rt:
+        s = rt.session()
+        e1 = sql(s, "UPDATE t SET v = 1 WHERE id = 1")
+        e2 = sql(s, "UPDATE t SET v = 2 WHERE id = 2")
+        e3 = write(s, "f0.txt", "three\n")
+        (root / "f0.txt").write_text("outside\n")
+        with pytest.raises(goex.UndoConflict) as caught:
+            s.rollback()
+        assert caught.value.entry_id == e3 and caught.value.undone == []
+        conn = apsw.Connection(str(root / "app.db"))  # no busy timeout: a lock still held fails at once
+        try:
+            assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, 1), (2, 2), (3, 0)]
+            conn.execute("UPDATE t SET w = 'outside' WHERE id = 3")
+        finally:
+            conn.close()
+        assert {e["id"]: e["status"] for e in rt.log()} == {e1: "applied", e2: "applied", e3: "applied"}
+        rt.verify()

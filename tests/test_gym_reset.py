@@ -80,11 +80,12 @@ def _state(world_home: Path, rt: goex.Runtime) -> dict[str, str]:
     return {"files": rt.fingerprint(), "database main": fingerprint_path(world_home / "databases" / "main.db")}
 
 
-def _kill_in_reset(tmp_path: Path, name: str, when: str, rng: random.Random) -> tuple[bool, Path, dict[str, str]]:
+def _kill_in_reset(tmp_path: Path, name: str, when: str, rng: random.Random,
+                   child: str = CHILD) -> tuple[bool, Path, dict[str, str]]:
     """Run the child until it died in its reset (or finished it); returns whether the journal held
     an unfinished undo then, the world's folder and its start."""
     (tmp_path / "task.yaml").write_text(TASK)
-    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "child.py").write_text(child)
     home = tmp_path / name
     proc = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(home), str(tmp_path / "task.yaml"), when],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -97,7 +98,10 @@ def _kill_in_reset(tmp_path: Path, name: str, when: str, rng: random.Random) -> 
     if when == "timed":
         time.sleep(rng.uniform(0, 0.012))
         proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(b"\n", timeout=60)
+    out, err = proc.communicate(b"\n", timeout=60)
+    said = [line for line in out.decode().splitlines() if line.startswith('{"held"')]
+    if said:
+        (tmp_path / "said").write_text(said[-1])
     if when != "timed":
         assert proc.returncode == -signal.SIGKILL, err.decode()
     world = home / "resets"
@@ -137,6 +141,61 @@ def test_a_reset_killed_at_a_random_moment_is_settled_exactly(tmp_path: Path):
         inside += unfinished
         _settle(world, start)
     assert inside >= 1, "no kill landed before the reset finished: the test did not test recovery"
+
+
+# The SQLite part of the range is applied once, in a write transaction held open across the
+# `undoing` commit: the child dies with that transaction open before the `undoing` record
+# ("unrecorded"), with it open after the record ("recorded"), or right after the database's commit
+# ("committed"). Before dying it reports whether the transaction was open and the database as
+# another connection sees it then.
+HELD_CHILD = CHILD.replace("store.Journal.append_and_compact = dying", """
+from goex.adapters.sql import sqlite as engine_module
+from goex.journal.store import Journal
+database = os.path.join(home, "resets", "databases", "main.db")
+end = engine_module.fingerprint_path(engine_module.Path(database))
+composes, revert_range, transaction = (engine_module.SqliteEngine._composes_cleanly,
+                                       engine_module.SqliteEngine.revert_range, Journal.transaction)
+
+
+def report_and_die(engine):
+    held = engine._undo is not None and not engine._undo[0].get_autocommit()
+    seen = engine_module.fingerprint_path(engine_module.Path(database))
+    print(json.dumps({"held": held, "unchanged": seen == end}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def composing(self, *args):
+    clean = composes(self, *args)
+    if clean and when == "unrecorded":
+        report_and_die(self)
+    return clean
+
+
+def reverting(self, *args):
+    if when == "recorded":
+        report_and_die(self)
+    out = revert_range(self, *args)
+    if when == "committed":
+        report_and_die(self)
+    return out
+
+
+engine_module.SqliteEngine._composes_cleanly = composing
+engine_module.SqliteEngine.revert_range = reverting
+""")
+
+
+@pytest.mark.parametrize("when", ["unrecorded", "recorded", "committed"])
+def test_a_reset_killed_around_the_held_database_transaction_is_settled_exactly(tmp_path: Path, when: str):
+    unfinished, world, start = _kill_in_reset(tmp_path, "home", when, random.Random(when), child=HELD_CHILD)
+    said = json.loads((tmp_path / "said").read_text()) if (tmp_path / "said").exists() else None
+    assert said == {"held": when != "committed", "unchanged": when != "committed"}
+    assert unfinished  # the entries are still applied ("unrecorded") or the range is "undoing"
+    with goex.Runtime(world / "workspace", policy="permissive",
+                      databases={"main": f"sqlite:///{world / 'databases' / 'main.db'}"}) as rt:
+        statuses = {e["status"] for e in rt.log()}
+    assert ("undoing" in statuses) == (when != "unrecorded")
+    _settle(world, start)
 
 
 def test_a_reset_whose_check_fails_keeps_the_episode_history(tmp_path: Path):

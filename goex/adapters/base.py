@@ -23,8 +23,8 @@ The runtime drives every action through the same steps and never looks inside a 
 7. Optionally, coalesced undo of a range: `coalesce(plan, after)` says an entry can be undone
    together with others (`Coalesced`: which adapter undoes the group, under which key);
    `range_conflicts(items)` and `revert_range(items, get_blob)` then check and undo the whole
-   group as one operation, with the outcome of undoing each entry in turn, newest first. A
-   forced undo is never coalesced.
+   group as one operation, with the outcome of undoing each entry in turn, newest first;
+   `end_range(items)` follows both, whatever happened. A forced undo is never coalesced.
 
 Each adapter also answers, once for every caller: what an action spends (`spends`, the
 policy's budgets), what it destroys (`destroys`, the gym's damage), how to describe it to a
@@ -214,8 +214,11 @@ class Adapter(abc.ABC):
 
     def range_conflicts(self, items: list[Coalesced]) -> list[list[tuple[str, str]]] | None:
         """For entries of one key, newest first: what each would meet (as `conflicts` says it) if
-        it were undone right after the newer ones. Nothing is changed. None: these entries cannot
-        be undone together after all (found only now); they are undone one by one."""
+        it were undone right after the newer ones. Nothing is committed: an adapter may keep the
+        undo it checked applied in an open transaction, for `revert_range` of the same entries to
+        commit after the `undoing` record is durable (`end_range` rolls it back otherwise). None:
+        these entries cannot be undone together after all (found only now); they are undone one
+        by one."""
         raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
 
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
@@ -223,6 +226,12 @@ class Adapter(abc.ABC):
         as one operation ending where undoing each in turn would. Recovery may finish an
         interrupted one entry by entry (each entry's `revert`, forced, newest first)."""
         raise NotImplementedError(f"{type(self).__name__} does not coalesce undo")
+
+    def end_range(self, items: list[Coalesced]) -> None:
+        """Called once the check and undo of a group of entries are over, whatever happened:
+        anything `range_conflicts` left prepared for `revert_range` (an uncommitted transaction
+        holding the undo) and `revert_range` did not finish is let go, changing nothing."""
+        return None
 
     def summarize(self, prepared: Prepared) -> str:
         """What the action would do, for a person deciding whether to allow it."""

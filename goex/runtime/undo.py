@@ -138,17 +138,22 @@ class Undo(Parts):
                 self._undo_one(item, False, done, unrecorded, who)
             return
         self.journal.check_blobs([item.plan for item in batch])  # a damaged before-image stops it before it starts
-        conflicts: dict[int, list[tuple[str, str]]] = {}
-        for members in _groups(batch).values():
-            found = members[0][1].adapter.range_conflicts([c for _, c in members])
-            if found is None:  # the adapter found it cannot undo them together: one by one
-                for item in batch:
-                    self._undo_one(item, False, done, unrecorded, who)
-                return
-            conflicts.update((i, f) for (i, _), f in zip(members, found, strict=True) if f)
-        first = min(conflicts, default=len(batch))
-        if first > 0:
-            self._revert_range(batch[:first], done, unrecorded, who)
+        groups = _groups(batch)
+        try:
+            conflicts: dict[int, list[tuple[str, str]]] = {}
+            for members in groups.values():
+                found = members[0][1].adapter.range_conflicts([c for _, c in members])
+                if found is None:  # the adapter found it cannot undo them together: one by one
+                    _end_ranges(groups)
+                    for item in batch:
+                        self._undo_one(item, False, done, unrecorded, who)
+                    return
+                conflicts.update((i, f) for (i, _), f in zip(members, found, strict=True) if f)
+            first = min(conflicts, default=len(batch))
+            if first > 0:
+                self._revert_range(batch[:first], done, unrecorded, who)
+        finally:  # a check may hold its group's undo open for the revert (SQLite): let go of what was not used
+            _end_ranges(groups)
         if conflicts:
             raise UndoConflict(batch[first].id, conflicts[first])
 
@@ -261,6 +266,18 @@ def _groups(items: list[_Undoable]) -> dict[tuple[int, str], list[tuple[int, Coa
         assert c is not None
         groups.setdefault((id(c.adapter), c.key), []).append((i, c))
     return groups
+
+
+def _end_ranges(groups: dict[tuple[int, str], list[tuple[int, Coalesced]]]) -> None:
+    """Every group's `end_range`, all of them even when one fails (the first failure is raised)."""
+    failed: BaseException | None = None
+    for members in groups.values():
+        try:
+            members[0][1].adapter.end_range([c for _, c in members])
+        except BaseException as exc:  # noqa: BLE001 - the others still let go of theirs; raised below
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def _joins(groups: dict[tuple[int, str], list[Coalesced]], item: Coalesced) -> bool:

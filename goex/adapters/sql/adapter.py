@@ -429,6 +429,13 @@ class SqlAdapter(Adapter):
     def revert_range(self, items: list[Coalesced], get_blob: GetBlob) -> None:
         self._ranged(items[0].plan).revert_range([c.plan["captured"] for c in items], get_blob)
 
+    def end_range(self, items: list[Coalesced]) -> None:
+        from .sqlite import SqliteEngine
+
+        engine = self._ranged(items[0].plan)
+        if isinstance(engine, SqliteEngine):  # the one engine that holds a range's undo open between the two
+            engine.end_range()
+
     def _ranged(self, plan: dict[str, Any]) -> "SqliteEngine | PostgresEngine | MysqlEngine":
         from .mysql import MysqlEngine
         from .postgres import PostgresEngine

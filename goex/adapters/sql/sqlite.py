@@ -204,6 +204,7 @@ class SqliteEngine:
         # rows keyed by NULL): its undo keeps the database image
         self._reshapes: bool | None = None
         self._last_composed: tuple[bytes, bytes] = (b"", b"")  # (key of the changesets, their composed undo)
+        self._pending: bytes | None = None  # key of the range whose undo the undo connection's open transaction holds
 
     # -- analysis --------------------------------------------------------------------------------
 
@@ -573,8 +574,11 @@ class SqliteEngine:
 
     def range_conflicts(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> list[list[tuple[str, str]]]:
         """For changeset entries, newest first: the conflicts each meets if undone right after the
-        newer ones. The composed undo is tried first; only when it is not clean is each entry
-        tried in turn, to say exactly which one meets what."""
+        newer ones. The composed undo is applied first, in a transaction left open: when it is
+        clean, `revert_range` of these entries commits it (after the caller wrote its `undoing`
+        record) and `end_range` rolls it back otherwise. Only when it is not clean is each entry
+        tried in turn, in a transaction rolled back, to say exactly which one meets what."""
+        self.end_range()
         checked = self._file()
         if checked[1] is None:
             return [[(self.name, f"the database file {self.path} is gone")]] + [[] for _ in captureds[1:]]
@@ -598,15 +602,45 @@ class SqliteEngine:
         return out + [[] for _ in captureds[len(out):]]
 
     def revert_range(self, captureds: list[dict[str, Any]], get_blob: GetBlob) -> None:
-        """Undo changeset entries, newest first, as one composed changeset in one transaction."""
+        """Undo changeset entries, newest first, as one composed changeset in one transaction: the
+        one `range_conflicts` left open for these same entries, on this same file, is committed;
+        otherwise the composed undo is applied now."""
         found = self._file()
         changesets = [_blob(c["changeset"]["chunks"], get_blob) for c in captureds]
+        key = _composed_key(changesets)
+        held = self._undo
+        if (self._pending == key and held is not None and not held[0].get_autocommit()
+                and found[1] is not None and held[1] == _identity(found[1])):
+            self._pending = None
+            conn = held[0]
+            try:
+                _restore_sequence(conn, captureds[-1].get("sequence"))
+                conn.execute("COMMIT")
+            finally:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                self._remember(found[0])
+            return
+        self.end_range()
         self._apply_undo(found, self._composed(changesets), captureds[-1].get("sequence"), False)
+
+    def end_range(self) -> None:
+        """Let go of a range's undo `range_conflicts` applied and `revert_range` did not commit:
+        rolled back, nothing of it stays."""
+        self._pending = None
+        if self._undo is not None and not self._undo[0].get_autocommit():
+            try:
+                self._undo[0].execute("ROLLBACK")
+            except BaseException:  # a connection that cannot roll back is closed: SQLite rolls it back
+                self._undo[0].close()
+                self._undo = None
+                self._sidecars = {}
+                raise
 
     def _composed(self, changesets: list[bytes]) -> bytes:
         """The composed undo of `changesets` (newest first); the last one is kept, as the check of
         a range is followed by its undo."""
-        key = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in changesets)).digest()
+        key = _composed_key(changesets)
         if self._last_composed[0] != key:
             self._last_composed = (key, compose_inverse(changesets))
         return self._last_composed[1]
@@ -614,25 +648,34 @@ class SqliteEngine:
     def _composes_cleanly(self, conn: apsw.Connection, captureds: list[dict[str, Any]],
                           changesets: list[bytes]) -> bool:
         """Whether undoing the entries as one composed changeset is exact and meets no conflict:
-        the tables keep their schema, every row's states link from entry to entry, the composed
-        undo applies cleanly, and rows the composition drops are as the newest entry left them."""
+        the tables keep their schema, every row's states link from entry to entry, rows the
+        composition drops are as the newest entry left them, and the composed undo applies
+        cleanly. All checked in one write transaction; when clean, the undo stays applied in it,
+        uncommitted (`_pending`), for `revert_range` to commit."""
         schemas: dict[str, str | None] = {}
         for captured in captureds:
             for table, sql in captured["after"]["schema"].items():
                 if schemas.setdefault(table, sql) != sql:
                     return False
-        if self._reshaped(conn, schemas):
-            return False
         chain = RowChain()
         for changeset in reversed(changesets):
             chain.add(changeset)
         if chain.broken is not None:
             return False
         composed = self._composed(changesets)
-        if self._trial(composed, self._bound(conn, composed), conn):
-            return False
-        return all(row_matches(conn, table, chain.columns[table], key, chain.pks[table], state)
-                   for (table, key), state in chain.dropped(composed))
+        conn.execute("BEGIN IMMEDIATE")  # no other writer until it is committed or rolled back
+        try:
+            if self._reshaped(conn, schemas) or not all(
+                    row_matches(conn, table, chain.columns[table], key, chain.pks[table], state)
+                    for (table, key), state in chain.dropped(composed)):
+                return False
+            if self._checked_apply(conn, composed, self._bound(conn, composed)):
+                return False
+            self._pending = self._last_composed[0]  # the key `_composed` just kept these changesets under
+            return True
+        finally:
+            if self._pending is None and not conn.get_autocommit():
+                conn.execute("ROLLBACK")
 
     def _reshaped(self, conn: apsw.Connection, then: dict[str, str | None]) -> list[tuple[str, str]]:
         now = _schema(conn, list(then))
@@ -727,7 +770,7 @@ class SqliteEngine:
         for held in (self._undo, self._work):
             if held is not None:
                 held[0].close()
-        self._undo = self._work = self._found = None
+        self._undo = self._work = self._found = self._pending = None
         self._sidecars = {}
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
@@ -850,6 +893,8 @@ class SqliteEngine:
         it once): foreign-key actions and triggers off, so nothing fires from goex's own undo.
         Checked like the work connection before each use (`found`: the file as the caller's
         `_file` checked it moments ago, in the same call); reopened when the file was replaced."""
+        if self._pending is not None:  # a range's undo left open and not committed: let go of it first
+            self.end_range()
         file, st = found or self._file()
         if st is None:
             raise ActionFailed(f"undo on {self.name}: the database file {self.inside or self.path} is gone")
@@ -964,6 +1009,11 @@ def _query(conn: apsw.Connection, sql: str, params: Any) -> tuple[list[str], aps
     else:
         cursor.execute(sql, tuple(params) if params is not None else None)
     return columns, cursor
+
+
+def _composed_key(changesets: list[bytes]) -> bytes:
+    """What names a range's changesets (newest first): its composed undo is kept under it."""
+    return hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in changesets)).digest()
 
 
 def _blob(chunks: list[str], get_blob: GetBlob) -> bytes:
