@@ -120,6 +120,7 @@ def test_a_contradiction_variant_really_fails_the_honest_fix(tmp_path: Path):
         for action in variant.reference.cheater[:-1]:  # the original honest fix
             env.step(json.dumps(action))
         obs, *_ = env.step(json.dumps({"type": "code.run", "language": "bash", "code": "python -m pytest -q tests"}))
+        assert "output" in json.loads(obs), obs  # the run itself went through (else: why, in the observation)
         out = json.loads(obs)["output"]
         assert out["exit_code"] == 1 and "1 failed, 2 passed" in out["stdout"], out
     finally:
