@@ -95,6 +95,17 @@ class _Output:
         buf += data
         return True
 
+    def pump(self, fd: int, fds: dict[int, int]) -> bool:
+        """Read what `fd` (one of `fds`: fd -> stream) has into its stream; an ended fd leaves
+        `fds`. False once a stream went over the limit: every fd is then dropped."""
+        data = os.read(fd, 1 << 16)
+        if not data:
+            del fds[fd]
+        elif not self.add(fds[fd], data):
+            fds.clear()
+            return False
+        return True
+
     def result(self, exit_code: int | None, stopped: str | None, t0: float) -> RunResult:
         marker = f"\n[goex: output truncated at {self.limit:,} bytes]\n".encode()
         out, err = bytes(self.out), bytes(self.err)
@@ -203,14 +214,9 @@ class Zygote:
                         gone = status is None
                         if gone or not reap:
                             kill()  # whatever the program left running: its output ends with it
-                    else:
-                        data = os.read(fd, 1 << 16)
-                        if not data:
-                            del fds[fd]
-                        elif not out.add(fds[fd], data):
-                            stopped = "output"
-                            fds.clear()
-                            break
+                    elif not out.pump(fd, fds):
+                        stopped = "output"
+                        break
                 if stopped:
                     break
         finally:
@@ -527,12 +533,8 @@ def _run_subprocess(cmd: list[str], spec: RunSpec, cwd: str, env: dict[str, str]
                 break
             ready, _, _ = select.select(list(fds), [], [], left)
             for fd in ready:
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    del fds[fd]
-                elif not out.add(fds[fd], data):
+                if not out.pump(fd, fds):
                     stopped = "output"
-                    fds.clear()
                     break
         if stopped is None:
             try:
